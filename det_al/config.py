@@ -1,0 +1,282 @@
+"""YAML configs read into frozen dataclasses.
+
+A config has the sections ``model``, ``passes``, ``matching``, ``scoring`` and ``train``;
+every key is optional except ``model.name`` and ``model.num_classes``. An unknown section or
+key is an error naming it. Command-line overrides use ``--set section.key=value`` where the
+value is parsed as YAML (``--set passes.dropout=[0.1,0.2]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from det_al.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which torchvision detector to build.
+
+    ``name`` is a builder name from :data:`det_al.models.BUILDERS`; ``num_classes`` counts the
+    background (torchvision's convention); ``options`` are passed to the builder
+    (``min_size``, ``max_size``, ``box_score_thresh``, ``box_detections_per_img``, ...).
+    """
+
+    name: str = ""
+    num_classes: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassesConfig:
+    """The stochastic passes.
+
+    ``dropout`` is one rate for every pass or a list with one rate per pass. ``sites`` are
+    module paths (``roi_heads.box_predictor``) whose *input* gets dropout; empty means the
+    family's default sites. ``tta`` names views (``hflip``, ``scale:0.8``); each view is run
+    ``passes`` times. ``chunk`` caps how many passes run in one batched call (0: all).
+    """
+
+    passes: int = 10
+    dropout: float | tuple[float, ...] = 0.2
+    sites: tuple[str, ...] = ()
+    tta: tuple[str, ...] = ()
+    fast: bool = True
+    chunk: int = 0
+    batch_size: int = 1
+    num_workers: int = 0
+    seed: int = 0
+
+    def rates(self) -> list[float]:
+        """The dropout rate of each pass, ``len == passes``."""
+        if isinstance(self.dropout, (int, float)):
+            return [float(self.dropout)] * self.passes
+        return [float(p) for p in self.dropout]
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    """Matching detections of the passes into objects (see :mod:`det_al.matching`)."""
+
+    iou_threshold: float = 0.5
+    class_aware: bool = False
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Per-object uncertainty and per-image informativeness (see :mod:`det_al.informativeness`)."""
+
+    class_term: str = "variance"
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {"class": 1.0, "box": 1.0, "mask": 1.0, "presence": 1.0}
+    )
+    reduction: str = "max"
+    topk: int = 3
+    min_score: float = 0.05
+    certain_threshold: float = 0.05
+    empty_policy: str = "quantile"
+    empty_value: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training (``det-al train``, the demo, the loop)."""
+
+    epochs: int = 10
+    batch_size: int = 4
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    augment: tuple[Mapping[str, Any], ...] = ()
+    eval_every: int = 1
+    num_workers: int = 0
+    seed: int = 0
+    max_minutes: float = 0.0
+    grad_clip: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    passes: PassesConfig = field(default_factory=PassesConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str | None) -> Any:
+    """Check ``value`` against the annotation ``tp`` (as a string or type); lists become tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, where, source)
+            except InputError as e:
+                errors.append(e)
+        raise errors[-1]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where} must be a list, got {value!r}", source)
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, where, source) for v in value)
+    if origin in (Mapping, dict) or tp in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise InputError(f"{where} must be a mapping, got {value!r}", source)
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where} must be a number, got {value!r}", source)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where} must be an integer, got {value!r}", source)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where} must be true or false, got {value!r}", source)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{where} must be a string, got {value!r}", source)
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str, source: str | None) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise InputError(f"{where or 'config'} must be a mapping, got {type(data).__name__}", source)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise InputError(f"unknown config key '{key}' (valid: {', '.join(sorted(names))})", source)
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key, source)
+        else:
+            kwargs[name] = _coerce(value, tp, key, source)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Config:
+    """Build and validate a :class:`Config` from plain data (as YAML gives it)."""
+    config = _build(Config, data, "", source)
+    validate(config, source)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain data (lists, dicts) that :func:`config_from_dict` turns back into ``config``."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"passes.dropout=[0.1,0.2]"`` -> ``(["passes", "dropout"], [0.1, 0.2])``."""
+    if "=" not in text:
+        raise InputError(f"--set expects section.key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise InputError(f"--set {key}: cannot parse value '{raw}': {e}") from e
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to plain config data (a copy is returned)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {'.'.join(path)}: '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate."""
+    data: Any = {}
+    source = None if path is None else os.fspath(path)
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError as e:
+            raise InputError("config file not found", source) from e
+        except yaml.YAMLError as e:
+            raise InputError(f"not valid YAML: {e}".replace("\n", " "), source) from e
+        if not isinstance(data, dict):
+            raise InputError("config must be a YAML mapping", source)
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, source)
+
+
+def validate(config: Config, source: str | None = None) -> None:
+    """Range and consistency checks that a type check cannot make."""
+    m, p, s, mt = config.model, config.passes, config.scoring, config.matching
+    if m.name and m.num_classes < 2:
+        raise InputError("model.num_classes must count background and at least one class (>= 2)", source)
+    if p.passes < 1:
+        raise InputError(f"passes.passes must be >= 1, got {p.passes}", source)
+    rates = p.rates()
+    if len(rates) != p.passes:
+        raise InputError(
+            f"passes.dropout lists {len(rates)} rates but passes.passes is {p.passes}", source
+        )
+    if any(not 0.0 <= r < 1.0 for r in rates):
+        raise InputError(f"passes.dropout rates must be in [0, 1), got {rates}", source)
+    if p.batch_size < 1 or p.chunk < 0 or p.num_workers < 0:
+        raise InputError("passes.batch_size must be >= 1, passes.chunk and passes.num_workers >= 0", source)
+    if not 0.0 < mt.iou_threshold <= 1.0:
+        raise InputError(f"matching.iou_threshold must be in (0, 1], got {mt.iou_threshold}", source)
+    if s.class_term not in ("variance", "entropy", "mutual_information"):
+        raise InputError(
+            f"scoring.class_term must be variance, entropy or mutual_information, got '{s.class_term}'",
+            source,
+        )
+    if s.reduction not in ("max", "mean", "sum", "topk"):
+        raise InputError(f"scoring.reduction must be max, mean, sum or topk, got '{s.reduction}'", source)
+    bad = sorted(set(s.weights) - {"class", "box", "mask", "presence"})
+    if bad:
+        raise InputError(f"unknown config key 'scoring.weights.{bad[0]}' (valid: box, class, mask, presence)", source)
+    if any((not isinstance(w, (int, float))) or w < 0 for w in s.weights.values()):
+        raise InputError("scoring.weights must be non-negative numbers", source)
+    if s.empty_policy not in ("quantile", "value"):
+        raise InputError(f"scoring.empty_policy must be quantile or value, got '{s.empty_policy}'", source)
+    if s.topk < 1:
+        raise InputError("scoring.topk must be >= 1", source)
