@@ -1,0 +1,156 @@
+"""Per-image informativeness: reduce objects to one value per image, then rank the pool.
+
+**Image values.** :func:`image_informativeness` keeps the objects whose ``score`` is at least
+``ScoringConfig.min_score`` and reduces (``reduction``: ``max``, ``mean``, ``sum`` or ``topk``,
+the mean of the ``topk`` largest) their per-object ``uncertainty`` into the image's
+``informativeness``, and each term the same way into ``class`` (the component
+``ScoringConfig.class_term`` names), ``box`` (``box_disagreement``), ``mask``
+(``mask_disagreement``; 0 for a model without masks) and ``presence``
+(``presence_uncertainty``). Because every per-object term is normalised to [0, 1] (see
+:mod:`det_al.uncertainty`), ``max``, ``mean`` and ``topk`` stay in [0, 1]; ``sum`` grows with
+the number of objects (a crowded image counts more).
+
+**Images where nothing is detected** (no object left after the ``min_score`` filter) get
+``empty: true``. A model that sees nothing cannot tell an empty scene from a blind spot: such
+an image is not certain, yet nothing in it says it is informative either. Scoring it 0 would
+bury every blind spot at the bottom of the ranking; scoring it 1 would flood the top with
+empty scenes. :func:`finalize_pool` therefore places empty images deliberately, by
+``ScoringConfig.empty_policy``:
+
+- ``"quantile"`` (default): the ``empty_value``-quantile (default 0.5: the median, linear
+  interpolation) of the non-empty images' informativeness, so empty images sit in the middle
+  of the ranking; 0.5 when no image in the pool has objects;
+- ``"value"``: ``empty_value`` itself, for users who want them at a fixed place (1.0: first,
+  0.0: last).
+
+Empty images are never ``certain``; the other images are ``certain`` when their
+informativeness is below ``ScoringConfig.certain_threshold``. Their component values stay 0
+(there is nothing to measure). The pool is then sorted most informative first, ties broken by
+``image_id`` so the ranking is deterministic, and ``rank`` is set 1-based.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from det_al.config import ScoringConfig
+from det_al.uncertainty import object_terms
+
+logger = logging.getLogger(__name__)
+
+REDUCTIONS = ("max", "mean", "sum", "topk")
+COMPONENTS = ("class", "box", "mask", "presence")
+
+
+def reduce_objects(values: Tensor, how: str = "max", k: int = 3) -> float:
+    """Reduce per-object values ``[K]`` to one number: ``max``, ``mean``, ``sum`` or ``topk``.
+
+    ``topk`` is the mean of the ``k`` largest values (of all of them when there are fewer).
+    No object gives 0.0 (the empty-image policy is applied by :func:`finalize_pool`).
+
+    >>> v = torch.tensor([0.2, 0.8, 0.5])
+    >>> [round(reduce_objects(v, how, k=2), 4) for how in REDUCTIONS]
+    [0.8, 0.5, 1.5, 0.65]
+    """
+    if how not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {how!r}")
+    if values.ndim != 1:
+        raise ValueError(f"expected values of shape (K,), got {tuple(values.shape)}")
+    if values.numel() == 0:
+        return 0.0
+    values = values.double()
+    if how == "max":
+        return float(values.max())
+    if how == "mean":
+        return float(values.mean())
+    if how == "sum":
+        return float(values.sum())
+    if k < 1:
+        raise ValueError(f"topk needs k >= 1, got {k}")
+    return float(values.topk(min(k, values.numel())).values.mean())
+
+
+def image_informativeness(
+    object_values: dict[str, Tensor], scoring: ScoringConfig, has_masks: bool = False
+) -> dict[str, Any]:
+    """One image's informativeness from its per-object values (:func:`det_al.uncertainty.score_objects`).
+
+    Returns:
+        ``{"informativeness", "class", "box", "mask", "presence"}`` floats, ``"n_objects"``
+        (objects with ``score >= min_score``) and ``"empty"`` (no such object; its
+        informativeness is 0.0 until :func:`finalize_pool` applies the empty policy).
+    """
+    keep = object_values["score"] >= scoring.min_score
+    terms = object_terms(object_values, scoring, has_masks)
+
+    def reduce(values: Tensor) -> float:
+        return reduce_objects(values[keep], scoring.reduction, scoring.topk)
+
+    result: dict[str, Any] = {"informativeness": reduce(object_values["uncertainty"])}
+    for name in COMPONENTS:
+        result[name] = reduce(terms[name]) if name in terms else 0.0
+    n = int(keep.sum())
+    result["n_objects"] = n
+    result["empty"] = n == 0
+    return result
+
+
+def empty_informativeness(values: list[float], scoring: ScoringConfig) -> float:
+    """The informativeness given to empty images, from the non-empty images' ``values``.
+
+    >>> empty_informativeness([0.1, 0.4, 0.3, 0.9], ScoringConfig())  # median of 4 values
+    0.35
+    >>> empty_informativeness([], ScoringConfig())
+    0.5
+    """
+    if scoring.empty_policy == "value":
+        return float(scoring.empty_value)
+    if scoring.empty_policy != "quantile":
+        raise ValueError(f"empty_policy must be quantile or value, got {scoring.empty_policy!r}")
+    q = float(scoring.empty_value)
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"empty_value must be a quantile in [0, 1] with empty_policy quantile, got {q}")
+    if not values:
+        return 0.5
+    return round(float(np.quantile(np.asarray(values, dtype=np.float64), q)), 12)
+
+
+def finalize_pool(records: list[dict[str, Any]], scoring: ScoringConfig) -> list[dict[str, Any]]:
+    """Apply the empty-image policy, set ``certain`` and ``rank``, sort most informative first.
+
+    Args:
+        records: one dict per image with ``image_id``, ``informativeness`` and ``empty``
+            (missing ``empty``: ``n_objects == 0``); other keys are kept.
+
+    Returns:
+        New dicts (the inputs are not modified), sorted by decreasing informativeness then
+        ``image_id``, with ``informativeness``, ``empty``, ``certain`` and ``rank`` (1-based).
+    """
+    out = [dict(r) for r in records]
+    for r in out:
+        r["empty"] = bool(r.get("empty", r.get("n_objects", 0) == 0))
+    values = [float(r["informativeness"]) for r in out if not r["empty"]]
+    if any(math.isnan(v) for v in values):
+        raise ValueError("informativeness must not be NaN")
+    fill = empty_informativeness(values, scoring)
+    for r in out:
+        if r["empty"]:
+            r["informativeness"] = fill
+            r["certain"] = False
+        else:
+            r["informativeness"] = float(r["informativeness"])
+            r["certain"] = r["informativeness"] < scoring.certain_threshold
+    out.sort(key=lambda r: (-r["informativeness"], r["image_id"]))
+    for rank, r in enumerate(out, start=1):
+        r["rank"] = rank
+    n_empty = sum(r["empty"] for r in out)
+    if n_empty:
+        logger.info("%d of %d images have no object; informativeness %.4g (%s policy)",
+                    n_empty, len(out), fill, scoring.empty_policy)
+    return out

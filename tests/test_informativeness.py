@@ -1,0 +1,157 @@
+"""Reductions, per-image values and the pool policy against values computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from det_al.config import ScoringConfig
+from det_al.informativeness import (
+    empty_informativeness,
+    finalize_pool,
+    image_informativeness,
+    reduce_objects,
+)
+
+V = torch.tensor([0.2, 0.8, 0.5, 0.1])
+
+
+@pytest.mark.parametrize(
+    "how, k, expected",
+    [
+        ("max", 3, 0.8),
+        ("mean", 3, 0.4),  # (.2 + .8 + .5 + .1) / 4 = 1.6 / 4
+        ("sum", 3, 1.6),
+        ("topk", 2, 0.65),  # (.8 + .5) / 2
+        ("topk", 3, 0.5),  # (.8 + .5 + .2) / 3
+        ("topk", 10, 0.4),  # fewer than k objects: the mean of all
+    ],
+)
+def test_reduce_objects(how, k, expected):
+    assert reduce_objects(V, how, k) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("how", ["max", "mean", "sum", "topk"])
+def test_reduce_objects_empty(how):
+    assert reduce_objects(torch.zeros(0), how, 3) == 0.0
+
+
+def test_reduce_objects_bad_input():
+    with pytest.raises(ValueError, match="max, mean, sum, topk"):
+        reduce_objects(V, "median")
+    with pytest.raises(ValueError, match="shape"):
+        reduce_objects(V[None], "max")
+
+
+def object_values() -> dict[str, torch.Tensor]:
+    # Object 1 falls below min_score .05 and is ignored.
+    return {
+        "score": torch.tensor([0.9, 0.02, 0.5]),
+        "uncertainty": torch.tensor([0.2, 0.99, 0.6]),
+        "class_variance": torch.tensor([0.1, 0.9, 0.3]),
+        "entropy": torch.tensor([0.7, 0.9, 0.5]),
+        "mutual_information": torch.tensor([0.0, 0.9, 0.4]),
+        "box_disagreement": torch.tensor([0.3, 0.9, 0.1]),
+        "mask_disagreement": torch.tensor([0.4, 0.9, 0.2]),
+        "presence_uncertainty": torch.tensor([0.0, 0.9, 0.75]),
+    }
+
+
+def test_image_informativeness_max():
+    r = image_informativeness(object_values(), ScoringConfig(), has_masks=True)
+    # Kept objects 0 and 2: max of (.2, .6) etc.
+    assert r == pytest.approx(
+        {"informativeness": 0.6, "class": 0.3, "box": 0.3, "mask": 0.4, "presence": 0.75,
+         "n_objects": 2, "empty": False}
+    )
+
+
+def test_image_informativeness_mean_entropy_no_masks():
+    scoring = ScoringConfig(reduction="mean", class_term="entropy")
+    r = image_informativeness(object_values(), scoring, has_masks=False)
+    # mean over objects 0 and 2: uncertainty (.2 + .6) / 2 = .4; entropy (.7 + .5) / 2 = .6;
+    # box (.3 + .1) / 2 = .2; presence (0 + .75) / 2 = .375; mask 0 (no masks).
+    assert r == pytest.approx(
+        {"informativeness": 0.4, "class": 0.6, "box": 0.2, "mask": 0.0, "presence": 0.375,
+         "n_objects": 2, "empty": False}
+    )
+
+
+def test_image_informativeness_min_score_zero_keeps_all():
+    r = image_informativeness(object_values(), ScoringConfig(min_score=0.0, reduction="sum"), False)
+    assert r["n_objects"] == 3
+    assert r["informativeness"] == pytest.approx(1.79)  # .2 + .99 + .6
+
+
+def test_image_informativeness_empty():
+    values = object_values()
+    r = image_informativeness(values, ScoringConfig(min_score=0.95), has_masks=True)
+    assert r["empty"] is True and r["n_objects"] == 0
+    assert r["informativeness"] == 0.0 and r["class"] == 0.0
+    none = {name: v[:0] for name, v in values.items()}
+    r = image_informativeness(none, ScoringConfig(), has_masks=False)
+    assert r["empty"] is True and r["n_objects"] == 0
+
+
+def records(values: dict[str, float | None]) -> list[dict]:
+    """``None`` = an empty image."""
+    return [
+        {"image_id": i, "informativeness": 0.0 if v is None else v, "empty": v is None,
+         "n_objects": 0 if v is None else 1}
+        for i, v in values.items()
+    ]
+
+
+def test_finalize_pool_quantile_median():
+    # Non-empty: .1, .4, .3, .9 -> sorted .1 .3 .4 .9, median (.3 + .4) / 2 = .35 for image 5.
+    # certain_threshold .2: only image 1 (.1) is certain; the empty image never is.
+    pool = records({1: 0.1, 2: 0.4, 3: 0.3, 4: 0.9, 5: None})
+    out = finalize_pool(pool, ScoringConfig(certain_threshold=0.2))
+    assert [r["image_id"] for r in out] == [4, 2, 5, 3, 1]
+    assert [r["rank"] for r in out] == [1, 2, 3, 4, 5]
+    assert out[2]["informativeness"] == pytest.approx(0.35)
+    assert [r["certain"] for r in out] == [False, False, False, False, True]
+    assert [r["empty"] for r in out] == [False, False, True, False, False]
+    assert pool[4]["informativeness"] == 0.0 and "rank" not in pool[0]  # inputs untouched
+
+
+def test_finalize_pool_quantile_q():
+    # q = .25 over .1 .3 .4 .9 (linear): position .25 * 3 = .75 -> .1 + .75 * (.3 - .1) = .25.
+    pool = records({1: 0.1, 2: 0.4, 3: 0.3, 4: 0.9, 5: None})
+    out = finalize_pool(pool, ScoringConfig(empty_value=0.25))
+    assert {r["image_id"]: r["informativeness"] for r in out}[5] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("value, position", [(1.0, 0), (0.0, 2)])
+def test_finalize_pool_value(value, position):
+    # Empty image 9 at a fixed value: first with 1.0, last with 0.0 (never certain, even at 0).
+    scoring = ScoringConfig(empty_policy="value", empty_value=value)
+    out = finalize_pool(records({1: 0.5, 2: 0.2, 9: None}), scoring)
+    assert out[position]["image_id"] == 9
+    assert out[position]["informativeness"] == value
+    assert out[position]["certain"] is False
+
+
+def test_finalize_pool_all_empty_and_no_images():
+    out = finalize_pool(records({2: None, 1: None}), ScoringConfig())
+    assert [(r["image_id"], r["informativeness"], r["rank"]) for r in out] == [(1, 0.5, 1), (2, 0.5, 2)]
+    assert finalize_pool([], ScoringConfig()) == []
+
+
+def test_finalize_pool_ties_by_image_id():
+    out = finalize_pool(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig())
+    assert [r["image_id"] for r in out] == [2, 1, 3]
+
+
+def test_finalize_pool_empty_from_n_objects_and_kept_keys():
+    pool = [{"image_id": 1, "informativeness": 0.0, "n_objects": 0, "file_name": "a.jpg"},
+            {"image_id": 2, "informativeness": 0.02, "n_objects": 3, "file_name": "b.jpg"}]
+    out = finalize_pool(pool, ScoringConfig())
+    # Only one non-empty image (.02): the median is .02, tie broken by image_id; .02 < .05 certain.
+    assert [(r["image_id"], r["empty"], r["certain"], r["file_name"]) for r in out] == [
+        (1, True, False, "a.jpg"), (2, False, True, "b.jpg")]
+
+
+def test_empty_informativeness_bad_quantile():
+    with pytest.raises(ValueError, match="quantile"):
+        empty_informativeness([0.1], ScoringConfig(empty_value=1.5))
