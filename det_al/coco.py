@@ -1,0 +1,485 @@
+"""The COCO boundary: reading and validating COCO files, pools from folders, converters.
+
+Inside det_al boxes are ``xyxy`` float pixels and masks are boolean arrays; COCO's ``xywh``
+boxes and RLE/polygon segmentations only appear here, at the edge. Category ids are the user's
+(never assumed contiguous); :func:`category_ids_to_labels` gives the model's labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from pycocotools.coco import COCO
+from torch import Tensor
+from torchvision.ops import box_convert
+
+from det_al.errors import InputError
+from det_al.files import read_json, write_json
+from det_al.images import IMAGE_EXTENSIONS, ImageReadError, image_size
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- reading and validation
+
+
+def load_coco(path: str | os.PathLike, require_annotations: bool = False) -> dict:
+    """Read a COCO JSON file and validate it (see :func:`validate_coco`).
+
+    Raises:
+        InputError: naming the file and the first problem found, on one line.
+    """
+    return validate_coco(read_json(path), path, require_annotations)
+
+
+def validate_coco(
+    dataset: Any, path: str | os.PathLike | None = None, require_annotations: bool = False
+) -> dict:
+    """Check the parts of a COCO dict det_al relies on, and return it unchanged.
+
+    Checked: a JSON object with ``images`` and ``categories`` lists (and ``annotations`` when
+    ``require_annotations``); images with an integer ``id`` and a non-empty string
+    ``file_name`` (``width``/``height`` positive integers when present); categories with an
+    integer ``id`` and a string ``name``; no duplicate image, category or annotation ids nor
+    category names; annotations with an ``id``, an ``image_id`` and a ``category_id`` that
+    exist, and a ``bbox`` of 4 finite numbers with non-negative width and height. Duplicate
+    file names are logged as a warning, not refused.
+
+    Raises:
+        InputError: naming ``path`` and the problem.
+    """
+
+    def fail(message: str):
+        raise InputError(message, path)
+
+    if not isinstance(dataset, dict):
+        fail(f"not a COCO file: expected a JSON object, got a {_json_type(dataset)}")
+    keys = ("images", "categories") + (("annotations",) if require_annotations else ())
+    for key in keys:
+        if key not in dataset:
+            fail(f"missing key '{key}'")
+    for key in ("images", "categories", "annotations"):
+        if key in dataset and not isinstance(dataset[key], list):
+            fail(f"'{key}' must be a list, got a {_json_type(dataset[key])}")
+
+    image_ids: dict[int, int] = {}
+    for i, image in enumerate(dataset["images"]):
+        where = f"images[{i}]"
+        if not isinstance(image, dict):
+            fail(f"{where}: expected an object, got a {_json_type(image)}")
+        if "id" not in image:
+            fail(f"{where}: missing 'id'")
+        if not _is_int(image["id"]):
+            fail(f"{where}: 'id' must be an integer, got {image['id']!r}")
+        if "file_name" not in image:
+            fail(f"{where} (id {image['id']}): missing 'file_name'")
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            fail(f"{where} (id {image['id']}): 'file_name' must be a non-empty string")
+        for key in ("width", "height"):
+            if key in image and not (_is_int(image[key]) and image[key] > 0):
+                fail(
+                    f"{where} (id {image['id']}): '{key}' must be a positive integer, "
+                    f"got {image[key]!r}"
+                )
+        if image["id"] in image_ids:
+            fail(f"duplicate image id {image['id']} (images[{image_ids[image['id']]}] and {where})")
+        image_ids[image["id"]] = i
+
+    category_ids: dict[int, int] = {}
+    names: dict[str, int] = {}
+    for i, category in enumerate(dataset["categories"]):
+        where = f"categories[{i}]"
+        if not isinstance(category, dict):
+            fail(f"{where}: expected an object, got a {_json_type(category)}")
+        if not _is_int(category.get("id")):
+            fail(f"{where}: 'id' must be an integer, got {category.get('id')!r}")
+        if not isinstance(category.get("name"), str):
+            fail(f"{where} (id {category['id']}): missing or non-string 'name'")
+        if category["id"] in category_ids:
+            fail(
+                f"duplicate category id {category['id']} "
+                f"(categories[{category_ids[category['id']]}] and {where})"
+            )
+        if category["name"] in names:
+            fail(
+                f"duplicate category name {category['name']!r} "
+                f"(categories[{names[category['name']]}] and {where})"
+            )
+        category_ids[category["id"]] = i
+        names[category["name"]] = i
+
+    annotation_ids: dict[int, int] = {}
+    for i, ann in enumerate(dataset.get("annotations", [])):
+        where = f"annotations[{i}]"
+        if not isinstance(ann, dict):
+            fail(f"{where}: expected an object, got a {_json_type(ann)}")
+        for key in ("id", "image_id", "category_id"):
+            if not _is_int(ann.get(key)):
+                fail(f"{where}: '{key}' must be an integer, got {ann.get(key)!r}")
+        if ann["id"] in annotation_ids:
+            fail(
+                f"duplicate annotation id {ann['id']} "
+                f"(annotations[{annotation_ids[ann['id']]}] and {where})"
+            )
+        annotation_ids[ann["id"]] = i
+        if ann["image_id"] not in image_ids:
+            fail(f"{where} (id {ann['id']}): unknown image id {ann['image_id']}")
+        if ann["category_id"] not in category_ids:
+            fail(f"{where} (id {ann['id']}): unknown category id {ann['category_id']}")
+        problem = _bbox_problem(ann.get("bbox"))
+        if problem:
+            fail(f"{where} (id {ann['id']}): bad bbox {ann.get('bbox')!r}: {problem}")
+
+    name_counts = Counter(im["file_name"] for im in dataset["images"])
+    duplicates = [name for name, count in name_counts.items() if count > 1]
+    if duplicates:
+        logger.warning(
+            "%s: %d file names appear more than once (first: %r)",
+            path or "COCO data", len(duplicates), duplicates[0],
+        )
+    return dataset
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    if type(value) in names:
+        return names[type(value)]
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _bbox_problem(bbox: Any) -> str | None:
+    if bbox is None:
+        return "missing"
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return "expected [x, y, width, height]"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        return "values must be numbers"
+    if not all(math.isfinite(v) for v in bbox):
+        return "values must be finite"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return "negative width or height"
+    return None
+
+
+def quiet_coco(dataset: dict) -> COCO:
+    """A ``pycocotools.coco.COCO`` built in memory from ``dataset``, without its prints."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_results(coco: COCO, results: list[dict]) -> COCO:
+    """``coco.loadRes(results)`` without prints; an empty ``results`` gives an empty COCO.
+
+    ``results`` are COCO results dicts (``image_id``, ``category_id``, ``bbox`` [x, y, w, h],
+    ``score`` and optionally ``segmentation``). pycocotools raises on an empty list; this gives
+    a results object with the same images and categories and no annotations instead.
+    """
+    if not results:
+        return quiet_coco(
+            {
+                "images": list(coco.dataset.get("images", [])),
+                "categories": list(coco.dataset.get("categories", [])),
+                "annotations": [],
+            }
+        )
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco.loadRes(results)
+
+
+def write_coco(path: str | os.PathLike, dataset: dict) -> None:
+    """Write a COCO dict to ``path`` atomically (temporary file, then rename)."""
+    write_json(path, dataset)
+
+
+# ---------------------------------------------------------------- pools from folders
+
+
+def list_images(
+    folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[str]:
+    """Relative POSIX paths of the image files under ``folder`` (recursive, sorted).
+
+    Files are chosen by extension (case-insensitive); hidden files and folders are skipped.
+    """
+    root = Path(folder)
+    extensions = tuple(e.lower() for e in extensions)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(extensions):
+                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def pool_from_folder(
+    folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> tuple[dict, list[dict]]:
+    """A COCO pool dict for the images under ``folder``, and the files that cannot be read.
+
+    Images are sorted by relative path and numbered 1, 2, ...; ``file_name`` is the path
+    relative to ``folder`` (the image root); ``width``/``height`` are as :func:`read_image`
+    returns them (after EXIF rotation), read from the headers only. ``categories`` and
+    ``annotations`` are empty lists. Files whose header cannot be read are not numbered: they
+    are returned as ``skipped``, ``[{"file_name", "reason"}]`` (a file truncated after its
+    header is caught later, when it is read).
+
+    Raises:
+        InputError: the folder does not exist or holds no image files.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError("image folder not found" if not root.exists() else "not a folder", root)
+    names = list_images(root, extensions)
+    if not names:
+        raise InputError(f"no image files found (looked for {', '.join(extensions)})", root)
+    images, skipped = [], []
+    for name in names:
+        try:
+            width, height = image_size(root / name)
+        except ImageReadError as e:
+            skipped.append({"file_name": name, "reason": e.reason})
+            continue
+        images.append({"id": len(images) + 1, "file_name": name, "width": width, "height": height})
+    if skipped:
+        logger.warning(
+            "%s: %d of %d image files cannot be read (skipped)", root, len(skipped), len(names)
+        )
+    return {"images": images, "annotations": [], "categories": []}, skipped
+
+
+# ---------------------------------------------------------------- categories
+
+
+def categories_by_name(categories: list[dict]) -> dict[str, dict]:
+    """``{name: category dict}``; a duplicate name is a ``ValueError``."""
+    out: dict[str, dict] = {}
+    for category in categories:
+        if category["name"] in out:
+            raise ValueError(f"duplicate category name {category['name']!r}")
+        out[category["name"]] = category
+    return out
+
+
+def category_ids_to_labels(categories: list[dict]) -> dict[int, int]:
+    """``{COCO category id: model label}``: label ``l`` (>= 1) is ``categories[l - 1]``."""
+    return {int(c["id"]): label for label, c in enumerate(categories, start=1)}
+
+
+# ---------------------------------------------------------------- boxes
+
+
+def xyxy_to_xywh(boxes: Tensor | np.ndarray | Sequence) -> list[list[float]]:
+    """``[N, 4]`` boxes ``(x1, y1, x2, y2)`` -> COCO ``[[x, y, width, height], ...]`` (plain floats)."""
+    t = _boxes_tensor(boxes)
+    return box_convert(t, "xyxy", "xywh").tolist()
+
+
+def xywh_to_xyxy(boxes: Tensor | np.ndarray | Sequence) -> Tensor:
+    """COCO ``[N, 4]`` boxes ``(x, y, width, height)`` -> float32 Tensor[N, 4] ``(x1, y1, x2, y2)``."""
+    t = _boxes_tensor(boxes)
+    return box_convert(t, "xywh", "xyxy")
+
+
+def _boxes_tensor(boxes: Tensor | np.ndarray | Sequence) -> Tensor:
+    t = torch.as_tensor(boxes, dtype=torch.float64 if _is_double(boxes) else torch.float32)
+    if t.numel() == 0:
+        return t.reshape(0, 4)
+    if t.ndim != 2 or t.shape[1] != 4:
+        raise ValueError(f"expected boxes of shape (N, 4), got {tuple(t.shape)}")
+    return t
+
+
+def _is_double(boxes: Any) -> bool:
+    return getattr(boxes, "dtype", None) in (torch.float64, np.float64)
+
+
+# ---------------------------------------------------------------- masks
+
+
+def mask_to_rle(mask: Tensor | np.ndarray, threshold: float = 0.5) -> dict:
+    """``[H, W]`` mask -> COCO RLE ``{"size": [H, W], "counts": str}`` (JSON-ready).
+
+    Boolean and integer masks are taken as they are (non-zero = inside); float masks
+    (probabilities) are binarised with ``> threshold``.
+    """
+    return masks_to_rles(_as_numpy(mask)[None], threshold)[0]
+
+
+def masks_to_rles(masks: Tensor | np.ndarray, threshold: float = 0.5) -> list[dict]:
+    """``[N, H, W]`` masks -> list of N COCO RLEs with ``counts`` as str (see :func:`mask_to_rle`)."""
+    array = _as_numpy(masks)
+    if array.ndim != 3:
+        raise ValueError(f"expected masks of shape (N, H, W), got {tuple(array.shape)}")
+    if array.dtype.kind == "f":
+        binary = array > threshold
+    else:
+        binary = array != 0
+    if binary.shape[0] == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """COCO RLE (``counts`` as str, bytes, or an uncompressed list) -> ``[H, W]`` bool array.
+
+    Raises:
+        ValueError: a malformed RLE (bad size, bad characters, counts not covering H * W).
+    """
+    return mask_utils.decode(_compressed_rle(rle)).astype(bool)
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, RLE, uncompressed RLE) -> ``[H, W]`` bool array.
+
+    Polygons follow pycocotools' rasterisation (as COCOeval sees them). A flat list of numbers
+    is taken as one polygon; degenerate polygons (fewer than 3 points) cover no pixels; an
+    empty list gives an empty mask; vertices far outside the image are clipped to it first.
+
+    Raises:
+        ValueError: non-finite or non-numeric coordinates, a malformed RLE, an RLE whose size
+            is not ``[H, W]``, or a segmentation of another form.
+    """
+    if isinstance(segmentation, list):
+        if segmentation and all(_is_number(v) for v in segmentation):
+            segmentation = [segmentation]  # a single flat polygon
+        polygons = []
+        for polygon in segmentation:
+            if not isinstance(polygon, (list, tuple)) or not all(_is_number(v) for v in polygon):
+                raise ValueError("polygon coordinates must be lists of numbers")
+            if not all(math.isfinite(v) for v in polygon):
+                raise ValueError("polygon coordinates must be finite")
+            if len(polygon) >= 6:
+                clipped = _clip_polygon([float(v) for v in polygon], width, height)
+                if len(clipped) >= 6:
+                    polygons.append(clipped)
+        if not polygons:
+            return np.zeros((height, width), bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        return mask_utils.decode(rle).astype(bool)
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        size = segmentation["size"]
+        if not (isinstance(size, (list, tuple)) and [_as_int(v) for v in size] == [height, width]):
+            raise ValueError(f"RLE of size {size!r} for an image of size {[height, width]}")
+        return rle_to_mask(segmentation)
+    raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_int(value: Any) -> int | None:
+    if _is_int(value) or (isinstance(value, float) and value.is_integer()):
+        return int(value)
+    return None
+
+
+def _clip_polygon(flat: list[float], width: int, height: int) -> list[float]:
+    """Clip a polygon ``[x0, y0, x1, y1, ...]`` that reaches far outside the image.
+
+    pycocotools walks every edge in fifth-of-a-pixel steps, so a vertex at 1e9 would exhaust
+    memory. Polygons within a margin of one image size around the image are left exactly as
+    they are (pycocotools' own pixels); others are clipped (Sutherland-Hodgman) to that box,
+    which may move a pixel or two on the image border but keeps the memory bounded.
+    """
+    points = list(zip(flat[0::2], flat[1::2]))
+    margin = float(max(width, height)) + 16.0
+    lo_x, lo_y, hi_x, hi_y = -margin, -margin, width + margin, height + margin
+    if all(lo_x <= x <= hi_x and lo_y <= y <= hi_y for x, y in points):
+        return flat
+    edges = ((0, lo_x, True), (0, hi_x, False), (1, lo_y, True), (1, hi_y, False))
+    for axis, bound, keep_above in edges:
+        inside = (lambda p: p[axis] >= bound) if keep_above else (lambda p: p[axis] <= bound)
+        clipped = []
+        for i, current in enumerate(points):
+            previous = points[i - 1]
+            if inside(current) != inside(previous):
+                t = (bound - previous[axis]) / (current[axis] - previous[axis])
+                clipped.append(tuple(previous[a] + t * (current[a] - previous[a]) for a in (0, 1)))
+            if inside(current):
+                clipped.append(current)
+        points = clipped
+        if not points:
+            return []
+    return [v for p in points for v in p]
+
+
+def _compressed_rle(rle: Any) -> dict:
+    """A validated RLE with ``counts`` as bytes, as pycocotools' decoder expects."""
+    if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
+        raise ValueError("expected an RLE with 'size' and 'counts'")
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2):
+        raise ValueError(f"RLE size must be [height, width], got {size!r}")
+    h, w = (_as_int(v) for v in size)
+    if h is None or w is None or h < 0 or w < 0:
+        raise ValueError(f"RLE size must be [height, width], got {size!r}")
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            raise ValueError("uncompressed RLE counts must be non-negative integers")
+        if sum(counts) != h * w:
+            raise ValueError(f"RLE counts cover {sum(counts)} pixels, expected {h}x{w} = {h * w}")
+        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    if isinstance(counts, str):
+        try:
+            counts = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("RLE counts string has non-ASCII characters") from None
+    if not isinstance(counts, bytes):
+        raise ValueError(f"RLE counts must be a string or a list, got {type(counts).__name__}")
+    covered = _compressed_counts_total(counts)
+    if covered != h * w:
+        raise ValueError(f"RLE counts cover {covered} pixels, expected {h}x{w} = {h * w}")
+    return {"size": [h, w], "counts": counts}
+
+
+def _compressed_counts_total(counts: bytes) -> int:
+    """Pixels covered by a compressed COCO RLE string (pycocotools' ``rleFrString``, checked)."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                raise ValueError("RLE counts string is truncated")
+            c = counts[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"RLE counts string has an invalid character {chr(counts[p])!r}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            raise ValueError("RLE counts string has a negative run")
+        runs.append(x)
+    return sum(runs)
+
+
+def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
