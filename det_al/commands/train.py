@@ -1,0 +1,49 @@
+"""``det-al train``: train a detector on a COCO file, with periodic COCO evaluation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (model and train sections)")
+    parser.add_argument("--train", "-t", required=True, help="COCO JSON of the training images, with annotations")
+    parser.add_argument("--val", help="COCO JSON evaluated every train.eval_every epochs (best.pt follows its bbox AP)")
+    parser.add_argument("--image-root", "-r", help="folder the file_name entries are relative to (default: the training file's folder)")
+    parser.add_argument("--out", "-o", required=True, help="output folder: last.pt, best.pt, metrics.jsonl, summary.json")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (raise train.epochs to train further)")
+    parser.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (det_al checkpoint or torchvision state dict)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. --set train.epochs=3")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, help="seed (train.seed)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from det_al.config import config_to_dict, load_config
+    from det_al.errors import InputError
+    from det_al.evaluation import format_table
+    from det_al.files import write_json
+    from det_al.training import train_model
+
+    if args.resume and args.init:
+        raise InputError("--resume and --init exclude each other (resume continues OUT/last.pt)")
+    overrides = list(args.overrides) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+    config = load_config(args.config, overrides)
+    if not config.model.name:
+        raise InputError("the config names no model (model.name)", args.config)
+    image_root = Path(args.image_root) if args.image_root else Path(args.train).parent
+    summary = train_model(
+        config, args.train, image_root, args.out, val_json=args.val, init_checkpoint=args.init,
+        resume=args.resume, device=args.device, progress=not args.no_progress,
+    )
+    write_json(Path(args.out) / "summary.json", {**summary, "config": config_to_dict(config)}, indent=1)
+    cap = " (stopped at train.max_minutes)" if summary["stopped_early"] else ""
+    loss = "-" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"
+    print(f"trained {summary['epochs']} epochs, {summary['iterations']} iterations in {summary['seconds']:.0f} s{cap}; last loss {loss}")
+    if summary["metrics"] is not None:
+        print(format_table(summary["metrics"]), end="")
+        print(f"best bbox AP {summary['best_map']:.4f} at epoch {summary['best_epoch']}: {summary['best']}")
+    print(f"last checkpoint: {summary['last']}")
+    return 0

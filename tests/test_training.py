@@ -1,0 +1,284 @@
+"""Training: augmentation consistency, dataset targets, schedule, loss falls, resume, time cap, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from det_al.augment import apply_augment, build_augment
+from det_al.checkpoint import load_checkpoint, save_checkpoint
+from det_al.config import TrainConfig, config_from_dict
+from det_al.errors import InputError
+from det_al.training import CocoDetectionDataset, check_train_config, lr_factor, train_model
+
+
+# --------------------------------------------------------------------------- augment
+
+
+def _objects():
+    """A 40x60 image with two objects: a 10x20 block at (x 5..25, y 4..14) and one at the right edge."""
+    image = np.zeros((40, 60, 3), np.uint8)
+    masks = np.zeros((2, 40, 60), np.uint8)
+    masks[0, 4:14, 5:25] = 1
+    masks[1, 20:30, 50:58] = 1
+    boxes = np.array([[5, 4, 25, 14], [50, 20, 58, 30]], np.float32)
+    return image, boxes, np.array([1, 2]), masks
+
+
+def _tight_box(mask):
+    ys, xs = np.nonzero(mask)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_flip_moves_boxes_and_masks_together():
+    image, boxes, labels, masks = _objects()
+    transform = build_augment([{"name": "HorizontalFlip", "p": 1.0}])
+    _, new_boxes, new_labels, new_masks = apply_augment(transform, image, boxes, labels, masks)
+    np.testing.assert_allclose(new_boxes, [[35, 4, 55, 14], [2, 20, 10, 30]])  # x -> 60 - x
+    assert new_labels.tolist() == [1, 2]
+    for box, mask in zip(new_boxes, new_masks):
+        assert _tight_box(mask) == box.tolist()
+
+
+def test_crop_drops_the_vanished_object_with_its_mask_and_label():
+    image, boxes, labels, masks = _objects()
+    transform = build_augment([{"name": "Crop", "x_min": 0, "y_min": 0, "x_max": 40, "y_max": 40}])
+    new_image, new_boxes, new_labels, new_masks = apply_augment(transform, image, boxes, labels, masks)
+    assert new_image.shape == (40, 40, 3)
+    assert new_labels.tolist() == [1]
+    np.testing.assert_allclose(new_boxes, [[5, 4, 25, 14]])
+    assert new_masks.shape == (1, 40, 40) and _tight_box(new_masks[0]) == [5, 4, 25, 14]
+
+
+def test_augment_without_objects_or_masks():
+    transform = build_augment([{"name": "HorizontalFlip", "p": 1.0}, {"name": "RandomBrightnessContrast", "p": 1.0}])
+    image = np.zeros((16, 20, 3), np.uint8)
+    _, boxes, labels, masks = apply_augment(transform, image, np.zeros((0, 4)), np.zeros(0), np.zeros((0, 16, 20)))
+    assert boxes.shape == (0, 4) and labels.shape == (0,) and masks.shape == (0, 16, 20)
+    _, boxes, labels, masks = apply_augment(transform, image, np.array([[1, 1, 5, 5]]), np.array([3]), None)
+    np.testing.assert_allclose(boxes, [[15, 1, 19, 5]])
+    assert masks is None
+    assert build_augment([]) is None
+
+
+@pytest.mark.parametrize(
+    "specs, message",
+    [
+        ([{"name": "HorizontalFlip"}, {"name": "NoSuchTransform"}], r"train\.augment\[1\]: unknown albumentations transform 'NoSuchTransform'"),
+        ([{"name": "HorizontalFlip", "prob": 0.5}], r"train\.augment\[0\]: HorizontalFlip has no argument 'prob'"),
+        ([{"name": "HorizontalFlip", "p": 2}], r"train\.augment\[0\]: bad arguments for HorizontalFlip"),
+        ([{"p": 0.5}], r"train\.augment\[0\] must be a mapping with a 'name' key"),
+        ([{"name": "OneOf", "transforms": [{"name": "Blur"}, {"name": "Nope"}]}], r"train\.augment\[0\]\.transforms\[1\]: unknown"),
+    ],
+)
+def test_bad_augment_is_an_input_error(specs, message):
+    with pytest.raises(InputError, match=message):
+        build_augment(specs)
+
+
+def test_bad_augment_in_config_fails_before_training(tiny_data, tmp_path):
+    config = _config(tiny_data, augment=[{"name": "Flipp"}])
+    with pytest.raises(InputError, match=r"train\.augment\[0\]"):
+        train_model(config, tiny_data["train"], tiny_data["root"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+# --------------------------------------------------------------------------- schedule and config
+
+
+def test_lr_factor_by_hand():
+    cosine = TrainConfig(epochs=2, warmup_iters=4, schedule="cosine")
+    assert lr_factor(0, 10, cosine) == pytest.approx(0.001)  # warm-up starts at 0.001
+    assert lr_factor(2, 10, cosine) == pytest.approx((0.001 + 0.999 * 0.5) * 0.5 * (1 + np.cos(np.pi * 2 / 20)))
+    assert lr_factor(10, 10, cosine) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(20, 10, cosine) == pytest.approx(0.0)
+    step = TrainConfig(epochs=4, warmup_iters=0, schedule="step", milestones=(1, 3), gamma=0.1)
+    assert [lr_factor(i * 10, 10, step) for i in range(4)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    assert lr_factor(7, 10, TrainConfig(warmup_iters=0, schedule="constant")) == 1.0
+
+
+@pytest.mark.parametrize(
+    "key, value", [("optimizer", "adam"), ("schedule", "linear"), ("epochs", 0), ("lr", 0.0), ("max_minutes", -1.0)]
+)
+def test_bad_train_config(key, value):
+    with pytest.raises(InputError, match=f"train.{key}"):
+        check_train_config(TrainConfig(**{key: value}))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Four 64-px training images and two validation images, synthetic, with masks."""
+    from det_al.synthetic import generate
+
+    root = tmp_path_factory.mktemp("data")
+    train = generate(root, 4, "old", seed=3, start_id=1, size=64)
+    val = generate(root, 2, "old", seed=4, start_id=10, size=64)
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "val.json").write_text(json.dumps(val))
+    image_root = root if (root / train["images"][0]["file_name"]).exists() else root / "images"
+    return {"root": image_root, "train": root / "train.json", "val": root / "val.json", "coco": train}
+
+
+def _config(data, model="fasterrcnn_tiny", **train):
+    options = {"min_size": 64, "max_size": 64}
+    settings = {"epochs": 2, "batch_size": 2, "optimizer": "adamw", "lr": 0.002, "warmup_iters": 0,
+                "schedule": "constant", "eval_every": 0, **train}
+    return config_from_dict({"model": {"name": model, "num_classes": 4, "options": options}, "train": settings})
+
+
+def test_dataset_targets(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "b.png")
+    categories = [{"id": 9, "name": "x"}, {"id": 4, "name": "y"}]
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": categories,
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 4, "bbox": [2, 3, 10, 5], "iscrowd": 0,
+             "segmentation": [[2, 3, 12, 3, 12, 8, 2, 8]]},
+            {"id": 2, "image_id": 1, "category_id": 9, "bbox": [20, 10, 4, 4]},  # no segmentation: its box
+            {"id": 3, "image_id": 1, "category_id": 9, "bbox": [0, 0, 40, 30], "iscrowd": 1},  # skipped
+            {"id": 4, "image_id": 1, "category_id": 9, "bbox": [5, 5, 0, 3]},  # degenerate: skipped
+        ],
+    }
+    dataset = CocoDetectionDataset(coco, tmp_path, categories, with_masks=True)
+    image, target = dataset[0]
+    assert image.shape == (3, 30, 40) and image.dtype == torch.float32
+    assert target["image_id"] == 1
+    assert target["boxes"].tolist() == [[2, 3, 12, 8], [20, 10, 24, 14]]
+    assert target["labels"].tolist() == [2, 1]  # id 4 is categories[1] -> label 2
+    assert target["masks"].shape == (2, 30, 40) and target["masks"].dtype == torch.uint8
+    assert target["masks"][1].sum() == 16 and target["masks"][1, 10:14, 20:24].all()
+    _, empty = dataset[1]
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["masks"].shape == (0, 30, 40)
+    coco["annotations"].append({"id": 5, "image_id": 2, "category_id": 77, "bbox": [1, 1, 2, 2]})
+    with pytest.raises(InputError, match="category id 77"):
+        CocoDetectionDataset(coco, tmp_path, categories)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_loss_falls(tiny_data, tmp_path):
+    # one batch of all four images per epoch; the loss of the same batch, epoch after epoch
+    config = _config(tiny_data, epochs=6, batch_size=4, lr=0.001, warmup_iters=2)
+    summary = train_model(config, tiny_data["train"], tiny_data["root"], tmp_path, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and summary["epochs"] == 6 and summary["iterations"] == 6
+    # the losses are noisy (the RPN and box heads sample anchors and proposals at random)
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
+    assert summary["final_loss"] == pytest.approx(losses[-1], abs=1e-5)
+    assert summary["best"] is None and summary["checkpoint"] == str(tmp_path / "last.pt")
+    _, _, categories, extra = load_checkpoint(tmp_path / "last.pt")
+    assert [c["id"] for c in categories] == [1, 2, 3] and extra["epoch"] == 6
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    def config(epochs):
+        return _config(tiny_data, epochs=epochs, batch_size=4, lr=0.001)
+
+    straight = train_model(config(3), tiny_data["train"], tiny_data["root"], tmp_path / "a", progress=False)
+    train_model(config(2), tiny_data["train"], tiny_data["root"], tmp_path / "b", progress=False)
+    resumed = train_model(config(3), tiny_data["train"], tiny_data["root"], tmp_path / "b", resume=True, progress=False)
+    assert resumed["epochs"] == 3 and resumed["iterations"] == straight["iterations"] == 3
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    a, _, _, _ = load_checkpoint(tmp_path / "a" / "last.pt")
+    b, _, _, _ = load_checkpoint(tmp_path / "b" / "last.pt")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=name)
+    with pytest.raises(InputError, match="no last.pt"):
+        train_model(_config(tiny_data), tiny_data["train"], tiny_data["root"], tmp_path / "c", resume=True)
+
+
+def test_time_cap_stops_cleanly_and_resumes_mid_epoch(tiny_data, tmp_path):
+    config = _config(tiny_data, epochs=2, max_minutes=1e-6)  # passed after the first step
+    summary = train_model(config, tiny_data["train"], tiny_data["root"], tmp_path, val_json=tiny_data["val"], progress=False)
+    assert summary["stopped_early"] and summary["iterations"] == 1 and summary["epochs"] == 0
+    assert summary["best"] == str(tmp_path / "best.pt") and summary["metrics"]["bbox"]["AP"] >= 0
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["stopped_early"] and "val" in record
+    _, _, _, extra = load_checkpoint(tmp_path / "last.pt")
+    assert (extra["epoch"], extra["step_in_epoch"], extra["iteration"]) == (0, 1, 1)
+    resumed = train_model(_config(tiny_data, epochs=2), tiny_data["train"], tiny_data["root"], tmp_path, resume=True, progress=False)
+    assert not resumed["stopped_early"] and resumed["iterations"] == 4 and resumed["epochs"] == 2
+
+
+def test_init_checkpoint_is_the_starting_point(tiny_data, tmp_path):
+    config = _config(tiny_data, epochs=1, lr=1e-12)
+    torch.manual_seed(123)
+    from det_al.models import build_model
+
+    start = build_model(config.model)
+    save_checkpoint(tmp_path / "start.pt", start, config, tiny_data["coco"]["categories"])
+    train_model(config, tiny_data["train"], tiny_data["root"], tmp_path / "out", init_checkpoint=tmp_path / "start.pt", progress=False)
+    trained, _, _, _ = load_checkpoint(tmp_path / "out" / "last.pt")
+    for (name, x), y in zip(start.state_dict().items(), trained.state_dict().values()):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0, msg=name)
+    wrong = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 3}})
+    save_checkpoint(tmp_path / "wrong.pt", build_model(wrong.model), wrong, tiny_data["coco"]["categories"][:2])
+    with pytest.raises(InputError, match="classes"):
+        train_model(config, tiny_data["train"], tiny_data["root"], tmp_path / "o2", init_checkpoint=tmp_path / "wrong.pt")
+
+
+def test_num_classes_must_match_categories(tiny_data, tmp_path):
+    config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 3}})
+    with pytest.raises(InputError, match="num_classes is 3 but there are 3 categories"):
+        train_model(config, tiny_data["train"], tiny_data["root"], tmp_path)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_train_and_evaluate(tiny_data, tmp_path, capsys):
+    from det_al.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model: {name: maskrcnn_tiny, num_classes: 4, options: {min_size: 64, max_size: 64}}\n"
+        "train: {epochs: 5, batch_size: 2, augment: [{name: HorizontalFlip, p: 0.5}]}\n"
+    )
+    out = tmp_path / "run"
+    common = ["--train", str(tiny_data["train"]), "--val", str(tiny_data["val"]), "--image-root", str(tiny_data["root"]), "--no-progress"]
+    rc = main(["train", str(config), *common, "--out", str(out), "--set", "train.epochs=1", "--seed", "3"])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} >= {"last.pt", "best.pt", "metrics.jsonl", "summary.json"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["iterations"] == 2 and summary["config"]["train"]["seed"] == 3
+    assert "AP50" in capsys.readouterr().out
+
+    rc = main(["evaluate", "--checkpoint", str(out / "best.pt"), "--val", str(tiny_data["val"]),
+               "--image-root", str(tiny_data["root"]), "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"} and len(metrics["segm"]) == 12
+    assert (tmp_path / "eval" / "metrics.txt").read_text().startswith("metric")
+
+    assert main(["train", str(config), *common, "--out", str(out), "--set", "train.optimizer=adam"]) == 2
+    assert "train.optimizer" in capsys.readouterr().err
+
+
+def test_tools_train_script(tiny_data, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "train.py"
+    spec = importlib.util.spec_from_file_location("tools_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: fasterrcnn_tiny, num_classes: 4, options: {min_size: 64, max_size: 64}}\n")
+    args = module.get_args_parser().parse_args(
+        [str(config), "--train", str(tiny_data["train"]), "--image-root", str(tiny_data["root"]),
+         "--out", str(tmp_path / "run"), "--epochs", "1", "-b", "4"]
+    )
+    summary = module.main(args)
+    assert summary["iterations"] == 1 and (tmp_path / "run" / "last.pt").exists()
