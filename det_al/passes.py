@@ -1,0 +1,566 @@
+"""Stochastic passes through a torchvision detector: the only module that calls the model.
+
+Each supported family (see :func:`det_al.models.model_family`) is re-implemented in two halves
+from the model's own submodules:
+
+- ``prefix``: everything upstream of the first dropout site, which every pass shares:
+  ``transform`` + ``backbone`` + ``rpn`` + ``box_roi_pool`` + ``box_head`` (R-CNN);
+  ``backbone`` + the classification/regression head towers (RetinaNet, FCOS);
+  ``backbone`` (SSD, whose site is the head's input).
+- ``suffix``: from the site on (``box_predictor``; ``cls_logits``/``bbox_reg``/``bbox_ctrness``;
+  the whole SSD head), run for P passes in one batched call, pass-major (rows of pass ``p``,
+  image ``i`` at block ``p * B + i``), then postprocessed pass by pass exactly as torchvision's
+  ``postprocess_detections`` + ``transform.postprocess`` do, except that every detection keeps
+  the full class-probability vector of the proposal/anchor it came from:
+
+  ========== =========================================================================
+  rcnn, ssd  ``softmax`` over all classes incl. background (index 0); score = probs[label]
+  retinanet  per-class ``sigmoid(cls_logit)``; score = probs[label]
+  fcos       per-class ``sqrt(sigmoid(cls_logit) * sigmoid(centerness))``, the quantity
+             torchvision scores (and thresholds) FCOS detections with; score = probs[label]
+  ========== =========================================================================
+
+  Mask R-CNN runs ``mask_roi_pool`` / ``mask_head`` / ``mask_predictor`` on each pass's own
+  boxes (all passes of an image in one batched call) and pastes the mask probabilities into
+  the original image with torchvision's ``paste_masks_in_image``.
+
+The fast path computes the prefix once per image batch and TTA view; the plain path
+(``fast=False``) runs prefix + suffix once per pass and image, hooks and generators identical,
+so both give the same passes (the equivalence the tests check). Dropout masks come from one
+generator per (image, view, pass) seeded from ``seeds[i]`` (:func:`pass_seed`), so an image's
+passes do not depend on the batch it is in. (Its *features* may: torchvision pads a batch to
+its largest image, which moves border activations slightly; score one image per batch, or
+same-size images, when bit-for-bit reproducibility across batch sizes matters.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import boxes as box_ops
+
+from det_al.config import PassesConfig
+from det_al.detections import Detections
+from det_al.dropout import Chunk, MCDropout, default_sites, mc_dropout
+from det_al.models import model_family
+from det_al.tta import View, apply_view, parse_views, unapply_view
+
+logger = logging.getLogger(__name__)
+
+# Modules run in the suffix of each family: a dropout site inside one of them keeps the fast
+# path valid; a site anywhere else (a user's choice upstream) makes run_passes use the plain path.
+SUFFIX_MODULES: dict[str, tuple[str, ...]] = {
+    "rcnn": (
+        "roi_heads.box_predictor",
+        "roi_heads.mask_roi_pool",
+        "roi_heads.mask_head",
+        "roi_heads.mask_predictor",
+    ),
+    "retinanet": ("head.classification_head.cls_logits", "head.regression_head.bbox_reg"),
+    "fcos": (
+        "head.classification_head.cls_logits",
+        "head.regression_head.bbox_reg",
+        "head.regression_head.bbox_ctrness",
+    ),
+    "ssd": ("head",),
+}
+
+
+@dataclass
+class ImagePasses:
+    """All passes over one image, in original-image coordinates.
+
+    Attributes:
+        deterministic: the pass without dropout or TTA: the pseudo-labels.
+        passes: ``V * T`` stochastic passes, view-major (the T passes of the identity view first).
+        views: the view name of each stochastic pass, ``len == V * T``.
+        embedding: ``[D]`` global average of the backbone's coarsest feature map over the
+            image's own area (padding excluded), from the deterministic pass.
+    """
+
+    deterministic: Detections
+    passes: list[Detections]
+    views: list[str]
+    embedding: Tensor
+
+
+@dataclass
+class Prefix:
+    """What the deterministic prefix gives for a batch of B images.
+
+    ``site`` is the input of the first dropout site: R-CNN box features ``[R, D]`` (rows of
+    image ``i`` = ``rows[i]``); RetinaNet/FCOS a pair (classification tower outputs, regression
+    tower outputs), one ``[B, C, H, W]`` tensor per level each; SSD the feature maps.
+    """
+
+    family: str
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    padded_size: tuple[int, int]
+    features: "OrderedDict[str, Tensor]"
+    site: Any
+    rows: list[int]
+    references: list[Tensor]  # proposals (R-CNN) or anchors (one-stage) per image
+
+
+def pass_seed(seed: int, view: int, index: int) -> int:
+    """The generator seed of pass ``index`` of view ``view`` of an image seeded ``seed``."""
+    digest = hashlib.blake2b(f"{seed}/{view}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def in_suffix(site: str, family: str) -> bool:
+    """Whether module path ``site`` is run inside the family's suffix."""
+    return any(site == m or site.startswith(m + ".") for m in SUFFIX_MODULES[family])
+
+
+# --------------------------------------------------------------------------- prefixes
+
+
+def compute_prefix(model: nn.Module, images: Sequence[Tensor], family: str) -> Prefix:
+    """Run the deterministic upstream part for ``images`` (float ``[3, H, W]`` in [0, 1])."""
+    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    image_list, _ = model.transform(list(images))
+    features = model.backbone(image_list.tensors)
+    if isinstance(features, Tensor):
+        features = OrderedDict([("0", features)])
+    padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
+    sizes = [(int(h), int(w)) for h, w in image_list.image_sizes]
+    levels = list(features.values())
+    if family == "rcnn":
+        proposals, _ = model.rpn(image_list, features)
+        box_features = model.roi_heads.box_roi_pool(features, proposals, image_list.image_sizes)
+        box_features = model.roi_heads.box_head(box_features)
+        return Prefix(family, sizes, original_sizes, padded, features, box_features,
+                      [int(p.shape[0]) for p in proposals], proposals)
+    anchors = model.anchor_generator(image_list, levels)
+    if family in ("retinanet", "fcos"):
+        cls_tower = [model.head.classification_head.conv(f) for f in levels]
+        reg_tower = [model.head.regression_head.conv(f) for f in levels]
+        return Prefix(family, sizes, original_sizes, padded, features, (cls_tower, reg_tower),
+                      [1] * len(images), anchors)
+    if family == "ssd":
+        return Prefix(family, sizes, original_sizes, padded, features, levels, [1] * len(images), anchors)
+    raise ValueError(f"unknown model family {family!r}")
+
+
+def embeddings(prefix: Prefix) -> Tensor:
+    """``[B, D]``: mean of the coarsest feature map over each image's own (unpadded) area."""
+    coarsest = list(prefix.features.values())[-1]
+    out = []
+    ph, pw = prefix.padded_size
+    h_map, w_map = coarsest.shape[-2:]
+    for i, (h, w) in enumerate(prefix.image_sizes):
+        rows = max(1, min(h_map, -(-h * h_map // ph)))
+        cols = max(1, min(w_map, -(-w * w_map // pw)))
+        out.append(coarsest[i, :, :rows, :cols].float().mean(dim=(-2, -1)))
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- suffixes
+
+
+def _pass_chunks(generators: list[list[torch.Generator | None]], rates: Sequence[float],
+                 rows: Sequence[int]) -> list[Chunk]:
+    """Pass-major row layout: pass p, image i -> ``Chunk(generators[p][i], rates[p], rows[i])``."""
+    return [Chunk(g, float(r), n) for gens, r in zip(generators, rates) for g, n in zip(gens, rows)]
+
+
+def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
+               generators: list[list[torch.Generator | None]], rates: Sequence[float]) -> list[list[Detections]]:
+    """The stochastic part for P passes in one batched call.
+
+    Args:
+        generators: ``[P][B]`` one generator per pass and image (``None`` where the rate is 0).
+        rates: ``[P]`` the dropout rate of each pass.
+
+    Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
+    """
+    family = prefix.family
+    p_count = len(rates)
+    chunks = _pass_chunks(generators, rates, prefix.rows)
+    if family == "rcnn":
+        x = prefix.site.repeat(p_count, 1) if p_count > 1 else prefix.site
+        with control.layout(chunks):
+            class_logits, box_regression = model.roi_heads.box_predictor(x)
+        out = _rcnn_postprocess(model, prefix, class_logits.float(), box_regression.float(), p_count)
+        if model.roi_heads.has_mask():
+            _rcnn_masks(model, prefix, control, generators, rates, out)
+        return _to_original(prefix, out)
+    if family in ("retinanet", "fcos"):
+        cls_tower, reg_tower = prefix.site
+        cls_head, reg_head = model.head.classification_head, model.head.regression_head
+        with control.layout(chunks):
+            cls = [_flatten_levels(cls_head.cls_logits(_tile(t, p_count)), cls_head.num_classes) for t in cls_tower]
+            reg, ctr = [], []
+            for t in reg_tower:
+                t = _tile(t, p_count)
+                if family == "fcos":
+                    reg.append(_flatten_levels(F.relu(reg_head.bbox_reg(t)), 4))
+                    ctr.append(_flatten_levels(reg_head.bbox_ctrness(t), 1))
+                else:
+                    reg.append(_flatten_levels(reg_head.bbox_reg(t), 4))
+        out = _dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
+        return _to_original(prefix, out)
+    if family == "ssd":
+        with control.layout(chunks):
+            head_outputs = model.head([_tile(f, p_count) for f in prefix.site])
+        out = _ssd_postprocess(model, prefix, head_outputs, p_count)
+        return _to_original(prefix, out)
+    raise ValueError(f"unknown model family {family!r}")
+
+
+def _tile(x: Tensor, p_count: int) -> Tensor:
+    return x.repeat(p_count, *([1] * (x.ndim - 1))) if p_count > 1 else x
+
+
+def _flatten_levels(x: Tensor, columns: int) -> Tensor:
+    """``[N, A * K, H, W] -> [N, H * W * A, K]`` as torchvision's heads permute their outputs."""
+    n, _, h, w = x.shape
+    return x.view(n, -1, columns, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, columns)
+
+
+@dataclass
+class _Raw:
+    """One pass over one image before mapping to the original size."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    probs: Tensor
+    kind: str
+    masks: Tensor | None = None
+
+
+def _rcnn_postprocess(model: nn.Module, prefix: Prefix, class_logits: Tensor, box_regression: Tensor,
+                      p_count: int) -> list[list[_Raw]]:
+    """``RoIHeads.postprocess_detections`` per pass and image, keeping softmax rows."""
+    rh = model.roi_heads
+    proposals = prefix.references
+    num_classes = class_logits.shape[-1]
+    pred_boxes = rh.box_coder.decode(box_regression, list(proposals) * p_count)
+    pred_scores = F.softmax(class_logits, -1)
+    splits = prefix.rows * p_count
+    boxes_list = pred_boxes.split(splits, 0)
+    scores_list = pred_scores.split(splits, 0)
+    device = class_logits.device
+    out: list[list[_Raw]] = []
+    b_count = len(prefix.rows)
+    for p in range(p_count):
+        row = []
+        for i in range(b_count):
+            boxes, probs = boxes_list[p * b_count + i], scores_list[p * b_count + i]
+            boxes = box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i])
+            n = boxes.shape[0]
+            boxes = boxes[:, 1:].reshape(-1, 4)
+            scores = probs[:, 1:].reshape(-1)
+            labels = torch.arange(1, num_classes, device=device).repeat(n)
+            source = torch.arange(n, device=device).repeat_interleave(num_classes - 1)
+            inds = torch.where(scores > rh.score_thresh)[0]
+            boxes, scores, labels, source = boxes[inds], scores[inds], labels[inds], source[inds]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels, source = boxes[keep], scores[keep], labels[keep], source[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, rh.nms_thresh)[: rh.detections_per_img]
+            row.append(_Raw(boxes[keep], scores[keep], labels[keep], probs[source[keep]], "softmax"))
+        out.append(row)
+    return out
+
+
+def _rcnn_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
+                generators: list[list[torch.Generator | None]], rates: Sequence[float],
+                out: list[list[_Raw]]) -> None:
+    """Mask probabilities ``[N, 1, M, M]`` of each pass's own boxes (all passes of an image batched)."""
+    rh = model.roi_heads
+    p_count, b_count = len(out), len(prefix.rows)
+    per_image = [torch.cat([out[p][i].boxes for p in range(p_count)]) for i in range(b_count)]
+    if sum(int(b.shape[0]) for b in per_image) == 0:
+        for row in out:
+            for raw in row:
+                raw.masks = raw.boxes.new_zeros((0, 1, 1, 1))
+        return
+    # mask_roi_pool orders RoIs image by image: image-major, then pass.
+    chunks = [Chunk(generators[p][i], float(rates[p]), int(out[p][i].boxes.shape[0]))
+              for i in range(b_count) for p in range(p_count)]
+    features = rh.mask_roi_pool(prefix.features, per_image, prefix.image_sizes)
+    features = rh.mask_head(features)
+    with control.layout(chunks):
+        mask_logits = rh.mask_predictor(features)
+    probs = mask_logits.float().sigmoid()
+    labels = torch.cat([out[p][i].labels for i in range(b_count) for p in range(p_count)])
+    probs = probs[torch.arange(probs.shape[0], device=probs.device), labels][:, None]
+    pieces = probs.split([c.rows for c in chunks])
+    k = 0
+    for i in range(b_count):
+        for p in range(p_count):
+            out[p][i].masks = pieces[k]
+            k += 1
+
+
+def _dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg: list[Tensor],
+                       ctr: list[Tensor] | None, p_count: int) -> list[list[_Raw]]:
+    """RetinaNet / FCOS ``postprocess_detections`` per pass and image, keeping per-class vectors."""
+    b_count = len(prefix.rows)
+    sizes = [int(level.shape[1]) for level in cls]
+    out: list[list[_Raw]] = []
+    for p in range(p_count):
+        row = []
+        for i in range(b_count):
+            n = p * b_count + i
+            anchors = prefix.references[i].split(sizes)
+            image_boxes, image_scores, image_labels, image_probs = [], [], [], []
+            for level in range(len(cls)):
+                logits = cls[level][n].float()
+                num_classes = logits.shape[-1]
+                if ctr is None:
+                    # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, squash only the kept
+                    flat = logits.flatten()
+                    topk_idxs = torch.where(flat > _logit(model.score_thresh))[0]
+                    scores = torch.sigmoid(flat[topk_idxs])
+                else:
+                    probs = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(ctr[level][n].float()))
+                    flat = probs.flatten()
+                    topk_idxs = torch.where(flat > model.score_thresh)[0]
+                    scores = flat[topk_idxs]
+                num_topk = min(model.topk_candidates, int(topk_idxs.shape[0]))
+                scores, idxs = scores.topk(num_topk)
+                topk_idxs = topk_idxs[idxs]
+                anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
+                labels = topk_idxs % num_classes
+                deltas, refs = reg[level][n].float()[anchor_idxs], anchors[level][anchor_idxs]
+                if ctr is None:
+                    boxes = model.box_coder.decode_single(deltas, refs)
+                else:
+                    boxes = model.box_coder.decode(deltas, refs)
+                boxes = box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i])
+                image_boxes.append(boxes)
+                image_scores.append(scores)
+                image_labels.append(labels)
+                image_probs.append(torch.sigmoid(logits[anchor_idxs]) if ctr is None else probs[anchor_idxs])
+            boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
+            labels, probs = torch.cat(image_labels), torch.cat(image_probs)
+            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
+            row.append(_Raw(boxes[keep], scores[keep], labels[keep], probs[keep], "sigmoid"))
+        out.append(row)
+    return out
+
+
+def _logit(p: float) -> float:
+    """The logit of a probability threshold (``-inf`` for 0, ``inf`` for 1)."""
+    if p <= 0.0:
+        return float("-inf")
+    if p >= 1.0:
+        return float("inf")
+    return math.log(p / (1.0 - p))
+
+
+def _ssd_postprocess(model: nn.Module, prefix: Prefix, head_outputs: dict[str, Tensor],
+                     p_count: int) -> list[list[_Raw]]:
+    """SSD ``postprocess_detections`` per pass and image, keeping each anchor's softmax row."""
+    b_count = len(prefix.rows)
+    all_probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)
+    regression = head_outputs["bbox_regression"].float()
+    num_classes = all_probs.shape[-1]
+    out: list[list[_Raw]] = []
+    for p in range(p_count):
+        row = []
+        for i in range(b_count):
+            n = p * b_count + i
+            probs = all_probs[n]
+            boxes = model.box_coder.decode_single(regression[n], prefix.references[i])
+            boxes = box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i])
+            image_boxes, image_scores, image_labels, image_sources = [], [], [], []
+            for label in range(1, num_classes):
+                score = probs[:, label]
+                source = torch.where(score > model.score_thresh)[0]
+                score = score[source]
+                num_topk = min(model.topk_candidates, int(score.shape[0]))
+                score, idxs = score.topk(num_topk)
+                source = source[idxs]
+                image_boxes.append(boxes[source])
+                image_scores.append(score)
+                image_labels.append(torch.full_like(source, label))
+                image_sources.append(source)
+            boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
+            labels, sources = torch.cat(image_labels), torch.cat(image_sources)
+            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
+            row.append(_Raw(boxes[keep], scores[keep], labels[keep], probs[sources[keep]], "softmax"))
+        out.append(row)
+    return out
+
+
+def _to_original(prefix: Prefix, out: list[list[_Raw]]) -> list[list[Detections]]:
+    """``transform.postprocess``: boxes back to the input image size, masks pasted into it."""
+    result = []
+    for row in out:
+        dets = []
+        for i, raw in enumerate(row):
+            boxes = resize_boxes(raw.boxes, prefix.image_sizes[i], prefix.original_sizes[i])
+            masks = None
+            if raw.masks is not None:
+                if raw.masks.shape[0] == 0:
+                    masks = boxes.new_zeros((0, *prefix.original_sizes[i]))
+                else:
+                    masks = paste_masks_in_image(raw.masks, boxes, prefix.original_sizes[i])[:, 0]
+            dets.append(Detections(boxes, raw.scores, raw.labels, raw.probs, masks, raw.kind))
+        result.append(dets)
+    return result
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def resolve_sites(model: nn.Module, config: PassesConfig) -> tuple[str, tuple[str, ...]]:
+    """The model family and the dropout sites: the user's, or the family's defaults."""
+    family = model_family(model)
+    sites = tuple(config.sites) if config.sites else default_sites(family, model)
+    return family, sites
+
+
+def _apply_view(view: View, image: Tensor) -> Tensor:
+    return image if view.kind == "identity" else apply_view(view, image)
+
+
+def _unapply_view(view: View, det: Detections, size: tuple[int, int]) -> Detections:
+    if view.kind == "identity":
+        return det
+    boxes, masks = unapply_view(view, det.boxes, det.masks, size)
+    return Detections(boxes, det.scores, det.labels, det.probs, masks, det.prob_kind)
+
+
+def run_passes(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    config: PassesConfig,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    fast: bool | None = None,
+) -> list[ImagePasses]:
+    """The deterministic pass and ``V * T`` stochastic passes for each image.
+
+    Args:
+        model: a torchvision detector of a supported family, in ``eval()`` mode (it is moved
+            to ``device``; its weights are never changed).
+        images: float ``[3, H, W]`` tensors in [0, 1], sizes may differ.
+        config: passes (T), dropout rate(s), sites, TTA views, chunk cap, fast/plain default.
+        seeds: one per image; image ``i``'s generators derive from ``seeds[i]`` only
+            (default ``config.seed + i``, which does depend on the batch order).
+        device, amp: where to run; ``amp`` enables ``torch.autocast`` (postprocessing stays float32).
+        fast: override ``config.fast``: True = prefix once + batched suffix; False = the plain path.
+
+    Returns one :class:`ImagePasses` per image, tensors on the CPU.
+    """
+    if not images:
+        return []
+    device = torch.device(device)
+    family, sites = resolve_sites(model, config)
+    fast = config.fast if fast is None else fast
+    if fast and not all(in_suffix(s, family) for s in sites):
+        logger.info("dropout sites %s lie upstream of the %s suffix: using the plain path", sites, family)
+        fast = False
+    if seeds is None:
+        seeds = [config.seed + i for i in range(len(images))]
+    if len(seeds) != len(images):
+        raise ValueError(f"got {len(seeds)} seeds for {len(images)} images")
+    rates = config.rates()
+    views = parse_views(["identity", *config.tta])
+    if model.training:
+        raise ValueError("run_passes expects the model in eval() mode")
+    model.to(device)
+    images = [im.to(device) for im in images]
+    b_count = len(images)
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    gens = [[[torch.Generator(device=device).manual_seed(pass_seed(s, v, t)) for t in range(len(rates))]
+             for v in range(len(views))] for s in seeds]
+    results: list[list[list[Detections]]] = [[[] for _ in views] for _ in images]
+    chunk = config.chunk if config.chunk > 0 else len(rates)
+    autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
+    with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
+        with control.layout([Chunk(None, 0.0)]):
+            base = compute_prefix(model, images, family)
+        deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0])[0]
+        embedding = embeddings(base)
+        for v, view in enumerate(views):
+            if fast:
+                prefix = base if view.kind == "identity" else _view_prefix(model, images, view, family, control)
+                for start in range(0, len(rates), chunk):
+                    stop = min(start + chunk, len(rates))
+                    g = [[gens[i][v][t] for i in range(b_count)] for t in range(start, stop)]
+                    dets = run_suffix(model, prefix, control, g, rates[start:stop])
+                    for row in dets:
+                        for i in range(b_count):
+                            results[i][v].append(row[i])
+            else:
+                for i in range(b_count):
+                    for t, rate in enumerate(rates):
+                        g = gens[i][v][t]
+                        # the whole model per pass: user sites upstream of the suffix get dropout too
+                        with control.layout([Chunk(g, rate)]):
+                            prefix = _view_prefix(model, [images[i]], view, family, control, layout=False)
+                        results[i][v].append(run_suffix(model, prefix, control, [[g]], [rate])[0][0])
+    out = []
+    for i in range(b_count):
+        passes, names = [], []
+        for v, view in enumerate(views):
+            for det in results[i][v]:
+                passes.append(_unapply_view(view, det, sizes[i]).to("cpu"))
+                names.append(view.name)
+        out.append(ImagePasses(deterministic[i].to("cpu"), passes, names, embedding[i].cpu()))
+    return out
+
+
+def _view_prefix(model: nn.Module, images: Sequence[Tensor], view: View, family: str,
+                 control: MCDropout, layout: bool = True) -> Prefix:
+    """The prefix of ``images`` seen through ``view`` (no dropout unless the caller set a layout)."""
+    viewed = [_apply_view(view, im) for im in images]
+    with _view_transform(model, view):
+        if not layout:
+            return compute_prefix(model, viewed, family)
+        with control.layout([Chunk(None, 0.0)]):
+            return compute_prefix(model, viewed, family)
+
+
+@contextlib.contextmanager
+def _view_transform(model: nn.Module, view: View):
+    """For ``scale:S`` views, scale the transform's ``min_size``/``max_size`` by S meanwhile.
+
+    ``GeneralizedRCNNTransform`` resizes every image to ``min_size``, which would undo the
+    view's rescale; scaling its target sizes makes the network see the image at S times its
+    usual resolution. Fixed-size transforms (SSD) are left alone. Restored on exit.
+    """
+    transform = getattr(model, "transform", None)
+    if view.kind != "scale" or transform is None or getattr(transform, "fixed_size", None):
+        yield
+        return
+    min_size, max_size = transform.min_size, transform.max_size
+    try:
+        transform.min_size = tuple(max(1, round(m * view.factor)) for m in min_size)
+        transform.max_size = max(1, round(max_size * view.factor))
+        yield
+    finally:
+        transform.min_size, transform.max_size = min_size, max_size
+
+
+def torchvision_forward(model: nn.Module, images: Sequence[Tensor], sites: Sequence[str] = (),
+                        rate: float = 0.0, generator: torch.Generator | None = None) -> list[dict[str, Tensor]]:
+    """``model(images)`` itself, under the same hooks (one pass): the reference for the tests.
+
+    With ``rate > 0`` the whole site input is one chunk, so give one image to compare with a
+    pass of :func:`run_passes`.
+    """
+    with torch.inference_mode():
+        if not sites:
+            return model(list(images))
+        with mc_dropout(model, sites, rate, [generator]):
+            return model(list(images))

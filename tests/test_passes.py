@@ -1,0 +1,187 @@
+"""det_al.passes on tiny images for every model family.
+
+Untrained models (weights=None), 64-96 px inputs, score thresholds 0 so there are detections.
+The references are torchvision's own ``model(images)`` (deterministic pass, and one dropout
+pass under the same hooks) and the plain path (whole model per pass) for the fast engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from det_al.config import ModelConfig, PassesConfig
+from det_al.detections import Detections
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, SSDHead
+
+from det_al.models import TinyBackbone, build_model
+from det_al.passes import pass_seed, resolve_sites, run_passes, torchvision_forward
+
+SMALL = {"min_size": 64, "max_size": 96}
+MODELS = {
+    "rcnn": ("fasterrcnn_mobilenet_v3_large_fpn", {**SMALL, "box_score_thresh": 0.0}),
+    "mask": ("maskrcnn_tiny", {**SMALL, "box_score_thresh": 0.0, "box_detections_per_img": 20}),
+    "retinanet": ("retinanet_resnet50_fpn", {**SMALL, "score_thresh": 0.0, "detections_per_img": 60}),
+    "fcos": ("fcos_resnet50_fpn", {**SMALL, "score_thresh": 0.0, "detections_per_img": 60}),
+    "ssd": ("tiny_ssd", {"score_thresh": 0.0, "detections_per_img": 60}),
+}
+FAMILIES = list(MODELS)
+_cache: dict[str, torch.nn.Module] = {}
+
+
+def tiny_ssd(num_classes: int, **options) -> SSD:
+    """torchvision's SSD class over det_al's tiny backbone at 96 px.
+
+    ssd300_vgg16 costs ~8 s per forward here, and ssdlite320 with random weights has vanishing
+    (~1e-14) features, so every score is exactly 1/C and dropout changes nothing.
+    """
+    anchors = DefaultBoxGenerator([[2], [2, 3]])
+    head = SSDHead([128, 128], anchors.num_anchors_per_location(), num_classes)
+    return SSD(TinyBackbone(), anchors, (96, 96), num_classes, head=head, **options).eval()
+
+
+def model_for(key: str) -> torch.nn.Module:
+    if key not in _cache:
+        name, options = MODELS[key]
+        torch.manual_seed(0)
+        if name == "tiny_ssd":
+            _cache[key] = tiny_ssd(4, **options)
+        else:
+            _cache[key] = build_model(ModelConfig(name, 4, options))
+    return _cache[key]
+
+
+def image(h: int = 64, w: int = 80, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same(a: Detections, b: Detections, atol: float = 1e-4) -> None:
+    assert len(a) == len(b)
+    torch.testing.assert_close(a.boxes, b.boxes, atol=atol, rtol=0)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+    assert torch.equal(a.labels, b.labels)
+    torch.testing.assert_close(a.probs, b.probs, atol=1e-5, rtol=0)
+    assert (a.masks is None) == (b.masks is None)
+    if a.masks is not None:
+        torch.testing.assert_close(a.masks, b.masks, atol=1e-4, rtol=0)
+
+
+def assert_equals_torchvision(det: Detections, ref: dict) -> None:
+    assert len(det) == len(ref["boxes"]) > 0
+    torch.testing.assert_close(det.boxes, ref["boxes"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(det.scores, ref["scores"], atol=1e-4, rtol=0)
+    assert torch.equal(det.labels, ref["labels"])
+    if "masks" in ref:
+        torch.testing.assert_close(det.masks, ref["masks"][:, 0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+def test_deterministic_pass_equals_torchvision_on_a_batch_of_two_sizes(key):
+    model = model_for(key)
+    images = [image(64, 80, 1), image(72, 64, 2)]
+    refs = torchvision_forward(model, images)
+    results = run_passes(model, images, PassesConfig(passes=2, dropout=0.2), seeds=[1, 2])
+    for res, ref, im in zip(results, refs, images):
+        assert_equals_torchvision(res.deterministic, ref)
+        assert res.embedding.ndim == 1 and res.embedding.numel() > 0
+        assert res.views == ["identity", "identity"] and len(res.passes) == 2
+        if res.deterministic.masks is not None:
+            assert res.deterministic.masks.shape[1:] == im.shape[1:]
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+def test_dropout_pass_equals_torchvision_under_the_same_hooks(key):
+    """Pass 0 of image seed 7 == model(image) with the same hook and generator."""
+    model = model_for(key)
+    config = PassesConfig(passes=1, dropout=0.3)
+    _, sites = resolve_sites(model, config)
+    generator = torch.Generator().manual_seed(pass_seed(7, 0, 0))
+    ref = torchvision_forward(model, [image()], sites, 0.3, generator)[0]
+    for fast in (False, True):
+        det = run_passes(model, [image()], config, seeds=[7], fast=fast)[0].passes[0]
+        assert_equals_torchvision(det, ref)
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+def test_fast_path_equals_plain_path_and_probs_are_consistent(key):
+    model = model_for(key)
+    config = PassesConfig(passes=3, dropout=(0.1, 0.3, 0.5))
+    # two images for the cheap models (row layout across images); one for the ResNet-50 ones,
+    # whose batched layout the chunked test covers
+    images = [image(64, 80, 3), image(64, 80, 4)][: 1 if key in ("retinanet", "fcos") else 2]
+    seeds = [11, 12][: len(images)]
+    fast = run_passes(model, images, config, seeds=seeds, fast=True)
+    plain = run_passes(model, images, config, seeds=seeds, fast=False)
+    for f, p in zip(fast, plain):
+        assert_same(f.deterministic, p.deterministic)
+        torch.testing.assert_close(f.embedding, p.embedding)
+        for a, b in zip(f.passes, p.passes, strict=True):
+            assert_same(a, b)
+        # dropout makes the passes differ from the deterministic pass
+        assert any(len(a) != len(f.deterministic) or not torch.allclose(a.scores, f.deterministic.scores)
+                   for a in f.passes)
+        for det in [f.deterministic, *f.passes]:
+            scores_at_label = det.probs.gather(1, det.labels[:, None])[:, 0]
+            torch.testing.assert_close(scores_at_label, det.scores, atol=1e-6, rtol=0)
+            if det.prob_kind == "softmax":
+                torch.testing.assert_close(det.probs.sum(1), torch.ones(len(det)), atol=1e-5, rtol=0)
+            else:
+                assert ((det.probs >= 0) & (det.probs <= 1)).all()
+            assert (det.labels >= 1).all() or det.prob_kind == "sigmoid"
+
+
+@pytest.mark.parametrize("key", ["rcnn", "mask", "retinanet"])
+def test_chunked_equals_unchunked_and_seeds_do_not_depend_on_the_batch(key):
+    model = model_for(key)
+    config = PassesConfig(passes=3, dropout=0.3)
+    whole = run_passes(model, [image(64, 80, 5), image(64, 80, 6)], config, seeds=[21, 22])
+    chunked = run_passes(model, [image(64, 80, 5), image(64, 80, 6)], PassesConfig(passes=3, dropout=0.3, chunk=2),
+                         seeds=[21, 22])
+    alone = run_passes(model, [image(64, 80, 6)], config, seeds=[22])
+    for a, b in zip(whole[0].passes, chunked[0].passes, strict=True):
+        assert_same(a, b)
+    for a, b in zip(whole[1].passes, alone[0].passes, strict=True):
+        assert_same(a, b)
+
+
+def test_rate_zero_pass_equals_the_deterministic_pass():
+    model = model_for("rcnn")
+    res = run_passes(model, [image()], PassesConfig(passes=2, dropout=(0.0, 0.5)), seeds=[3])[0]
+    assert_same(res.passes[0], res.deterministic)
+    assert len(res.passes[1]) != len(res.deterministic) or not torch.equal(res.passes[1].scores,
+                                                                            res.deterministic.scores)
+
+
+def test_user_site_upstream_of_the_suffix_uses_the_plain_path():
+    """A site in the box head (inside the R-CNN prefix): fast=True must still give the plain result."""
+    model = model_for("rcnn")
+    config = PassesConfig(passes=2, dropout=0.3, sites=("roi_heads.box_head.fc7",))
+    a = run_passes(model, [image()], config, seeds=[4], fast=True)[0]
+    b = run_passes(model, [image()], config, seeds=[4], fast=False)[0]
+    for x, y in zip(a.passes, b.passes, strict=True):
+        assert_same(x, y)
+    assert not torch.equal(a.passes[0].scores[:5], a.deterministic.scores[:5])
+
+
+def test_hflip_view_maps_back_to_original_coordinates_and_fast_equals_plain():
+    model = model_for("mask")
+    im = image(64, 80, 8)
+    ref = torchvision_forward(model, [im.flip(-1)])[0]
+    res = run_passes(model, [im], PassesConfig(passes=1, dropout=0.0, tta=("hflip",)), seeds=[1])[0]
+    assert res.views == ["identity", "hflip"]
+    flipped = res.passes[1]
+    x1, y1, x2, y2 = ref["boxes"].unbind(1)
+    expected = torch.stack([80 - x2, y1, 80 - x1, y2], 1)
+    torch.testing.assert_close(flipped.boxes, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(flipped.masks, ref["masks"][:, 0].flip(-1), atol=1e-4, rtol=0)
+    config = PassesConfig(passes=2, dropout=0.3, tta=("hflip", "scale:1.5"))
+    fast = run_passes(model, [im], config, seeds=[2], fast=True)[0]
+    plain = run_passes(model, [im], config, seeds=[2], fast=False)[0]
+    assert fast.views == ["identity"] * 2 + ["hflip"] * 2 + ["scale:1.5"] * 2
+    for a, b in zip(fast.passes, plain.passes, strict=True):
+        assert_same(a, b)
+        assert a.masks.shape[1:] == im.shape[1:]
+        assert (a.boxes[:, 2] <= 80 + 1e-3).all() and (a.boxes[:, 3] <= 64 + 1e-3).all()
+    # the scale view ran the network at 1.5x its resolution and put the transform back
+    assert model.transform.min_size == (64,) and model.transform.max_size == 96
