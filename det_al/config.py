@@ -108,12 +108,38 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LoopConfig:
+    """The simulated active-learning loop (``det-al loop``, see :mod:`det_al.loop`).
+
+    ``rounds`` selections follow the first training; each picks ``budget`` images, or images
+    whose predicted boxes add up to at most ``budget_boxes`` when that is > 0. ``strategies``
+    are names of :data:`det_al.strategies.STRATEGIES` (``top:class`` ranks by one component);
+    every strategy and seed in ``seeds`` starts from the same labelled set. ``retrain`` is
+    ``scratch`` (a new model each round) or ``finetune`` (from the previous round's weights).
+    ``finetune_epochs`` and ``finetune_lr``: epochs and learning rate of each fine-tuning round
+    (0: ``train.epochs`` / ``train.lr``; round 0 always trains from scratch with ``train``).
+    ``pre_factor``: candidates per budget slot for the ``diverse`` strategy.
+    """
+
+    rounds: int = 3
+    budget: int = 10
+    budget_boxes: int = 0
+    strategies: tuple[str, ...] = ("random", "top", "diverse")
+    seeds: tuple[int, ...] = (0,)
+    retrain: str = "scratch"
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.0
+    pre_factor: float = 3.0
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     passes: PassesConfig = field(default_factory=PassesConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str, source: str | None) -> Any:
@@ -278,5 +304,7 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError("scoring.weights must be non-negative numbers", source)
     if s.empty_policy not in ("quantile", "value"):
         raise InputError(f"scoring.empty_policy must be quantile or value, got '{s.empty_policy}'", source)
+    if s.empty_policy == "quantile" and not 0.0 <= s.empty_value <= 1.0:
+        raise InputError("scoring.empty_value must be a quantile in [0, 1] with empty_policy quantile", source)
     if s.topk < 1:
         raise InputError("scoring.topk must be >= 1", source)

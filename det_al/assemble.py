@@ -1,0 +1,200 @@
+"""Assemble the final outputs of a scoring run from its per-image results, in bounded memory.
+
+Reads the results lines (:mod:`det_al.results`) twice, never holding them all: the first pass
+gathers the non-empty informativeness values (one float per image) for the empty-image policy;
+the second writes ``passes.jsonl``, ``skipped.json``, the embeddings (an ``.npy`` whose header
+is written first and rows appended) and the pseudo-label images and annotations as it goes, and
+sorts the ranking records in chunks written to temporary files that a final ``heapq.merge``
+joins (an external sort). Every output is written to a temporary name and renamed.
+
+The results lines are only read: an error while assembling (a full disk) leaves them intact,
+raises an :class:`~det_al.errors.InputError`, and ``det-al score --resume`` assembles again.
+Embeddings are written with plain writes, not a memory map, since a full disk under a memory
+map kills the process with ``SIGBUS`` instead of raising.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import shutil
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from det_al import __version__
+from det_al.config import Config, config_to_dict
+from det_al.errors import InputError
+from det_al.files import atomic_open, write_json
+from det_al.informativeness import empty_informativeness
+
+CHUNK = 50_000
+OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "embeddings.npy", "embeddings_ids.json", "skipped.json", "run.json")
+
+
+def _sorted_run(records: list[dict], directory: Path, index: int) -> Path:
+    records.sort(key=lambda r: (-r["informativeness"], r["image_id"]))
+    path = directory / f"run-{index:05d}.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def _read_run(path: Path) -> Iterator[tuple[float, int, str]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            yield (-r["informativeness"], r["image_id"], line)
+
+
+def assemble_outputs(
+    results: Callable[[], Iterator[dict]],
+    out_dir: str | os.PathLike,
+    categories: list[dict],
+    config: Config,
+    run_info: dict | None = None,
+    chunk: int = CHUNK,
+) -> dict:
+    """Write ``ranking.jsonl``, ``pseudo_labels.json``, ``passes.jsonl``, ``embeddings.npy``,
+    ``embeddings_ids.json``, ``skipped.json`` and ``run.json`` into ``out_dir``.
+
+    Args:
+        results: a function returning a fresh iterator over the result lines (called twice).
+        chunk: ranking records sorted in memory at a time.
+
+    Returns:
+        Counts: ``n_scored``, ``n_skipped``, ``n_certain``, ``n_empty``.
+
+    Raises:
+        InputError: the outputs cannot be written (full disk, unwritable folder); outputs of an
+            earlier assembly are left as they were, the results lines are not touched.
+    """
+    try:
+        return _assemble(results, Path(out_dir), categories, config, run_info, chunk)
+    except OSError as e:
+        raise InputError(
+            f"cannot write the outputs ({e.strerror or e}); the per-image results are kept: "
+            "fix the problem and run again with --resume to assemble them", out_dir,
+        ) from e
+
+
+def _write_npy_header(f, rows: int, dim: int) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
+    np.lib.format.write_array_header_1_0(f, header)
+
+
+def _assemble(
+    results: Callable[[], Iterator[dict]],
+    out_dir: Path,
+    categories: list[dict],
+    config: Config,
+    run_info: dict | None,
+    chunk: int,
+) -> dict:
+    scoring = config.scoring
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    values = array("d")
+    n_scored = dim = 0
+    for line in results():
+        if "record" in line:
+            n_scored += 1
+            if not line["record"]["empty"]:
+                values.append(float(line["record"]["informativeness"]))
+            if line.get("embedding") is not None and not dim:
+                dim = len(line["embedding"])
+    fill = empty_informativeness(values.tolist(), scoring)
+    del values
+
+    tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out_dir))
+    counts = {"n_scored": n_scored, "n_skipped": 0, "n_certain": 0, "n_empty": 0}
+    try:
+        runs: list[Path] = []
+        pending: list[dict] = []
+        emb_f = open(tmp / "embeddings.npy", "wb")
+        _write_npy_header(emb_f, n_scored if dim else 0, dim)
+        ann_id = 0
+        images_f = open(tmp / "images.jsonl", "w", encoding="utf-8")
+        anns_f = open(tmp / "annotations.jsonl", "w", encoding="utf-8")
+        ids_f = open(tmp / "ids.jsonl", "w", encoding="utf-8")
+        with atomic_open(out_dir / "passes.jsonl") as passes_f, atomic_open(out_dir / "skipped.json") as skipped_f:
+            skipped_f.write("[")
+            for line in results():
+                if "skipped" in line:
+                    sep = "," if counts["n_skipped"] else ""
+                    skipped_f.write(sep + "\n " + json.dumps({k: line[k] for k in ("image_id", "file_name")} | {"reason": line["skipped"]}))
+                    counts["n_skipped"] += 1
+                    continue
+                record = {"image_id": line["image_id"], "file_name": line["file_name"], **line["record"]}
+                if record["empty"]:
+                    record["informativeness"] = fill
+                    record["certain"] = False
+                    counts["n_empty"] += 1
+                else:
+                    record["certain"] = bool(record["informativeness"] < scoring.certain_threshold)
+                counts["n_certain"] += record["certain"]
+                pending.append(record)
+                if len(pending) >= chunk:
+                    runs.append(_sorted_run(pending, tmp, len(runs)))
+                    pending = []
+                image = {"id": line["image_id"], "file_name": line["file_name"]}
+                image.update({k: line[k] for k in ("width", "height") if k in line})
+                images_f.write(json.dumps(image) + "\n")
+                for ann in line.get("annotations", []):
+                    ann_id += 1
+                    anns_f.write(json.dumps({"id": ann_id, "image_id": line["image_id"], **ann}) + "\n")
+                passes_f.write(json.dumps({"image_id": line["image_id"], **line.get("passes", {})}) + "\n")
+                if dim:
+                    emb_f.write(np.asarray(line["embedding"], dtype="<f4").reshape(dim).tobytes())
+                    ids_f.write(f"{line['image_id']}\n")
+            skipped_f.write("\n]\n")
+        if pending:
+            runs.append(_sorted_run(pending, tmp, len(runs)))
+        for f in (images_f, anns_f, ids_f):
+            f.close()
+        emb_f.flush()
+        os.fsync(emb_f.fileno())
+        emb_f.close()
+
+        with atomic_open(out_dir / "ranking.jsonl") as f:
+            for rank, (_, _, text) in enumerate(heapq.merge(*(_read_run(p) for p in runs)), start=1):
+                r = json.loads(text)
+                r["rank"] = rank
+                f.write(json.dumps(r) + "\n")
+
+        with atomic_open(out_dir / "pseudo_labels.json") as f:
+            f.write('{"info": ' + json.dumps({"description": "det_al pseudo-labels", "version": __version__}))
+            f.write(',\n"categories": ' + json.dumps(categories))
+            for name, path in (("images", tmp / "images.jsonl"), ("annotations", tmp / "annotations.jsonl")):
+                f.write(f',\n"{name}": [')
+                with open(path, encoding="utf-8") as src:
+                    for i, line in enumerate(src):
+                        f.write(("," if i else "") + "\n" + line.rstrip("\n"))
+                f.write("\n]")
+            f.write("}\n")
+
+        os.replace(tmp / "embeddings.npy", out_dir / "embeddings.npy")
+        with atomic_open(out_dir / "embeddings_ids.json") as f:
+            with open(tmp / "ids.jsonl", encoding="utf-8") as src:
+                f.write("[" + ", ".join(x.strip() for x in src) + "]\n")
+        write_json(
+            out_dir / "run.json",
+            {
+                "det_al_version": __version__,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **counts,
+                "empty_informativeness": fill,
+                "config": config_to_dict(config),
+                **(run_info or {}),
+            },
+            indent=1,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return counts

@@ -1,0 +1,174 @@
+"""``det-al score``: rank a pool of images by informativeness."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from det_al.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", "-k", required=True, help="det_al checkpoint (or a torchvision state dict with --config)")
+    parser.add_argument("--config", "-c", help="YAML config; default: the one stored in the checkpoint")
+    parser.add_argument("--pool", "-p", required=True, help="COCO JSON of the pool, or a folder of images")
+    parser.add_argument("--image-root", "-r", help="folder the pool's file_name entries are relative to (default: the pool file's folder)")
+    parser.add_argument("--out", "-o", required=True, help="output folder")
+    parser.add_argument("--passes", type=int, help="stochastic passes per view (passes.passes)")
+    parser.add_argument("--dropout", help="dropout rate, or comma-separated rates, one per pass")
+    parser.add_argument("--tta", help="comma-separated test-time views, e.g. hflip,scale:0.8")
+    parser.add_argument("--seed", type=int, help="seed of the dropout masks (passes.seed)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (passes.batch_size)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers decoding images (passes.num_workers)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    parser.add_argument("--plain", action="store_true", help="run the whole model once per pass (slow; for comparison)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. --set matching.iou_threshold=0.6")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same checkpoint, config and pool)")
+    parser.add_argument("--num-shards", type=int, default=1, help="split the pool into N shards (job arrays); join them with det-al merge-shards")
+    parser.add_argument("--shard-index", type=int, default=0, help="which shard this job scores, 0..N-1")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.passes is not None:
+        out.append(f"passes.passes={args.passes}")
+    if args.dropout is not None:
+        rates = [r.strip() for r in args.dropout.split(",") if r.strip()]
+        out.append(f"passes.dropout={rates[0]}" if len(rates) == 1 else f"passes.dropout=[{','.join(rates)}]")
+        if len(rates) > 1 and args.passes is None:
+            out.append(f"passes.passes={len(rates)}")
+    if args.tta is not None:
+        views = [v.strip() for v in args.tta.split(",") if v.strip()]
+        out.append("passes.tta=[" + ",".join(f"'{v}'" for v in views) + "]")
+    if args.seed is not None:
+        out.append(f"passes.seed={args.seed}")
+    if args.batch_size is not None:
+        out.append(f"passes.batch_size={args.batch_size}")
+    if args.workers is not None:
+        out.append(f"passes.num_workers={args.workers}")
+    if args.plain:
+        out.append("passes.fast=false")
+    return out + list(args.overrides)
+
+
+def load_pool(pool_arg: str, image_root: str | None, out_dir: Path) -> tuple[dict, Path]:
+    """A pool from a COCO file or a folder; returns the COCO dict and the image root."""
+    from det_al.coco import load_coco, pool_from_folder
+    from det_al.files import write_json
+
+    path = Path(pool_arg)
+    if path.is_dir():
+        pool, skipped = pool_from_folder(path)
+        write_json(out_dir / "pool.json", pool, indent=1)
+        if skipped:
+            write_json(out_dir / "pool_skipped.json", skipped, indent=1)
+        return pool, Path(image_root) if image_root else path
+    if not path.exists():
+        raise InputError("pool file not found", path)
+    pool = load_coco(path)
+    return pool, Path(image_root) if image_root else path.parent
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under torchrun, else (0, 1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from det_al.checkpoint import load_checkpoint
+    from det_al.config import apply_overrides, config_from_dict, config_to_dict, load_config
+    from det_al.results import file_sha256
+    from det_al.scoring import score_to_dir
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("output path exists and is not a folder", out_dir)
+    rank, world, local_rank = _distributed()
+    device = args.device
+    if world > 1 and device.startswith("cuda") and ":" not in device:
+        device = f"cuda:{local_rank}"
+    # Cheap checks first: a bad config or pool fails before the model is loaded.
+    config = load_config(args.config, _overrides(args)) if args.config else None
+    pool, image_root = load_pool(args.pool, args.image_root, out_dir)
+    if config is not None:
+        model, _, categories, _ = load_checkpoint(args.checkpoint, config, device=device)
+    else:
+        model, config_ck, categories, _ = load_checkpoint(args.checkpoint, None, device=device)
+        config = config_from_dict(apply_overrides(config_to_dict(config_ck), _overrides(args)), args.checkpoint)
+        if dataclasses.asdict(config.model) != dataclasses.asdict(config_ck.model):
+            raise InputError("--set cannot change the model section of a checkpoint's config")
+    if not categories:
+        categories = pool.get("categories") or []
+    if len(categories) != config.model.num_classes - 1:
+        raise InputError(
+            f"{len(categories)} categories for a model of {config.model.num_classes - 1} classes", args.checkpoint
+        )
+    checkpoint_sha = file_sha256(args.checkpoint)
+    info = {"checkpoint": os.fspath(args.checkpoint), "pool": os.fspath(args.pool)}
+    start = time.perf_counter()
+    if world > 1:
+        return _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info)
+    counts = score_to_dir(
+        model, config, categories, pool, image_root, out_dir, checkpoint_sha,
+        resume=args.resume, num_shards=args.num_shards, shard_index=args.shard_index,
+        device=device, amp=args.amp, progress=not args.no_progress,
+        assemble=args.num_shards == 1, run_info=info,
+    )
+    seconds = time.perf_counter() - start
+    if args.num_shards > 1:
+        print(f"scored shard {args.shard_index} of {args.num_shards} ({counts['n_shard']} images) in {seconds:.1f} s -> {out_dir}")
+        print("join the shards with: det-al merge-shards SHARD_DIR ... --out DIR")
+        return 0
+    _print_summary(out_dir, counts, seconds)
+    return 0
+
+
+def _print_summary(out_dir: Path, counts: dict, seconds: float) -> None:
+    import json
+
+    n = counts["n_scored"]
+    print(f"scored {n} images in {seconds:.1f} s ({seconds / max(n, 1):.3f} s/image); "
+          f"skipped {counts['n_skipped']}, certain {counts['n_certain']}, nothing detected {counts['n_empty']}")
+    with open(out_dir / "ranking.jsonl", encoding="utf-8") as f:
+        for _, line in zip(range(10), f):
+            r = json.loads(line)
+            print(f"  #{r['rank']:<4d} {r['informativeness']:.3f}  {r['file_name']}  ({r['n_objects']} objects)")
+    print(f"wrote {out_dir}/ranking.jsonl, pseudo_labels.json, passes.jsonl, skipped.json")
+
+
+def _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info) -> int:
+    """One torchrun rank: score shard ``rank`` of ``world``; rank 0 merges after a barrier."""
+    import torch.distributed as dist
+
+    from det_al.scoring import score_to_dir
+    from det_al.shards import merge_shards
+
+    if args.num_shards != 1:
+        raise InputError("--num-shards cannot be combined with torchrun: each rank is one shard")
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    try:
+        shard_dir = out_dir / "shards" / f"rank-{rank}-of-{world}"
+        start = time.perf_counter()
+        score_to_dir(
+            model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
+            resume=args.resume, num_shards=world, shard_index=rank, device=device, amp=args.amp,
+            progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
+        )
+        dist.barrier()
+        if rank == 0:
+            dirs = [out_dir / "shards" / f"rank-{r}-of-{world}" for r in range(world)]
+            counts = merge_shards(dirs, out_dir, {**info, "world_size": world})
+            _print_summary(out_dir, counts, time.perf_counter() - start)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,253 @@
+"""The append-only per-image results file of a scoring run, and its resume key.
+
+A scoring run writes one JSON line per pool image to ``results.jsonl`` as it goes, flushed and
+fsynced after every batch, so a run killed at any instant (SIGKILL included) loses at most the
+batch in flight. ``key.json`` beside it records what the results were computed from (hashes of
+the checkpoint, of the config and of the pool's image list, and the shard); ``--resume``
+continues only when the key matches, and refuses a stale or foreign file with a clear message.
+
+A line is either a scored image::
+
+    {"image_id", "file_name", "record": {...}, "annotations": [...], "passes": {...},
+     "embedding": [...]}
+
+or an image that could not be read::
+
+    {"image_id", "file_name", "skipped": "reason"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from det_al import __version__
+from det_al.errors import InputError
+from det_al.files import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+KEY = "key.json"
+DONE = "done.json"
+IGNORED = ("det_al_version", "meta")  # key.json fields that do not decide whether results match
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_sha256(obj: Any) -> str:
+    """Hash of plain data (sorted-key JSON)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def pool_sha256(images: Iterable[dict]) -> str:
+    """Hash of a pool's image list: ids, file names and sizes, in order."""
+    h = hashlib.sha256()
+    for im in images:
+        h.update(f"{im['id']}\t{im['file_name']}\t{im.get('width')}\t{im.get('height')}\n".encode())
+    return h.hexdigest()
+
+
+#: Config keys (section, key) that cannot change a result line: left out of the config hash,
+#: so that a run may be resumed with, e.g., more DataLoader workers.
+RESULT_NEUTRAL = (("passes", "num_workers"),)
+
+
+def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, shard_index: int) -> dict:
+    """What a results file was computed from; two runs with equal keys give equal results."""
+    config = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+    for section, key in RESULT_NEUTRAL:
+        if isinstance(config.get(section), dict):
+            config[section].pop(key, None)
+    return {
+        "checkpoint_sha256": checkpoint_sha,
+        "config_sha256": data_sha256(config),
+        "pool_sha256": pool_sha,
+        "num_shards": num_shards,
+        "shard_index": shard_index,
+    }
+
+
+def _describe_mismatch(old: dict, new: dict) -> str:
+    names = {
+        "checkpoint_sha256": "a different checkpoint",
+        "config_sha256": "a different config",
+        "pool_sha256": "a different pool",
+        "num_shards": "a different --num-shards",
+        "shard_index": "a different --shard-index",
+    }
+    diffs = [names.get(k, k) for k in new if old.get(k) != new.get(k)]
+    return ", ".join(diffs) or "an unknown run"
+
+
+class ResultsWriter:
+    """Appends result lines to ``DIR/results.jsonl``; resumes a matching partial run.
+
+    Usage::
+
+        with ResultsWriter(dir, key, resume=True) as w:
+            todo = [im for im in images if im["id"] not in w.done]
+            ...
+            w.write_batch(lines)
+    """
+
+    def __init__(self, directory: str | os.PathLike, key: dict, resume: bool = False, meta: dict | None = None):
+        self.dir = Path(directory)
+        self.key = dict(key, det_al_version=__version__)
+        self.meta = meta or {}
+        self.path = self.dir / RESULTS
+        self.done: set[int] = set()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create output folder: {e.strerror}", self.dir) from e
+        key_path = self.dir / KEY
+        if resume and self.path.exists():
+            if not key_path.exists():
+                raise InputError(
+                    f"refusing to resume: {self.path.name} has no {KEY}; it is not from a det_al run "
+                    "(remove it or choose another --out)", self.dir,
+                )
+            old = read_json(key_path)
+            old_cmp = {k: v for k, v in old.items() if k not in IGNORED}
+            new_cmp = {k: v for k, v in self.key.items() if k not in IGNORED}
+            if old_cmp != new_cmp:
+                raise InputError(
+                    f"refusing to resume: the partial results were computed with {_describe_mismatch(old_cmp, new_cmp)} "
+                    "(run without --resume to start over, or choose another --out)", self.dir,
+                )
+            self.done = repair_and_read_ids(self.path)
+            logger.info("resuming: %d images already scored in %s", len(self.done), self.path)
+        else:
+            try:
+                if self.path.exists():
+                    logger.warning("starting over: removing the previous results in %s (use --resume to continue them)", self.path)
+                for name in (RESULTS, DONE):
+                    (self.dir / name).unlink(missing_ok=True)
+            except OSError as e:
+                raise InputError(f"cannot remove previous results: {e.strerror}", self.dir) from e
+            try:
+                write_json(key_path, {**self.key, "meta": self.meta}, indent=1)
+            except OSError as e:
+                raise InputError(f"cannot write {KEY}: {e.strerror}", self.dir) from e
+        try:
+            # Unbuffered: every byte written is either on disk or reported, never held in a
+            # buffer that a later flush (at close, after an error) would append out of turn.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            raise InputError(f"cannot write results: {e.strerror}", self.path) from e
+        self._size = os.fstat(self._fd).st_size
+
+    def write_batch(self, lines: list[dict]) -> None:
+        """Append one batch of result lines and make them durable (fsync).
+
+        On an error (disk full, quota, I/O error) the part of the batch already written is cut
+        off again, so ``results.jsonl`` holds whole lines only, and an :class:`InputError` says
+        to run again with ``--resume``.
+        """
+        if not lines:
+            return
+        data = memoryview("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines).encode("utf-8"))
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            os.fsync(self._fd)
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:  # the torn line is cut off on --resume instead
+                logger.debug("could not cut the partial batch off %s", self.path, exc_info=True)
+            raise InputError(
+                f"cannot write results ({e.strerror}); the {len(self.done)} results written so far "
+                "are kept: fix the problem and run again with --resume", self.path,
+            ) from e
+        self._size += len(data)
+        self.done.update(int(x["image_id"]) for x in lines)
+
+    def mark_done(self, n_expected: int) -> None:
+        try:
+            write_json(self.dir / DONE, {"n_results": len(self.done), "n_expected": n_expected})
+        except OSError as e:
+            raise InputError(f"cannot write {DONE} ({e.strerror}); the results are complete: run again with --resume", self.dir) from e
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_ID_PREFIX = re.compile(rb'\{"image_id":(-?\d+),')
+
+
+def _line_id(raw: bytes) -> int:
+    """The image id of one complete result line; reads only its start when written by det_al."""
+    m = _ID_PREFIX.match(raw)
+    return int(m.group(1)) if m else int(json.loads(raw)["image_id"])
+
+
+def repair_and_read_ids(path: Path) -> set[int]:
+    """Image ids of the complete lines of ``path``; a torn last line (a kill mid-write) is cut off.
+
+    Lines are appended whole and made durable batch by batch, so only the last line can be
+    incomplete (it lacks its newline). A complete line that cannot be read means the file was
+    damaged some other way: an :class:`InputError`, rather than cutting off the lines after it.
+    """
+    done: set[int] = set()
+    good_end = 0
+    with open(path, "rb") as f:
+        offset = 0
+        for number, raw in enumerate(f, start=1):
+            offset += len(raw)
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                done.add(_line_id(raw))
+            except (ValueError, KeyError, TypeError) as e:
+                raise InputError(
+                    f"line {number} is damaged ({type(e).__name__}); cannot resume: "
+                    "run without --resume to start over", path,
+                ) from e
+            good_end = offset
+    if good_end != path.stat().st_size:
+        logger.warning("cutting a torn last line off %s", path)
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return done
+
+
+def read_results(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
+    """Every result line of the given results files, in file order (one line in memory at a time)."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):
+                    yield json.loads(line)
+
+
+def read_key(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / KEY
+    if not path.exists():
+        raise InputError(f"no {KEY}: not a det_al scoring output", directory)
+    return read_json(path)
+
+
+def is_done(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / DONE).exists()

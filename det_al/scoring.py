@@ -1,0 +1,294 @@
+"""Score a pool: stochastic passes -> matched objects -> per-image informativeness.
+
+Each pool image becomes one *result line* (see :mod:`det_al.results`): its ranking record,
+its pseudo-label annotations with per-object uncertainty, the boxes of every pass and its
+embedding. :func:`score_to_dir` streams result lines to disk (resumable, shardable) and
+assembles the outputs of ``det-al score`` with :mod:`det_al.assemble`; :func:`score_pool` does
+the same in memory for small pools (the demo, the loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from det_al.coco import mask_to_rle, xyxy_to_xywh
+from det_al.config import Config, config_to_dict
+from det_al.datasets import PoolDataset, pool_collate
+from det_al.errors import InputError
+from det_al.results import RESULTS, ResultsWriter, pool_sha256, read_results, run_key
+from det_al.assemble import assemble_outputs
+from det_al.informativeness import finalize_pool, image_informativeness
+from det_al.matching import match_passes
+from det_al.models import has_masks
+from det_al.passes import ImagePasses, run_passes
+from det_al.uncertainty import score_objects
+
+logger = logging.getLogger(__name__)
+
+# Per-object fields copied from score_objects() into each pseudo-label annotation.
+OBJECT_FIELDS = (
+    "uncertainty",
+    "class_variance",
+    "entropy",
+    "mutual_information",
+    "box_disagreement",
+    "box_spread",
+    "mask_disagreement",
+    "presence",
+)
+COMPONENTS = ("class", "box", "mask", "presence")
+
+
+@dataclass
+class PoolScores:
+    """A scored pool in memory: the result lines and the finished ranking."""
+
+    results: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[dict]:
+        return [
+            {"image_id": r["image_id"], "file_name": r["file_name"], "reason": r["skipped"]}
+            for r in self.results
+            if "skipped" in r
+        ]
+
+    @property
+    def annotations(self) -> list[dict]:
+        return [{"image_id": r["image_id"], **a} for r in self.results if "record" in r for a in r["annotations"]]
+
+    @property
+    def embedding_ids(self) -> list[int]:
+        return [r["image_id"] for r in self.results if "record" in r]
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """``[N, D]`` float32, rows in the order of :attr:`embedding_ids`."""
+        rows = [r["embedding"] for r in self.results if "record" in r]
+        return np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), np.float32)
+
+
+def image_seed(seed: int, image_id: int) -> int:
+    """The dropout seed of one image: independent of batch composition, order and sharding."""
+    return (seed * 1_000_003 + int(image_id) * 7_919) % (2**31 - 1)
+
+
+def _round(x: float, digits: int = 6) -> float:
+    return float(round(float(x), digits))
+
+
+def _rle_area(rle: dict) -> float:
+    from pycocotools import mask as mask_utils
+
+    r = dict(rle)
+    if isinstance(r["counts"], str):
+        r["counts"] = r["counts"].encode("ascii")
+    return float(mask_utils.area(r))
+
+
+def score_image(
+    image_passes: ImagePasses, config: Config, categories: list[dict], with_masks: bool
+) -> dict:
+    """Match and score one image's passes into a result line (without image id and name)."""
+    anchor = image_passes.deterministic
+    objects = match_passes(
+        anchor,
+        image_passes.passes,
+        iou_threshold=config.matching.iou_threshold,
+        class_aware=config.matching.class_aware,
+    )
+    values = score_objects(anchor, image_passes.passes, objects, config.scoring, masks=with_masks)
+    image = image_informativeness(values, config.scoring, has_masks=with_masks)
+    label_to_id = {i + 1: int(c["id"]) for i, c in enumerate(categories)}
+
+    annotations = []
+    xywh = xyxy_to_xywh(anchor.boxes) if len(anchor) else []
+    for k in range(len(anchor)):
+        x, y, w, h = (float(v) for v in xywh[k])
+        ann: dict[str, Any] = {
+            "category_id": label_to_id.get(int(anchor.labels[k]), -1),
+            "bbox": [_round(x, 2), _round(y, 2), _round(w, 2), _round(h, 2)],
+            "area": _round(w * h, 2),
+            "iscrowd": 0,
+            "score": _round(anchor.scores[k]),
+        }
+        for name in OBJECT_FIELDS:
+            if name in values:
+                ann[name] = _round(values[name][k])
+        if anchor.masks is not None:
+            rle = mask_to_rle(anchor.masks[k] > 0.5)
+            ann["segmentation"] = rle
+            ann["area"] = _round(_rle_area(rle), 2)
+        annotations.append(ann)
+
+    pass_boxes = []
+    for det in image_passes.passes:
+        rows = []
+        if len(det):
+            for b, lab, s in zip(xyxy_to_xywh(det.boxes), det.labels.tolist(), det.scores.tolist()):
+                rows.append([_round(v, 1) for v in b] + [label_to_id.get(int(lab), -1), _round(s, 4)])
+        pass_boxes.append(rows)
+
+    record = {
+        "informativeness": _round(image["informativeness"]),
+        **{c: _round(image.get(c, 0.0)) for c in COMPONENTS},
+        "n_objects": int(image["n_objects"]),
+        "n_detections": len(anchor),
+        "empty": bool(image["empty"]),
+    }
+    return {
+        "record": record,
+        "annotations": annotations,
+        "passes": {"views": list(image_passes.views), "passes": pass_boxes},
+        "embedding": [_round(v, 5) for v in image_passes.embedding.detach().float().cpu().tolist()],
+    }
+
+
+def iter_results(
+    model: nn.Module,
+    config: Config,
+    categories: list[dict],
+    images: list[dict],
+    image_root: str | os.PathLike,
+    device: str = "cpu",
+    amp: bool = False,
+    progress: bool = True,
+) -> Iterator[list[dict]]:
+    """Score ``images`` (COCO image dicts) batch by batch; yields each batch's result lines.
+
+    Images that cannot be read give a ``skipped`` line with the reason; the run goes on.
+    """
+    p = config.passes
+    dataset = PoolDataset({"images": images}, image_root)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=p.batch_size,
+        shuffle=False,
+        num_workers=p.num_workers,
+        collate_fn=pool_collate,
+    )
+    with_masks = has_masks(model)
+    bar = tqdm(total=len(dataset), desc="scoring", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in loader:
+            lines, good = [], []
+            for item in batch:
+                if "error" in item:
+                    logger.warning("skipping %s: %s", item["file_name"], item["error"])
+                    lines.append({"image_id": item["image_id"], "file_name": item["file_name"], "skipped": item["error"]})
+                else:
+                    good.append(item)
+            if good:
+                seeds = [image_seed(p.seed, it["image_id"]) for it in good]
+                results = run_passes(model, [it["image"] for it in good], p, seeds=seeds, device=device, amp=amp)
+                for item, res in zip(good, results):
+                    h, w = item["image"].shape[-2:]
+                    line = {"image_id": item["image_id"], "file_name": item["file_name"], "width": int(w), "height": int(h)}
+                    line.update(score_image(res, config, categories, with_masks))
+                    lines.append(line)
+            bar.update(len(batch))
+            yield lines
+    finally:
+        bar.close()
+
+
+def records_from_results(results: list[dict], config: Config) -> list[dict]:
+    """The ranking (sorted, ranked, empty policy applied) of in-memory result lines."""
+    records = [
+        {"image_id": r["image_id"], "file_name": r["file_name"], **r["record"]}
+        for r in results
+        if "record" in r
+    ]
+    return finalize_pool(records, config.scoring)
+
+
+def score_pool(
+    model: nn.Module,
+    config: Config,
+    categories: list[dict],
+    pool: dict,
+    image_root: str | os.PathLike,
+    device: str = "cpu",
+    amp: bool = False,
+    progress: bool = True,
+) -> PoolScores:
+    """Score a (small) pool in memory. Same config and seed give the same ranking."""
+    results: list[dict] = []
+    for lines in iter_results(model, config, categories, pool["images"], image_root, device, amp, progress):
+        results.extend(lines)
+    return PoolScores(results=results, records=records_from_results(results, config))
+
+
+def write_outputs(
+    scores: PoolScores,
+    out_dir: str | os.PathLike,
+    pool: dict,
+    categories: list[dict],
+    config: Config,
+    run_info: dict | None = None,
+) -> dict:
+    """Write the outputs of ``det-al score`` for an in-memory :class:`PoolScores`."""
+    info = {"n_pool": len(pool["images"]), **(run_info or {})}
+    return assemble_outputs(lambda: iter(scores.results), out_dir, categories, config, info)
+
+
+def shard_of(images: list[dict], num_shards: int, shard_index: int) -> list[dict]:
+    """The images of one shard: every ``num_shards``-th image of the pool, from ``shard_index``."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise InputError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+    return images[shard_index::num_shards]
+
+
+def score_to_dir(
+    model: nn.Module,
+    config: Config,
+    categories: list[dict],
+    pool: dict,
+    image_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    checkpoint_sha: str,
+    resume: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    device: str = "cpu",
+    amp: bool = False,
+    progress: bool = True,
+    assemble: bool = True,
+    run_info: dict | None = None,
+) -> dict:
+    """Score a pool (or one shard of it) streaming result lines to ``out_dir/results.jsonl``.
+
+    With ``resume``, images already in a matching results file are skipped; a kill at any
+    instant loses at most the batch in flight. With ``assemble`` (single shard), the final
+    outputs are written at the end; shards are joined by :func:`det_al.shards.merge_shards`.
+    """
+    images = shard_of(pool["images"], num_shards, shard_index)
+    key = run_key(checkpoint_sha, config_to_dict(config), pool_sha256(pool["images"]), num_shards, shard_index)
+    out_dir = Path(out_dir)
+    meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool["images"])}
+    with ResultsWriter(out_dir, key, resume=resume, meta=meta) as writer:
+        todo = [im for im in images if int(im["id"]) not in writer.done]
+        if resume and writer.done:
+            logger.info("%d of %d images left to score", len(todo), len(images))
+        for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress):
+            writer.write_batch(lines)
+        writer.mark_done(len(images))
+    counts = {"n_pool": len(pool["images"]), "n_shard": len(images)}
+    if assemble:
+        counts.update(
+            assemble_outputs(
+                lambda: read_results([out_dir / RESULTS]), out_dir, categories, config,
+                {**counts, **(run_info or {})},
+            )
+        )
+    return counts

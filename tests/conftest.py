@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny synthetic pool and an untrained tiny checkpoint (no download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(tmp_path_factory) -> dict:
+    """Six synthetic 96-px images (three old, three drifted) and a COCO pool file for them."""
+    from det_al.synthetic import generate
+
+    root = tmp_path_factory.mktemp("pool")
+    old = generate(root, 3, "old", seed=1, start_id=1, size=96)
+    new = generate(root, 3, "drifted", seed=2, start_id=4, size=96)
+    pool = {
+        "images": old["images"] + new["images"],
+        "categories": old["categories"],
+        "annotations": [],
+    }
+    (root / "pool.json").write_text(json.dumps(pool))
+    return {"root": root, "pool": root / "pool.json", "coco": pool}
+
+
+def _tiny_checkpoint(path: Path, name: str, categories: list[dict]) -> Path:
+    from det_al.checkpoint import save_checkpoint
+    from det_al.config import config_from_dict
+    from det_al.models import build_model
+
+    config = config_from_dict(
+        {
+            "model": {
+                "name": name,
+                "num_classes": len(categories) + 1,
+                "options": {"min_size": 96, "max_size": 96, "box_score_thresh": 0.0},
+            },
+            "passes": {"passes": 3, "dropout": 0.3},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    save_checkpoint(path, model, config, categories)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_pool) -> Path:
+    """An untrained maskrcnn_tiny checkpoint with score threshold 0, so it detects something."""
+    path = tmp_path_factory.mktemp("ckpt") / "maskrcnn_tiny.pt"
+    return _tiny_checkpoint(path, "maskrcnn_tiny", tiny_pool["coco"]["categories"])

@@ -1,0 +1,141 @@
+"""Streaming results: resume after a kill, stale keys refused, shards merged = single run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from det_al.cli import main
+from det_al.errors import InputError
+from det_al.results import RESULTS, ResultsWriter, repair_and_read_ids, run_key
+
+OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "skipped.json", "embeddings_ids.json")
+
+
+def _score(tiny_pool, ckpt, out, *extra) -> int:
+    return main(["score", "-k", str(ckpt), "-p", str(tiny_pool["pool"]), "-o", str(out),
+                 "--passes", "2", "--seed", "3", "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_pool, tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    assert _score(tiny_pool, tiny_checkpoint, out) == 0
+    return out
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    for name in OUTPUTS:
+        assert (a / name).read_text() == (b / name).read_text(), name
+
+
+def test_resume_after_a_torn_write_gives_the_same_outputs(reference, tiny_pool, tiny_checkpoint, tmp_path):
+    # A run killed after three images, in the middle of writing the fourth line.
+    lines = (reference / RESULTS).read_text().splitlines(keepends=True)
+    assert len(lines) == 6
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "key.json").write_text((reference / "key.json").read_text())
+    (out / RESULTS).write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    assert _score(tiny_pool, tiny_checkpoint, out, "--resume") == 0
+    assert (out / RESULTS).read_text() == "".join(lines)
+    _same_outputs(reference, out)
+
+
+def test_resume_refuses_results_of_another_run(reference, tiny_pool, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "key.json").write_text((reference / "key.json").read_text())
+    (out / RESULTS).write_text((reference / RESULTS).read_text().splitlines(keepends=True)[0])
+    with pytest.raises(InputError, match="different config"):
+        main_args = ["score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
+                     "--passes", "3", "--seed", "3", "--no-progress", "--resume"]
+        from det_al.commands import score
+        import argparse
+        p = argparse.ArgumentParser()
+        score.add_arguments(p)
+        score.run(p.parse_args(main_args[1:]))
+
+
+def test_results_without_key_are_refused(tmp_path):
+    (tmp_path / RESULTS).write_text('{"image_id": 1}\n')
+    with pytest.raises(InputError, match="not from a det_al run"):
+        ResultsWriter(tmp_path, run_key("a", {}, "b", 1, 0), resume=True)
+
+
+def test_torn_last_line_is_cut(tmp_path):
+    path = tmp_path / RESULTS
+    path.write_text('{"image_id": 1}\n{"image_id": 2}\n{"image_id": 3, "rec')
+    assert repair_and_read_ids(path) == {1, 2}
+    assert path.read_text() == '{"image_id": 1}\n{"image_id": 2}\n'
+
+
+def test_sharded_runs_merge_into_the_single_run(reference, tiny_pool, tiny_checkpoint, tmp_path):
+    dirs = []
+    for i in range(3):
+        d = tmp_path / f"shard{i}"
+        assert _score(tiny_pool, tiny_checkpoint, d, "--num-shards", "3", "--shard-index", str(i)) == 0
+        assert not (d / "ranking.jsonl").exists()
+        dirs.append(str(d))
+    merged = tmp_path / "merged"
+    # incomplete set of shards is refused
+    assert main(["merge-shards", *dirs[:2], "--out", str(merged)]) == 2
+    assert main(["merge-shards", *reversed(dirs), "--out", str(merged)]) == 0
+    _same_outputs(reference, merged)
+
+
+def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]),
+           "-o", str(out), "--passes", "2", "--seed", "3", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert subprocess.run(cmd + ["--resume"], capture_output=True, timeout=300).returncode == 0
+    _same_outputs(reference, out)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_torchrun_two_processes_equal_single_run(reference, tiny_pool, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+         "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
+         "--passes", "2", "--seed", "3", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    _same_outputs(reference, out)
+
+
+def test_damaged_middle_line_is_refused_not_cut(tmp_path):
+    path = tmp_path / RESULTS
+    text = '{"image_id":1,"a":1}\nnot json\n{"image_id":3,"a":1}\n'
+    path.write_text(text)
+    with pytest.raises(InputError, match="line 2 is damaged"):
+        repair_and_read_ids(path)
+    assert path.read_text() == text  # nothing cut off
+
+
+def test_key_ignores_settings_that_cannot_change_results():
+    config = {"passes": {"num_workers": 0, "seed": 1}, "model": {"name": "m"}}
+    more_workers = {"passes": {"num_workers": 8, "seed": 1}, "model": {"name": "m"}}
+    other_seed = {"passes": {"num_workers": 0, "seed": 2}, "model": {"name": "m"}}
+    key = run_key("c", config, "p", 1, 0)
+    assert run_key("c", more_workers, "p", 1, 0) == key
+    assert run_key("c", other_seed, "p", 1, 0) != key
+    assert config["passes"]["num_workers"] == 0  # the caller's dict is left alone

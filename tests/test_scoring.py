@@ -1,0 +1,177 @@
+"""End-to-end ``det-al score`` on a tiny pool: outputs, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from det_al.cli import main
+from det_al.coco import quiet_coco
+
+
+def _score(tiny_pool, ckpt, out, *extra) -> int:
+    return main(
+        [
+            "score", "--checkpoint", str(ckpt), "--pool", str(tiny_pool["pool"]),
+            "--out", str(out), "--no-progress", *extra,
+        ]
+    )
+
+
+def _ranking(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "ranking.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_pool, tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scores")
+    assert _score(tiny_pool, tiny_checkpoint, out, "--passes", "3", "--seed", "7") == 0
+    return out
+
+
+def test_ranking_is_sorted_and_complete(scored, tiny_pool):
+    ranking = _ranking(scored)
+    assert [r["rank"] for r in ranking] == list(range(1, 7))
+    assert sorted(r["image_id"] for r in ranking) == [1, 2, 3, 4, 5, 6]
+    values = [r["informativeness"] for r in ranking]
+    assert values == sorted(values, reverse=True)
+    for r in ranking:
+        assert {"file_name", "class", "box", "mask", "presence", "n_objects", "certain", "empty"} <= set(r)
+        assert 0.0 <= r["informativeness"] <= 1.0
+    assert json.loads((scored / "skipped.json").read_text()) == []
+
+
+def test_pseudo_labels_load_in_pycocotools(scored, tiny_pool):
+    data = json.loads((scored / "pseudo_labels.json").read_text())
+    gt = quiet_coco(data)
+    assert sorted(gt.getImgIds()) == [1, 2, 3, 4, 5, 6]
+    assert data["categories"] == tiny_pool["coco"]["categories"]
+    assert len(data["annotations"]) > 0
+    ids = [a["id"] for a in data["annotations"]]
+    assert len(set(ids)) == len(ids)
+    category_ids = {c["id"] for c in data["categories"]}
+    for a in data["annotations"]:
+        assert a["category_id"] in category_ids
+        assert 0.0 <= a["uncertainty"] <= 1.0
+        image = gt.imgs[a["image_id"]]
+        m = mask_utils.decode({**a["segmentation"], "counts": a["segmentation"]["counts"].encode()})
+        assert m.shape == (image["height"], image["width"])
+    results = [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")} for a in data["annotations"]]
+    dt = gt.loadRes(results)
+    assert len(dt.anns) == len(results)
+    # n_detections in the ranking counts the image's pseudo-labels
+    per_image = {}
+    for a in data["annotations"]:
+        per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+    for r in _ranking(scored):
+        assert r["n_detections"] == per_image.get(r["image_id"], 0)
+
+
+def test_passes_and_embeddings(scored):
+    lines = [json.loads(x) for x in (scored / "passes.jsonl").read_text().splitlines()]
+    assert len(lines) == 6
+    assert all(len(x["passes"]) == 3 for x in lines)
+    emb = np.load(scored / "embeddings.npy")
+    ids = json.loads((scored / "embeddings_ids.json").read_text())
+    assert emb.shape[0] == len(ids) == 6 and emb.shape[1] > 0
+
+
+def test_same_seed_same_ranking_whatever_the_batch(scored, tiny_pool, tiny_checkpoint, tmp_path):
+    assert _score(tiny_pool, tiny_checkpoint, tmp_path, "--passes", "3", "--seed", "7", "--batch-size", "4") == 0
+    assert _ranking(tmp_path) == _ranking(scored)
+
+
+def test_plain_path_gives_the_same_ranking(scored, tiny_pool, tiny_checkpoint, tmp_path):
+    assert _score(tiny_pool, tiny_checkpoint, tmp_path, "--passes", "3", "--seed", "7", "--plain") == 0
+    fast, plain = _ranking(scored), _ranking(tmp_path)
+    assert [r["image_id"] for r in fast] == [r["image_id"] for r in plain]
+    np.testing.assert_allclose(
+        [r["informativeness"] for r in fast], [r["informativeness"] for r in plain], atol=1e-4
+    )
+
+
+def test_unreadable_images_are_skipped_and_listed(tiny_pool, tiny_checkpoint, tmp_path):
+    root = tmp_path / "pool"
+    shutil.copytree(tiny_pool["root"], root)
+    pool = json.loads((root / "pool.json").read_text())
+    first, second = pool["images"][0]["file_name"], pool["images"][1]["file_name"]
+    (root / first).write_bytes(b"")  # zero bytes
+    (root / second).unlink()  # missing
+    out = tmp_path / "out"
+    code = main(["score", "-k", str(tiny_checkpoint), "-p", str(root / "pool.json"), "-o", str(out), "--passes", "2", "--no-progress"])
+    assert code == 0
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert sorted(s["image_id"] for s in skipped) == [1, 2]
+    assert all(s["reason"] for s in skipped)
+    assert len(_ranking(out)) == 4
+
+
+def test_folder_pool(tiny_pool, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for im in tiny_pool["coco"]["images"][:2]:
+        shutil.copy(tiny_pool["root"] / im["file_name"], folder / Path(im["file_name"]).name)
+    out = tmp_path / "out"
+    assert main(["score", "-k", str(tiny_checkpoint), "-p", str(folder), "-o", str(out), "--passes", "2", "--no-progress"]) == 0
+    pool = json.loads((out / "pool.json").read_text())
+    assert [(im["width"], im["height"]) for im in pool["images"]] == [(96, 96), (96, 96)]
+    assert len(_ranking(out)) == 2
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "det_al", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unknown_config_key", "unknown config key 'passes.bogus'"),
+        ("pool_missing_images", "images"),
+        ("pool_duplicate_ids", "duplicate"),
+        ("corrupt_checkpoint", "checkpoint"),
+        ("missing_pool", "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_pool, tiny_checkpoint, tmp_path):
+    pool = tiny_pool["pool"]
+    ckpt = tiny_checkpoint
+    args = []
+    if case == "unknown_config_key":
+        config = tmp_path / "bad.yaml"
+        config.write_text("model:\n  name: maskrcnn_tiny\n  num_classes: 4\npasses:\n  bogus: 1\n")
+        args = ["--config", str(config)]
+        expected_file = str(config)
+    elif case == "pool_missing_images":
+        pool = tmp_path / "pool.json"
+        pool.write_text(json.dumps({"categories": []}))
+        expected_file = str(pool)
+    elif case == "pool_duplicate_ids":
+        data = json.loads(tiny_pool["pool"].read_text())
+        data["images"].append(dict(data["images"][0]))
+        pool = tmp_path / "pool.json"
+        pool.write_text(json.dumps(data))
+        expected_file = str(pool)
+    elif case == "corrupt_checkpoint":
+        ckpt = tmp_path / "model.pt"
+        ckpt.write_bytes(b"not a checkpoint")
+        expected_file = str(ckpt)
+    elif case == "missing_pool":
+        pool = tmp_path / "nope.json"
+        expected_file = str(pool)
+    out = tmp_path / "out"
+    result = _cli("score", "-k", str(ckpt), "-p", str(pool), "-o", str(out), "--no-progress", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert expected in lines[0] and expected_file in lines[0], lines[0]
+    assert not (out / "ranking.jsonl").exists()
