@@ -91,6 +91,11 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     return ", ".join(diffs) or "an unknown run"
 
 
+def encode_lines(lines: list[dict]) -> bytes:
+    """Result lines as compact JSON, one per line, ``image_id`` first (see :func:`repair_and_read_ids`)."""
+    return "".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines).encode("utf-8")
+
+
 class ResultsWriter:
     """Appends result lines to ``DIR/results.jsonl``; resumes a matching partial run.
 
@@ -158,7 +163,7 @@ class ResultsWriter:
         """
         if not lines:
             return
-        data = memoryview("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines).encode("utf-8"))
+        data = memoryview(encode_lines(lines))
         try:
             written = 0
             while written < len(data):

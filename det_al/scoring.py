@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -154,6 +154,18 @@ def score_image(
     }
 
 
+def _run_or_skip(model: nn.Module, items: list[dict], p, device: str, amp: bool) -> list[ImagePasses | str]:
+    """``run_passes`` on a batch; if the model fails, image by image: a failing image gives its reason."""
+    seeds = [image_seed(p.seed, it["image_id"]) for it in items]
+    try:
+        return run_passes(model, [it["image"] for it in items], p, seeds=seeds, device=device, amp=amp)
+    except Exception as e:
+        if len(items) == 1:
+            logger.debug("model failed on %s", items[0]["file_name"], exc_info=True)
+            return [f"model failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"]
+    return [r for it in items for r in _run_or_skip(model, [it], p, device, amp)]
+
+
 def iter_results(
     model: nn.Module,
     config: Config,
@@ -163,13 +175,16 @@ def iter_results(
     device: str = "cpu",
     amp: bool = False,
     progress: bool = True,
+    make_dataset: Callable[[list[dict]], torch.utils.data.Dataset] | None = None,
 ) -> Iterator[list[dict]]:
     """Score ``images`` (COCO image dicts) batch by batch; yields each batch's result lines.
 
-    Images that cannot be read give a ``skipped`` line with the reason; the run goes on.
+    Images that cannot be read, or that the model fails on, give a ``skipped`` line with the
+    reason; the run goes on. ``make_dataset(images)`` replaces :class:`PoolDataset` (images
+    from elsewhere than files, e.g. rendered on the fly); its items are those of PoolDataset.
     """
     p = config.passes
-    dataset = PoolDataset({"images": images}, image_root)
+    dataset = make_dataset(images) if make_dataset else PoolDataset({"images": images}, image_root)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=p.batch_size,
@@ -189,9 +204,11 @@ def iter_results(
                 else:
                     good.append(item)
             if good:
-                seeds = [image_seed(p.seed, it["image_id"]) for it in good]
-                results = run_passes(model, [it["image"] for it in good], p, seeds=seeds, device=device, amp=amp)
-                for item, res in zip(good, results):
+                for item, res in zip(good, _run_or_skip(model, good, p, device, amp)):
+                    if isinstance(res, str):
+                        logger.warning("skipping %s: %s", item["file_name"], res)
+                        lines.append({"image_id": item["image_id"], "file_name": item["file_name"], "skipped": res})
+                        continue
                     h, w = item["image"].shape[-2:]
                     line = {"image_id": item["image_id"], "file_name": item["file_name"], "width": int(w), "height": int(h)}
                     line.update(score_image(res, config, categories, with_masks))
@@ -265,6 +282,7 @@ def score_to_dir(
     progress: bool = True,
     assemble: bool = True,
     run_info: dict | None = None,
+    make_dataset: Callable[[list[dict]], torch.utils.data.Dataset] | None = None,
 ) -> dict:
     """Score a pool (or one shard of it) streaming result lines to ``out_dir/results.jsonl``.
 
@@ -280,7 +298,7 @@ def score_to_dir(
         todo = [im for im in images if int(im["id"]) not in writer.done]
         if resume and writer.done:
             logger.info("%d of %d images left to score", len(todo), len(images))
-        for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress):
+        for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress, make_dataset):
             writer.write_batch(lines)
         writer.mark_done(len(images))
     counts = {"n_pool": len(pool["images"]), "n_shard": len(images)}

@@ -1,0 +1,370 @@
+"""Batch selection strategies over a ranking.
+
+Every strategy is a plain function with one signature::
+
+    strategy(records, budget=None, budget_boxes=None, **context) -> list[dict]
+
+``records`` are ranking records (``ranking.jsonl``: ``image_id``, ``informativeness``, the
+components ``class``, ``box``, ``mask``, ``presence``, optionally ``novelty``, and
+``n_objects``). The result is the chosen records, in the order they were picked; the input is
+never modified. A strategy ignores the context keys it does not use, so a caller can pass the
+same context to all of them:
+
+- ``key``: the record field to rank by (default ``"informativeness"``; any single component
+  such as ``"class"``, ``"box"``, ``"mask"``, ``"presence"`` or ``"novelty"`` works);
+- ``seed``: the seed of :func:`random`;
+- ``embeddings`` (array ``[M, D]``) and ``embedding_ids`` (``M`` image ids in row order; when
+  omitted the rows follow ``records``), ``labelled_embeddings`` (``[L, D]``): for :func:`diverse`;
+- ``image_classes``: image id -> predicted category ids, one per predicted object
+  (:func:`classes_from_annotations` builds it from ``pseudo_labels.json``): for
+  :func:`class_balanced`;
+- ``pre_factor``: how many candidates per budget slot :func:`diverse` considers (default 3).
+
+**Budgets.** ``budget`` caps the number of images, ``budget_boxes`` the number of predicted
+boxes (the sum of ``n_objects`` of the chosen images): annotation cost grows with the objects
+to draw. At least one must be given; with both, both hold. For the box budget an image costs
+``max(n_objects, 1)`` boxes: an image with nothing predicted still has to be looked at, and
+empty images would otherwise be free. Budgets are filled greedily in priority order: an image
+that does not fit in what is left is passed over and the next one is tried.
+
+The registry is :data:`STRATEGIES`; :func:`get_strategy` looks a name up (``"top:class"``
+means :func:`top` ranked by the ``class`` component).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from det_al.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Strategy = Callable[..., list[dict]]
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def box_cost(record: Mapping[str, Any], min_cost: int = 1) -> int:
+    """Annotation cost of one image in boxes: its predicted objects, at least ``min_cost``."""
+    return max(int(record.get("n_objects", 0) or 0), min_cost)
+
+
+def check_budget(budget: int | None, budget_boxes: int | None) -> None:
+    """Raise :class:`InputError` unless at least one budget is given and both are >= 1."""
+    if budget is None and budget_boxes is None:
+        raise InputError("give a budget in images (--budget) or in boxes (--budget-boxes)")
+    for name, value in (("budget", budget), ("budget_boxes", budget_boxes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
+class _Budget:
+    """What is left of an image budget and a box budget while a batch is filled."""
+
+    def __init__(self, budget: int | None, budget_boxes: int | None):
+        check_budget(budget, budget_boxes)
+        self.images = math.inf if budget is None else budget
+        self.boxes = math.inf if budget_boxes is None else budget_boxes
+
+    def fits(self, record: Mapping[str, Any]) -> bool:
+        return self.images >= 1 and box_cost(record) <= self.boxes
+
+    def take(self, record: Mapping[str, Any]) -> None:
+        self.images -= 1
+        self.boxes -= box_cost(record)
+
+    def spent(self) -> bool:
+        return self.images < 1 or self.boxes < 1
+
+
+def fill(records: Sequence[dict], order: Iterable[int], budget: int | None, budget_boxes: int | None) -> list[dict]:
+    """Take ``records[i]`` for ``i`` in ``order`` while the budgets allow, skipping misfits."""
+    left = _Budget(budget, budget_boxes)
+    chosen = []
+    for i in order:
+        if left.spent():
+            break
+        if left.fits(records[i]):
+            left.take(records[i])
+            chosen.append(records[i])
+    return chosen
+
+
+def _priority(records: Sequence[dict], key: str) -> list[int]:
+    """Indices of ``records`` by ``key``, highest first; ties keep the ranking order."""
+    if records and key not in records[0]:
+        raise InputError(f"ranking records have no '{key}' field (have: {', '.join(sorted(records[0]))})")
+    values = [float(r.get(key, 0.0) or 0.0) for r in records]
+    return sorted(range(len(records)), key=lambda i: -values[i])
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def random(
+    records: Sequence[dict],
+    budget: int | None = None,
+    budget_boxes: int | None = None,
+    *,
+    seed: int = 0,
+    **_: Any,
+) -> list[dict]:
+    """A uniformly random batch: a seeded permutation of the pool filled up to the budget."""
+    order = np.random.default_rng(seed).permutation(len(records)).tolist()
+    return fill(records, order, budget, budget_boxes)
+
+
+def top(
+    records: Sequence[dict],
+    budget: int | None = None,
+    budget_boxes: int | None = None,
+    *,
+    key: str = "informativeness",
+    **_: Any,
+) -> list[dict]:
+    """The highest-``key`` images (informativeness, or one component such as ``"box"``)."""
+    return fill(records, _priority(records, key), budget, budget_boxes)
+
+
+def _rows_for(records: Sequence[dict], embeddings: Any, embedding_ids: Sequence[int] | None) -> torch.Tensor:
+    """The embedding of each record, ``[N, D]`` float64, looked up by image id."""
+    emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
+    if emb.ndim != 2:
+        raise InputError(f"expected embeddings of shape (N, D), got {tuple(emb.shape)}")
+    if embedding_ids is None:
+        if len(emb) != len(records):
+            raise InputError(f"{len(emb)} embeddings for {len(records)} ranking records and no embedding ids")
+        return emb
+    row = {int(i): k for k, i in enumerate(embedding_ids)}
+    missing = [r["image_id"] for r in records if int(r["image_id"]) not in row]
+    if missing:
+        raise InputError(f"no embedding for {len(missing)} ranked images (first: image_id {missing[0]})")
+    return emb[[row[int(r["image_id"])] for r in records]]
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=1, eps=1e-12)
+
+
+def k_center_greedy(
+    candidates: torch.Tensor,
+    centers: torch.Tensor | None,
+    n: int | None = None,
+    fits: Callable[[int], bool] | None = None,
+    take: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Greedy k-center (core-set) picks among ``candidates``.
+
+    Args:
+        candidates: ``[N, D]`` points; ties and the first pick (when there are no centers) go
+            to the lowest index, so order candidates by priority.
+        centers: ``[M, D]`` points already covered (the labelled set), or None / empty.
+        n: how many to pick at most (default: all).
+        fits / take: optional budget hooks; a candidate for which ``fits(i)`` is false is never
+            picked, and ``take(i)`` is called on each pick.
+
+    Each pick is the candidate whose distance to its nearest center is largest; it then
+    becomes a center. Returns the picked indices in pick order.
+    """
+    n_points = len(candidates)
+    limit = n_points if n is None else min(n, n_points)
+    if n_points == 0 or limit == 0:
+        return []
+    if centers is not None and len(centers):
+        nearest = torch.cdist(candidates, centers).min(dim=1).values
+    else:
+        nearest = torch.full((n_points,), math.inf, dtype=candidates.dtype)
+    available = torch.ones(n_points, dtype=torch.bool)
+    picks: list[int] = []
+    while len(picks) < limit:
+        for i in torch.nonzero(available).flatten().tolist():
+            if fits is not None and not fits(i):
+                available[i] = False
+        if not available.any():
+            break
+        score = torch.where(available, nearest, torch.tensor(-1.0, dtype=nearest.dtype))
+        i = int(torch.argmax(score))  # first maximum: the highest-priority candidate on ties
+        picks.append(i)
+        available[i] = False
+        if take is not None:
+            take(i)
+        nearest = torch.minimum(nearest, torch.cdist(candidates, candidates[i : i + 1]).flatten())
+    return picks
+
+
+def diverse(
+    records: Sequence[dict],
+    budget: int | None = None,
+    budget_boxes: int | None = None,
+    *,
+    embeddings: Any = None,
+    embedding_ids: Sequence[int] | None = None,
+    labelled_embeddings: Any = None,
+    pre_factor: float = 3.0,
+    key: str = "informativeness",
+    **_: Any,
+) -> list[dict]:
+    """Uncertainty first, then spread: k-center greedy over the most informative images.
+
+    The candidates are the top ``pre_factor * budget`` images by ``key`` (for a box budget:
+    the top images whose predicted boxes add up to ``pre_factor * budget_boxes``). Among them,
+    k-center greedy picks the image farthest from everything already covered (the labelled
+    set's embeddings when given, and the images picked so far), so a batch is not a set of
+    near-duplicates. Distances are Euclidean between L2-normalised embeddings (a monotone
+    function of the cosine distance: ``|a - b|^2 = 2 - 2 cos(a, b)``). Without labelled
+    embeddings the first pick is the most informative candidate.
+    """
+    check_budget(budget, budget_boxes)
+    if embeddings is None:
+        raise InputError("the diverse strategy needs per-image embeddings (embeddings.npy from det-al score)")
+    if pre_factor < 1:
+        raise InputError(f"pre_factor must be >= 1, got {pre_factor}")
+    if not records:
+        return []
+    order = _priority(records, key)
+    n_images = len(order) if budget is None else math.ceil(pre_factor * budget)
+    n_boxes = math.inf if budget_boxes is None else pre_factor * budget_boxes
+    candidates: list[int] = []
+    boxes = 0
+    for i in order:
+        if len(candidates) >= n_images or boxes + box_cost(records[i]) > n_boxes:
+            break
+        candidates.append(i)
+        boxes += box_cost(records[i])
+    if not candidates:  # the single most informative image exceeds pre_factor * budget_boxes
+        candidates = order
+    points = _normalise(_rows_for([records[i] for i in candidates], embeddings, embedding_ids))
+    centers = None
+    if labelled_embeddings is not None and len(labelled_embeddings):
+        centers = _normalise(torch.as_tensor(np.asarray(labelled_embeddings), dtype=torch.float64))
+        if centers.ndim != 2 or centers.shape[1] != points.shape[1]:
+            raise InputError(
+                f"labelled embeddings of shape {tuple(centers.shape)} do not match pool embeddings of dimension {points.shape[1]}"
+            )
+    left = _Budget(budget, budget_boxes)
+    picks = k_center_greedy(
+        points,
+        centers,
+        fits=lambda j: left.fits(records[candidates[j]]),
+        take=lambda j: left.take(records[candidates[j]]),
+    )
+    return [records[candidates[j]] for j in picks]
+
+
+def classes_from_annotations(annotations: Iterable[Mapping[str, Any]]) -> dict[int, list[int]]:
+    """image id -> predicted category ids (one per annotation) from pseudo-label annotations."""
+    out: dict[int, list[int]] = {}
+    for a in annotations:
+        out.setdefault(int(a["image_id"]), []).append(int(a["category_id"]))
+    return out
+
+
+def class_quotas(frequency: Mapping[int, int], total: int) -> dict[int, int]:
+    """Split ``total`` over classes in proportion to ``1 / frequency`` (largest remainders).
+
+    >>> class_quotas({1: 8, 2: 2}, 4)
+    {1: 1, 2: 3}
+    """
+    classes = sorted(c for c, f in frequency.items() if f > 0)
+    if not classes or total <= 0:
+        return {c: 0 for c in classes}
+    weights = np.array([1.0 / frequency[c] for c in classes])
+    exact = total * weights / weights.sum()
+    quota = np.floor(exact).astype(int)
+    remainder = exact - quota
+    for j in np.argsort(-remainder, kind="stable")[: total - int(quota.sum())]:
+        quota[j] += 1
+    return {c: int(q) for c, q in zip(classes, quota)}
+
+
+def class_balanced(
+    records: Sequence[dict],
+    budget: int | None = None,
+    budget_boxes: int | None = None,
+    *,
+    image_classes: Mapping[int, Sequence[int]] | None = None,
+    key: str = "informativeness",
+    **_: Any,
+) -> list[dict]:
+    """Quotas that favour rare predicted classes, each filled by informativeness.
+
+    The predicted frequency ``f_c`` of a class is the number of pool images predicted to
+    contain it. Each image belongs to its rarest predicted class. The budget (images, or boxes
+    for a box budget) is split over classes in proportion to ``1 / f_c``
+    (:func:`class_quotas`); each class takes its most informative images up to its quota;
+    whatever quotas leave unused (a class with too few images) and images with no prediction
+    are then filled by informativeness.
+    """
+    check_budget(budget, budget_boxes)
+    if image_classes is None:
+        raise InputError("the class-balanced strategy needs the predicted classes of each image (pseudo_labels.json)")
+    order = _priority(records, key)
+    frequency: dict[int, int] = {}
+    for r in records:
+        for c in set(image_classes.get(int(r["image_id"]), ())):
+            frequency[c] = frequency.get(c, 0) + 1
+    group = {}
+    for i, r in enumerate(records):
+        present = set(image_classes.get(int(r["image_id"]), ()))
+        group[i] = min(present, key=lambda c: (frequency[c], c)) if present else None
+    by_images = budget_boxes is None
+    total = budget if by_images else budget_boxes
+    quotas = class_quotas(frequency, int(total))
+    left = _Budget(budget, budget_boxes)
+    chosen: set[int] = set()
+    for c, quota in quotas.items():
+        used = 0
+        for i in order:
+            cost = 1 if by_images else box_cost(records[i])
+            if group[i] != c or i in chosen or used + cost > quota or not left.fits(records[i]):
+                continue
+            chosen.add(i)
+            left.take(records[i])
+            used += cost
+    for i in order:  # leftovers by informativeness
+        if left.spent():
+            break
+        if i not in chosen and left.fits(records[i]):
+            chosen.add(i)
+            left.take(records[i])
+    return [records[i] for i in order if i in chosen]
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "random": random,
+    "top": top,
+    "diverse": diverse,
+    "class-balanced": class_balanced,
+}
+
+
+def get_strategy(name_or_callable: str | Strategy) -> Strategy:
+    """A strategy by name (``"diverse"``, or ``"top:class"`` to rank by one field); a callable passes through."""
+    if callable(name_or_callable):
+        return name_or_callable
+    name, _, key = str(name_or_callable).partition(":")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy '{name_or_callable}' (valid: {', '.join(STRATEGIES)}; NAME:KEY ranks by KEY)")
+    fn = STRATEGIES[name]
+    return functools.partial(fn, key=key) if key else fn
+
+
+def run_strategy(
+    strategy: str | Strategy,
+    records: Sequence[dict],
+    budget: int | None = None,
+    budget_boxes: int | None = None,
+    **context: Any,
+) -> list[dict]:
+    """Run a strategy (name or callable) on ``records`` with the shared ``context``."""
+    check_budget(budget, budget_boxes)
+    chosen = get_strategy(strategy)(records, budget, budget_boxes, **context)
+    logger.debug("%s chose %d of %d images", strategy, len(chosen), len(records))
+    return chosen

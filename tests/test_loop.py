@@ -1,0 +1,190 @@
+import csv
+import math
+
+import pytest
+
+from det_al.config import config_from_dict
+from det_al.errors import InputError
+from det_al.loop import (
+    CSV_FIELDS,
+    LoopData,
+    ResultsWriter,
+    _Run,
+    check_loop_config,
+    label_efficiency,
+    read_rows,
+    summarise,
+)
+
+
+def row(strategy, seed, r, images, m, selected=()):
+    return {
+        "strategy": strategy, "seed": seed, "round": r, "labelled_images": images, "labelled_boxes": 2 * images,
+        "map": m, "map50": m, "pool_images": 10, "selected_images": len(selected), "selected_boxes": 0,
+        "selected_domains": "", "seconds": 1.0, "selected": list(selected),
+    }
+
+
+def test_summarise_and_label_efficiency_hand_computed():
+    rows = [
+        row("random", 0, 0, 10, 0.10), row("random", 1, 0, 10, 0.20),
+        row("random", 0, 1, 20, 0.20), row("random", 1, 1, 20, 0.30),
+        row("random", 0, 2, 30, 0.30), row("random", 1, 2, 30, 0.40),
+        row("top", 0, 0, 10, 0.10), row("top", 1, 0, 10, 0.20),
+        row("top", 0, 1, 20, 0.30), row("top", 1, 1, 20, 0.40),
+        row("top", 0, 2, 30, 0.40), row("top", 1, 2, 30, 0.40),
+        row("bad", 0, 0, 10, 0.15), row("bad", 1, 0, 10, 0.15),
+        row("bad", 0, 1, 20, 0.0), row("bad", 1, 1, 20, 0.0),
+    ]
+    s = summarise(rows)
+    assert [p["images"] for p in s["random"]] == [10, 20, 30]
+    assert [round(p["map"], 6) for p in s["random"]] == [0.15, 0.25, 0.35]
+    # sample std of (0.1, 0.2) = sqrt(0.005)
+    assert math.isclose(s["random"][0]["std"], math.sqrt(0.005))
+    e = label_efficiency(rows)
+    # random's final mean is 0.35; top's mean goes 0.15 -> 0.35 at 20 images: reached at 20
+    assert e["top"]["images"] == pytest.approx(20.0)
+    assert e["top"]["percent"] == pytest.approx(100 * 20 / 30)
+    assert e["top"]["acquired_percent"] == pytest.approx(100 * (20 - 10) / (30 - 10))
+    assert e["random"]["images"] == pytest.approx(30.0)
+    assert e["bad"]["reached"] is False
+    # bad at round 1: 0.0 < 0.25 - 0.0707 -> below; at round 0: 0.15 == random
+    assert e["bad"]["below_rounds"] == [1]
+    assert e["top"]["below_rounds"] == []
+    assert e["top"]["meaningful"] is True
+    flat = [row("random", 0, 0, 10, 0.3), row("random", 0, 1, 20, 0.2), row("top", 0, 0, 10, 0.3), row("top", 0, 1, 20, 0.1)]
+    assert label_efficiency(flat)["top"] == {
+        "images": 10, "percent": 50.0, "acquired_percent": 0.0, "reached": True, "below_rounds": [1], "meaningful": False
+    }
+
+
+def test_label_efficiency_interpolates():
+    rows = [row("random", 0, 0, 10, 0.1), row("random", 0, 1, 30, 0.4), row("x", 0, 0, 10, 0.2), row("x", 0, 1, 30, 0.6)]
+    # target 0.4 between (10, 0.2) and (30, 0.6): 10 + (0.2 / 0.4) * 20 = 20
+    assert label_efficiency(rows)["x"]["images"] == pytest.approx(20.0)
+
+
+def test_results_file_round_trip_drops_torn_line(tmp_path):
+    path = tmp_path / "results.csv"
+    rows = [row("top", 0, 0, 4, 0.125, [7, 3]), row("top", 0, 1, 6, 0.25)]
+    writer = ResultsWriter(path, rows[:1])
+    writer.append(rows[1])
+    with open(path, "a") as f:
+        f.write("top,0,2,8,0.3")  # a crash in the middle of a row
+    back = read_rows(path)
+    assert [(r["round"], r["selected"], r["map"]) for r in back] == [(0, [7, 3], 0.125), (1, [], 0.25)]
+    ResultsWriter(path, back)  # rewrites the complete rows only
+    with open(path) as f:
+        assert list(csv.reader(f))[0] == list(CSV_FIELDS)
+    assert len(read_rows(path)) == 2
+
+
+def tiny_data():
+    cats = [{"id": 5, "name": "a"}]
+    labelled = {"images": [{"id": 1, "file_name": "1.png"}], "annotations": [{"id": 9, "image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 2]}], "categories": cats}
+    oracle = {
+        "images": [{"id": 2, "file_name": "2.png", "domain": "old"}, {"id": 3, "file_name": "3.png", "domain": "drifted"}],
+        "annotations": [{"id": 1, "image_id": 3, "category_id": 5, "bbox": [1, 1, 2, 2]}, {"id": 2, "image_id": 3, "category_id": 5, "bbox": [0, 0, 1, 1]}],
+        "categories": cats,
+    }
+    pool = {"images": oracle["images"], "annotations": [], "categories": cats}
+    return LoopData(labelled=labelled, pool=pool, oracle=oracle, val=labelled, image_root=".", categories=cats)
+
+
+def test_run_reveals_oracle_labels_with_fresh_ids():
+    run = _Run("top", 0, tiny_data())
+    run.reveal([3])
+    labelled = run.labelled()
+    assert [im["id"] for im in labelled["images"]] == [1, 3]
+    assert [a["id"] for a in labelled["annotations"]] == [9, 10, 11]
+    assert [im["id"] for im in run.pool()["images"]] == [2]
+    with pytest.raises(InputError, match="not in the pool"):
+        run.reveal([3])
+
+
+@pytest.mark.parametrize(
+    "loop, message",
+    [
+        ({"strategies": ["best"]}, "unknown strategy"),
+        ({"retrain": "warm"}, "retrain"),
+        ({"budget": 0}, "budget"),
+        ({"seeds": []}, "seeds"),
+        ({"strategies": ["top", "top"]}, "repeat"),
+    ],
+)
+def test_loop_config_checks(loop, message):
+    with pytest.raises(InputError, match=message):
+        check_loop_config(config_from_dict({"loop": loop}))
+
+
+def test_loop_quick_end_to_end_and_resume(tmp_path, capsys):
+    """`det-al loop --quick` on synthetic drift data, then a resume after a simulated crash."""
+    from det_al.cli import main
+    from det_al.synthetic import make_demo_data
+
+    paths = make_demo_data(tmp_path / "data", seed=0, n_train=4, n_val=4, n_pool=8)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model: {name: fasterrcnn_tiny, num_classes: 4, options: {min_size: 128, max_size: 128}}\n"
+        "train: {optimizer: adamw, lr: 0.002}\n"
+        "passes: {dropout: 0.3}\n"
+        "loop: {strategies: [random, diverse], budget: 5}\n"
+    )
+    out = tmp_path / "loop"
+    argv = [
+        "loop", str(config), "--labelled", str(paths["train"]), "--pool", str(paths["pool"]),
+        "--oracle", str(paths["oracle"]), "--val", str(paths["val"]), "--image-root", str(paths["image_root"]),
+        "--out", str(out), "--quick", "--no-progress",
+    ]
+    assert main(argv) == 0
+    rows = read_rows(out / "results.csv")
+    assert [(r["strategy"], r["round"]) for r in rows] == [("random", 0), ("random", 1), ("diverse", 0), ("diverse", 1)]
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    oracle_boxes = {}
+    import json
+
+    for a in json.loads(paths["oracle"].read_text())["annotations"]:
+        oracle_boxes[a["image_id"]] = oracle_boxes.get(a["image_id"], 0) + 1
+    for first, second in (rows[0:2], rows[2:4]):
+        assert first["labelled_images"] == 4 and second["labelled_images"] == 6  # quick budget: 2 images
+        assert len(first["selected"]) == 2 and second["selected"] == []
+        assert first["selected_boxes"] == sum(oracle_boxes.get(i, 0) for i in first["selected"])
+        assert second["labelled_boxes"] == first["labelled_boxes"] + first["selected_boxes"]
+    assert rows[0]["map"] == rows[2]["map"]  # round 0 is shared by the strategies of a seed
+
+    # an existing run needs --resume
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    # crash after three rows, with a torn fourth: resume redoes only the last round
+    lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(lines[:4]) + lines[4][:10])
+    assert main(argv + ["--resume"]) == 0
+    again = read_rows(out / "results.csv")
+    assert [(r["strategy"], r["round"], r["selected"], r["labelled_images"]) for r in again] == [
+        (r["strategy"], r["round"], r["selected"], r["labelled_images"]) for r in rows
+    ]
+
+
+def test_command_options_become_loop_settings(tmp_path):
+    import argparse
+
+    from det_al.commands.loop import add_arguments, overrides
+    from det_al.config import load_config
+    from det_al.loop import budgets, quick_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = ["cfg.yaml", "--labelled", "l", "--pool", "p", "--oracle", "o", "--val", "v", "--out", "x"]
+    args = parser.parse_args(common + ["--strategies", "random,top:class", "--rounds", "2", "--budget-boxes", "30", "--seeds", "3,4", "--retrain", "finetune"])
+    config = load_config(None, overrides(args))
+    assert config.loop.strategies == ("random", "top:class") and config.loop.seeds == (3, 4)
+    assert config.loop.rounds == 2 and config.loop.retrain == "finetune"
+    assert budgets(config) == (None, 30)
+    quick = quick_config(config)
+    assert quick.loop.seeds == (3,) and quick.loop.rounds == 1 and budgets(quick) == (None, 6)
+    assert quick.train.epochs == 1 and quick.passes.passes == 2
+    args = parser.parse_args(common + ["--budget", "7"])
+    assert budgets(load_config(None, overrides(args))) == (7, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(common + ["--budget", "7", "--budget-boxes", "3"])

@@ -1,0 +1,89 @@
+"""Score a pool of images with a trained detector (the script form of ``det-al score``).
+
+In the style of torchvision's ``references/detection/train.py``::
+
+    python tools/score_pool.py --checkpoint work/run1/best.pt --pool pool.json \
+        --image-root images --out work/scores --passes 10 --dropout 0.2
+
+    # with a novelty score per image (distance to the labelled set's embeddings)
+    python tools/score_pool.py --checkpoint work/run1/best.pt --pool pool.json \
+        --image-root images --out work/scores --labelled train.json
+
+Writes ``ranking.jsonl``, ``pseudo_labels.json``, ``passes.jsonl``, ``embeddings.npy`` +
+``embeddings_ids.json``, ``skipped.json`` and ``run.json`` into ``--out``; with ``--labelled``
+also ``labelled_embeddings.npy`` and a ``novelty`` field in every ranking record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from det_al.checkpoint import load_checkpoint
+from det_al.coco import load_coco
+from det_al.config import apply_overrides, config_from_dict, config_to_dict
+from det_al.errors import InputError
+from det_al.files import atomic_open, write_jsonl
+from det_al.novelty import add_novelty, embed_images
+from det_al.scoring import score_pool, write_outputs
+from det_al.selection import read_ranking
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="det_al pool scoring", add_help=add_help)
+    parser.add_argument("--checkpoint", "-k", required=True, help="det_al checkpoint")
+    parser.add_argument("--pool", "-p", required=True, help="COCO JSON of the pool")
+    parser.add_argument("--image-root", help="folder of the images (default: the folder of --pool)")
+    parser.add_argument("--out", "--work-dir", dest="out", required=True, help="output folder")
+    parser.add_argument("--labelled", help="COCO JSON of the labelled set: adds a novelty score per image")
+    parser.add_argument("--passes", type=int, help="passes.passes")
+    parser.add_argument("--dropout", type=float, help="passes.dropout")
+    parser.add_argument("--seed", type=int, help="passes.seed")
+    parser.add_argument("-b", "--batch-size", type=int, help="passes.batch_size")
+    parser.add_argument("--device", default="cpu", help="device (cpu, cuda, ...)")
+    parser.add_argument("--set", "--cfg-options", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    overrides = []
+    for key, value in (("passes", args.passes), ("dropout", args.dropout), ("seed", args.seed), ("batch_size", args.batch_size)):
+        if value is not None:
+            overrides.append(f"passes.{key}={value}")
+    model, stored, categories, _ = load_checkpoint(args.checkpoint, None, device=args.device)
+    config = config_from_dict(apply_overrides(config_to_dict(stored), overrides + list(args.overrides)), args.checkpoint)
+    pool = load_coco(args.pool)
+    image_root = Path(args.image_root) if args.image_root else Path(args.pool).parent
+    out = Path(args.out)
+
+    start = time.perf_counter()
+    scores = score_pool(model, config, categories, pool, image_root, device=args.device)
+    write_outputs(scores, out, pool, categories, config, run_info={"checkpoint": str(args.checkpoint), "pool": str(args.pool)})
+    records = read_ranking(out / "ranking.jsonl")
+    if args.labelled:
+        labelled_emb, _ = embed_images(model, load_coco(args.labelled), image_root, device=args.device)
+        records = add_novelty(records, scores.embeddings, scores.embedding_ids, labelled_emb)
+        write_jsonl(out / "ranking.jsonl", records)
+        with atomic_open(out / "labelled_embeddings.npy", "wb") as f:
+            np.save(f, labelled_emb)
+    seconds = time.perf_counter() - start
+    print(f"scored {len(records)} images in {seconds:.1f} s, skipped {len(scores.skipped)}")
+    for r in records[:10]:
+        novelty = f"  novelty {r['novelty']:.3f}" if "novelty" in r else ""
+        print(f"  #{r['rank']:<3d} {r['informativeness']:.3f}{novelty}  {r['file_name']}")
+    print(f"wrote {out}/ranking.jsonl, pseudo_labels.json, embeddings.npy")
+    return {"records": records, "out": out}
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(get_args_parser().parse_args())
+    except InputError as e:
+        print(f"score_pool.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,92 @@
+"""Pick a batch of images from a scored pool with a selection strategy.
+
+In the style of torchvision's ``references/detection/train.py``::
+
+    python tools/select_batch.py --scores work/scores --strategy diverse --budget 20 --out work/batch1
+    python tools/select_batch.py --scores work/scores --strategy top:box --budget-boxes 150 --out work/batch1
+    python tools/select_batch.py --scores work/scores --strategy class-balanced --budget 20 --out work/batch1
+
+``--scores`` is the output folder of ``det-al score`` / ``tools/score_pool.py``; its
+``embeddings.npy`` (and ``labelled_embeddings.npy``, when scored with ``--labelled``) feed the
+``diverse`` strategy, its ``pseudo_labels.json`` the predicted classes of ``class-balanced``
+and the selection file. Writes ``selection.json`` (COCO: the chosen images in rank order with
+their pseudo-labels) into ``--out``. Strategies: see :mod:`det_al.strategies`.
+
+(Not named ``select.py``: Python puts a script's folder first on ``sys.path``, and a
+``tools/select.py`` would shadow the standard library's ``select`` module for every script in
+``tools/``, which then fail on ``import torch``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from det_al.coco import load_coco
+from det_al.errors import InputError
+from det_al.files import read_json, write_json
+from det_al.selection import read_ranking, selection_to_coco
+from det_al.strategies import STRATEGIES, classes_from_annotations, get_strategy
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="det_al batch selection", add_help=add_help)
+    parser.add_argument("--scores", required=True, help="output folder of det-al score")
+    parser.add_argument("--out", "--work-dir", dest="out", required=True, help="output folder (selection.json)")
+    parser.add_argument("--strategy", default="top", help=f"one of {', '.join(STRATEGIES)}; NAME:KEY ranks by KEY (top:class, top:novelty)")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", "-n", type=int, help="images to select")
+    budget.add_argument("--budget-boxes", type=int, help="predicted boxes to select at most")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    parser.add_argument("--pre-factor", type=float, default=3.0, help="diverse: candidates per budget slot")
+    parser.add_argument("--labelled-embeddings", help="[M, D] .npy of the labelled set (default: the scores folder's, if any)")
+    return parser
+
+
+def load_context(scores: Path, labelled_embeddings: str | None = None) -> dict[str, Any]:
+    """What the strategies may need from a scores folder: embeddings, ids, predicted classes."""
+    context: dict[str, Any] = {}
+    if (scores / "embeddings.npy").exists():
+        context["embeddings"] = np.load(scores / "embeddings.npy")
+        context["embedding_ids"] = read_json(scores / "embeddings_ids.json")
+    labelled = Path(labelled_embeddings) if labelled_embeddings else scores / "labelled_embeddings.npy"
+    if labelled_embeddings and not labelled.exists():
+        raise InputError("file not found", labelled)
+    if labelled.exists():
+        context["labelled_embeddings"] = np.load(labelled)
+    pseudo_labels = load_coco(scores / "pseudo_labels.json")
+    context["image_classes"] = classes_from_annotations(pseudo_labels["annotations"])
+    return {"pseudo_labels": pseudo_labels, **context}
+
+
+def main(args: argparse.Namespace) -> dict:
+    scores = Path(args.scores)
+    try:
+        strategy = get_strategy(args.strategy)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    ranking = read_ranking(scores / "ranking.jsonl")
+    context = load_context(scores, args.labelled_embeddings)
+    pseudo_labels = context.pop("pseudo_labels")
+    chosen = strategy(ranking, args.budget, args.budget_boxes, seed=args.seed, pre_factor=args.pre_factor, **context)
+    chosen = sorted(chosen, key=lambda r: r["rank"])
+    selection = selection_to_coco(chosen, pseudo_labels, scores / "pseudo_labels.json")
+    out = Path(args.out) / "selection.json"
+    write_json(out, selection, indent=1)
+    boxes = sum(int(r.get("n_objects", 0)) for r in chosen)
+    print(f"{args.strategy}: selected {len(chosen)} of {len(ranking)} images ({boxes} predicted objects) -> {out}")
+    return selection
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(get_args_parser().parse_args())
+    except InputError as e:
+        print(f"select_batch.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
