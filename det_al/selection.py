@@ -15,9 +15,13 @@ import json
 import logging
 import math
 import os
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
 
 from det_al.errors import InputError
+from det_al.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +139,22 @@ def select_batch(
     if len(chosen) < budget:
         logger.warning("budget %d is larger than the ranking (%d images): selecting all", budget, len(chosen))
     return selection_to_coco(chosen, pseudo_labels, pseudo_labels_path)
+
+
+def selection_context(scores: Path, labelled_embeddings: str | None = None) -> dict[str, Any]:
+    """What the strategies may need from a scores folder: embeddings, ids, predicted classes."""
+    from det_al.coco import load_coco
+    from det_al.strategies import classes_from_annotations
+
+    context: dict[str, Any] = {}
+    if (scores / "embeddings.npy").exists():
+        context["embeddings"] = np.load(scores / "embeddings.npy")
+        context["embedding_ids"] = read_json(scores / "embeddings_ids.json")
+    labelled = Path(labelled_embeddings) if labelled_embeddings else scores / "labelled_embeddings.npy"
+    if labelled_embeddings and not labelled.exists():
+        raise InputError("file not found", labelled)
+    if labelled.exists():
+        context["labelled_embeddings"] = np.load(labelled)
+    pseudo_labels = load_coco(scores / "pseudo_labels.json")
+    context["image_classes"] = classes_from_annotations(pseudo_labels["annotations"])
+    return {"pseudo_labels": pseudo_labels, **context}

@@ -23,15 +23,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 
-from det_al.coco import load_coco
 from det_al.errors import InputError
-from det_al.files import read_json, write_json
-from det_al.selection import read_ranking, selection_to_coco
-from det_al.strategies import STRATEGIES, classes_from_annotations, get_strategy
+from det_al.files import write_json
+from det_al.selection import read_ranking, selection_context, selection_to_coco
+from det_al.strategies import STRATEGIES, get_strategy
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -48,22 +45,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def load_context(scores: Path, labelled_embeddings: str | None = None) -> dict[str, Any]:
-    """What the strategies may need from a scores folder: embeddings, ids, predicted classes."""
-    context: dict[str, Any] = {}
-    if (scores / "embeddings.npy").exists():
-        context["embeddings"] = np.load(scores / "embeddings.npy")
-        context["embedding_ids"] = read_json(scores / "embeddings_ids.json")
-    labelled = Path(labelled_embeddings) if labelled_embeddings else scores / "labelled_embeddings.npy"
-    if labelled_embeddings and not labelled.exists():
-        raise InputError("file not found", labelled)
-    if labelled.exists():
-        context["labelled_embeddings"] = np.load(labelled)
-    pseudo_labels = load_coco(scores / "pseudo_labels.json")
-    context["image_classes"] = classes_from_annotations(pseudo_labels["annotations"])
-    return {"pseudo_labels": pseudo_labels, **context}
-
-
 def main(args: argparse.Namespace) -> dict:
     scores = Path(args.scores)
     try:
@@ -71,7 +52,7 @@ def main(args: argparse.Namespace) -> dict:
     except ValueError as e:
         raise InputError(str(e)) from e
     ranking = read_ranking(scores / "ranking.jsonl")
-    context = load_context(scores, args.labelled_embeddings)
+    context = selection_context(scores, args.labelled_embeddings)
     pseudo_labels = context.pop("pseudo_labels")
     chosen = strategy(ranking, args.budget, args.budget_boxes, seed=args.seed, pre_factor=args.pre_factor, **context)
     chosen = sorted(chosen, key=lambda r: r["rank"])

@@ -5,32 +5,49 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from det_al.coco import load_coco
 from det_al.errors import InputError
 from det_al.files import write_json
-from det_al.selection import STRATEGIES, read_ranking, select_batch
+from det_al.selection import read_ranking, selection_context, selection_to_coco
+from det_al.strategies import STRATEGIES, run_strategy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ranking", required=True, help="ranking.jsonl written by det-al score")
-    parser.add_argument("--budget", "-n", type=int, required=True, help="number of images to select")
+    parser.add_argument("--ranking", required=True, help="ranking.jsonl written by det-al score (its folder holds the pseudo-labels and embeddings)")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", "-n", type=int, help="number of images to select")
+    budget.add_argument("--budget-boxes", type=int, help="at most this many predicted boxes (annotation cost grows with objects)")
     parser.add_argument("--out", "-o", required=True, help="output folder (selection.json is written there)")
     parser.add_argument(
-        "--pseudo-labels", help="pseudo_labels.json of the same run (default: the one beside the ranking)"
+        "--strategy", default="top",
+        help=f"one of {', '.join(STRATEGIES)}; top:KEY ranks by one component (top:class, top:box, top:novelty)",
     )
-    parser.add_argument("--strategy", default="top", choices=sorted(STRATEGIES), help="how to choose (default: top)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    parser.add_argument("--pre-factor", type=float, default=3.0, help="diverse: uncertain candidates per budget slot")
+    parser.add_argument("--labelled-embeddings", help="[M, D] .npy of the labelled set's embeddings (diverse)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.budget < 1:
+    if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget must be at least 1, got {args.budget}")
+    if args.budget_boxes is not None and args.budget_boxes < 1:
+        raise InputError(f"--budget-boxes must be at least 1, got {args.budget_boxes}")
     ranking_path = Path(args.ranking)
-    pseudo_path = Path(args.pseudo_labels) if args.pseudo_labels else ranking_path.parent / "pseudo_labels.json"
     ranking = read_ranking(ranking_path)
-    pseudo_labels = load_coco(pseudo_path)
-    selection = select_batch(ranking, pseudo_labels, args.budget, args.strategy, pseudo_path)
+    context = selection_context(ranking_path.parent, args.labelled_embeddings)
+    pseudo_labels = context.pop("pseudo_labels")
+    try:
+        chosen = run_strategy(
+            args.strategy, ranking, args.budget, args.budget_boxes,
+            seed=args.seed, pre_factor=args.pre_factor, **context,
+        )
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    chosen = sorted(chosen, key=lambda r: r["rank"])
+    selection = selection_to_coco(chosen, pseudo_labels, ranking_path.parent / "pseudo_labels.json")
     out = Path(args.out) / "selection.json"
     write_json(out, selection, indent=1)
-    n = len(selection["images"])
-    print(f"selected {n} of {len(ranking)} images ({len(selection['annotations'])} pseudo-labels) -> {out}")
+    print(
+        f"{args.strategy}: selected {len(selection['images'])} of {len(ranking)} images "
+        f"({len(selection['annotations'])} pseudo-labels) -> {out}"
+    )
     return 0
