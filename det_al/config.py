@@ -77,8 +77,9 @@ class ScoringConfig:
     weights: Mapping[str, float] = field(
         default_factory=lambda: {"class": 1.0, "box": 1.0, "mask": 1.0, "presence": 1.0}
     )
-    reduction: str = "max"
+    reduction: str = "mean"
     topk: int = 3
+    objects: str = "anchored"
     min_score: float = 0.05
     certain_threshold: float = 0.05
     empty_policy: str = "quantile"
@@ -302,6 +303,8 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError(f"unknown config key 'scoring.weights.{bad[0]}' (valid: box, class, mask, presence)", source)
     if any((not isinstance(w, (int, float))) or w < 0 for w in s.weights.values()):
         raise InputError("scoring.weights must be non-negative numbers", source)
+    if s.objects not in ("anchored", "all"):
+        raise InputError(f"scoring.objects must be anchored or all, got '{s.objects}'", source)
     if s.empty_policy not in ("quantile", "value"):
         raise InputError(f"scoring.empty_policy must be quantile or value, got '{s.empty_policy}'", source)
     if s.empty_policy == "quantile" and not 0.0 <= s.empty_value <= 1.0:

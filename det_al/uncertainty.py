@@ -32,6 +32,9 @@ pass ``t``, means and variances over passes are population statistics over all T
 - ``presence``: ``q = found passes / T``; ``presence_uncertainty = 4 q (1 - q)`` (1 when half the
   passes see the object, 0 when all or none do).
 - ``score``: the mean confidence over the found passes and the anchor's (when anchored).
+- ``expected_score``: the same sum divided by all ``T`` passes plus the anchor (a miss counts
+  as confidence 0): what the image-level ``min_score`` filter uses, so that detections which
+  flicker into a few passes at low confidence do not count as objects.
 - ``label``: the anchor's label, or for a not-anchored object the majority label of the found
   passes (ties: the smallest label). int64.
 - ``uncertainty``: the weighted mean of the *terms* ``class`` (``class_variance``, ``entropy`` or
@@ -337,6 +340,10 @@ def score_objects(
     total = (g.scores * g.found).sum(1) + torch.where(anchored, anchor_scores, torch.zeros(()))
     count = n_found + anchored.float()
     values["score"] = torch.where(count > 0, total / count.clamp(min=1), torch.zeros(()))
+    # Expected confidence over every pass (a miss counts 0) and the anchor: an object that
+    # flickers into one pass of ten at 0.1 expects 0.01. The min_score filter uses this.
+    values["expected_score"] = total / (t + anchored.float()).clamp(min=1)
+    values["anchored"] = anchored
 
     num_labels = max(anchor.num_classes, int(g.labels.max()) + 1 if g.labels.numel() else 1)
     votes = torch.zeros(k, num_labels).scatter_add_(1, g.labels, g.found.float())

@@ -58,7 +58,7 @@ def object_values() -> dict[str, torch.Tensor]:
 
 
 def test_image_informativeness_max():
-    r = image_informativeness(object_values(), ScoringConfig(), has_masks=True)
+    r = image_informativeness(object_values(), ScoringConfig(reduction="max"), has_masks=True)
     # Kept objects 0 and 2: max of (.2, .6) etc.
     assert r == pytest.approx(
         {"informativeness": 0.6, "class": 0.3, "box": 0.3, "mask": 0.4, "presence": 0.75,
@@ -155,3 +155,23 @@ def test_finalize_pool_empty_from_n_objects_and_kept_keys():
 def test_empty_informativeness_bad_quantile():
     with pytest.raises(ValueError, match="quantile"):
         empty_informativeness([0.1], ScoringConfig(empty_value=1.5))
+
+
+def test_only_anchored_objects_count_by_default():
+    values = object_values()
+    values["anchored"] = torch.tensor([True, True, False])
+    values["expected_score"] = values["score"]
+    # object 2 (uncertainty .6) is not anchored: only object 0 (.2) is kept by default
+    r = image_informativeness(values, ScoringConfig(reduction="max"), has_masks=True)
+    assert r["n_objects"] == 1 and r["informativeness"] == pytest.approx(0.2)
+    r = image_informativeness(values, ScoringConfig(reduction="max", objects="all"), has_masks=True)
+    assert r["n_objects"] == 2 and r["informativeness"] == pytest.approx(0.6)
+
+
+def test_min_score_filters_on_expected_score():
+    values = object_values()
+    # object 2 has mean found score above min_score but flickers: expected .01 < .05
+    values["expected_score"] = values["score"].clone()
+    values["expected_score"][2] = 0.01
+    r = image_informativeness(values, ScoringConfig(reduction="max"), has_masks=True)
+    assert r["n_objects"] == 1 and r["informativeness"] == pytest.approx(0.2)

@@ -328,3 +328,23 @@ def test_score_objects_mismatched_passes():
     bad = passes[:3] + [Detections.empty(5)]
     with pytest.raises(ValueError, match="probabilities"):
         score_objects(anchor, bad, objects, ScoringConfig())
+
+
+def test_expected_score_counts_misses_as_zero():
+    # One anchored object (anchor score .9) found in 1 of 2 passes at .7, missed in the other:
+    # score = (.9 + .7) / 2 = .8; expected_score = (.9 + .7 + 0) / 3 = .5333
+    from det_al.detections import Detections
+    from det_al.matching import match_passes
+
+    def det(scores):
+        n = len(scores)
+        return Detections(
+            boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0]] * n).reshape(n, 4), scores=torch.tensor(scores).reshape(n),
+            labels=torch.ones(n, dtype=torch.int64), probs=torch.tensor([[0.1, 0.9]] * n).reshape(n, 2),
+        )
+
+    anchor, passes = det([0.9]), [det([0.7]), det([])]
+    v = score_objects(anchor, passes, match_passes(anchor, passes), ScoringConfig())
+    assert float(v["score"][0]) == pytest.approx(0.8)
+    assert float(v["expected_score"][0]) == pytest.approx(1.6 / 3)
+    assert bool(v["anchored"][0])

@@ -8,7 +8,6 @@ tiny Mask R-CNN for about two minutes on the CPU, scores the pool and prints the
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def demo_config(args: argparse.Namespace):
         "model": {"name": "maskrcnn_tiny", "num_classes": 4, "options": {"min_size": 128, "max_size": 128}},
         "passes": {"passes": args.passes, "dropout": 0.3, "seed": args.seed, "batch_size": 4},
         "matching": {"iou_threshold": 0.5},
-        "scoring": {"reduction": "max"},
+        "scoring": {},
         "train": {
             "epochs": 7,
             "batch_size": 8,
@@ -52,6 +51,7 @@ def demo_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from det_al.checkpoint import load_checkpoint
     from det_al.coco import load_coco
+    from det_al.files import write_json
     from det_al.scoring import score_pool, write_outputs
     from det_al.synthetic import make_demo_data
     from det_al.training import train_model
@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             write_report(out / "scores", image_root, out / "report")
             print(f"report: {out / 'report' / 'index.html'}")
     print(f"outputs in {out / 'scores'} ({time.perf_counter() - t0:.0f} s in all)")
-    with open(out / "scores" / "demo_summary.json", "w") as f:
-        json.dump({"drifted_in_top_quarter": drifted_top, "top_quarter": n_top, "drifted_in_pool": drifted_all}, f)
+    write_json(
+        out / "scores" / "demo_summary.json",
+        {"drifted_in_top_quarter": drifted_top, "top_quarter": n_top, "drifted_in_pool": drifted_all},
+    )
     return 0
