@@ -35,7 +35,7 @@ from det_al.coco import mask_to_rle, segmentation_to_mask
 from det_al.errors import InputError
 from det_al.files import read_json
 from det_al.label_studio import mask_to_polygons
-from det_al.merge import ImportReport, category_ids_by_name, labels_coco
+from det_al.merge import ImportReport, category_ids_by_name
 
 logger = logging.getLogger(__name__)
 
@@ -365,9 +365,7 @@ def cvat_xml_to_coco(
         seen.add(image["id"])
         images.append(image)
         annotations.append(anns)
-    report.n_images = len(images)
-    report.n_annotations = sum(len(a) for a in annotations)
-    return labels_coco(images, selection.get("categories", []), annotations), report
+    return report.finish(images, selection.get("categories", []), annotations)
 
 
 def cvat_coco_to_coco(
@@ -419,9 +417,7 @@ def cvat_coco_to_coco(
         seen.add(image["id"])
         images.append(image)
         annotations.append(anns)
-    report.n_images = len(images)
-    report.n_annotations = sum(len(a) for a in annotations)
-    return labels_coco(images, selection.get("categories", []), annotations), report
+    return report.finish(images, selection.get("categories", []), annotations)
 
 
 def cvat_export_to_coco(

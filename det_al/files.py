@@ -65,3 +65,28 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path) from e
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read: {e}", path) from e
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Stream ``(line number, value)`` of a JSON-lines file, blank lines skipped.
+
+    A missing or unreadable file, or a line that is not JSON, is an :class:`InputError` naming
+    the file (and the line).
+    """
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError as e:
+        raise InputError("file not found", path) from e
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path) from e
+    with f:
+        try:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"line {line_no}: not valid JSON ({e.msg})", path) from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read: {e}", path) from e

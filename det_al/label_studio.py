@@ -35,7 +35,7 @@ from pycocotools import mask as mask_utils
 
 from det_al.coco import mask_to_rle, segmentation_to_mask
 from det_al.errors import InputError
-from det_al.merge import ImportReport, category_ids_by_name, labels_coco
+from det_al.merge import ImportReport, category_ids_by_name
 
 logger = logging.getLogger(__name__)
 
@@ -435,6 +435,4 @@ def tasks_to_coco(
         seen.add(image["id"])
         images.append(image)
         annotations.append(anns)
-    report.n_images = len(images)
-    report.n_annotations = sum(len(a) for a in annotations)
-    return labels_coco(images, selection.get("categories", []), annotations), report
+    return report.finish(images, selection.get("categories", []), annotations)

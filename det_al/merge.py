@@ -41,6 +41,12 @@ class ImportReport:
     def ignore(self, kind: str) -> None:
         self.ignored_regions[kind] = self.ignored_regions.get(kind, 0) + 1
 
+    def finish(self, images: list[dict], categories: list[dict], annotations: list[list[dict]]) -> tuple[dict, "ImportReport"]:
+        """The labels COCO of ``images[i]`` with ``annotations[i]``, and this report with its counts set."""
+        self.n_images = len(images)
+        self.n_annotations = sum(len(a) for a in annotations)
+        return labels_coco(images, categories, annotations), self
+
     def to_dict(self) -> dict:
         return {
             "n_items": self.n_items,

@@ -35,7 +35,7 @@ import numpy as np
 
 from det_al.coco import segmentation_to_mask
 from det_al.errors import InputError
-from det_al.files import read_json
+from det_al.files import iter_jsonl, read_json
 from det_al.images import ImageReadError, read_image
 from det_al.report_draw import DrawnObject, draw_objects, draw_passes, placeholder, write_jpeg
 from det_al.report_html import render_index
@@ -83,31 +83,18 @@ class Labels:
 
 def iter_ranking(path: Path) -> Iterator[dict]:
     """Stream the records of ``ranking.jsonl`` (blank lines skipped); InputError on a bad line."""
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError as e:
-        raise InputError("file not found", path) from e
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path) from e
-    with f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"line {line_no}: not valid JSON ({e.msg})", path) from e
-            if not isinstance(record, dict) or not isinstance(record.get("image_id"), (int, str)):
-                raise InputError(f"line {line_no}: expected an object with an image_id", path)
-            value = _float(record.get("informativeness"))
-            if value is None:
-                raise InputError(f"line {line_no}: informativeness is not a number", path)
-            record["informativeness"] = value
-            rank = _float(record.get("rank", line_no))
-            if rank is None:
-                raise InputError(f"line {line_no}: rank is not a number", path)
-            record["rank"] = int(rank) if rank.is_integer() else rank
-            yield record
+    for line_no, record in iter_jsonl(path):
+        if not isinstance(record, dict) or not isinstance(record.get("image_id"), (int, str)):
+            raise InputError(f"line {line_no}: expected an object with an image_id", path)
+        value = _float(record.get("informativeness"))
+        if value is None:
+            raise InputError(f"line {line_no}: informativeness is not a number", path)
+        record["informativeness"] = value
+        rank = _float(record.get("rank", line_no))
+        if rank is None:
+            raise InputError(f"line {line_no}: rank is not a number", path)
+        record["rank"] = int(rank) if rank.is_integer() else rank
+        yield record
 
 
 def _float(value: Any) -> float | None:

@@ -11,7 +11,6 @@ user's categories. Exporters for Label Studio and CVAT read it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from det_al.errors import InputError
-from det_al.files import read_json
+from det_al.files import iter_jsonl, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +61,8 @@ def read_ranking(path: str | os.PathLike) -> list[dict]:
     repeated image ids or ranks.
     """
     records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError as e:
-        raise InputError("file not found", path) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read: {e}", path) from e
     seen_ids, seen_ranks = set(), set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"line {number}: not valid JSON ({e.msg})", path) from e
+    for number, record in iter_jsonl(path):
         if not isinstance(record, dict):
             raise InputError(f"line {number}: expected a JSON object", path)
         for key in ("image_id", "rank", "informativeness"):
