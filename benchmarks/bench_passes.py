@@ -71,6 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-plain", action="store_true", help="do not time (b)")
+    parser.add_argument("--mask-modes", nargs="+", default=["exact", "shared"], choices=["exact", "shared"],
+                        help="Mask R-CNN: time (c) with each passes.masks mode (one row each)")
     return parser
 
 
@@ -130,6 +132,17 @@ def matching_share(result, seconds: float) -> str:
     return f"{elapsed:.3f} s = {100 * elapsed / seconds:.1f}% of (c) ({len(objects.anchor)} objects)"
 
 
+def partners(result) -> str:
+    """How many pass detections have a deterministic detection at box IoU >= 0.5."""
+    from torchvision.ops import box_iou
+
+    det = result.deterministic.boxes
+    total = sum(len(p) for p in result.passes)
+    near = sum(int((box_iou(p.boxes, det).max(1).values >= 0.5).sum()) for p in result.passes
+               if len(p) and len(det))
+    return f"{near}/{total}"
+
+
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,22 +161,30 @@ def main(args: argparse.Namespace) -> None:
         torchvision_forward(model, [img])  # warm-up
         t_a, _ = timed(lambda: torchvision_forward(model, [img]), args.repeats)
         last = None
+        modes = args.mask_modes if key == "maskrcnn" else ["exact"]
         for t in args.passes:
-            config = PassesConfig(passes=t, dropout=args.dropout)
-            run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)  # warm-up
-            t_c, res = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)[0],
-                             args.repeats)
             t_b = float("nan")
             if not args.skip_plain:
+                config = PassesConfig(passes=t, dropout=args.dropout)
                 t_b, _ = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device, fast=False),
                                args.repeats)
-            mean_dets = sum(len(p) for p in res.passes) / len(res.passes)
-            rows.append((MODELS[key], t, t_a, t_b, t_c, t_c / t_a, t_b / t_c, mean_dets))
-            last = (t, res, t_c)
-            print(f"  {MODELS[key]} T={t}: a={t_a:.2f}s b={t_b:.2f}s c={t_c:.2f}s", flush=True)
+            for mode in modes:
+                config = PassesConfig(passes=t, dropout=args.dropout, masks=mode)
+                run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)  # warm-up
+                t_c, res = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
+                                                    fast=True)[0], args.repeats)
+                mean_dets = sum(len(p) for p in res.passes) / len(res.passes)
+                name = MODELS[key] + (f" ({mode} masks)" if key == "maskrcnn" else "")
+                rows.append((name, t, t_a, t_b, t_c, t_c / t_a, t_b / t_c, mean_dets))
+                if mode == modes[0]:
+                    last = (t, res, t_c)
+                if mode == "shared" and t == max(args.passes):
+                    notes.append(f"{key} (shared masks) at T={t}: {partners(res)} of the pass detections "
+                                 f"reuse a deterministic detection's mask features (box IoU >= 0.5)")
+                print(f"  {name} T={t}: a={t_a:.2f}s b={t_b:.2f}s c={t_c:.2f}s", flush=True)
         if last is not None:
             notes.append(f"{key}: matching + scoring at T={last[0]}: {matching_share(last[1], last[2])}")
-    header = f"{'model':<26} {'T':>3} {'(a) det s':>10} {'(b) plain s':>12} {'(c) fast s':>11} " \
+    header = f"{'model':<40} {'T':>3} {'(a) det s':>10} {'(b) plain s':>12} {'(c) fast s':>11} " \
              f"{'(c)/(a)':>8} {'(b)/(c)':>8} {'dets/pass':>10}"
     print(f"\nsize {args.size}px, device {args.device}, torch threads {torch.get_num_threads()}, "
           f"dropout {args.dropout}, fastest of {args.repeats}, load average at the end "
@@ -171,7 +192,7 @@ def main(args: argparse.Namespace) -> None:
     print(header)
     print("-" * len(header))
     for name, t, a, b, c, ca, bc, d in rows:
-        print(f"{name:<26} {t:>3} {a:>10.3f} {b:>12.3f} {c:>11.3f} {ca:>8.2f} {bc:>8.2f} {d:>10.1f}")
+        print(f"{name:<40} {t:>3} {a:>10.3f} {b:>12.3f} {c:>11.3f} {ca:>8.2f} {bc:>8.2f} {d:>10.1f}")
     for note in notes:
         print(note)
 

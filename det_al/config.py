@@ -34,6 +34,9 @@ class ModelConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+MASK_MODES = ("exact", "shared")
+
+
 @dataclass(frozen=True)
 class PassesConfig:
     """The stochastic passes.
@@ -42,6 +45,11 @@ class PassesConfig:
     module paths (``roi_heads.box_predictor``) whose *input* gets dropout; empty means the
     family's default sites. ``tta`` names views (``hflip``, ``scale:0.8``); each view is run
     ``passes`` times. ``chunk`` caps how many passes run in one batched call (0: all).
+
+    ``masks`` (Mask R-CNN, fast path): ``exact`` runs the mask branch on every pass's own boxes
+    (what T whole-model passes give); ``shared`` runs it once on the deterministic boxes and
+    derives each pass's masks from those features (see :mod:`det_al.passes`), so T passes cost
+    about one mask branch instead of T.
     """
 
     passes: int = 10
@@ -50,6 +58,7 @@ class PassesConfig:
     tta: tuple[str, ...] = ()
     fast: bool = True
     chunk: int = 0
+    masks: str = "exact"
     batch_size: int = 1
     num_workers: int = 0
     seed: int = 0
@@ -287,6 +296,8 @@ def validate(config: Config, source: str | None = None) -> None:
         )
     if any(not 0.0 <= r < 1.0 for r in rates):
         raise InputError(f"passes.dropout rates must be in [0, 1), got {rates}", source)
+    if p.masks not in MASK_MODES:
+        raise InputError(f"passes.masks must be one of {', '.join(MASK_MODES)}, got {p.masks!r}", source)
     if p.batch_size < 1 or p.chunk < 0 or p.num_workers < 0:
         raise InputError("passes.batch_size must be >= 1, passes.chunk and passes.num_workers >= 0", source)
     if not 0.0 < mt.iou_threshold <= 1.0:

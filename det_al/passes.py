@@ -112,6 +112,19 @@ class Prefix:
     site: Any
     rows: list[int]
     references: list[Tensor]  # proposals (R-CNN) or anchors (one-stage) per image
+    shared_masks: "SharedMasks | None" = None
+
+
+@dataclass
+class SharedMasks:
+    """The deterministic detections' mask features of a batch (``passes.masks: shared``).
+
+    ``boxes[i]`` ``[N_i, 4]`` in the prefix's (resized) image coordinates; ``features[i]``
+    ``[N_i, D, M, M]``: the input of the mask predictor's final 1x1 ``mask_fcn_logits``.
+    """
+
+    boxes: list[Tensor]
+    features: list[Tensor]
 
 
 def pass_seed(seed: int, view: int, index: int) -> int:
@@ -178,12 +191,15 @@ def _pass_chunks(generators: list[list[torch.Generator | None]], rates: Sequence
 
 
 def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
-               generators: list[list[torch.Generator | None]], rates: Sequence[float]) -> list[list[Detections]]:
+               generators: list[list[torch.Generator | None]], rates: Sequence[float],
+               masks: str = "exact") -> list[list[Detections]]:
     """The stochastic part for P passes in one batched call.
 
     Args:
         generators: ``[P][B]`` one generator per pass and image (``None`` where the rate is 0).
         rates: ``[P]`` the dropout rate of each pass.
+        masks: Mask R-CNN: ``exact`` (the mask branch on each pass's boxes) or ``shared``
+            (:func:`_shared_masks`; a call with all rates 0 fills ``prefix.shared_masks``).
 
     Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
     """
@@ -196,7 +212,10 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
             class_logits, box_regression = model.roi_heads.box_predictor(x)
         out = _rcnn_postprocess(model, prefix, class_logits.float(), box_regression.float(), p_count)
         if model.roi_heads.has_mask():
-            _rcnn_masks(model, prefix, control, generators, rates, out)
+            if masks == "shared":
+                _shared_masks(model, prefix, control, generators, rates, out)
+            else:
+                _rcnn_masks(model, prefix, control, generators, rates, out)
         return _to_original(prefix, out)
     if family in ("retinanet", "fcos"):
         cls_tower, reg_tower = prefix.site
@@ -305,6 +324,93 @@ def _rcnn_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
         for p in range(p_count):
             out[p][i].masks = pieces[k]
             k += 1
+
+
+# Passes closer than this (box IoU) to a deterministic detection reuse its mask features.
+SHARE_IOU = 0.5
+
+
+def _mask_features(model: nn.Module, prefix: Prefix, boxes: list[Tensor]) -> list[Tensor]:
+    """``[N_i, D, M, M]`` per image: the mask branch up to ``mask_fcn_logits`` on ``boxes``."""
+    rh = model.roi_heads
+    counts = [int(b.shape[0]) for b in boxes]
+    if sum(counts) == 0:
+        return [b.new_zeros((0, 0, 0, 0)) for b in boxes]
+    x = rh.mask_head(rh.mask_roi_pool(prefix.features, boxes, prefix.image_sizes))
+    x = rh.mask_predictor.relu(rh.mask_predictor.conv5_mask(x))
+    return list(x.split(counts))
+
+
+def _shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
+                  generators: list[list[torch.Generator | None]], rates: Sequence[float],
+                  out: list[list[_Raw]]) -> None:
+    """Masks of P passes from the deterministic detections' mask features (``passes.masks: shared``).
+
+    The mask branch up to the final 1x1 ``mask_fcn_logits`` runs once per image, on the
+    deterministic boxes (a call with all rates 0 is the deterministic pass: it stores them in
+    ``prefix.shared_masks``). A pass detection whose box overlaps a deterministic box by IoU
+    >= ``SHARE_IOU`` takes the features of the one it overlaps most; the others (rare on a
+    trained model, common on an untrained one) get their own, in one batched call. Each pass
+    then applies ``mask_fcn_logits`` for the detection's own label with *channel* dropout on its
+    input when a dropout site lies in the mask branch (keep-mask ``rand([n, D]) >= rate`` from
+    the pass's generator, kept channels scaled by ``1 / (1 - rate)``: D draws per detection
+    instead of ``D * M * M``), and the probabilities are pasted into the pass's own box.
+
+    What this leaves out, compared with ``exact``: the mask head's response to each pass's
+    slightly different RoI, and element-wise dropout at the predictor's input. Box, label and
+    score of every detection are the same as ``exact``.
+    """
+    rh = model.roi_heads
+    predictor = rh.mask_predictor
+    if not isinstance(getattr(predictor, "mask_fcn_logits", None), nn.Conv2d) or \
+            predictor.mask_fcn_logits.kernel_size != (1, 1):
+        raise ValueError("passes.masks: shared needs torchvision's MaskRCNNPredictor (a 1x1 mask_fcn_logits)")
+    masked = any(s.startswith("roi_heads.mask_") for s in control.sites)
+    p_count, b_count = len(out), len(prefix.rows)
+    with control.layout([Chunk(None, 0.0)]):
+        if all(r == 0.0 for r in rates) and prefix.shared_masks is None:
+            boxes = [out[0][i].boxes for i in range(b_count)]
+            prefix.shared_masks = SharedMasks(boxes, _mask_features(model, prefix, boxes))
+        if prefix.shared_masks is None:  # a TTA view: its own deterministic detections first
+            run_suffix(model, prefix, control, [[None] * b_count], [0.0], masks="shared")
+        cache = prefix.shared_masks
+        sources: list[list[tuple[Tensor, Tensor]]] = []  # [P][B] (partner index or -1, own row)
+        extra: list[list[Tensor]] = [[] for _ in range(b_count)]
+        n_extra = [0] * b_count
+        for p in range(p_count):
+            row = []
+            for i in range(b_count):
+                boxes = out[p][i].boxes
+                partner = torch.full((boxes.shape[0],), -1, dtype=torch.long, device=boxes.device)
+                if cache.boxes[i].shape[0] and boxes.shape[0]:
+                    best, index = box_ops.box_iou(boxes, cache.boxes[i]).max(dim=1)
+                    partner = torch.where(best >= SHARE_IOU, index, partner)
+                lonely = torch.where(partner < 0)[0]
+                own = torch.full_like(partner, -1)
+                own[lonely] = torch.arange(n_extra[i], n_extra[i] + lonely.numel(), device=boxes.device)
+                n_extra[i] += int(lonely.numel())
+                extra[i].append(boxes[lonely])
+                row.append((partner, own))
+            sources.append(row)
+        extra_features = _mask_features(model, prefix, [torch.cat(e) if e else cache.boxes[i][:0]
+                                                        for i, e in enumerate(extra)])
+    weight = predictor.mask_fcn_logits.weight[:, :, 0, 0]  # [C, D]
+    bias = predictor.mask_fcn_logits.bias
+    for p in range(p_count):
+        for i in range(b_count):
+            raw = out[p][i]
+            partner, own = sources[p][i]
+            f = cache.features[i][partner.clamp(min=0)]  # [n, D, M, M]
+            lonely = own >= 0
+            if bool(lonely.any()):
+                f[lonely] = extra_features[i][own[lonely]]
+            w = weight[raw.labels]  # [n, D]
+            g, rate = generators[p][i], float(rates[p])
+            if masked and rate > 0.0 and w.shape[0]:
+                keep = torch.rand(w.shape, generator=g, device=w.device) >= rate
+                w = w * keep.to(w.dtype) * (1.0 / (1.0 - rate))
+            logits = torch.einsum("nd,ndhw->nhw", w.to(f.dtype), f) + bias[raw.labels].to(f.dtype)[:, None, None]
+            raw.masks = logits.float().sigmoid()[:, None]
 
 
 def _dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg: list[Tensor],
@@ -489,7 +595,8 @@ def run_passes(
     with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
         with control.layout([Chunk(None, 0.0)]):
             base = compute_prefix(model, images, family)
-        deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0])[0]
+        masks = config.masks if fast else "exact"
+        deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0], masks)[0]
         embedding = embeddings(base)
         for v, view in enumerate(views):
             if fast:
@@ -497,7 +604,7 @@ def run_passes(
                 for start in range(0, len(rates), chunk):
                     stop = min(start + chunk, len(rates))
                     g = [[gens[i][v][t] for i in range(b_count)] for t in range(start, stop)]
-                    dets = run_suffix(model, prefix, control, g, rates[start:stop])
+                    dets = run_suffix(model, prefix, control, g, rates[start:stop], masks)
                     for row in dets:
                         for i in range(b_count):
                             results[i][v].append(row[i])

@@ -185,3 +185,88 @@ def test_hflip_view_maps_back_to_original_coordinates_and_fast_equals_plain():
         assert (a.boxes[:, 2] <= 80 + 1e-3).all() and (a.boxes[:, 3] <= 64 + 1e-3).all()
     # the scale view ran the network at 1.5x its resolution and put the transform back
     assert model.transform.min_size == (64,) and model.transform.max_size == 96
+
+
+# --------------------------------------------------------------------------- passes.masks: shared
+
+
+def test_shared_masks_equal_exact_masks_without_dropout_and_keep_every_box():
+    model = model_for("mask")
+    im = image(64, 80, 9)
+    exact = run_passes(model, [im], PassesConfig(passes=2, dropout=0.0, masks="exact"), seeds=[5])[0]
+    shared = run_passes(model, [im], PassesConfig(passes=2, dropout=0.0, masks="shared"), seeds=[5])[0]
+    assert len(shared.deterministic) > 0
+    assert_same(shared.deterministic, exact.deterministic)
+    for a, b in zip(shared.passes, exact.passes, strict=True):
+        assert_same(a, b)  # each pass's partner is its own deterministic twin
+    # with dropout: the same detections (boxes, labels, probs), only the masks are derived
+    config = PassesConfig(passes=3, dropout=0.4)
+    exact = run_passes(model, [im], config, seeds=[6])[0]
+    shared = run_passes(model, [im], PassesConfig(passes=3, dropout=0.4, masks="shared"), seeds=[6])[0]
+    assert_same(shared.deterministic, exact.deterministic)
+    for a, b in zip(shared.passes, exact.passes, strict=True):
+        torch.testing.assert_close(a.boxes, b.boxes)
+        torch.testing.assert_close(a.probs, b.probs)
+        assert a.masks.shape == b.masks.shape
+    again = run_passes(model, [im], PassesConfig(passes=3, dropout=0.4, masks="shared"), seeds=[6])[0]
+    for a, b in zip(shared.passes, again.passes, strict=True):
+        assert torch.equal(a.masks, b.masks)
+
+
+def test_shared_mask_logits_are_the_partner_features_through_channel_dropout():
+    """By hand: sigmoid(sum_d W[c, d] keep_d / (1 - r) F_d + b_c) pasted into the pass's box."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from det_al.dropout import Chunk, mc_dropout
+    from det_al.passes import _mask_features, _Raw, _shared_masks, compute_prefix, run_suffix
+
+    model = model_for("mask")
+    im = image(64, 80, 10)
+    sites = ("roi_heads.box_predictor", "roi_heads.mask_predictor")
+    with torch.inference_mode(), mc_dropout(model, sites, 0.0, [None]) as control:
+        with control.layout([Chunk(None, 0.0)]):
+            prefix = compute_prefix(model, [im], "rcnn")
+        run_suffix(model, prefix, control, [[None]], [0.0], masks="shared")
+        cache = prefix.shared_masks
+        boxes = cache.boxes[0][:3].clone()
+        boxes[2] += torch.tensor([30.0, 30.0, 30.0, 30.0])  # far from every deterministic box
+        boxes[2] = boxes[2].clamp(max=63.0)
+        labels = torch.tensor([1, 3, 2])
+        raw = _Raw(boxes, torch.ones(3), labels, torch.ones(3, 4) / 4, "softmax")
+        _shared_masks(model, prefix, control, [[torch.Generator().manual_seed(7)]], [0.25], [[raw]])
+        from torchvision.ops import box_iou
+        iou = box_iou(boxes[2:], cache.boxes[0]).max()
+        own = _mask_features(model, prefix, [boxes[2:]])[0]
+    assert iou < 0.5
+    conv = model.roi_heads.mask_predictor.mask_fcn_logits
+    keep = (torch.rand((3, conv.in_channels), generator=torch.Generator().manual_seed(7)) >= 0.25).float()
+    features = torch.cat([cache.features[0][:2], own])
+    expected = []
+    for k in range(3):
+        w = conv.weight[labels[k], :, 0, 0] * keep[k] / 0.75
+        expected.append(torch.sigmoid((w[:, None, None] * features[k]).sum(0) + conv.bias[labels[k]]))
+    torch.testing.assert_close(raw.masks[:, 0], torch.stack(expected), atol=1e-5, rtol=0)
+    pasted = paste_masks_in_image(raw.masks, boxes, (64, 80))
+    assert pasted.shape == (3, 1, 64, 80)
+
+
+def test_passes_masks_must_be_exact_or_shared():
+    from det_al.config import config_from_dict
+    from det_al.errors import InputError
+
+    assert config_from_dict({"passes": {"masks": "shared"}}).passes.masks == "shared"
+    with pytest.raises(InputError, match="passes.masks must be one of exact, shared"):
+        config_from_dict({"passes": {"masks": "approximate"}})
+
+
+def test_shared_masks_with_tta_views_and_a_batch_match_exact_without_dropout():
+    """Each view takes the features of its own deterministic detections; images of a batch stay apart."""
+    model = model_for("mask")
+    images = [image(64, 80, 11), image(64, 80, 12)]
+    config = dict(passes=2, dropout=0.0, tta=("hflip", "scale:1.5"))
+    exact = run_passes(model, images, PassesConfig(**config), seeds=[1, 2])
+    shared = run_passes(model, images, PassesConfig(**config, masks="shared"), seeds=[1, 2])
+    for e, s in zip(exact, shared, strict=True):
+        assert s.views == e.views
+        for a, b in zip(s.passes, e.passes, strict=True):
+            assert_same(a, b)
