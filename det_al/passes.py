@@ -221,15 +221,15 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
         cls_tower, reg_tower = prefix.site
         cls_head, reg_head = model.head.classification_head, model.head.regression_head
         with control.layout(chunks):
-            cls = [_flatten_levels(cls_head.cls_logits(_tile(t, p_count)), cls_head.num_classes) for t in cls_tower]
+            cls = [cls_head.cls_logits(_tile(t, p_count)) for t in cls_tower]
             reg, ctr = [], []
             for t in reg_tower:
                 t = _tile(t, p_count)
                 if family == "fcos":
-                    reg.append(_flatten_levels(F.relu(reg_head.bbox_reg(t)), 4))
-                    ctr.append(_flatten_levels(reg_head.bbox_ctrness(t), 1))
+                    reg.append(F.relu(reg_head.bbox_reg(t)))
+                    ctr.append(reg_head.bbox_ctrness(t))
                 else:
-                    reg.append(_flatten_levels(reg_head.bbox_reg(t), 4))
+                    reg.append(reg_head.bbox_reg(t))
         out = _dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
         return _to_original(prefix, out)
     if family == "ssd":
@@ -244,10 +244,26 @@ def _tile(x: Tensor, p_count: int) -> Tensor:
     return x.repeat(p_count, *([1] * (x.ndim - 1))) if p_count > 1 else x
 
 
-def _flatten_levels(x: Tensor, columns: int) -> Tensor:
-    """``[N, A * K, H, W] -> [N, H * W * A, K]`` as torchvision's heads permute their outputs."""
-    n, _, h, w = x.shape
-    return x.view(n, -1, columns, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, columns)
+def _positions(flat: Tensor, anchors: int, columns: int, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Indices into a head output's native ``[A * K, H, W]`` layout -> (anchor index, column).
+
+    torchvision's heads permute their outputs to ``[H * W * A, K]`` before post-processing;
+    the anchor index is the row of that layout, ``(h * W + w) * A + a``. Sorting by the
+    permuted flat index ``anchor * K + k`` gives the order torchvision's ``torch.where`` does.
+    """
+    hw = height * width
+    channel, position = flat // hw, flat % hw
+    a, k = channel // columns, channel % columns
+    anchor = position * anchors + a
+    order = torch.argsort(anchor * columns + k)
+    return anchor[order], k[order]
+
+
+def _gather_anchor_rows(x: Tensor, anchor: Tensor, anchors: int) -> Tensor:
+    """``[n, K]``: the rows ``anchor`` of ``x`` (``[A * K, H, W]``) in torchvision's ``[H * W * A, K]``."""
+    _, height, width = x.shape
+    xv = x.view(anchors, -1, height * width)
+    return xv[anchor % anchors, :, torch.div(anchor, anchors, rounding_mode="floor")]
 
 
 @dataclass
@@ -415,9 +431,15 @@ def _shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
 
 def _dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg: list[Tensor],
                        ctr: list[Tensor] | None, p_count: int) -> list[list[_Raw]]:
-    """RetinaNet / FCOS ``postprocess_detections`` per pass and image, keeping per-class vectors."""
+    """RetinaNet / FCOS ``postprocess_detections`` per pass and image, keeping per-class vectors.
+
+    ``cls``/``reg``/``ctr`` are the heads' outputs per level in their native ``[P * B, A * K,
+    H, W]`` layout: thresholding there and sorting the few survivors into torchvision's order
+    saves permuting every pass's ~A * K * H * W logits.
+    """
     b_count = len(prefix.rows)
-    sizes = [int(level.shape[1]) for level in cls]
+    num_classes = model.head.classification_head.num_classes
+    sizes = [int(level.shape[1]) // num_classes * level.shape[2] * level.shape[3] for level in cls]
     out: list[list[_Raw]] = []
     for p in range(p_count):
         row = []
@@ -426,24 +448,29 @@ def _dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg:
             anchors = prefix.references[i].split(sizes)
             image_boxes, image_scores, image_labels, image_probs = [], [], [], []
             for level in range(len(cls)):
-                logits = cls[level][n].float()
-                num_classes = logits.shape[-1]
+                logits = cls[level][n].float()  # [A * K, H, W]
+                a_count = logits.shape[0] // num_classes
+                height, width = logits.shape[-2:]
                 if ctr is None:
                     # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, squash only the kept
-                    flat = logits.flatten()
-                    topk_idxs = torch.where(flat > _logit(model.score_thresh))[0]
-                    scores = torch.sigmoid(flat[topk_idxs])
+                    flat = torch.where(logits.flatten() > _logit(model.score_thresh))[0]
+                    anchor_idxs, labels = _positions(flat, a_count, num_classes, height, width)
+                    kept = _gather_anchor_rows(logits, anchor_idxs, a_count)
+                    scores = torch.sigmoid(kept.gather(1, labels[:, None])[:, 0])
                 else:
-                    probs = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(ctr[level][n].float()))
-                    flat = probs.flatten()
-                    topk_idxs = torch.where(flat > model.score_thresh)[0]
-                    scores = flat[topk_idxs]
-                num_topk = min(model.topk_candidates, int(topk_idxs.shape[0]))
+                    centerness = ctr[level][n].float()  # [A, H, W]
+                    probs = torch.sqrt(torch.sigmoid(logits.view(a_count, num_classes, height, width))
+                                       * torch.sigmoid(centerness)[:, None])
+                    probs = probs.view(-1, height, width)
+                    flat = torch.where(probs.flatten() > model.score_thresh)[0]
+                    anchor_idxs, labels = _positions(flat, a_count, num_classes, height, width)
+                    kept = _gather_anchor_rows(probs, anchor_idxs, a_count)
+                    scores = kept.gather(1, labels[:, None])[:, 0]
+                num_topk = min(model.topk_candidates, int(scores.shape[0]))
                 scores, idxs = scores.topk(num_topk)
-                topk_idxs = topk_idxs[idxs]
-                anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
-                labels = topk_idxs % num_classes
-                deltas, refs = reg[level][n].float()[anchor_idxs], anchors[level][anchor_idxs]
+                anchor_idxs, labels, kept = anchor_idxs[idxs], labels[idxs], kept[idxs]
+                deltas = _gather_anchor_rows(reg[level][n].float(), anchor_idxs, a_count)
+                refs = anchors[level][anchor_idxs]
                 if ctr is None:
                     boxes = model.box_coder.decode_single(deltas, refs)
                 else:
@@ -452,7 +479,7 @@ def _dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg:
                 image_boxes.append(boxes)
                 image_scores.append(scores)
                 image_labels.append(labels)
-                image_probs.append(torch.sigmoid(logits[anchor_idxs]) if ctr is None else probs[anchor_idxs])
+                image_probs.append(torch.sigmoid(kept) if ctr is None else kept)
             boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
             labels, probs = torch.cat(image_labels), torch.cat(image_probs)
             keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
