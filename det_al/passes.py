@@ -10,8 +10,9 @@ from the model's own submodules:
 - ``suffix``: from the site on (``box_predictor``; ``cls_logits``/``bbox_reg``/``bbox_ctrness``;
   the whole SSD head), run for P passes in one batched call, pass-major (rows of pass ``p``,
   image ``i`` at block ``p * B + i``), then postprocessed pass by pass exactly as torchvision's
-  ``postprocess_detections`` + ``transform.postprocess`` do, except that every detection keeps
-  the full class-probability vector of the proposal/anchor it came from:
+  ``postprocess_detections`` (:mod:`det_al.postprocess`) + ``transform.postprocess`` do, except
+  that every detection keeps the full class-probability vector of the proposal/anchor it came
+  from:
 
   ========== =========================================================================
   rcnn, ssd  ``softmax`` over all classes incl. background (index 0); score = probs[label]
@@ -22,7 +23,8 @@ from the model's own submodules:
 
   Mask R-CNN runs ``mask_roi_pool`` / ``mask_head`` / ``mask_predictor`` on each pass's own
   boxes (all passes of an image in one batched call) and pastes the mask probabilities into
-  the original image with torchvision's ``paste_masks_in_image``.
+  the original image with torchvision's ``paste_masks_in_image``; ``passes.masks: shared``
+  runs that branch once, on the deterministic boxes (:func:`_shared_masks`).
 
 The fast path computes the prefix once per image batch and TTA view; the plain path
 (``fast=False``) runs prefix + suffix once per pass and image, hooks and generators identical,
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from det_al.config import PassesConfig
 from det_al.detections import Detections
 from det_al.dropout import Chunk, MCDropout, default_sites, mc_dropout
 from det_al.models import model_family
+from det_al.postprocess import Raw, dense_postprocess, rcnn_postprocess, ssd_postprocess
 from det_al.tta import View, apply_view, parse_views, unapply_view
 
 logger = logging.getLogger(__name__)
@@ -210,7 +212,7 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
         x = prefix.site.repeat(p_count, 1) if p_count > 1 else prefix.site
         with control.layout(chunks):
             class_logits, box_regression = model.roi_heads.box_predictor(x)
-        out = _rcnn_postprocess(model, prefix, class_logits.float(), box_regression.float(), p_count)
+        out = rcnn_postprocess(model, prefix, class_logits.float(), box_regression.float(), p_count)
         if model.roi_heads.has_mask():
             if masks == "shared":
                 _shared_masks(model, prefix, control, generators, rates, out)
@@ -230,12 +232,12 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
                     ctr.append(reg_head.bbox_ctrness(t))
                 else:
                     reg.append(reg_head.bbox_reg(t))
-        out = _dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
+        out = dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
         return _to_original(prefix, out)
     if family == "ssd":
         with control.layout(chunks):
             head_outputs = model.head([_tile(f, p_count) for f in prefix.site])
-        out = _ssd_postprocess(model, prefix, head_outputs, p_count)
+        out = ssd_postprocess(model, prefix, head_outputs, p_count)
         return _to_original(prefix, out)
     raise ValueError(f"unknown model family {family!r}")
 
@@ -244,77 +246,9 @@ def _tile(x: Tensor, p_count: int) -> Tensor:
     return x.repeat(p_count, *([1] * (x.ndim - 1))) if p_count > 1 else x
 
 
-def _positions(flat: Tensor, anchors: int, columns: int, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Indices into a head output's native ``[A * K, H, W]`` layout -> (anchor index, column).
-
-    torchvision's heads permute their outputs to ``[H * W * A, K]`` before post-processing;
-    the anchor index is the row of that layout, ``(h * W + w) * A + a``. Sorting by the
-    permuted flat index ``anchor * K + k`` gives the order torchvision's ``torch.where`` does.
-    """
-    hw = height * width
-    channel, position = flat // hw, flat % hw
-    a, k = channel // columns, channel % columns
-    anchor = position * anchors + a
-    order = torch.argsort(anchor * columns + k)
-    return anchor[order], k[order]
-
-
-def _gather_anchor_rows(x: Tensor, anchor: Tensor, anchors: int) -> Tensor:
-    """``[n, K]``: the rows ``anchor`` of ``x`` (``[A * K, H, W]``) in torchvision's ``[H * W * A, K]``."""
-    _, height, width = x.shape
-    xv = x.view(anchors, -1, height * width)
-    return xv[anchor % anchors, :, torch.div(anchor, anchors, rounding_mode="floor")]
-
-
-@dataclass
-class _Raw:
-    """One pass over one image before mapping to the original size."""
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    probs: Tensor
-    kind: str
-    masks: Tensor | None = None
-
-
-def _rcnn_postprocess(model: nn.Module, prefix: Prefix, class_logits: Tensor, box_regression: Tensor,
-                      p_count: int) -> list[list[_Raw]]:
-    """``RoIHeads.postprocess_detections`` per pass and image, keeping softmax rows."""
-    rh = model.roi_heads
-    proposals = prefix.references
-    num_classes = class_logits.shape[-1]
-    pred_boxes = rh.box_coder.decode(box_regression, list(proposals) * p_count)
-    pred_scores = F.softmax(class_logits, -1)
-    splits = prefix.rows * p_count
-    boxes_list = pred_boxes.split(splits, 0)
-    scores_list = pred_scores.split(splits, 0)
-    device = class_logits.device
-    out: list[list[_Raw]] = []
-    b_count = len(prefix.rows)
-    for p in range(p_count):
-        row = []
-        for i in range(b_count):
-            boxes, probs = boxes_list[p * b_count + i], scores_list[p * b_count + i]
-            boxes = box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i])
-            n = boxes.shape[0]
-            boxes = boxes[:, 1:].reshape(-1, 4)
-            scores = probs[:, 1:].reshape(-1)
-            labels = torch.arange(1, num_classes, device=device).repeat(n)
-            source = torch.arange(n, device=device).repeat_interleave(num_classes - 1)
-            inds = torch.where(scores > rh.score_thresh)[0]
-            boxes, scores, labels, source = boxes[inds], scores[inds], labels[inds], source[inds]
-            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-            boxes, scores, labels, source = boxes[keep], scores[keep], labels[keep], source[keep]
-            keep = box_ops.batched_nms(boxes, scores, labels, rh.nms_thresh)[: rh.detections_per_img]
-            row.append(_Raw(boxes[keep], scores[keep], labels[keep], probs[source[keep]], "softmax"))
-        out.append(row)
-    return out
-
-
 def _rcnn_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
                 generators: list[list[torch.Generator | None]], rates: Sequence[float],
-                out: list[list[_Raw]]) -> None:
+                out: list[list[Raw]]) -> None:
     """Mask probabilities ``[N, 1, M, M]`` of each pass's own boxes (all passes of an image batched)."""
     rh = model.roi_heads
     p_count, b_count = len(out), len(prefix.rows)
@@ -359,7 +293,7 @@ def _mask_features(model: nn.Module, prefix: Prefix, boxes: list[Tensor]) -> lis
 
 def _shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
                   generators: list[list[torch.Generator | None]], rates: Sequence[float],
-                  out: list[list[_Raw]]) -> None:
+                  out: list[list[Raw]]) -> None:
     """Masks of P passes from the deterministic detections' mask features (``passes.masks: shared``).
 
     The mask branch up to the final 1x1 ``mask_fcn_logits`` runs once per image, on the
@@ -429,110 +363,7 @@ def _shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
             raw.masks = logits.float().sigmoid()[:, None]
 
 
-def _dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg: list[Tensor],
-                       ctr: list[Tensor] | None, p_count: int) -> list[list[_Raw]]:
-    """RetinaNet / FCOS ``postprocess_detections`` per pass and image, keeping per-class vectors.
-
-    ``cls``/``reg``/``ctr`` are the heads' outputs per level in their native ``[P * B, A * K,
-    H, W]`` layout: thresholding there and sorting the few survivors into torchvision's order
-    saves permuting every pass's ~A * K * H * W logits.
-    """
-    b_count = len(prefix.rows)
-    num_classes = model.head.classification_head.num_classes
-    sizes = [int(level.shape[1]) // num_classes * level.shape[2] * level.shape[3] for level in cls]
-    out: list[list[_Raw]] = []
-    for p in range(p_count):
-        row = []
-        for i in range(b_count):
-            n = p * b_count + i
-            anchors = prefix.references[i].split(sizes)
-            image_boxes, image_scores, image_labels, image_probs = [], [], [], []
-            for level in range(len(cls)):
-                logits = cls[level][n].float()  # [A * K, H, W]
-                a_count = logits.shape[0] // num_classes
-                height, width = logits.shape[-2:]
-                if ctr is None:
-                    # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, squash only the kept
-                    flat = torch.where(logits.flatten() > _logit(model.score_thresh))[0]
-                    anchor_idxs, labels = _positions(flat, a_count, num_classes, height, width)
-                    kept = _gather_anchor_rows(logits, anchor_idxs, a_count)
-                    scores = torch.sigmoid(kept.gather(1, labels[:, None])[:, 0])
-                else:
-                    centerness = ctr[level][n].float()  # [A, H, W]
-                    probs = torch.sqrt(torch.sigmoid(logits.view(a_count, num_classes, height, width))
-                                       * torch.sigmoid(centerness)[:, None])
-                    probs = probs.view(-1, height, width)
-                    flat = torch.where(probs.flatten() > model.score_thresh)[0]
-                    anchor_idxs, labels = _positions(flat, a_count, num_classes, height, width)
-                    kept = _gather_anchor_rows(probs, anchor_idxs, a_count)
-                    scores = kept.gather(1, labels[:, None])[:, 0]
-                num_topk = min(model.topk_candidates, int(scores.shape[0]))
-                scores, idxs = scores.topk(num_topk)
-                anchor_idxs, labels, kept = anchor_idxs[idxs], labels[idxs], kept[idxs]
-                deltas = _gather_anchor_rows(reg[level][n].float(), anchor_idxs, a_count)
-                refs = anchors[level][anchor_idxs]
-                if ctr is None:
-                    boxes = model.box_coder.decode_single(deltas, refs)
-                else:
-                    boxes = model.box_coder.decode(deltas, refs)
-                boxes = box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i])
-                image_boxes.append(boxes)
-                image_scores.append(scores)
-                image_labels.append(labels)
-                image_probs.append(torch.sigmoid(kept) if ctr is None else kept)
-            boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
-            labels, probs = torch.cat(image_labels), torch.cat(image_probs)
-            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
-            row.append(_Raw(boxes[keep], scores[keep], labels[keep], probs[keep], "sigmoid"))
-        out.append(row)
-    return out
-
-
-def _logit(p: float) -> float:
-    """The logit of a probability threshold (``-inf`` for 0, ``inf`` for 1)."""
-    if p <= 0.0:
-        return float("-inf")
-    if p >= 1.0:
-        return float("inf")
-    return math.log(p / (1.0 - p))
-
-
-def _ssd_postprocess(model: nn.Module, prefix: Prefix, head_outputs: dict[str, Tensor],
-                     p_count: int) -> list[list[_Raw]]:
-    """SSD ``postprocess_detections`` per pass and image, keeping each anchor's softmax row."""
-    b_count = len(prefix.rows)
-    all_probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)
-    regression = head_outputs["bbox_regression"].float()
-    num_classes = all_probs.shape[-1]
-    out: list[list[_Raw]] = []
-    for p in range(p_count):
-        row = []
-        for i in range(b_count):
-            n = p * b_count + i
-            probs = all_probs[n]
-            boxes = model.box_coder.decode_single(regression[n], prefix.references[i])
-            boxes = box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i])
-            image_boxes, image_scores, image_labels, image_sources = [], [], [], []
-            for label in range(1, num_classes):
-                score = probs[:, label]
-                source = torch.where(score > model.score_thresh)[0]
-                score = score[source]
-                num_topk = min(model.topk_candidates, int(score.shape[0]))
-                score, idxs = score.topk(num_topk)
-                source = source[idxs]
-                image_boxes.append(boxes[source])
-                image_scores.append(score)
-                image_labels.append(torch.full_like(source, label))
-                image_sources.append(source)
-            boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
-            labels, sources = torch.cat(image_labels), torch.cat(image_sources)
-            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
-            row.append(_Raw(boxes[keep], scores[keep], labels[keep], probs[sources[keep]], "softmax"))
-        out.append(row)
-    return out
-
-
-def _to_original(prefix: Prefix, out: list[list[_Raw]]) -> list[list[Detections]]:
+def _to_original(prefix: Prefix, out: list[list[Raw]]) -> list[list[Detections]]:
     """``transform.postprocess``: boxes back to the input image size, masks pasted into it."""
     result = []
     for row in out:

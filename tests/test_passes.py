@@ -218,7 +218,8 @@ def test_shared_mask_logits_are_the_partner_features_through_channel_dropout():
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from det_al.dropout import Chunk, mc_dropout
-    from det_al.passes import _mask_features, _Raw, _shared_masks, compute_prefix, run_suffix
+    from det_al.passes import _mask_features, _shared_masks, compute_prefix, run_suffix
+    from det_al.postprocess import Raw
 
     model = model_for("mask")
     im = image(64, 80, 10)
@@ -232,7 +233,7 @@ def test_shared_mask_logits_are_the_partner_features_through_channel_dropout():
         boxes[2] += torch.tensor([30.0, 30.0, 30.0, 30.0])  # far from every deterministic box
         boxes[2] = boxes[2].clamp(max=63.0)
         labels = torch.tensor([1, 3, 2])
-        raw = _Raw(boxes, torch.ones(3), labels, torch.ones(3, 4) / 4, "softmax")
+        raw = Raw(boxes, torch.ones(3), labels, torch.ones(3, 4) / 4, "softmax")
         _shared_masks(model, prefix, control, [[torch.Generator().manual_seed(7)]], [0.25], [[raw]])
         from torchvision.ops import box_iou
         iou = box_iou(boxes[2:], cache.boxes[0]).max()
