@@ -26,14 +26,18 @@ What bounds (c)/(a) per family (multiply-accumulates at 512 px, 100 detections):
 - RetinaNet: the dropout sites are the inputs of ``cls_logits`` (a 3x3 conv 256 -> A*K = 819
   channels over every position of P3-P7, ~10 GMAC) and ``bbox_reg``: ~15% of a deterministic
   pass per stochastic pass, plus the per-pass top-k/NMS over ~5 M logits.
-- Mask R-CNN: each pass runs the mask head (four 3x3 256-channel convs at 14x14, ~0.46 GMAC per
-  RoI, ~46 GMAC for 100 boxes) on its own boxes, about as much as the rest of the model, plus
-  pasting 100 full-image masks per pass: the mask branch dominates and scales with T x boxes.
+- Mask R-CNN, ``passes.masks: exact``: each pass runs the mask head (four 3x3 256-channel convs
+  at 14x14, ~0.46 GMAC per RoI, ~46 GMAC for 100 boxes) and the 2x2 transposed conv to 28x28 on
+  its own boxes, about as much as the rest of the model, plus pasting 100 full-image masks per
+  pass: the mask branch dominates and scales with T x boxes. ``shared`` runs it once on the
+  deterministic boxes and reuses those features for pass detections within box IoU 0.5 of one;
+  with random weights most pass detections are new boxes (printed below the table), so the
+  saving here is a lower bound of what a trained model gets (``bench_shared_masks.py``).
 
 Usage::
 
     python benchmarks/bench_passes.py [--families fasterrcnn maskrcnn retinanet]
-        [--passes 1 5 10 20] [--size 512] [--repeats 1] [--threads N]
+        [--passes 1 5 10 20] [--size 512] [--repeats 1] [--threads N] [--mask-modes exact shared]
 """
 
 from __future__ import annotations
