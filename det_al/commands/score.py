@@ -76,10 +76,9 @@ def load_pool(pool_arg: str, image_root: str | None, out_dir: Path) -> tuple[dic
 
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) under torchrun, else (0, 1, 0)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+    from det_al.distributed import world_info
+
+    return world_info()
 
 
 def run(args: argparse.Namespace) -> int:
