@@ -3,7 +3,8 @@
 :class:`CocoDetectionDataset` turns a COCO dict into torchvision's training pairs; 
 :func:`train_model` runs the whole job: seeds, optimizer and learning-rate schedule from
 ``config.train``, progress bars, periodic COCO evaluation, ``best.pt`` / ``last.pt`` in det_al's
-checkpoint format, ``metrics.jsonl``, resuming from ``last.pt`` and a wall-clock cap.
+checkpoint format, ``metrics.jsonl``, resuming from ``last.pt`` and a wall-clock cap; under
+``torchrun``, DistributedDataParallel over the processes (see :func:`train_model`).
 
 The learning rate of iteration ``i`` (0-based, over the whole run) is
 ``lr * warmup(i) * schedule(i)`` (:func:`lr_factor`): a linear warm-up from ``0.001 * lr`` over
@@ -26,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm import tqdm
@@ -34,6 +36,19 @@ from det_al.augment import apply_augment, build_augment
 from det_al.checkpoint import load_checkpoint, save_checkpoint
 from det_al.coco import load_coco, segmentation_to_mask
 from det_al.config import Config, TrainConfig
+from det_al.distributed import (
+    any_rank,
+    barrier,
+    broadcast_from_main,
+    fail_together,
+    gather,
+    is_main,
+    mean_over_ranks,
+    process_group,
+    rank,
+    rank_sampler,
+    world_size,
+)
 from det_al.errors import InputError
 from det_al.evaluation import evaluate_coco, predict
 from det_al.files import write_jsonl
@@ -222,6 +237,11 @@ def train_one_epoch(
     Stops early, after a whole step, once ``time.monotonic()`` passes ``deadline``. Returns the
     number of ``steps`` run, the mean of each loss term and of their sum (``loss``), and
     ``stopped`` (whether the deadline cut the epoch short).
+
+    Under torchrun (``model`` a DistributedDataParallel, ``loader`` this rank's share) the
+    processes agree after every step on whether to stop (one passed the deadline) and before
+    it on whether the loss diverged (on one of them), so they stop or raise together; the
+    loss means are averaged over the processes.
     """
     model.train()
     sums: dict[str, float] = defaultdict(float)
@@ -233,11 +253,11 @@ def train_one_epoch(
         targets = [{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if any_rank(not finite, loss.device):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise InputError(
-                f"training diverged (loss {loss.item()} with {terms}); lower train.lr or set train.grad_clip"
-            )
+            where = f"loss {loss.item()} with {terms}" if not finite else "on another process"
+            raise InputError(f"training diverged ({where}); lower train.lr or set train.grad_clip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -251,10 +271,10 @@ def train_one_epoch(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None and any_rank(time.monotonic() >= deadline, loss.device):
             stopped = True
             break
-    means = {k: v / max(1, steps) for k, v in sums.items()}
+    means = mean_over_ranks({k: v / max(1, steps) for k, v in sums.items()}, device)
     return {"steps": steps, "stopped": stopped, **means}
 
 
@@ -329,70 +349,119 @@ def train_model(
         (the last evaluation), ``stopped_early`` (time cap), ``seconds``, and the paths
         ``last``, ``best`` (``None`` without validation), ``checkpoint`` (best, else last) and
         ``metrics_log``.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments (as
+    ``det-al train`` and ``det-al loop`` do). The processes join a process group
+    (:func:`det_al.distributed.process_group`: gloo on CPU; NCCL with ``device="cuda"``, each
+    process on ``cuda:LOCAL_RANK``), the model is wrapped in DistributedDataParallel and each
+    epoch is split between them (:func:`det_al.distributed.rank_sampler`), so a step takes
+    ``train.batch_size`` images on every process, ``batch_size * world`` in all, at
+    ``train.lr`` as configured (raise it yourself to keep the lr per image). An epoch has
+    ``ceil(ceil(images / world) / batch_size)`` steps; the schedule and ``warmup_iters``
+    count them. Bad input raises on every process before training starts. Only rank 0
+    evaluates, logs and writes (the others wait for it); checkpoints hold the bare model's
+    weights, so they load like a single process's. ``resume`` needs the number of processes of
+    the run it continues.
     """
+    with process_group(device) as device:
+        return _train_in_group(
+            config, train_json, image_root, out_dir, val_json, categories, init_checkpoint, resume,
+            device, progress and is_main(),
+        )
+
+
+def _train_in_group(
+    config: Config,
+    train_json: str | os.PathLike,
+    image_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    val_json: str | os.PathLike | None,
+    categories: Sequence[Mapping[str, Any]] | None,
+    init_checkpoint: str | os.PathLike | None,
+    resume: bool,
+    device: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`train_model` on every process of the group (or on the one process)."""
     t0 = time.monotonic()
     train_cfg = config.train
-    check_train_config(train_cfg)
-    transform = build_augment(train_cfg.augment)
+    main, world, this_rank = is_main(), world_size(), rank()
     out = Path(out_dir)
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
-    train = load_coco(train_json, require_annotations=True)
-    val = load_coco(val_json, require_annotations=True) if val_json is not None else None
-
-    seed_everything(train_cfg.seed)
     extra: dict[str, Any] = {}
-    if resume:
-        if not last_path.exists():
-            raise InputError("cannot resume: no last.pt in the output folder", out)
-        model, _, ckpt_categories, extra = load_checkpoint(last_path, config, device=device)
-        categories = ckpt_categories
-        logger.info("resuming from %s (epoch %s, iteration %s)", last_path, extra.get("epoch"), extra.get("iteration"))
-    elif init_checkpoint is not None:
-        if categories is None:  # used only by a plain torchvision state dict, which has none
-            given = list(train["categories"])
-        else:
-            given = list(categories)
-        model, _, ckpt_categories, _ = load_checkpoint(init_checkpoint, config, device=device, categories=given)
-        categories = ckpt_categories if categories is None else categories
-        logger.info("starting from the weights of %s", init_checkpoint)
-    else:
-        model = build_model(config.model)
-    if not resume and best_path.exists():  # a new run: an earlier run's best.pt would mislead
-        logger.warning("%s: replacing the outputs of an earlier run", out)
-        best_path.unlink()
-    if categories is None:
-        categories = list(train["categories"])
-    categories = [dict(c) for c in categories]
-    if config.model.num_classes != len(categories) + 1:
-        raise InputError(
-            f"model.num_classes is {config.model.num_classes} but there are {len(categories)} "
-            f"categories (num_classes counts the background: set it to {len(categories) + 1})"
-        )
-    _check_categories(categories, train, train_json)
-    if val is not None:
-        _check_categories(categories, val, val_json)
-    model.to(device)
+    with fail_together():  # no collective in here: a rank that fails makes every rank fail
+        check_train_config(train_cfg)
+        transform = build_augment(train_cfg.augment)
+        train = load_coco(train_json, require_annotations=True)
+        val = load_coco(val_json, require_annotations=True) if val_json is not None else None
 
-    dataset = CocoDetectionDataset(train, image_root, categories, transform, with_masks=has_masks(model))
-    if len(dataset) == 0:
-        raise InputError("the training file has no images", train_json)
-    iters_per_epoch = math.ceil(len(dataset) / train_cfg.batch_size)
-    optimizer = make_optimizer(model, train_cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: lr_factor(i, iters_per_epoch, train_cfg)
+        seed_everything(train_cfg.seed)
+        if resume:
+            if not last_path.exists():
+                raise InputError("cannot resume: no last.pt in the output folder", out)
+            model, _, ckpt_categories, extra = load_checkpoint(last_path, config, device=device)
+            categories = ckpt_categories
+            if int(extra.get("world_size", 1)) != world:
+                raise InputError(
+                    f"cannot resume: last.pt was written by a run of {extra.get('world_size', 1)} "
+                    f"processes, this one has {world} (resume with the same torchrun --nproc-per-node)",
+                    last_path,
+                )
+            logger.info("resuming from %s (epoch %s, iteration %s)", last_path, extra.get("epoch"), extra.get("iteration"))
+        elif init_checkpoint is not None:
+            if categories is None:  # used only by a plain torchvision state dict, which has none
+                given = list(train["categories"])
+            else:
+                given = list(categories)
+            model, _, ckpt_categories, _ = load_checkpoint(init_checkpoint, config, device=device, categories=given)
+            categories = ckpt_categories if categories is None else categories
+            logger.info("starting from the weights of %s", init_checkpoint)
+        else:
+            model = build_model(config.model)
+        if main and not resume and best_path.exists():  # a new run: an earlier run's best.pt would mislead
+            logger.warning("%s: replacing the outputs of an earlier run", out)
+            best_path.unlink()
+        if categories is None:
+            categories = list(train["categories"])
+        categories = [dict(c) for c in categories]
+        if config.model.num_classes != len(categories) + 1:
+            raise InputError(
+                f"model.num_classes is {config.model.num_classes} but there are {len(categories)} "
+                f"categories (num_classes counts the background: set it to {len(categories) + 1})"
+            )
+        _check_categories(categories, train, train_json)
+        if val is not None:
+            _check_categories(categories, val, val_json)
+        model.to(device)
+
+        dataset = CocoDetectionDataset(train, image_root, categories, transform, with_masks=has_masks(model))
+        if len(dataset) == 0:
+            raise InputError("the training file has no images", train_json)
+        # this rank's share of each epoch; with one process, the whole epoch in a seeded order
+        sampler = rank_sampler(len(dataset), train_cfg.seed * 100_003, this_rank, world)
+        iters_per_epoch = math.ceil(len(sampler) / train_cfg.batch_size)
+        optimizer = make_optimizer(model, train_cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: lr_factor(i, iters_per_epoch, train_cfg)
+        )
+        start_epoch, skip_steps, iteration = 0, 0, 0
+        best_map, best_epoch, records = -1.0, None, []
+        if resume:
+            optimizer.load_state_dict(extra["optimizer"])
+            scheduler.load_state_dict(extra["scheduler"])
+            start_epoch, skip_steps = int(extra["epoch"]), int(extra.get("step_in_epoch", 0))
+            iteration = int(extra["iteration"])
+            best_map = float(extra.get("best_map", -1.0))
+            best_epoch = extra.get("best_epoch")
+            if "torch_rng_ranks" in extra:
+                torch.set_rng_state(extra["torch_rng_ranks"][this_rank])
+            elif "torch_rng" in extra:
+                torch.set_rng_state(extra["torch_rng"])
+            records = _read_metrics(log_path, iteration)
+    # the same parameters on every rank (DDP broadcasts rank 0's), gradients averaged over ranks
+    net = model if world == 1 else DistributedDataParallel(
+        model, device_ids=[torch.device(device)] if device.startswith("cuda") else None
     )
-    start_epoch, skip_steps, iteration = 0, 0, 0
-    best_map, best_epoch, records = -1.0, None, []
-    if resume:
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        start_epoch, skip_steps = int(extra["epoch"]), int(extra.get("step_in_epoch", 0))
-        iteration = int(extra["iteration"])
-        best_map = float(extra.get("best_map", -1.0))
-        best_epoch = extra.get("best_epoch")
-        if "torch_rng" in extra:
-            torch.set_rng_state(extra["torch_rng"])
-        records = _read_metrics(log_path, iteration)
 
     deadline = t0 + 60.0 * train_cfg.max_minutes if train_cfg.max_minutes > 0 else None
     last_metrics: dict[str, Any] | None = None
@@ -401,10 +470,10 @@ def train_model(
     epoch = start_epoch
     while epoch < train_cfg.epochs and not stopped:
         epoch_start = time.monotonic()
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch))
-        order = order.tolist()[skip_steps * train_cfg.batch_size :]
-        if transform is not None:
-            transform.set_random_seed(train_cfg.seed * 100_003 + epoch)
+        sampler.set_epoch(epoch)
+        order = list(sampler)[skip_steps * train_cfg.batch_size :]
+        if transform is not None:  # each rank its own augmentations
+            transform.set_random_seed(train_cfg.seed * 100_003 + epoch + 1_000_003 * this_rank)
         loader = DataLoader(
             dataset, batch_size=train_cfg.batch_size, sampler=order,
             num_workers=train_cfg.num_workers, collate_fn=collate_detection,
@@ -414,7 +483,7 @@ def train_model(
             unit="it", disable=not progress, leave=False,
         )
         try:
-            stats = train_one_epoch(model, optimizer, scheduler, loader, device, train_cfg.grad_clip, deadline, bar)
+            stats = train_one_epoch(net, optimizer, scheduler, loader, device, train_cfg.grad_clip, deadline, bar)
         finally:
             bar.close()
         iteration += stats["steps"]
@@ -439,7 +508,9 @@ def train_model(
         due = train_cfg.eval_every > 0 and run_epoch % train_cfg.eval_every == 0 and finished_epoch
         improved = False
         if val is not None and (due or epoch == train_cfg.epochs or stopped):
-            last_metrics = _predict_and_evaluate(model, val, image_root, categories, device, train_cfg.batch_size)
+            if main:  # the bare model: DDP's forward would wait for the other ranks
+                last_metrics = _predict_and_evaluate(model, val, image_root, categories, device, train_cfg.batch_size)
+            last_metrics = broadcast_from_main(last_metrics)  # the others wait for rank 0's evaluation
             record["val"] = last_metrics
             box_ap = last_metrics["bbox"]["AP"]
             if box_ap > best_map:
@@ -454,11 +525,16 @@ def train_model(
             "best_epoch": best_epoch,
             "torch_rng": torch.get_rng_state(),
         }
-        save_checkpoint(last_path, model, config, categories, extra=state)
-        if improved:
-            save_checkpoint(best_path, model, config, categories, extra={"epoch": best_epoch, "iteration": iteration, "metrics": last_metrics})
+        if world > 1:
+            state["world_size"] = world
+            state["torch_rng_ranks"] = gather(torch.get_rng_state())
         records.append(record)
-        write_jsonl(log_path, records)
+        if main:
+            save_checkpoint(last_path, model, config, categories, extra=state)
+            if improved:
+                save_checkpoint(best_path, model, config, categories, extra={"epoch": best_epoch, "iteration": iteration, "metrics": last_metrics})
+            write_jsonl(log_path, records)
+        barrier()  # the others wait for rank 0's writes
         logger.info(
             "epoch %d/%d: loss %s%s, %.1f s", record["epoch"], train_cfg.epochs,
             f"{stats['loss']:.4f}" if stats["steps"] else "-",

@@ -1,4 +1,8 @@
-"""``det-al train``: train a detector on a COCO file, with periodic COCO evaluation."""
+"""``det-al train``: train a detector on a COCO file, with periodic COCO evaluation.
+
+Under ``torchrun --nproc-per-node K -m det_al train ...`` the K processes train one model with
+DistributedDataParallel (see :func:`det_al.training.train_model`); rank 0 writes and prints.
+"""
 
 from __future__ import annotations
 
@@ -22,22 +26,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from det_al.config import config_to_dict, load_config
+    from det_al.distributed import fail_together, is_main, process_group
     from det_al.errors import InputError
     from det_al.evaluation import format_table
     from det_al.files import write_json
     from det_al.training import train_model
 
-    if args.resume and args.init:
-        raise InputError("--resume and --init exclude each other (resume continues OUT/last.pt)")
-    overrides = list(args.overrides) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-    config = load_config(args.config, overrides)
-    if not config.model.name:
-        raise InputError("the config names no model (model.name)", args.config)
-    image_root = Path(args.image_root) if args.image_root else Path(args.train).parent
-    summary = train_model(
-        config, args.train, image_root, args.out, val_json=args.val, init_checkpoint=args.init,
-        resume=args.resume, device=args.device, progress=not args.no_progress,
-    )
+    with process_group(args.device) as device:
+        with fail_together():  # under torchrun, bad options stop every rank with their message
+            if args.resume and args.init:
+                raise InputError("--resume and --init exclude each other (resume continues OUT/last.pt)")
+            overrides = list(args.overrides) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+            config = load_config(args.config, overrides)
+            if not config.model.name:
+                raise InputError("the config names no model (model.name)", args.config)
+        image_root = Path(args.image_root) if args.image_root else Path(args.train).parent
+        summary = train_model(
+            config, args.train, image_root, args.out, val_json=args.val, init_checkpoint=args.init,
+            resume=args.resume, device=device, progress=not args.no_progress,
+        )
+        if not is_main():
+            return 0
     write_json(Path(args.out) / "summary.json", {**summary, "config": config_to_dict(config)}, indent=1)
     cap = " (stopped at train.max_minutes)" if summary["stopped_early"] else ""
     loss = "-" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"
