@@ -17,6 +17,10 @@ training folder ``runs/<strategy>/seed<s>/round<r>/`` holds the labelled COCO fi
 checkpoints (``runs/seed<s>/round0/`` for the shared round 0); on resume a finished training
 there is reused. ``learning_curve.png`` plots mean +- std of mAP over seeds against the
 labelled images, one line per strategy.
+
+Under torchrun every process calls :func:`run_loop`; rank 0 runs the loop and, at each
+training, the others train with it (DistributedDataParallel, :func:`det_al.training.train_model`)
+and wait for it otherwise (evaluation, scoring and selection run on rank 0 alone).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from det_al.config import Config, config_to_dict
+from det_al.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group
 from det_al.errors import InputError
 from det_al.files import atomic_open, read_json, write_json
 from det_al.strategies import classes_from_annotations, get_strategy
@@ -397,13 +402,27 @@ def _train(
             return Path(summary["last"])
     train_json = out_dir / "labelled.json"
     write_json(train_json, coco)
-    summary = train_model(
-        config, train_json, data.image_root, out_dir, val_json=None, categories=data.categories,
-        init_checkpoint=init, device=device, progress=progress,
-    )
+    job = {
+        "config": config, "train_json": train_json, "image_root": data.image_root, "out_dir": out_dir,
+        "categories": data.categories, "init_checkpoint": init,
+    }
+    broadcast_from_main(job)  # under torchrun the other ranks train with this one (follow_training)
+    summary = train_model(**job, device=device, progress=progress)
     last = Path(summary.get("last") or out_dir / "last.pt")
     write_json(done, {"last": os.fspath(last), "epochs": summary.get("epochs"), "seconds": summary.get("seconds")})
     return last
+
+
+def follow_training(device: str) -> None:
+    """Ranks > 0 under torchrun: train with rank 0, job after job, until it sends ``None``.
+
+    Rank 0 runs the loop and broadcasts the arguments of each :func:`train_model` call before
+    it makes it (in :func:`_train`), and ``None`` when the loop is done.
+    """
+    from det_al.training import train_model
+
+    while (job := broadcast_from_main(None)) is not None:
+        train_model(**job, device=device, progress=False)
 
 
 def run_loop(
@@ -423,11 +442,29 @@ def run_loop(
     are kept and their work is skipped; without it an existing ``results.csv`` is an error.
 
     Returns the paths ``results``, ``plot`` and ``settings``.
-    """
-    from det_al.checkpoint import load_checkpoint
-    from det_al.scoring import score_pool
 
-    check_loop_config(config)
+    Under torchrun every process calls this with the same arguments: each checks them (bad input
+    stops every process with its message), then rank 0 runs the loop while the others follow
+    its trainings (:func:`follow_training`). ``out_dir`` must be a folder every process reads:
+    they read the labelled set that rank 0 writes there.
+    """
+    with process_group(device) as device:
+        with fail_together():
+            check_loop_config(config)
+            paths, settings, rows = _results_so_far(config, out_dir, resume, run_info)
+        barrier()  # rank 0 writes only after every rank has looked at the folder
+        if not is_main():
+            follow_training(device)
+            return paths
+        _run_rounds(config, data, paths, settings, rows, resume, device, progress)
+        broadcast_from_main(None)  # the others stop following
+    return paths
+
+
+def _results_so_far(
+    config: Config, out_dir: str | os.PathLike, resume: bool, run_info: Mapping[str, Any] | None
+) -> tuple[dict[str, Path], dict, list[dict]]:
+    """The output paths, the settings to record and the rows of an earlier run (with ``resume``)."""
     out = Path(out_dir)
     paths = {"results": out / "results.csv", "plot": out / "learning_curve.png", "settings": out / "loop.json"}
     settings = {"loop": config_to_dict(config)["loop"], **(run_info or {})}
@@ -444,6 +481,24 @@ def run_loop(
                         f"cannot resume with loop.{key}={settings['loop'][key]!r}: the run used {before[key]!r}",
                         paths["settings"],
                     )
+    return paths, settings, rows
+
+
+def _run_rounds(
+    config: Config,
+    data: LoopData,
+    paths: Mapping[str, Path],
+    settings: Mapping[str, Any],
+    rows: list[dict],
+    resume: bool,
+    device: str,
+    progress: bool,
+) -> None:
+    """The rounds of every strategy and seed (rank 0's part of :func:`run_loop`)."""
+    from det_al.checkpoint import load_checkpoint
+    from det_al.scoring import score_pool
+
+    out = paths["results"].parent
     out.mkdir(parents=True, exist_ok=True)
     write_json(paths["settings"], settings, indent=1)
     writer = ResultsWriter(paths["results"], rows)
@@ -518,7 +573,6 @@ def run_loop(
                 )
             plot_learning_curves(rows, paths["plot"])
     plot_learning_curves(rows, paths["plot"])
-    return paths
 
 
 def _round_folder(out: Path, strategy: str, seed: int, r: int) -> Path:

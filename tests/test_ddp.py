@@ -1,4 +1,4 @@
-"""torchrun: each rank's share of an epoch, the collectives, and DDP training on 2 CPU processes."""
+"""torchrun: each rank's share of an epoch, the collectives, and DDP training and loop on 2 CPU processes."""
 
 from __future__ import annotations
 
@@ -238,3 +238,31 @@ def test_torchrun_bad_input_is_one_line_on_every_rank(tiny_data, tmp_path):
     # torchrun reports the failure with its own traceback; det_al's ranks print none
     assert "det_al/" not in "".join(line for line in result.stderr.splitlines() if line.strip().startswith("File "))
     assert not (out / "last.pt").exists()
+
+
+@linux_only
+def test_torchrun_loop_finetunes_on_two_processes(tmp_path):
+    from det_al.loop import read_rows
+    from det_al.synthetic import make_demo_data
+
+    paths = make_demo_data(tmp_path / "data", seed=0, n_train=4, n_val=4, n_pool=8)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model: {name: fasterrcnn_tiny, num_classes: 4, options: {min_size: 64, max_size: 64}}\n"
+        "train: {optimizer: adamw, lr: 0.002}\n"
+        "passes: {dropout: 0.3}\n"
+        "loop: {strategies: [random], budget: 2, retrain: finetune}\n"
+    )
+    out = tmp_path / "loop"
+    result = _torchrun(
+        ["-m", "det_al", "loop", str(config), "--labelled", str(paths["train"]), "--pool", str(paths["pool"]),
+         "--oracle", str(paths["oracle"]), "--val", str(paths["val"]), "--image-root", str(paths["image_root"]),
+         "--out", str(out), "--quick", "--no-progress"],
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert result.stdout.count("wrote ") == 1
+    rows = read_rows(out / "results.csv")
+    assert [(r["round"], r["labelled_images"], len(r["selected"])) for r in rows] == [(0, 4, 2), (1, 6, 0)]
+    for folder in (out / "runs" / "seed0" / "round0", out / "runs" / "random" / "seed0" / "round1"):
+        _, _, _, extra = load_checkpoint(folder / "last.pt")
+        assert extra["world_size"] == 2 and extra["iteration"] == 1  # 4 or 6 images: one step of 8 per rank

@@ -8,6 +8,8 @@ Example::
 
 Writes ``results.csv`` (one row per strategy, seed and round), ``learning_curve.png`` and
 the per-round checkpoints under ``runs/``. ``--resume`` continues a run after a crash.
+Under ``torchrun --nproc-per-node K -m det_al loop ...`` each round's training runs on the K
+processes (DistributedDataParallel); rank 0 evaluates, scores, selects, writes and prints.
 """
 
 from __future__ import annotations
@@ -69,30 +71,36 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from det_al.config import load_config
-    from det_al.loop import LoopData, format_efficiency, format_summary, label_efficiency, quick_config, run_loop
-
-    config = load_config(args.config, overrides(args))
-    if args.quick:
-        config = quick_config(config)
-    image_root = Path(args.image_root) if args.image_root else Path(args.labelled).parent
-    data = LoopData.load(args.labelled, args.pool, args.oracle, args.val, image_root, quick=args.quick)
-    loop = config.loop
-    budget = f"{loop.budget_boxes} boxes" if loop.budget_boxes > 0 else f"{loop.budget} images"
-    print(
-        f"loop: {len(data.labelled['images'])} labelled, {len(data.pool['images'])} pool, "
-        f"{len(data.val['images'])} val images; strategies {', '.join(loop.strategies)}; "
-        f"{loop.rounds} rounds of {budget}; seeds {', '.join(map(str, loop.seeds))}; retrain {loop.retrain}"
+    from det_al.distributed import fail_together, is_main, process_group
+    from det_al.loop import (
+        LoopData, format_efficiency, format_summary, label_efficiency, quick_config, read_rows, run_loop,
     )
-    start = time.perf_counter()
-    paths = run_loop(
-        config, data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress,
-        run_info={
-            "config": str(args.config), "labelled": str(args.labelled), "pool": str(args.pool),
-            "oracle": str(args.oracle), "val": str(args.val), "quick": bool(args.quick),
-        },
-    )
-    from det_al.loop import read_rows
 
+    with process_group(args.device) as device:
+        with fail_together():  # under torchrun, bad input stops every rank with its message
+            config = load_config(args.config, overrides(args))
+            if args.quick:
+                config = quick_config(config)
+            image_root = Path(args.image_root) if args.image_root else Path(args.labelled).parent
+            data = LoopData.load(args.labelled, args.pool, args.oracle, args.val, image_root, quick=args.quick)
+        loop = config.loop
+        budget = f"{loop.budget_boxes} boxes" if loop.budget_boxes > 0 else f"{loop.budget} images"
+        if is_main():
+            print(
+                f"loop: {len(data.labelled['images'])} labelled, {len(data.pool['images'])} pool, "
+                f"{len(data.val['images'])} val images; strategies {', '.join(loop.strategies)}; "
+                f"{loop.rounds} rounds of {budget}; seeds {', '.join(map(str, loop.seeds))}; retrain {loop.retrain}"
+            )
+        start = time.perf_counter()
+        paths = run_loop(
+            config, data, args.out, resume=args.resume, device=device, progress=not args.no_progress,
+            run_info={
+                "config": str(args.config), "labelled": str(args.labelled), "pool": str(args.pool),
+                "oracle": str(args.oracle), "val": str(args.val), "quick": bool(args.quick),
+            },
+        )
+        if not is_main():
+            return 0
     rows = read_rows(paths["results"])
     print(format_summary(rows))
     if "random" in loop.strategies and len(loop.strategies) > 1:
