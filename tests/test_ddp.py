@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,3 +267,14 @@ def test_torchrun_loop_finetunes_on_two_processes(tmp_path):
     for folder in (out / "runs" / "seed0" / "round0", out / "runs" / "random" / "seed0" / "round1"):
         _, _, _, extra = load_checkpoint(folder / "last.pt")
         assert extra["world_size"] == 2 and extra["iteration"] == 1  # 4 or 6 images: one step of 8 per rank
+
+
+@linux_only
+def test_torchrun_tools_train_script_reports_once(tiny_data, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "tools" / "train.py"
+    out = tmp_path / "run"
+    result = _torchrun([str(script), str(tiny_data["config"]), "--train", str(tiny_data["train"]),
+                        "--image-root", str(tiny_data["root"]), "--out", str(out), "--epochs", "1", "-b", "1"])
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert result.stdout.count("epochs 1, iterations 2,") == 1  # 4 images / (2 processes x 1)
+    assert (out / "last.pt").exists()

@@ -9,6 +9,10 @@ In the style of torchvision's ``references/detection/train.py``::
     python tools/train.py configs/maskrcnn_tiny.yaml --train train.json --val val.json \
         --image-root images --out work/run1 --resume --set train.epochs=30
 
+    # on 4 GPUs (DistributedDataParallel, see the README)
+    torchrun --nproc-per-node 4 tools/train.py configs/maskrcnn_resnet50_fpn.yaml --train train.json \
+        --val val.json --image-root images --out work/run2 --device cuda
+
     # evaluate a checkpoint only
     python tools/train.py configs/maskrcnn_tiny.yaml --val val.json --image-root images \
         --out work/eval --test-only --init work/run1/best.pt
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from det_al.checkpoint import load_checkpoint
 from det_al.coco import load_coco
+from det_al.distributed import is_main
 from det_al.config import load_config
 from det_al.errors import InputError
 from det_al.evaluation import evaluate_coco, format_table, predict
@@ -80,6 +85,8 @@ def main(args: argparse.Namespace) -> dict:
         config, args.train, image_root, args.out, val_json=args.val, init_checkpoint=args.init,
         resume=args.resume, device=args.device,
     )
+    if not is_main():  # under torchrun: rank 0 reports
+        return summary
     if summary["metrics"] is not None:
         print(format_table(summary["metrics"]), end="")
     print(f"epochs {summary['epochs']}, iterations {summary['iterations']}, best bbox AP {summary['best_map']}, checkpoint {summary['checkpoint']}")
