@@ -96,21 +96,26 @@ def assign(iou: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
     >>> assign(torch.tensor([[0.9, 0.6], [0.7, 0.0]]), 0.5)
     (tensor([0, 1]), tensor([1, 0]))
     """
-    empty = torch.zeros(0, dtype=torch.int64)
-    if iou.numel() == 0:
-        return empty, empty
-    valid = iou >= iou_threshold
-    # Only rows and columns with a valid pair take part: smaller problems, same optimum.
-    rows = valid.any(dim=1).nonzero().squeeze(1)
-    cols = valid.any(dim=0).nonzero().squeeze(1)
-    if rows.numel() == 0:
-        return empty, empty
-    weight = torch.where(valid, iou, torch.zeros(())).index_select(0, rows).index_select(1, cols)
-    r, c = linear_sum_assignment(weight.double().numpy(), maximize=True)
-    r = torch.from_numpy(r.astype(np.int64))
-    c = torch.from_numpy(c.astype(np.int64))
-    keep = weight[r, c] >= iou_threshold
-    return rows[r[keep]], cols[c[keep]]
+    rows, cols = _assign(iou, iou_threshold)
+    return torch.from_numpy(rows), torch.from_numpy(cols)
+
+
+def _assign(iou: Tensor, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assign` with numpy int64 results, for :func:`match_passes`' bookkeeping."""
+    # Only rows and columns with a valid pair take part: smaller problems, same optimum. Valid
+    # pairs are few (each object overlaps few detections): past this line all is small work.
+    valid = (iou >= iou_threshold).cpu().numpy()
+    flat = np.flatnonzero(valid)  # far faster than a 2-D nonzero
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    valid_rows, valid_cols = np.divmod(flat, valid.shape[1])
+    rows, row_at = np.unique(valid_rows, return_inverse=True)
+    cols, col_at = np.unique(valid_cols, return_inverse=True)
+    weight = np.zeros((rows.size, cols.size))
+    weight[row_at, col_at] = iou.cpu().numpy()[valid_rows, valid_cols]
+    r, c = linear_sum_assignment(weight, maximize=True)
+    keep = weight[r, c] > 0  # 0: a pair below the threshold
+    return rows[r[keep]].astype(np.int64), cols[c[keep]].astype(np.int64)
 
 
 def _pair_iou(
@@ -156,53 +161,55 @@ def match_passes(
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     num_passes = len(passes)
     n_anchor = len(anchor)
-    anchor_boxes, anchor_labels = anchor.boxes.cpu(), anchor.labels.cpu()
-    anchored = torch.full((n_anchor, num_passes), -1, dtype=torch.int64)
+    sizes = [len(p) for p in passes]
+    starts = np.cumsum([0] + sizes).tolist()  # pass t's detections are starts[t]:starts[t + 1]
+    total = starts[-1]
+    all_boxes = torch.cat([p.boxes.cpu() for p in passes]) if passes else torch.zeros((0, 4))
+    all_labels = torch.cat([p.labels.cpu() for p in passes]) if passes else torch.zeros(0, dtype=torch.int64)
+    # The anchor against every pass at once, [N0, total]; split by pass below.
+    anchor_iou = _pair_iou(anchor.boxes.cpu(), anchor.labels.cpu(), all_boxes, all_labels, class_aware)
 
-    # Not-anchored objects: running box sums, counts, labels and their index rows.
-    new_rows: list[Tensor] = []
-    new_sum = torch.zeros((0, 4), dtype=torch.float64)
-    new_count = torch.zeros((0,), dtype=torch.float64)
-    new_label = torch.zeros((0,), dtype=torch.int64)
-
-    for t, det in enumerate(passes):
-        det_boxes, det_labels = det.boxes.cpu(), det.labels.cpu()
-        leftover = torch.ones(len(det), dtype=torch.bool)
-        if n_anchor and len(det):
-            iou = _pair_iou(anchor_boxes, anchor_labels, det_boxes, det_labels, class_aware)
-            r, c = assign(iou, iou_threshold)
-            anchored[r, t] = c
-            leftover[c] = False
-        left = leftover.nonzero().squeeze(1)
-        if left.numel() == 0:
+    # The books are numpy arrays (many small updates). Every detection is in exactly one object,
+    # so there are at most n_anchor + total objects: rows n_anchor.. of index are the
+    # not-anchored objects, n_new of them so far, with their running box sums, counts, labels.
+    boxes64, labels64 = all_boxes.double().numpy(), all_labels.numpy()
+    index = np.full((n_anchor + total, num_passes), -1, dtype=np.int64)
+    new_sum = np.zeros((total, 4))
+    new_count = np.zeros(total)
+    new_label = np.zeros(total, dtype=np.int64)
+    n_new = 0
+    for t in range(num_passes):
+        claimed = np.zeros(sizes[t], dtype=bool)
+        if n_anchor and sizes[t]:
+            r, c = _assign(anchor_iou[:, starts[t] : starts[t + 1]], iou_threshold)
+            index[r, t] = c
+            claimed[c] = True
+        left = np.flatnonzero(~claimed)  # the leftovers: detections no anchor claimed
+        if left.size == 0:
             continue
-        boxes = det_boxes[left].double()
-        labels = det_labels[left]
-        taken = torch.zeros(left.numel(), dtype=torch.bool)
-        if len(new_rows):
-            mean_box = new_sum / new_count[:, None]
-            iou = _pair_iou(mean_box, new_label, boxes, labels, class_aware)
-            r, c = assign(iou, iou_threshold)
-            for obj, j in zip(r.tolist(), c.tolist()):
-                new_rows[obj][t] = left[j]
+        boxes, labels = boxes64[starts[t] + left], labels64[starts[t] + left]
+        taken = np.zeros(left.size, dtype=bool)
+        if n_new:
+            mean_box = torch.from_numpy(new_sum[:n_new] / new_count[:n_new, None])
+            iou = _pair_iou(
+                mean_box, torch.from_numpy(new_label[:n_new]), torch.from_numpy(boxes),
+                torch.from_numpy(labels), class_aware,
+            )
+            r, c = _assign(iou, iou_threshold)
+            index[n_anchor + r, t] = left[c]
             new_sum[r] += boxes[c]
             new_count[r] += 1
             taken[c] = True
-        start = (~taken).nonzero().squeeze(1)
-        for j in start.tolist():
-            row = torch.full((num_passes,), -1, dtype=torch.int64)
-            row[t] = left[j]
-            new_rows.append(row)
-        new_sum = torch.cat([new_sum, boxes[start]])
-        new_count = torch.cat([new_count, torch.ones(start.numel(), dtype=torch.float64)])
-        new_label = torch.cat([new_label, labels[start]])
+        start = np.flatnonzero(~taken)  # leftovers that start objects
+        rows = slice(n_new, n_new + start.size)
+        index[n_anchor + rows.start : n_anchor + rows.stop, t] = left[start]
+        new_sum[rows] = boxes[start]
+        new_count[rows] = 1
+        new_label[rows] = labels[start]
+        n_new = rows.stop
 
-    n_new = len(new_rows)
-    index = anchored
-    if n_new:
-        index = torch.cat([anchored, torch.stack(new_rows)])
     anchor_index = torch.cat(
         [torch.arange(n_anchor, dtype=torch.int64), torch.full((n_new,), -1, dtype=torch.int64)]
     )
     logger.debug("matched %d anchored and %d new objects over %d passes", n_anchor, n_new, num_passes)
-    return Objects(index=index, anchor=anchor_index)
+    return Objects(index=torch.from_numpy(index[: n_anchor + n_new].copy()), anchor=anchor_index)

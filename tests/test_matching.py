@@ -145,6 +145,15 @@ def test_assign():
     assert rows.numel() == 0
 
 
+def test_assign_rows_and_columns_without_a_pair():
+    # Rows 0 and 2 have no entry >= .5 and drop out of the problem; rows 1 and 3 compete:
+    # 1-1 + 3-0 = .8 + .55 = 1.35 < 1-2 + 3-1 = .6 + .9 = 1.5.
+    iou = torch.tensor([[0.1, 0.1, 0.1], [0.1, 0.8, 0.6], [0.1, 0.2, 0.1], [0.55, 0.9, 0.1]])
+    rows, cols = assign(iou, 0.5)
+    assert (rows.tolist(), cols.tolist()) == ([1, 3], [2, 1])
+    assert rows.dtype == cols.dtype == torch.int64
+
+
 @pytest.mark.parametrize(
     "index, anchor, message",
     [
