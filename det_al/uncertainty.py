@@ -87,14 +87,15 @@ class Gathered:
         scores: ``[K, T]`` float, confidence (0 for a miss).
         labels: ``[K, T]`` int64, label (0 for a miss).
         boxes: ``[K, T, 4]`` float xyxy (0 for a miss).
-        probs: ``[K, T, C]`` float, class probabilities (``background_probs`` for a miss).
+        probs: ``[K, T, C]`` float, class probabilities (``background_probs`` for a miss);
+            ``None`` when not gathered (see :func:`gather`).
     """
 
     found: Tensor
     scores: Tensor
     labels: Tensor
     boxes: Tensor
-    probs: Tensor
+    probs: Tensor | None
 
 
 def _check_passes(anchor: Detections, passes: list[Detections], objects: Objects) -> None:
@@ -108,29 +109,55 @@ def _check_passes(anchor: Detections, passes: list[Detections], objects: Objects
             )
 
 
-def gather(anchor: Detections, passes: list[Detections], objects: Objects) -> Gathered:
-    """Gather per-object, per-pass tensors (see :class:`Gathered`, on the CPU), pass axis last."""
+def _flat_index(passes: list[Detections], objects: Objects) -> Tensor:
+    """``[K, T]`` index into the passes' detections concatenated; a miss points one past the end."""
+    sizes = torch.tensor([len(p) for p in passes], dtype=torch.int64)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    miss = int(sizes.sum())
+    return torch.where(objects.found, objects.index + offsets, torch.full_like(objects.index, miss))
+
+
+def _take(passes: list[Detections], field: str, flat: Tensor, miss_row: Tensor) -> Tensor:
+    """``field`` of the passes' detections at ``flat`` (:func:`_flat_index`), ``miss_row`` for a miss."""
+    parts = [getattr(p, field).cpu() for p in passes]
+    parts.append(miss_row[None].to(parts[0].dtype if parts else miss_row.dtype))
+    return torch.cat(parts)[flat]
+
+
+def gather(anchor: Detections, passes: list[Detections], objects: Objects, probs: bool = True) -> Gathered:
+    """Gather per-object, per-pass tensors (see :class:`Gathered`, on the CPU), pass axis last.
+
+    ``probs=False`` skips the ``[K, T, C]`` probabilities, mostly copies of the miss vector when
+    the passes disagree: :func:`score_objects` reads the found ones with :func:`found_probs`.
+    """
     _check_passes(anchor, passes, objects)
     k, t = objects.index.shape
     c = anchor.num_classes
-    found = objects.found
-    sizes = torch.tensor([len(p) for p in passes], dtype=torch.int64)
-    offsets = torch.cumsum(sizes, 0) - sizes
-    miss = int(sizes.sum())  # the extra row that stands for a miss
-    flat = torch.where(found, objects.index + offsets[None, :], torch.full_like(objects.index, miss))
-
-    def cat(field: str, miss_row: Tensor) -> Tensor:
-        parts = [getattr(p, field).cpu() for p in passes]
-        parts.append(miss_row[None].to(parts[0].dtype if parts else miss_row.dtype))
-        return torch.cat(parts)[flat]
-
+    flat = _flat_index(passes, objects)
     return Gathered(
-        found=found,
-        scores=cat("scores", torch.zeros(())).float().reshape(k, t),
-        labels=cat("labels", torch.zeros((), dtype=torch.int64)).reshape(k, t),
-        boxes=cat("boxes", torch.zeros(4)).float().reshape(k, t, 4),
-        probs=cat("probs", background_probs(c, anchor.prob_kind)).float().reshape(k, t, c),
+        found=objects.found,
+        scores=_take(passes, "scores", flat, torch.zeros(())).float().reshape(k, t),
+        labels=_take(passes, "labels", flat, torch.zeros((), dtype=torch.int64)).reshape(k, t),
+        boxes=_take(passes, "boxes", flat, torch.zeros(4)).float().reshape(k, t, 4),
+        probs=(
+            _take(passes, "probs", flat, background_probs(c, anchor.prob_kind)).float().reshape(k, t, c)
+            if probs else None
+        ),
     )
+
+
+def found_probs(passes: list[Detections], objects: Objects) -> tuple[Tensor, Tensor]:
+    """The class probabilities of the found (object, pass) pairs, on the CPU.
+
+    Returns:
+        ``(probs, object_index)``: ``[F, C]`` float, one row per ``True`` of ``objects.found``
+        in row-major order, and ``[F]`` int64, the object of each row.
+    """
+    object_index, _ = objects.found.nonzero(as_tuple=True)
+    flat = _flat_index(passes, objects)[objects.found]
+    if not passes:
+        return torch.zeros((0, 0)), object_index
+    return torch.cat([p.probs.cpu() for p in passes])[flat].float(), object_index
 
 
 def _entropy(p: Tensor) -> Tensor:
@@ -153,29 +180,57 @@ def class_components(probs: Tensor, prob_kind: str) -> dict[str, Tensor]:
     {'class_variance': 1.0, 'entropy': 1.0, 'mutual_information': 1.0}
     """
     k, t, c = probs.shape
+    object_index = torch.arange(k).repeat_interleave(t)
+    return found_class_components(probs.reshape(k * t, c), object_index, k, t, prob_kind)
+
+
+def found_class_components(
+    probs: Tensor, object_index: Tensor, num_objects: int, num_passes: int, prob_kind: str
+) -> dict[str, Tensor]:
+    """:func:`class_components` from the found detections only (:func:`found_probs`).
+
+    Args:
+        probs: ``[F, C]``, the class probabilities of the found (object, pass) pairs.
+        object_index: ``[F]`` int64, the object of each row, in ``[0, num_objects)``.
+        num_objects: ``K``.
+        num_passes: ``T``; each of the ``K * T - F`` misses contributes ``background_probs``.
+
+    Returns ``[K]`` tensors in [0, 1], of ``probs``' dtype. The sums over passes run over the
+    F found rows (``index_add_``, float64) plus the misses in closed form, so the cost does not
+    grow with the misses.
+    """
+    k, t, c = num_objects, num_passes, probs.shape[1]
     if k == 0 or t == 0 or c == 0:
         zero = probs.new_zeros(k)
         return {"class_variance": zero, "entropy": zero.clone(), "mutual_information": zero.clone()}
-    p = probs.clamp(0.0, 1.0)
-    mean = p.mean(dim=1)  # [K, C]
-    var = p.var(dim=1, unbiased=False)  # [K, C]
+    p = probs.double().clamp(0.0, 1.0)  # [F, C]
+    background = background_probs(c, prob_kind).double()  # [C]
+    misses = (t - torch.bincount(object_index, minlength=k)).double()[:, None]  # [K, 1]
+
+    def mean_over_passes(found: Tensor, missed: Tensor) -> Tensor:
+        """``[K, D]``: the mean over all T passes of ``found`` ``[F, D]`` and ``missed`` ``[D]``."""
+        total = found.new_zeros(k, found.shape[1]).index_add_(0, object_index, found)
+        return (total + misses * missed) / t
+
+    mean = mean_over_passes(p, background)  # [K, C]
+    var = (mean_over_passes(p * p, background * background) - mean * mean).clamp(min=0.0)  # [K, C]
     if prob_kind == "softmax":
         variance = var.sum(-1) / max(1.0 - 1.0 / c, 1e-12)
         log_c = math.log(c) if c > 1 else 1.0
         predictive = _entropy(mean)
-        expected = _entropy(p).mean(dim=1)
+        expected = mean_over_passes(_entropy(p)[:, None], _entropy(background)[None])[:, 0]
         entropy = predictive / log_c
         mutual = (predictive - expected) / log_c
     else:
         variance = var.amax(-1) / 0.25
         predictive = _binary_entropy(mean)  # [K, C]
-        expected = _binary_entropy(p).mean(dim=1)  # [K, C]
+        expected = mean_over_passes(_binary_entropy(p), _binary_entropy(background))  # [K, C]
         entropy = predictive.amax(-1) / math.log(2)
         mutual = (predictive - expected).amax(-1) / math.log(2)
     return {
-        "class_variance": variance.clamp(0.0, 1.0),
-        "entropy": entropy.clamp(0.0, 1.0),
-        "mutual_information": mutual.clamp(0.0, 1.0),
+        "class_variance": variance.clamp(0.0, 1.0).to(probs.dtype),
+        "entropy": entropy.clamp(0.0, 1.0).to(probs.dtype),
+        "mutual_information": mutual.clamp(0.0, 1.0).to(probs.dtype),
     }
 
 
@@ -235,32 +290,35 @@ def mask_disagreement(passes: list[Detections], objects: Objects, margin: float 
     out = torch.zeros(k)
     if not passes or any(p.masks is None for p in passes):
         return out
-    index = objects.index.tolist()
-    for obj in range(k):
-        found = [(t, i) for t, i in enumerate(index[obj]) if i >= 0]
-        if len(found) < 2:
-            continue
-        height, width = passes[found[0][0]].masks.shape[-2:]
-        boxes = torch.stack([passes[t].boxes[i] for t, i in found]).float().cpu()
-        x0, y0 = boxes[:, 0].min().item(), boxes[:, 1].min().item()
-        x1, y1 = boxes[:, 2].max().item(), boxes[:, 3].max().item()
+    several = (objects.found.sum(1) >= 2).nonzero().squeeze(1)  # the objects there is work for
+    found = objects.found[several]  # [S, T]
+    boxes = _take(passes, "boxes", _flat_index(passes, objects)[several], torch.zeros(4)).float()
+    inf = torch.tensor(float("inf"))
+    lo = torch.where(found[..., None], boxes[..., :2], inf).amin(1)  # [S, 2]
+    hi = torch.where(found[..., None], boxes[..., 2:], -inf).amax(1)  # [S, 2]
+    union = torch.cat([lo, hi], dim=1)  # [S, 4], the union of each object's found boxes
+    done, values = [], []
+    for obj, (x0, y0, x1, y1), row in zip(several.tolist(), union.tolist(), objects.index[several].tolist()):
+        found_at = [(t, i) for t, i in enumerate(row) if i >= 0]
+        height, width = passes[found_at[0][0]].masks.shape[-2:]
         dx, dy = margin * (x1 - x0) + 2, margin * (y1 - y0) + 2
         xa, xb = max(int(math.floor(x0 - dx)), 0), min(int(math.ceil(x1 + dx)), width)
         ya, yb = max(int(math.floor(y0 - dy)), 0), min(int(math.ceil(y1 + dy)), height)
         if xb <= xa or yb <= ya:
             continue  # no pixel of the object lies in the image
-        crops = [passes[t].masks[i, ya:yb, xa:xb] for t, i in found]
+        crops = [passes[t].masks[i, ya:yb, xa:xb] for t, i in found_at]
         probs = torch.stack(crops).float().cpu()  # [n, h, w]
-        binary = (probs > 0.5).permute(1, 2, 0).numpy().view(np.uint8)  # [h, w, n]
-        mean_mask = (probs.mean(0) > 0.5).numpy().view(np.uint8)[:, :, None]  # [h, w, 1]
-        rles = mask_util.encode(np.asfortranarray(binary))
+        # The n thresholded masks and, last, the mean mask, encoded in one call.
+        binary = torch.cat([probs > 0.5, (probs.mean(0) > 0.5)[None]])  # [n + 1, h, w]
+        rles = mask_util.encode(np.asfortranarray(binary.permute(1, 2, 0).numpy().view(np.uint8)))
         area = mask_util.area(rles)
-        if not area.any():
+        if not area[:-1].any():
             continue  # every pass says "no mask": they agree
-        mean_rle = mask_util.encode(np.asfortranarray(mean_mask))
-        iou = np.asarray(mask_util.iou(rles, mean_rle, [0]), dtype=np.float64).reshape(-1)
-        iou = np.where((area == 0) & (mask_util.area(mean_rle)[0] == 0), 1.0, iou)
-        out[obj] = float(np.clip(1.0 - iou.mean(), 0.0, 1.0))
+        iou = np.asarray(mask_util.iou(rles[:-1], rles[-1:], [0]), dtype=np.float64).reshape(-1)
+        iou = np.where((area[:-1] == 0) & (area[-1] == 0), 1.0, iou)  # two empty masks agree
+        done.append(obj)
+        values.append(float(np.clip(1.0 - iou.mean(), 0.0, 1.0)))
+    out[done] = torch.tensor(values)
     return out
 
 
@@ -321,9 +379,10 @@ def score_objects(
     """
     if scoring.class_term not in CLASS_TERMS:
         raise ValueError(f"class_term must be one of {sorted(CLASS_TERMS)}, got {scoring.class_term!r}")
-    g = gather(anchor, passes, objects)
+    g = gather(anchor, passes, objects, probs=False)
     k, t = g.found.shape
-    values = class_components(g.probs, anchor.prob_kind)
+    probs, object_index = found_probs(passes, objects)
+    values = found_class_components(probs, object_index, k, t, anchor.prob_kind)
     values.update(box_components(g.boxes, g.found))
     masks = has_masks(anchor, passes) if masks is None else masks
     values["mask_disagreement"] = mask_disagreement(passes, objects) if masks else torch.zeros(k)

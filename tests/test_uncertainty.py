@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from det_al.config import ScoringConfig
-from det_al.detections import Detections
+from det_al.detections import Detections, background_probs
 from det_al.matching import Objects, match_passes
 from det_al.uncertainty import (
     box_components,
     class_components,
     combine_terms,
+    found_class_components,
     gather,
     mask_disagreement,
     score_objects,
@@ -222,6 +223,47 @@ def test_mask_disagreement_zero_cases():
     assert mask_disagreement(passes, one).item() == 0.0  # found once
     nomask = [Detections(p.boxes, p.scores, p.labels, p.probs) for p in passes]
     assert mask_disagreement(nomask, objects).item() == 0.0  # no masks
+
+
+def test_mask_disagreement_several_objects():
+    # Each pass holds two detections. Object 0: the three masks of test_mask_disagreement
+    # (1/6); object 1: found by pass 0 only (0); object 2: the two masks of
+    # test_mask_just_outside_its_box_counts in passes 1 and 2 (.32).
+    a = torch.zeros(3, 10, 10)
+    a[:, :4, :4] = 0.9
+    a[2, :4, 4:8] = 0.9
+    other = torch.zeros(3, 10, 10)
+    other[1, 1:6, 1:6] = 0.9
+    other[2, 2:5, 2:5] = 0.9
+    boxes_a = [[0, 0, 4, 4], [0, 0, 4, 4], [0, 0, 8, 4]]
+    boxes_other = [[5, 5, 8, 8], [2, 2, 5, 5], [2, 2, 5, 5]]
+    passes = [
+        Detections(
+            torch.tensor([boxes_a[t], boxes_other[t]], dtype=torch.float32), torch.tensor([0.9, 0.9]),
+            torch.tensor([1, 1]), torch.tensor([[0.1, 0.9]] * 2), masks=torch.stack([a[t], other[t]]),
+        )
+        for t in range(3)
+    ]
+    objects = Objects(index=torch.tensor([[0, 0, 0], [1, -1, -1], [-1, 1, 1]]), anchor=torch.tensor([0, -1, -1]))
+    assert mask_disagreement(passes, objects).tolist() == pytest.approx([1 / 6, 0.0, 0.32], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_found_class_components_equal_dense(kind):
+    # From the found rows only (misses in closed form) = from the [K, T, C] tensor in which
+    # every miss holds background_probs.
+    g = torch.Generator().manual_seed(0)
+    k, t, c = 6, 5, 4
+    logits = torch.randn(k, t, c, generator=g) * 3
+    probs = logits.softmax(-1) if kind == "softmax" else logits.sigmoid()
+    found = torch.rand(k, t, generator=g) < 0.6
+    found[0] = False  # an object every pass missed
+    dense = torch.where(found[..., None], probs, background_probs(c, kind))
+    object_index = found.nonzero()[:, 0]
+    sparse = found_class_components(probs[found], object_index, k, t, kind)
+    for name, value in class_components(dense, kind).items():
+        assert sparse[name].tolist() == pytest.approx(value.tolist(), abs=1e-6), name
+    assert found_class_components(probs[found], object_index, k, 0, kind)["entropy"].tolist() == [0.0] * k
 
 
 def scene(kind: str) -> tuple[Detections, list[Detections], Objects]:
