@@ -74,25 +74,11 @@ def validate_coco(
 
     image_ids: dict[int, int] = {}
     for i, image in enumerate(dataset["images"]):
-        where = f"images[{i}]"
-        if not isinstance(image, dict):
-            fail(f"{where}: expected an object, got a {_json_type(image)}")
-        if "id" not in image:
-            fail(f"{where}: missing 'id'")
-        if not _is_int(image["id"]):
-            fail(f"{where}: 'id' must be an integer, got {image['id']!r}")
-        if "file_name" not in image:
-            fail(f"{where} (id {image['id']}): missing 'file_name'")
-        if not isinstance(image["file_name"], str) or not image["file_name"]:
-            fail(f"{where} (id {image['id']}): 'file_name' must be a non-empty string")
-        for key in ("width", "height"):
-            if key in image and not (_is_int(image[key]) and image[key] > 0):
-                fail(
-                    f"{where} (id {image['id']}): '{key}' must be a positive integer, "
-                    f"got {image[key]!r}"
-                )
+        problem = image_problem(image, i)
+        if problem:
+            fail(problem)
         if image["id"] in image_ids:
-            fail(f"duplicate image id {image['id']} (images[{image_ids[image['id']]}] and {where})")
+            fail(f"duplicate image id {image['id']} (images[{image_ids[image['id']]}] and images[{i}])")
         image_ids[image["id"]] = i
 
     category_ids: dict[int, int] = {}
@@ -120,25 +106,17 @@ def validate_coco(
 
     annotation_ids: dict[int, int] = {}
     for i, ann in enumerate(dataset.get("annotations", [])):
-        where = f"annotations[{i}]"
-        if not isinstance(ann, dict):
-            fail(f"{where}: expected an object, got a {_json_type(ann)}")
-        for key in ("id", "image_id", "category_id"):
-            if not _is_int(ann.get(key)):
-                fail(f"{where}: '{key}' must be an integer, got {ann.get(key)!r}")
+        problem = annotation_problem(ann, i)
+        if problem:
+            fail(problem)
+        where = f"annotations[{i}] (id {ann['id']})"
         if ann["id"] in annotation_ids:
-            fail(
-                f"duplicate annotation id {ann['id']} "
-                f"(annotations[{annotation_ids[ann['id']]}] and {where})"
-            )
+            fail(f"duplicate annotation id {ann['id']} (annotations[{annotation_ids[ann['id']]}] and annotations[{i}])")
         annotation_ids[ann["id"]] = i
         if ann["image_id"] not in image_ids:
-            fail(f"{where} (id {ann['id']}): unknown image id {ann['image_id']}")
+            fail(f"{where}: unknown image id {ann['image_id']}")
         if ann["category_id"] not in category_ids:
-            fail(f"{where} (id {ann['id']}): unknown category id {ann['category_id']}")
-        problem = _bbox_problem(ann.get("bbox"))
-        if problem:
-            fail(f"{where} (id {ann['id']}): bad bbox {ann.get('bbox')!r}: {problem}")
+            fail(f"{where}: unknown category id {ann['category_id']}")
 
     name_counts = Counter(im["file_name"] for im in dataset["images"])
     duplicates = [name for name, count in name_counts.items() if count > 1]
@@ -148,6 +126,48 @@ def validate_coco(
             path or "COCO data", len(duplicates), duplicates[0],
         )
     return dataset
+
+
+def image_problem(image: Any, index: int) -> str | None:
+    """What is wrong with ``images[index]`` of a COCO file, in :func:`validate_coco`'s words.
+
+    ``None`` when it has an integer ``id``, a non-empty string ``file_name`` and, when present,
+    positive integer ``width`` and ``height``. Duplicate ids are the caller's to find.
+    """
+    where = f"images[{index}]"
+    if not isinstance(image, dict):
+        return f"{where}: expected an object, got a {_json_type(image)}"
+    if "id" not in image:
+        return f"{where}: missing 'id'"
+    if not _is_int(image["id"]):
+        return f"{where}: 'id' must be an integer, got {image['id']!r}"
+    where = f"{where} (id {image['id']})"
+    if "file_name" not in image:
+        return f"{where}: missing 'file_name'"
+    if not isinstance(image["file_name"], str) or not image["file_name"]:
+        return f"{where}: 'file_name' must be a non-empty string"
+    for key in ("width", "height"):
+        if key in image and not (_is_int(image[key]) and image[key] > 0):
+            return f"{where}: '{key}' must be a positive integer, got {image[key]!r}"
+    return None
+
+
+def annotation_problem(ann: Any, index: int) -> str | None:
+    """What is wrong with ``annotations[index]`` on its own (integer ids, a valid ``bbox``).
+
+    Whether its ``id`` is unique and its ``image_id`` and ``category_id`` exist is the
+    caller's to check (see :func:`validate_coco`).
+    """
+    where = f"annotations[{index}]"
+    if not isinstance(ann, dict):
+        return f"{where}: expected an object, got a {_json_type(ann)}"
+    for key in ("id", "image_id", "category_id"):
+        if not _is_int(ann.get(key)):
+            return f"{where}: '{key}' must be an integer, got {ann.get(key)!r}"
+    problem = _bbox_problem(ann.get("bbox"))
+    if problem:
+        return f"{where} (id {ann['id']}): bad bbox {ann.get('bbox')!r}: {problem}"
+    return None
 
 
 def _is_int(value: Any) -> bool:

@@ -23,8 +23,11 @@ import json
 import logging
 import os
 import re
+from array import array
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from det_al import __version__
 from det_al.errors import InputError
@@ -49,14 +52,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def data_sha256(obj: Any) -> str:
     """Hash of plain data (sorted-key JSON)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def pool_sha256(images: Iterable[dict]) -> str:
-    """Hash of a pool's image list: ids, file names and sizes, in order."""
-    h = hashlib.sha256()
-    for im in images:
-        h.update(f"{im['id']}\t{im['file_name']}\t{im.get('width')}\t{im.get('height')}\n".encode())
-    return h.hexdigest()
 
 
 #: Config keys (section, key) that cannot change a result line: left out of the config hash,
@@ -102,9 +97,10 @@ class ResultsWriter:
     Usage::
 
         with ResultsWriter(dir, key, resume=True) as w:
-            todo = [im for im in images if im["id"] not in w.done]
+            todo = images[~np.isin(images.ids, w.done_ids)]
             ...
             w.write_batch(lines)
+            w.mark_done(len(images))
     """
 
     def __init__(self, directory: str | os.PathLike, key: dict, resume: bool = False, meta: dict | None = None):
@@ -112,7 +108,8 @@ class ResultsWriter:
         self.key = dict(key, det_al_version=__version__)
         self.meta = meta or {}
         self.path = self.dir / RESULTS
-        self.done: set[int] = set()
+        #: ``[M]`` int64: the image ids of the lines already in the file when it was opened.
+        self.done_ids = np.zeros(0, dtype=np.int64)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -132,8 +129,8 @@ class ResultsWriter:
                     f"refusing to resume: the partial results were computed with {_describe_mismatch(old_cmp, new_cmp)} "
                     "(run without --resume to start over, or choose another --out)", self.dir,
                 )
-            self.done = repair_and_read_ids(self.path)
-            logger.info("resuming: %d images already scored in %s", len(self.done), self.path)
+            self.done_ids = repair_and_read_ids(self.path)
+            logger.info("resuming: %d images already scored in %s", len(self.done_ids), self.path)
         else:
             try:
                 if self.path.exists():
@@ -152,6 +149,8 @@ class ResultsWriter:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as e:
             raise InputError(f"cannot write results: {e.strerror}", self.path) from e
+        #: Result lines in the file: those found on resume plus those written since.
+        self.n_results = len(self.done_ids)
         self._size = os.fstat(self._fd).st_size
 
     def write_batch(self, lines: list[dict]) -> None:
@@ -175,15 +174,15 @@ class ResultsWriter:
             except OSError:  # the torn line is cut off on --resume instead
                 logger.debug("could not cut the partial batch off %s", self.path, exc_info=True)
             raise InputError(
-                f"cannot write results ({e.strerror}); the {len(self.done)} results written so far "
+                f"cannot write results ({e.strerror}); the {self.n_results} results written so far "
                 "are kept: fix the problem and run again with --resume", self.path,
             ) from e
         self._size += len(data)
-        self.done.update(int(x["image_id"]) for x in lines)
+        self.n_results += len(lines)
 
     def mark_done(self, n_expected: int) -> None:
         try:
-            write_json(self.dir / DONE, {"n_results": len(self.done), "n_expected": n_expected})
+            write_json(self.dir / DONE, {"n_results": self.n_results, "n_expected": n_expected})
         except OSError as e:
             raise InputError(f"cannot write {DONE} ({e.strerror}); the results are complete: run again with --resume", self.dir) from e
 
@@ -208,14 +207,15 @@ def _line_id(raw: bytes) -> int:
     return int(m.group(1)) if m else int(json.loads(raw)["image_id"])
 
 
-def repair_and_read_ids(path: Path) -> set[int]:
-    """Image ids of the complete lines of ``path``; a torn last line (a kill mid-write) is cut off.
+def repair_and_read_ids(path: Path) -> np.ndarray:
+    """``[M]`` int64 image ids of the complete lines of ``path``, in file order; a torn last line
+    (a kill mid-write) is cut off.
 
-    Lines are appended whole and made durable batch by batch, so only the last line can be
-    incomplete (it lacks its newline). A complete line that cannot be read means the file was
-    damaged some other way: an :class:`InputError`, rather than cutting off the lines after it.
+    Lines are appended whole, batch by batch, so only the last line can be incomplete (it lacks
+    its newline). A complete line that cannot be read means the file was damaged some other
+    way: an :class:`InputError`, rather than cutting off the lines after it.
     """
-    done: set[int] = set()
+    done = array("q")
     good_end = 0
     with open(path, "rb") as f:
         offset = 0
@@ -224,8 +224,8 @@ def repair_and_read_ids(path: Path) -> set[int]:
             if not raw.endswith(b"\n"):
                 break
             try:
-                done.add(_line_id(raw))
-            except (ValueError, KeyError, TypeError) as e:
+                done.append(_line_id(raw))
+            except (ValueError, KeyError, TypeError, OverflowError) as e:
                 raise InputError(
                     f"line {number} is damaged ({type(e).__name__}); cannot resume: "
                     "run without --resume to start over", path,
@@ -235,7 +235,7 @@ def repair_and_read_ids(path: Path) -> set[int]:
         logger.warning("cutting a torn last line off %s", path)
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    return done
+    return np.frombuffer(done, dtype=np.int64) if done else np.zeros(0, dtype=np.int64)
 
 
 def read_results(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:

@@ -24,7 +24,8 @@ from det_al.coco import mask_to_rle, xyxy_to_xywh
 from det_al.config import Config, config_to_dict
 from det_al.datasets import PoolDataset, pool_collate
 from det_al.errors import InputError
-from det_al.results import RESULTS, ResultsWriter, pool_sha256, read_results, run_key
+from det_al.pool import PoolImages, as_pool_images
+from det_al.results import RESULTS, ResultsWriter, read_results, run_key
 from det_al.assemble import assemble_outputs
 from det_al.informativeness import finalize_pool, image_informativeness
 from det_al.matching import match_passes
@@ -170,21 +171,23 @@ def iter_results(
     model: nn.Module,
     config: Config,
     categories: list[dict],
-    images: list[dict],
+    images: PoolImages | list[dict],
     image_root: str | os.PathLike,
     device: str = "cpu",
     amp: bool = False,
     progress: bool = True,
-    make_dataset: Callable[[list[dict]], torch.utils.data.Dataset] | None = None,
+    make_dataset: Callable[[PoolImages], torch.utils.data.Dataset] | None = None,
 ) -> Iterator[list[dict]]:
-    """Score ``images`` (COCO image dicts) batch by batch; yields each batch's result lines.
+    """Score ``images`` (:class:`PoolImages` or COCO image dicts) batch by batch; yields each
+    batch's result lines.
 
     Images that cannot be read, or that the model fails on, give a ``skipped`` line with the
     reason; the run goes on. ``make_dataset(images)`` replaces :class:`PoolDataset` (images
     from elsewhere than files, e.g. rendered on the fly); its items are those of PoolDataset.
     """
+    images = as_pool_images(images)
     p = config.passes
-    dataset = make_dataset(images) if make_dataset else PoolDataset({"images": images}, image_root)
+    dataset = make_dataset(images) if make_dataset else PoolDataset(images, image_root)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=p.batch_size,
@@ -259,7 +262,7 @@ def write_outputs(
     return assemble_outputs(lambda: iter(scores.results), out_dir, categories, config, info)
 
 
-def shard_of(images: list[dict], num_shards: int, shard_index: int) -> list[dict]:
+def shard_of(images: PoolImages | list[dict], num_shards: int, shard_index: int) -> PoolImages | list[dict]:
     """The images of one shard: every ``num_shards``-th image of the pool, from ``shard_index``."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise InputError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
@@ -282,26 +285,29 @@ def score_to_dir(
     progress: bool = True,
     assemble: bool = True,
     run_info: dict | None = None,
-    make_dataset: Callable[[list[dict]], torch.utils.data.Dataset] | None = None,
+    make_dataset: Callable[[PoolImages], torch.utils.data.Dataset] | None = None,
 ) -> dict:
     """Score a pool (or one shard of it) streaming result lines to ``out_dir/results.jsonl``.
 
-    With ``resume``, images already in a matching results file are skipped; a kill at any
-    instant loses at most the batch in flight. With ``assemble`` (single shard), the final
-    outputs are written at the end; shards are joined by :func:`det_al.shards.merge_shards`.
+    ``pool["images"]`` is :class:`PoolImages` (:func:`det_al.pool.read_pool`) or a list of
+    COCO image dicts. With ``resume``, images already in a matching results file are skipped;
+    a kill at any instant loses at most the batch in flight. With ``assemble`` (single shard),
+    the final outputs are written at the end; shards are joined by
+    :func:`det_al.shards.merge_shards`.
     """
-    images = shard_of(pool["images"], num_shards, shard_index)
-    key = run_key(checkpoint_sha, config_to_dict(config), pool_sha256(pool["images"]), num_shards, shard_index)
+    pool_images = as_pool_images(pool["images"])
+    images = shard_of(pool_images, num_shards, shard_index)
+    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index)
     out_dir = Path(out_dir)
-    meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool["images"])}
+    meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
     with ResultsWriter(out_dir, key, resume=resume, meta=meta) as writer:
-        todo = [im for im in images if int(im["id"]) not in writer.done]
-        if resume and writer.done:
+        todo = images[~np.isin(images.ids, writer.done_ids)] if len(writer.done_ids) else images
+        if resume and len(writer.done_ids):
             logger.info("%d of %d images left to score", len(todo), len(images))
         for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress, make_dataset):
             writer.write_batch(lines)
         writer.mark_done(len(images))
-    counts = {"n_pool": len(pool["images"]), "n_shard": len(images)}
+    counts = {"n_pool": len(pool_images), "n_shard": len(images)}
     if assemble:
         counts.update(
             assemble_outputs(

@@ -87,6 +87,20 @@ def test_validation_errors_name_file_and_problem(tmp_path, name, edit, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name,edit,message", BAD, ids=[b[0] for b in BAD])
+def test_streamed_pool_reader_gives_the_same_errors(tmp_path, name, edit, message):
+    from det_al.pool import read_pool
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([] if name == "list" else _break(edit), indent=1))
+    with pytest.raises(InputError) as loaded:
+        load_coco(path)
+    for chunk in (8, 1 << 20):
+        with pytest.raises(InputError) as streamed:
+            read_pool(path, chunk=chunk)
+        assert str(streamed.value) == str(loaded.value)
+
+
 def test_bbox_nan_is_refused():
     d = _dataset()
     d["annotations"][0]["bbox"] = [1, 2, float("nan"), 4]

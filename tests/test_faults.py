@@ -217,4 +217,4 @@ def test_a_failed_write_never_leaves_a_torn_line(tmp_path, monkeypatch):
     monkeypatch.undo()
     writer.close()
     assert (tmp_path / RESULTS).read_text() == '{"image_id":1}\n{"image_id":2}\n'
-    assert repair_and_read_ids(tmp_path / RESULTS) == {1, 2}
+    assert repair_and_read_ids(tmp_path / RESULTS).tolist() == [1, 2]

@@ -73,7 +73,7 @@ def test_results_without_key_are_refused(tmp_path):
 def test_torn_last_line_is_cut(tmp_path):
     path = tmp_path / RESULTS
     path.write_text('{"image_id": 1}\n{"image_id": 2}\n{"image_id": 3, "rec')
-    assert repair_and_read_ids(path) == {1, 2}
+    assert repair_and_read_ids(path).tolist() == [1, 2]
     assert path.read_text() == '{"image_id": 1}\n{"image_id": 2}\n'
 
 

@@ -57,9 +57,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def load_pool(pool_arg: str, image_root: str | None, out_dir: Path) -> tuple[dict, Path]:
-    """A pool from a COCO file or a folder; returns the COCO dict and the image root."""
-    from det_al.coco import load_coco, pool_from_folder
+    """A pool from a COCO file or a folder: ``{"images": PoolImages, "categories"}`` and the
+    image root."""
+    from det_al.coco import pool_from_folder
     from det_al.files import write_json
+    from det_al.pool import PoolImages, read_pool
 
     path = Path(pool_arg)
     if path.is_dir():
@@ -67,11 +69,11 @@ def load_pool(pool_arg: str, image_root: str | None, out_dir: Path) -> tuple[dic
         write_json(out_dir / "pool.json", pool, indent=1)
         if skipped:
             write_json(out_dir / "pool_skipped.json", skipped, indent=1)
+        pool = {"images": PoolImages.from_dicts(pool["images"]), "categories": pool["categories"]}
         return pool, Path(image_root) if image_root else path
     if not path.exists():
         raise InputError("pool file not found", path)
-    pool = load_coco(path)
-    return pool, Path(image_root) if image_root else path.parent
+    return read_pool(path), Path(image_root) if image_root else path.parent
 
 
 def _distributed() -> tuple[int, int, int]:
