@@ -172,7 +172,7 @@ def match_passes(
     # The books are numpy arrays (many small updates). Every detection is in exactly one object,
     # so there are at most n_anchor + total objects: rows n_anchor.. of index are the
     # not-anchored objects, n_new of them so far, with their running box sums, counts, labels.
-    boxes64, labels64 = all_boxes.double().numpy(), all_labels.numpy()
+    det_boxes, det_labels = all_boxes.double().numpy(), all_labels.numpy()
     index = np.full((n_anchor + total, num_passes), -1, dtype=np.int64)
     new_sum = np.zeros((total, 4))
     new_count = np.zeros(total)
@@ -187,7 +187,7 @@ def match_passes(
         left = np.flatnonzero(~claimed)  # the leftovers: detections no anchor claimed
         if left.size == 0:
             continue
-        boxes, labels = boxes64[starts[t] + left], labels64[starts[t] + left]
+        boxes, labels = det_boxes[starts[t] + left], det_labels[starts[t] + left]
         taken = np.zeros(left.size, dtype=bool)
         if n_new:
             mean_box = torch.from_numpy(new_sum[:n_new] / new_count[:n_new, None])
@@ -200,13 +200,13 @@ def match_passes(
             new_sum[r] += boxes[c]
             new_count[r] += 1
             taken[c] = True
-        start = np.flatnonzero(~taken)  # leftovers that start objects
-        rows = slice(n_new, n_new + start.size)
-        index[n_anchor + rows.start : n_anchor + rows.stop, t] = left[start]
-        new_sum[rows] = boxes[start]
-        new_count[rows] = 1
-        new_label[rows] = labels[start]
-        n_new = rows.stop
+        start = np.flatnonzero(~taken)  # leftovers that start objects n_new..end - 1
+        end = n_new + start.size
+        index[n_anchor + n_new : n_anchor + end, t] = left[start]
+        new_sum[n_new:end] = boxes[start]
+        new_count[n_new:end] = 1
+        new_label[n_new:end] = labels[start]
+        n_new = end
 
     anchor_index = torch.cat(
         [torch.arange(n_anchor, dtype=torch.int64), torch.full((n_new,), -1, dtype=torch.int64)]
