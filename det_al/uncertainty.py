@@ -4,7 +4,9 @@ Given the anchor (deterministic) detections, the T stochastic passes and the mat
 :class:`~det_al.matching.Objects`, :func:`gather` builds ``found [K, T]``, ``scores [K, T]``,
 ``labels [K, T]``, ``boxes [K, T, 4]`` and ``probs [K, T, C]``; a pass that missed an object
 contributes :func:`~det_al.detections.background_probs` (softmax: all mass on background;
-sigmoid: every class 0), score 0 and no box. :func:`score_objects` then computes, per object,
+sigmoid: every class 0), score 0 and no box (:func:`score_objects` reads the class
+probabilities of the found passes only and adds the misses in closed form, see
+:func:`found_class_components`). :func:`score_objects` then computes, per object,
 components in ``[0, 1]`` where 1 is maximal disagreement. ``p_t`` is the probability vector of
 pass ``t``, means and variances over passes are population statistics over all T passes
 (misses included) unless "over found passes" is said, ``H(p) = -sum_c p_c log p_c``,
@@ -197,23 +199,24 @@ def found_class_components(
 
     Returns ``[K]`` tensors in [0, 1], of ``probs``' dtype. The sums over passes run over the
     F found rows (``index_add_``, float64) plus the misses in closed form, so the cost does not
-    grow with the misses.
+    grow with the misses; the entropies of single passes are taken in ``probs``' dtype.
     """
     k, t, c = num_objects, num_passes, probs.shape[1]
     if k == 0 or t == 0 or c == 0:
         zero = probs.new_zeros(k)
         return {"class_variance": zero, "entropy": zero.clone(), "mutual_information": zero.clone()}
-    p = probs.double().clamp(0.0, 1.0)  # [F, C]
+    p = probs.clamp(0.0, 1.0)  # [F, C]
+    p64 = p.double()  # the moments in float64, where E[p^2] - mean^2 cancels
     background = background_probs(c, prob_kind).double()  # [C]
     misses = (t - torch.bincount(object_index, minlength=k)).double()[:, None]  # [K, 1]
 
     def mean_over_passes(found: Tensor, missed: Tensor) -> Tensor:
         """``[K, D]``: the mean over all T passes of ``found`` ``[F, D]`` and ``missed`` ``[D]``."""
-        total = found.new_zeros(k, found.shape[1]).index_add_(0, object_index, found)
+        total = torch.zeros(k, found.shape[1], dtype=torch.float64).index_add_(0, object_index, found.double())
         return (total + misses * missed) / t
 
-    mean = mean_over_passes(p, background)  # [K, C]
-    var = (mean_over_passes(p * p, background * background) - mean * mean).clamp(min=0.0)  # [K, C]
+    mean = mean_over_passes(p64, background)  # [K, C]
+    var = (mean_over_passes(p64 * p64, background * background) - mean * mean).clamp(min=0.0)  # [K, C]
     if prob_kind == "softmax":
         variance = var.sum(-1) / max(1.0 - 1.0 / c, 1e-12)
         log_c = math.log(c) if c > 1 else 1.0
