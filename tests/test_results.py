@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,12 +110,19 @@ def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):
     _same_outputs(reference, out)
 
 
+def _free_port() -> int:
+    """A port nobody listens on now (a fixed one collides with other test runs on the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 def test_torchrun_two_processes_equal_single_run(reference, tiny_pool, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
          "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
          "--passes", "2", "--seed", "3", "--no-progress"],
         capture_output=True, text=True, timeout=300, env=env,
@@ -139,3 +148,76 @@ def test_key_ignores_settings_that_cannot_change_results():
     assert run_key("c", more_workers, "p", 1, 0) == key
     assert run_key("c", other_seed, "p", 1, 0) != key
     assert config["passes"]["num_workers"] == 0  # the caller's dict is left alone
+
+
+def test_fsync_at_most_every_sync_seconds_and_before_done(tmp_path, monkeypatch):
+    clock, synced = [0.0], []
+    fsync_seconds = [0.0]
+
+    def fsync(fd):  # a disk whose fsync takes fsync_seconds
+        synced.append(fd)
+        clock[0] += fsync_seconds[0]
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(os, "fsync", fsync)
+    writer = ResultsWriter(tmp_path, run_key("a", {}, "b", 1, 0), sync_seconds=2.0)
+    fd = writer._fd
+    synced.clear()  # key.json's fsync, maybe on the same fd number before it was closed
+
+    def write_at(t: float) -> int:
+        clock[0] = t
+        writer.write_batch([{"image_id": int(t * 10)}])
+        return synced.count(fd)
+
+    assert [write_at(t) for t in (0.5, 1.9, 2.0, 3.9, 4.0)] == [0, 0, 1, 1, 2]
+    # An fsync that takes 0.1 s pushes the next one 100 x 0.1 = 10 s on (at most 1% of the run).
+    fsync_seconds[0] = 0.1
+    assert [write_at(t) for t in (6.0, 7.0, 16.0, 16.2)] == [3, 3, 3, 4]
+    writer.mark_done(9)  # synced first, whatever the clock says
+    assert synced.count(fd) == 4  # nothing written since the last sync
+    writer.write_batch([{"image_id": 99}])
+    writer.close()  # syncs what was written
+    assert synced.count(fd) == 5
+    assert len((tmp_path / RESULTS).read_text().splitlines()) == 10
+
+
+def test_a_failed_fsync_cuts_back_to_what_was_synced(tmp_path, monkeypatch):
+    writer = ResultsWriter(tmp_path, run_key("a", {}, "b", 1, 0), sync_seconds=3600)
+    writer.write_batch([{"image_id": 1}, {"image_id": 2}])
+    writer.sync()
+    writer.write_batch([{"image_id": 3}])  # written, not synced
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    # The kernel may have dropped what it could not write: keep only what was synced.
+    with pytest.raises(InputError, match="Input/output error.*the 2 results written so far are kept"):
+        writer.mark_done(3)
+    writer.close()
+    assert (tmp_path / RESULTS).read_text() == '{"image_id":1}\n{"image_id":2}\n'
+    assert not (tmp_path / "done.json").exists()
+
+
+WRITER_CHILD = """
+import sys, time
+from det_al.results import ResultsWriter, run_key
+writer = ResultsWriter(sys.argv[1], run_key("a", {}, "b", 1, 0), sync_seconds=3600)
+for batch in range(3):
+    writer.write_batch([{"image_id": 10 * batch + i, "x": "y" * 1000} for i in range(4)])
+    print(batch, flush=True)
+time.sleep(600)
+"""
+
+
+def test_sigkill_keeps_every_batch_written_without_fsync(tmp_path):
+    # fsync only matters if the machine goes down: what write() handed to the kernel outlives
+    # the process, so a SIGKILL loses at most the batch in flight even between two fsyncs.
+    proc = subprocess.Popen([sys.executable, "-c", WRITER_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert [proc.stdout.readline() for _ in range(3)] == ["0\n", "1\n", "2\n"]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert repair_and_read_ids(tmp_path / RESULTS).tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
+
