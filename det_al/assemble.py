@@ -5,7 +5,9 @@ gathers the non-empty informativeness values (one float per image) for the empty
 the second writes ``passes.jsonl``, ``skipped.json``, the embeddings (an ``.npy`` whose header
 is written first and rows appended) and the pseudo-label images and annotations as it goes, and
 sorts the ranking records in chunks written to temporary files that a final ``heapq.merge``
-joins (an external sort). Every output is written to a temporary name and renamed.
+joins (an external sort). A chunk holds each record as its sort key and JSON text (about a
+third of the record as a dict), so memory stops growing at ``CHUNK`` images, and grows little
+until then. Every output is written to a temporary name and renamed.
 
 The results lines are only read: an error while assembling (a full disk) leaves them intact,
 raises an :class:`~det_al.errors.InputError`, and ``det-al score --resume`` assembles again.
@@ -22,6 +24,7 @@ import shutil
 import tempfile
 import time
 from array import array
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -37,12 +40,13 @@ CHUNK = 50_000
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "embeddings.npy", "embeddings_ids.json", "skipped.json", "run.json")
 
 
-def _sorted_run(records: list[dict], directory: Path, index: int) -> Path:
-    records.sort(key=lambda r: (-r["informativeness"], r["image_id"]))
+def _sorted_run(records: list[tuple[float, int, str]], directory: Path, index: int) -> Path:
+    """Write ``(-informativeness, image_id, JSON line)`` records, sorted by the first two, to a
+    run file."""
+    records.sort(key=itemgetter(0, 1))
     path = directory / f"run-{index:05d}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(text for _, _, text in records)
     return path
 
 
@@ -116,7 +120,7 @@ def _assemble(
     counts = {"n_scored": n_scored, "n_skipped": 0, "n_certain": 0, "n_empty": 0}
     try:
         runs: list[Path] = []
-        pending: list[dict] = []
+        pending: list[tuple[float, int, str]] = []
         emb_f = open(tmp / "embeddings.npy", "wb")
         _write_npy_header(emb_f, n_scored if dim else 0, dim)
         ann_id = 0
@@ -139,7 +143,7 @@ def _assemble(
                 else:
                     record["certain"] = bool(record["informativeness"] < scoring.certain_threshold)
                 counts["n_certain"] += record["certain"]
-                pending.append(record)
+                pending.append((-record["informativeness"], record["image_id"], json.dumps(record) + "\n"))
                 if len(pending) >= chunk:
                     runs.append(_sorted_run(pending, tmp, len(runs)))
                     pending = []

@@ -93,6 +93,8 @@ class PoolImages:
             if self.heights[index]:
                 image["height"] = int(self.heights[index])
             return image
+        if isinstance(index, slice) and range(len(self))[index] == range(len(self)):
+            return self  # the whole pool (one shard of one): nothing to copy
         positions = np.arange(len(self))[index]
         if positions.ndim != 1:
             raise IndexError(f"expected an int, a slice, a 1-d mask or index array, got shape {positions.shape}")
@@ -106,7 +108,7 @@ class PoolImages:
         for index in range(len(self)):
             yield self[index]
 
-    def _name_chunks(self, step: int = 65_536) -> Iterator[tuple[int, int, bytes, list[int]]]:
+    def _name_chunks(self, step: int = 8192) -> Iterator[tuple[int, int, bytes, list[int]]]:
         """``(start, stop, names, offsets)`` for images ``start:stop``: their names as one bytes
         object and ``stop - start + 1`` offsets into it (bounded memory, fast slicing)."""
         for start in range(0, len(self), step):

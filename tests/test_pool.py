@@ -32,6 +32,7 @@ def test_indexing_slicing_and_iteration_give_the_image_dicts():
     assert list(pool[np.array([False, True, True, False])]) == IMAGES[1:3]
     assert list(pool[np.array([3, 0])]) == [IMAGES[3], IMAGES[0]]
     assert list(pool[2:]) == IMAGES[2:]
+    assert pool[::1] is pool and pool[0:] is pool  # the whole pool is not copied
     assert len(pool[4:]) == 0 and list(pool[np.zeros(4, bool)]) == []
     with pytest.raises(IndexError):
         pool[4]

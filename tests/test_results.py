@@ -221,3 +221,17 @@ def test_sigkill_keeps_every_batch_written_without_fsync(tmp_path):
         proc.wait()
     assert repair_and_read_ids(tmp_path / RESULTS).tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
 
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_ranking_sorted_in_small_chunks_is_the_same(reference, tmp_path, chunk):
+    # 6 results in runs of 1 or 4 records, merged: the same outputs as one in-memory sort.
+    from det_al.assemble import assemble_outputs
+    from det_al.config import config_from_dict
+    from det_al.results import read_key, read_results
+
+    meta = read_key(reference)["meta"]
+    out = tmp_path / "out"
+    counts = assemble_outputs(lambda: read_results([reference / RESULTS]), out, meta["categories"],
+                              config_from_dict(meta["config"]), chunk=chunk)
+    assert counts["n_scored"] == 6
+    _same_outputs(reference, out)
