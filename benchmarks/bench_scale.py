@@ -4,34 +4,39 @@
     stored) scored with an untrained ``fasterrcnn_tiny`` (``--passes 2``, ``--image-size`` px),
     each N in a fresh subprocess: peak RSS (``ru_maxrss``), images/s, and the cost of the
     ``--resume`` bookkeeping (``ResultsWriter``: key + pool hash, serialising each result line,
-    append + fsync per batch, ``done.json``) as a share of the run, split into JSON-encoding the
-    lines (which any streamed output needs) and the rest (fsync, key, hashes); the final assembly
-    (external sort) is timed separately. Target: peak RSS at the largest N within 10% of the
-    smallest, bookkeeping under 2%.
+    appending each batch, fsync every ``SYNC_SECONDS``, ``done.json``) as a share of the run,
+    split into JSON-encoding the lines (which any streamed output needs), fsync and the rest
+    (writes, key, hashes); the final assembly (external sort) is timed separately. Target: peak
+    RSS at the largest N within 10% of the smallest, bookkeeping under 2%. The pool is held as
+    ``det-al score`` holds it (:class:`det_al.pool.PoolImages`).
 (a') ``--stub-sizes``: the same with the model run once and its passes reused for every image
     (rendering, matching, scoring, results and assembly still run per image): the memory of the
     streaming machinery at pool sizes the real model would take hours to reach on a CPU.
 (b) torchrun: ``torchrun --nproc-per-node 2 -m det_al score`` (gloo, one thread per rank) vs one
-    process (all threads) on the same stored pool: throughput ratio, identical rankings.
-    Only the ranking is compared across thread counts: one thread per rank vs two in the single
-    process changes float sums in their last bits, so a pseudo-label value rounded to 6 digits
-    or an embedding rounded to 5 can differ by one unit in its last digit.
+    process (all threads) on the same stored pool: throughput ratio, and which outputs are
+    byte-identical. One thread per rank vs two in the single process sums floats in another
+    order, so rounded values can differ in their last digit, or more where the model's passes
+    differ; with ``OMP_NUM_THREADS=1`` in both the outputs are identical.
 (c) Kill-and-resume: ``--kills`` runs killed with SIGKILL at a random moment, then resumed with
-    ``--resume``: every output byte-identical to the uninterrupted run.
+    ``--resume``: every output byte-identical to the uninterrupted run. ``--stored 0`` skips
+    (b) and (c).
+(d) ``--pool-sizes``: a COCO pool file of N images (six keys each, as COCO's own) read in a
+    fresh process by ``load_coco`` (``json.load`` into dicts, then validated: what ``det-al
+    score`` did before) and by ``read_pool`` (streamed into ``PoolImages``): seconds and peak
+    RSS above the process's RSS after the imports.
 
-The rendered images reach the scorer through ``score_to_dir(make_dataset=...)`` when det_al
-has that hook, else by swapping ``det_al.scoring.PoolDataset`` in the child process.
+The rendered images reach the scorer through ``score_to_dir(make_dataset=...)``.
 
 Usage::
 
-    python benchmarks/bench_scale.py [--sizes 10000,100000] [--stored 200] [--kills 10]
-        [--image-size 64] [--batch-size 8] [--workdir DIR] [--quick]
+    python benchmarks/bench_scale.py [--sizes 10000,100000] [--stub-sizes N,...] [--stored 200]
+        [--kills 10] [--pool-sizes 1000000] [--image-size 64] [--batch-size 8] [--workdir DIR]
+        [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import random
@@ -68,11 +73,10 @@ def make_checkpoint(path: Path, size: int) -> Path:
 class RenderedPool:
     """PoolDataset's items for images rendered from their id (nothing read from disk)."""
 
-    def __init__(self, images, image_root=None, size: int = 64):
-        import numpy as np
+    def __init__(self, images, size: int = 64):
+        from det_al.pool import as_pool_images
 
-        images = images["images"] if isinstance(images, dict) else images
-        self.ids = np.fromiter((int(im["id"]) for im in images), dtype=np.int64, count=len(images))
+        self.ids = as_pool_images(images).ids
         self.size = size
 
     def __len__(self) -> int:
@@ -89,12 +93,14 @@ class RenderedPool:
 
 def child_stream(args: argparse.Namespace) -> None:
     """One streaming run in this (fresh) process; prints a JSON line of measurements."""
+    import numpy as np
     import torch
 
     import det_al.results
     import det_al.scoring
     from det_al.checkpoint import load_checkpoint
     from det_al.config import apply_overrides, config_from_dict, config_to_dict
+    from det_al.pool import PoolImages
     from det_al.results import file_sha256
 
     torch.set_num_threads(args.threads)
@@ -102,21 +108,36 @@ def child_stream(args: argparse.Namespace) -> None:
     config = config_from_dict(apply_overrides(config_to_dict(config), [f"passes.batch_size={args.batch_size}"]))
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    book = {"seconds": 0.0}
+    book = {"seconds": 0.0, "fsync": 0.0, "inside": False}
 
     def timed(fn):
         def wrapper(*a, **k):
+            if book["inside"]:  # called from another timed function: counted there
+                return fn(*a, **k)
+            book["inside"] = True
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
                 book["seconds"] += time.perf_counter() - t
+                book["inside"] = False
         return wrapper
 
     W = det_al.results.ResultsWriter
-    for name in ("__init__", "write_batch", "mark_done"):
+    for name in ("__init__", "write_batch", "mark_done", "close"):
         setattr(W, name, timed(getattr(W, name)))
-    det_al.scoring.pool_sha256 = timed(det_al.scoring.pool_sha256)
+    PoolImages.sha256 = timed(PoolImages.sha256)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        t = time.perf_counter()
+        try:
+            return real_fsync(fd)
+        finally:
+            if book["inside"]:
+                book["fsync"] += time.perf_counter() - t
+
+    os.fsync = fsync
     encode = {"seconds": 0.0}
     real_encode = det_al.results.encode_lines
 
@@ -128,10 +149,11 @@ def child_stream(args: argparse.Namespace) -> None:
             encode["seconds"] += time.perf_counter() - t
 
     det_al.results.encode_lines = encode_lines
-    assembly = {"seconds": 0.0}
+    assembly = {"seconds": 0.0, "rss_before_kib": 0}
     real_assemble = det_al.scoring.assemble_outputs
 
     def assemble(*a, **k):
+        assembly["rss_before_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         try:
             return real_assemble(*a, **k)
@@ -144,25 +166,71 @@ def child_stream(args: argparse.Namespace) -> None:
         # Machinery only: every image gets the passes of the first one (the model runs once);
         # rendering, matching, scoring, results lines and assembly run for every image.
         real_run_passes = det_al.scoring.run_passes
-        canned = real_run_passes(model, [RenderedPool([{"id": 1}], size=args.image_size)[0]["image"]], config.passes, seeds=[1])[0]
+        canned = real_run_passes(model, [RenderedPool([{"id": 1, "file_name": "1.png"}], size=args.image_size)[0]["image"]], config.passes, seeds=[1])[0]
         det_al.scoring.run_passes = lambda model, images, *a, **k: [canned] * len(images)
-    pool = {"images": [{"id": i, "file_name": f"rendered/{i:08d}.png", "width": args.image_size, "height": args.image_size}
-                       for i in range(1, args.n + 1)], "categories": categories}
-    extra = {}
-    if "make_dataset" in inspect.signature(det_al.scoring.score_to_dir).parameters:
-        extra["make_dataset"] = lambda images: RenderedPool(images, size=args.image_size)
-    else:
-        det_al.scoring.PoolDataset = lambda coco, root: RenderedPool(coco, size=args.image_size)
+    # The pool as det-al score holds it after read_pool: compact arrays, no list of dicts.
+    names = bytearray()
+    for start in range(1, args.n + 1, 8192):
+        names += b"".join(b"rendered/%08d.png" % i for i in range(start, min(start + 8192, args.n + 1)))
+    offsets = np.arange(args.n + 1, dtype=np.int64) * len(b"rendered/00000001.png")
+    sizes = np.full(args.n, args.image_size, dtype=np.int32)
+    pool = {"images": PoolImages(np.arange(1, args.n + 1), names, offsets, sizes, sizes), "categories": categories}
+    del names
     t = time.perf_counter()
     sha = timed(file_sha256)(args.checkpoint)
-    counts = det_al.scoring.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha,
-                                         progress=False, **extra)
+    counts = det_al.scoring.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha, progress=False,
+                                         make_dataset=lambda images: RenderedPool(images, size=args.image_size))
     total = time.perf_counter() - t
     print(json.dumps({
         "n": args.n, "n_scored": counts["n_scored"], "seconds": total, "assembly_s": assembly["seconds"],
-        "bookkeeping_s": book["seconds"], "encode_s": encode["seconds"], "rss_model_kib": rss_model,
-        "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "bookkeeping_s": book["seconds"], "encode_s": encode["seconds"], "fsync_s": book["fsync"], "rss_model_kib": rss_model,
+        "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rss_scoring_kib": assembly["rss_before_kib"],
     }))
+
+
+def write_pool_file(path: Path, n: int) -> Path:
+    """A COCO pool file of ``n`` images with COCO's six image keys, written as it goes."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"info": {"description": "bench_scale pool"}, "licenses": [], "categories": ')
+        f.write(json.dumps(CATEGORIES) + ',\n"images": [')
+        for i in range(1, n + 1):
+            f.write(("," if i > 1 else "") + "\n" + json.dumps({
+                "id": i, "file_name": f"train/{i // 1000:04d}/img_{i:08d}.jpg", "width": 640, "height": 480,
+                "license": 1, "date_captured": "2020-01-01 00:00:00"}))
+        f.write('\n], "annotations": []}\n')
+    return path
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def child_pool_load(path: str, how: str) -> None:
+    """Read a pool file in this (fresh) process; prints a JSON line of measurements.
+
+    The peak RSS of the import of torch would hide that of reading a small pool, so the
+    kernel's peak (VmHWM) is reset to the current RSS first (``/proc/self/clear_refs``).
+    """
+    from det_al.coco import load_coco
+    from det_al.pool import read_pool
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    rss_before = _status_kib("VmRSS")
+    cpu = time.process_time()
+    t = time.perf_counter()
+    pool = load_coco(path) if how == "dicts" else read_pool(path)
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    print(json.dumps({"n": len(pool["images"]), "seconds": seconds, "cpu_s": cpu, "rss_before_kib": rss_before,
+                      "rss_peak_kib": _status_kib("VmHWM"), "rss_after_kib": _status_kib("VmRSS")}))
+
+
+def run_pool_load(path: Path, how: str) -> dict:
+    res = subprocess.run([sys.executable, __file__, "_child_pool_load", str(path), how], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"reading {path} ({how}) failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def run_stream(n: int, args, ckpt: Path, work: Path, stub: bool = False) -> dict:
@@ -194,29 +262,84 @@ def timed_run(cmd: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - t
 
 
+def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
+    """(b) torchrun vs one process and (c) kill-and-resume, on a pool stored as files."""
+    rows: list[tuple[str, str]] = []
+    # (b) torchrun 2 x 1 thread vs 1 process on a stored pool
+    from det_al.synthetic import generate
+
+    root = work / "pool"
+    half = args.stored // 2
+    old = generate(root, half, "old", seed=1, start_id=1, size=args.image_size)
+    new = generate(root, args.stored - half, "drifted", seed=2, start_id=half + 1, size=args.image_size)
+    pool = root / "pool.json"
+    pool.write_text(json.dumps({"images": old["images"] + new["images"], "categories": CATEGORIES, "annotations": []}))
+    single = work / "single"
+    t1 = timed_run([sys.executable, *score_cmd(pool, ckpt, single, args.batch_size)])
+    dist = work / "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t2 = timed_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
+                    *score_cmd(pool, ckpt, dist, args.batch_size)], env=env)
+    rows += [
+        (f"(b) 1 process ({args.threads} threads), {args.stored} images", f"{t1:.1f} s, {args.stored / t1:.1f} images/s"),
+        ("(b) torchrun 2 processes (1 thread each)", f"{t2:.1f} s, {args.stored / t2:.1f} images/s"),
+        ("(b) throughput ratio torchrun / single", f"{t1 / t2:.2f}x"),
+        ("(b) rankings identical", "yes" if same_outputs(single, dist, ("ranking.jsonl",)) else "NO"),
+        ("(b) other outputs byte-identical", ", ".join(
+            f"{n}: {'yes' if same_outputs(single, dist, (n,)) else 'no'}" for n in COMPARED[1:])),
+    ]
+
+    # (c) SIGKILL at a random moment, then --resume
+    rng = random.Random(args.seed)
+    identical, lines_at_kill = 0, []
+    for k in range(args.kills):
+        out = work / f"kill-{k}"
+        cmd = [sys.executable, *score_cmd(pool, ckpt, out, args.batch_size)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.1, t1))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        results = out / "results.jsonl"
+        lines_at_kill.append(results.read_bytes().count(b"\n") if results.exists() else 0)
+        timed_run(cmd + ["--resume"])
+        identical += same_outputs(single, out)
+        shutil.rmtree(out, ignore_errors=True)
+    rows += [
+        ("(c) killed runs resumed identical", f"{identical}/{args.kills}"),
+        ("(c) result lines on disk at each kill", ", ".join(map(str, lines_at_kill)) + f" (of {args.stored})"),
+    ]
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,100000", help="comma-separated pool sizes for (a)")
     p.add_argument("--stub-sizes", default="", help="pool sizes run with the model stubbed (machinery only: memory of results + assembly)")
-    p.add_argument("--stored", type=int, default=200, help="images of the stored pool for (b) and (c)")
+    p.add_argument("--stored", type=int, default=200, help="images of the stored pool for (b) and (c); 0 skips them")
+    p.add_argument("--pool-sizes", default="", help="comma-separated sizes of COCO pool files read for (d), e.g. 1000000")
     p.add_argument("--kills", type=int, default=10)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of a single process")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--workdir", help="default: a temporary folder, removed at the end")
-    p.add_argument("--quick", action="store_true", help="smoke run: sizes 200,1000, stub sizes 200,2000, 40 stored images, 2 kills")
+    p.add_argument("--quick", action="store_true", help="smoke run: sizes 200,1000, stub sizes 200,2000, 40 stored images, 2 kills, a 20,000-image pool file")
     args = p.parse_args()
     if args.quick:
-        args.sizes, args.stub_sizes, args.stored, args.kills = "200,1000", "200,2000", 40, 2
+        args.sizes, args.stub_sizes, args.stored, args.kills, args.pool_sizes = "200,1000", "200,2000", 40, 2, "20000"
     sizes = [int(s) for s in args.sizes.split(",") if s]
     stub_sizes = [int(s) for s in args.stub_sizes.split(",") if s]
+    pool_sizes = [int(s) for s in args.pool_sizes.split(",") if s]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale-"))
     work.mkdir(parents=True, exist_ok=True)
     ckpt = make_checkpoint(work / "fasterrcnn_tiny.pt", args.image_size)
     rows: list[tuple[str, str]] = []
     try:
         # (a) streaming memory, throughput, bookkeeping; (a') the same with the model stubbed
+        def rest(r):
+            return r["bookkeeping_s"] - r["encode_s"] - r["fsync_s"]
+
         for tag, ns, stub in (("(a)", sizes, False), ("(a')", stub_sizes, True)):
             stream = [run_stream(n, args, ckpt, work, stub) for n in ns]
             for r in stream:
@@ -224,10 +347,12 @@ def main() -> None:
                 rows += [
                     (f"{tag} N={r['n']}: scored / s", f"{r['n_scored']} / {r['seconds']:.1f} s"),
                     (f"{tag} N={r['n']}: images/s (scoring; with assembly)", f"{r['n'] / run_s:.1f}; {r['n'] / r['seconds']:.1f}"),
-                    (f"{tag} N={r['n']}: peak RSS (after model load)", f"{r['rss_peak_kib'] / 1024:.0f} MiB ({r['rss_model_kib'] / 1024:.0f} MiB)"),
+                    (f"{tag} N={r['n']}: peak RSS (after model load; before assembly)",
+                     f"{r['rss_peak_kib'] / 1024:.0f} MiB ({r['rss_model_kib'] / 1024:.0f}; {r['rss_scoring_kib'] / 1024:.0f} MiB)"),
                     (f"{tag} N={r['n']}: resume bookkeeping", f"{r['bookkeeping_s']:.2f} s = {100 * r['bookkeeping_s'] / r['seconds']:.2f}% of run"),
                     (f"{tag} N={r['n']}:   of which JSON-encoding the lines", f"{r['encode_s']:.2f} s = {100 * r['encode_s'] / r['seconds']:.2f}% of run"),
-                    (f"{tag} N={r['n']}:   of which fsync, key, hashes", f"{r['bookkeeping_s'] - r['encode_s']:.2f} s = {100 * (r['bookkeeping_s'] - r['encode_s']) / r['seconds']:.2f}% of run"),
+                    (f"{tag} N={r['n']}:   of which fsync", f"{r['fsync_s']:.2f} s = {100 * r['fsync_s'] / r['seconds']:.2f}% of run"),
+                    (f"{tag} N={r['n']}:   of which writes, key, hashes", f"{rest(r):.2f} s = {100 * rest(r) / r['seconds']:.2f}% of run"),
                     (f"{tag} N={r['n']}: final assembly", f"{r['assembly_s']:.2f} s = {100 * r['assembly_s'] / r['seconds']:.2f}% of run"),
                 ]
             if len(stream) > 1:
@@ -235,50 +360,19 @@ def main() -> None:
                 growth = 100 * (b["rss_peak_kib"] / a["rss_peak_kib"] - 1)
                 rows.append((f"{tag} peak RSS growth N={a['n']} -> {b['n']} (target < 10%)", f"{growth:+.1f}%"))
 
-        # (b) torchrun 2 x 1 thread vs 1 process on a stored pool
-        from det_al.synthetic import generate
-
-        root = work / "pool"
-        half = args.stored // 2
-        old = generate(root, half, "old", seed=1, start_id=1, size=args.image_size)
-        new = generate(root, args.stored - half, "drifted", seed=2, start_id=half + 1, size=args.image_size)
-        pool = root / "pool.json"
-        pool.write_text(json.dumps({"images": old["images"] + new["images"], "categories": CATEGORIES, "annotations": []}))
-        single = work / "single"
-        t1 = timed_run([sys.executable, *score_cmd(pool, ckpt, single, args.batch_size)])
-        dist = work / "torchrun"
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        t2 = timed_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
-                        *score_cmd(pool, ckpt, dist, args.batch_size)], env=env)
-        rows += [
-            (f"(b) 1 process ({args.threads} threads), {args.stored} images", f"{t1:.1f} s, {args.stored / t1:.1f} images/s"),
-            (f"(b) torchrun 2 processes (1 thread each)", f"{t2:.1f} s, {args.stored / t2:.1f} images/s"),
-            ("(b) throughput ratio torchrun / single", f"{t1 / t2:.2f}x"),
-            ("(b) rankings identical", "yes" if same_outputs(single, dist, ("ranking.jsonl",)) else "NO"),
-            ("(b) other outputs byte-identical", ", ".join(
-                f"{n}: {'yes' if same_outputs(single, dist, (n,)) else 'no'}" for n in COMPARED[1:])),
-        ]
-
-        # (c) SIGKILL at a random moment, then --resume
-        rng = random.Random(args.seed)
-        identical, lines_at_kill = 0, []
-        for k in range(args.kills):
-            out = work / f"kill-{k}"
-            cmd = [sys.executable, *score_cmd(pool, ckpt, out, args.batch_size)]
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.1, t1))
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            results = out / "results.jsonl"
-            lines_at_kill.append(results.read_bytes().count(b"\n") if results.exists() else 0)
-            timed_run(cmd + ["--resume"])
-            identical += same_outputs(single, out)
-            shutil.rmtree(out, ignore_errors=True)
-        rows += [
-            (f"(c) killed runs resumed identical", f"{identical}/{args.kills}"),
-            ("(c) result lines on disk at each kill", ", ".join(map(str, lines_at_kill)) + f" (of {args.stored})"),
-        ]
+        # (d) reading a COCO pool file: dicts (json.load + validate) vs streamed into PoolImages
+        for n in pool_sizes:
+            path = write_pool_file(work / f"pool-{n}.json", n)
+            for how, what in (("dicts", "load_coco (json.load, dicts)"), ("compact", "read_pool (streamed, PoolImages)")):
+                r = run_pool_load(path, how)
+                grown = (r["rss_peak_kib"] - r["rss_before_kib"]) * 1024
+                kept = (r["rss_after_kib"] - r["rss_before_kib"]) * 1024
+                rows.append((f"(d) N={n} ({path.stat().st_size / 2**20:.0f} MiB file): {what}",
+                             f"{r['seconds']:.1f} s ({r['cpu_s']:.1f} s CPU), RSS +{grown / 2**20:.0f} MiB at peak "
+                             f"({grown / n:.0f} B/image), +{kept / 2**20:.0f} MiB after"))
+            path.unlink()
+        if args.stored:
+            rows += bench_stored(args, ckpt, work)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -290,7 +384,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_child_stream":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child_pool_load":
+        child_pool_load(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_child_stream":
         cp = argparse.ArgumentParser()
         for name in ("--n", "--image-size", "--batch-size", "--threads", "--stub"):
             cp.add_argument(name, type=int)
