@@ -52,3 +52,17 @@ def tiny_checkpoint(tmp_path_factory, tiny_pool) -> Path:
     """An untrained maskrcnn_tiny checkpoint with score threshold 0, so it detects something."""
     path = tmp_path_factory.mktemp("ckpt") / "maskrcnn_tiny.pt"
     return _tiny_checkpoint(path, "maskrcnn_tiny", tiny_pool["coco"]["categories"])
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Four 64-px training images and two validation images, synthetic, with masks."""
+    from det_al.synthetic import generate
+
+    root = tmp_path_factory.mktemp("data")
+    train = generate(root, 4, "old", seed=3, start_id=1, size=64)
+    val = generate(root, 2, "old", seed=4, start_id=10, size=64)
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "val.json").write_text(json.dumps(val))
+    image_root = root if (root / train["images"][0]["file_name"]).exists() else root / "images"
+    return {"root": image_root, "train": root / "train.json", "val": root / "val.json", "coco": train}

@@ -146,22 +146,14 @@ def test_collectives_on_two_processes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Four 64-px training images and two validation images, synthetic."""
-    from det_al.synthetic import generate
-
-    root = tmp_path_factory.mktemp("data")
-    train = generate(root, 4, "old", seed=3, start_id=1, size=64)
-    val = generate(root, 2, "old", seed=4, start_id=10, size=64)
-    (root / "train.json").write_text(json.dumps(train))
-    (root / "val.json").write_text(json.dumps(val))
-    config = root / "config.yaml"
+def tiny_data(tiny_data, tmp_path_factory):
+    """conftest's tiny training data plus a config for one quick epoch."""
+    config = tmp_path_factory.mktemp("ddp") / "config.yaml"
     config.write_text(
         "model: {name: fasterrcnn_tiny, num_classes: 4, options: {min_size: 64, max_size: 64}}\n"
         "train: {epochs: 1, batch_size: 1, optimizer: adamw, lr: 0.002, warmup_iters: 0, schedule: constant}\n"
     )
-    image_root = root if (root / train["images"][0]["file_name"]).exists() else root / "images"
-    return {"root": image_root, "train": root / "train.json", "val": root / "val.json", "config": config}
+    return {**tiny_data, "config": config}
 
 
 # `det-al train` under torchrun, plus (test only) every rank saving its weights after each epoch.

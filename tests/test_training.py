@@ -111,18 +111,6 @@ def test_bad_train_config(key, value):
 # --------------------------------------------------------------------------- data
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Four 64-px training images and two validation images, synthetic, with masks."""
-    from det_al.synthetic import generate
-
-    root = tmp_path_factory.mktemp("data")
-    train = generate(root, 4, "old", seed=3, start_id=1, size=64)
-    val = generate(root, 2, "old", seed=4, start_id=10, size=64)
-    (root / "train.json").write_text(json.dumps(train))
-    (root / "val.json").write_text(json.dumps(val))
-    image_root = root if (root / train["images"][0]["file_name"]).exists() else root / "images"
-    return {"root": image_root, "train": root / "train.json", "val": root / "val.json", "coco": train}
 
 
 def _config(data, model="fasterrcnn_tiny", **train):
