@@ -13,10 +13,12 @@
     (rendering, matching, scoring, results and assembly still run per image): the memory of the
     streaming machinery at pool sizes the real model would take hours to reach on a CPU.
 (b) torchrun: ``torchrun --nproc-per-node 2 -m det_al score`` (gloo, one thread per rank) vs one
-    process (all threads) on the same stored pool: throughput ratio, and which outputs are
-    byte-identical. One thread per rank vs two in the single process sums floats in another
-    order, so rounded values can differ in their last digit, or more where the model's passes
-    differ; with ``OMP_NUM_THREADS=1`` in both the outputs are identical.
+    process on the same stored pool of mixed shapes (each image cropped to a random width and
+    height, so batches are padded): against one process with one thread (the same work per
+    process) the outputs must be byte-identical; against one process with ``--threads`` threads
+    (the same cores) the throughput ratio, and which outputs are byte-identical (CPU kernels sum
+    in a thread-count dependent order, so with batches of several images rounded values can
+    differ in their last digit).
 (c) Kill-and-resume: ``--kills`` runs killed with SIGKILL at a random moment, then resumed with
     ``--resume``: every output byte-identical to the uninterrupted run. ``--stored 0`` skips
     (b) and (c).
@@ -268,25 +270,39 @@ def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
     # (b) torchrun 2 x 1 thread vs 1 process on a stored pool
     from det_al.synthetic import generate
 
+    import cv2
+
     root = work / "pool"
     half = args.stored // 2
     old = generate(root, half, "old", seed=1, start_id=1, size=args.image_size)
     new = generate(root, args.stored - half, "drifted", seed=2, start_id=half + 1, size=args.image_size)
+    shapes = random.Random(1)
+    for image in old["images"] + new["images"]:
+        w, h = (shapes.randint(args.image_size // 2, args.image_size) for _ in range(2))
+        path = root / image["file_name"]
+        cv2.imwrite(str(path), cv2.imread(str(path))[:h, :w])
+        image.update(width=w, height=h)
     pool = root / "pool.json"
     pool.write_text(json.dumps({"images": old["images"] + new["images"], "categories": CATEGORIES, "annotations": []}))
-    single = work / "single"
-    t1 = timed_run([sys.executable, *score_cmd(pool, ckpt, single, args.batch_size)])
-    dist = work / "torchrun"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one_thread = dict(os.environ, OMP_NUM_THREADS="1")
+    single1, single, dist = work / "single-1-thread", work / "single", work / "torchrun"
+    t11 = timed_run([sys.executable, *score_cmd(pool, ckpt, single1, args.batch_size)], env=one_thread)
+    threads = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    t1 = timed_run([sys.executable, *score_cmd(pool, ckpt, single, args.batch_size)], env=threads)
     t2 = timed_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
-                    *score_cmd(pool, ckpt, dist, args.batch_size)], env=env)
+                    *score_cmd(pool, ckpt, dist, args.batch_size)], env=one_thread)
+
+    def identical(a: Path, b: Path) -> str:
+        return ", ".join(f"{n}: {'yes' if same_outputs(a, b, (n,)) else 'NO'}" for n in COMPARED)
+
     rows += [
-        (f"(b) 1 process ({args.threads} threads), {args.stored} images", f"{t1:.1f} s, {args.stored / t1:.1f} images/s"),
-        ("(b) torchrun 2 processes (1 thread each)", f"{t2:.1f} s, {args.stored / t2:.1f} images/s"),
-        ("(b) throughput ratio torchrun / single", f"{t1 / t2:.2f}x"),
-        ("(b) rankings identical", "yes" if same_outputs(single, dist, ("ranking.jsonl",)) else "NO"),
-        ("(b) other outputs byte-identical", ", ".join(
-            f"{n}: {'yes' if same_outputs(single, dist, (n,)) else 'no'}" for n in COMPARED[1:])),
+        (f"(b) 1 process, 1 thread, {args.stored} images of mixed shapes", f"{t11:.1f} s, {args.stored / t11:.1f} images/s"),
+        (f"(b) 1 process, {args.threads} threads", f"{t1:.1f} s, {args.stored / t1:.1f} images/s"),
+        ("(b) torchrun 2 processes, 1 thread each", f"{t2:.1f} s, {args.stored / t2:.1f} images/s"),
+        ("(b) throughput ratio torchrun / 1 process 1 thread", f"{t11 / t2:.2f}x"),
+        (f"(b) throughput ratio torchrun / 1 process {args.threads} threads", f"{t1 / t2:.2f}x"),
+        ("(b) torchrun vs 1 thread: byte-identical", identical(single1, dist)),
+        (f"(b) torchrun vs {args.threads} threads: byte-identical", identical(single, dist)),
     ]
 
     # (c) SIGKILL at a random moment, then --resume
@@ -295,14 +311,14 @@ def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
     for k in range(args.kills):
         out = work / f"kill-{k}"
         cmd = [sys.executable, *score_cmd(pool, ckpt, out, args.batch_size)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=threads)
         time.sleep(rng.uniform(0.1, t1))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         results = out / "results.jsonl"
         lines_at_kill.append(results.read_bytes().count(b"\n") if results.exists() else 0)
-        timed_run(cmd + ["--resume"])
+        timed_run(cmd + ["--resume"], env=threads)
         identical += same_outputs(single, out)
         shutil.rmtree(out, ignore_errors=True)
     rows += [

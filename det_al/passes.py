@@ -31,8 +31,9 @@ The fast path computes the prefix once per image batch and TTA view; the plain p
 so both give the same passes (the equivalence the tests check). Dropout masks come from one
 generator per (image, view, pass) seeded from ``seeds[i]`` (:func:`pass_seed`), so an image's
 passes do not depend on the batch it is in. (Its *features* may: torchvision pads a batch to
-its largest image, which moves border activations slightly; score one image per batch, or
-same-size images, when bit-for-bit reproducibility across batch sizes matters.)
+its largest image, which moves border activations slightly, and CPU kernels sum in a
+batch-size dependent order; so shards and resumed runs score the very batches a single run
+does, see :func:`det_al.scoring.shard_positions`.)
 """
 
 from __future__ import annotations

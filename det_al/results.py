@@ -68,8 +68,12 @@ def data_sha256(obj: Any) -> str:
 RESULT_NEUTRAL = (("passes", "num_workers"),)
 
 
-def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, shard_index: int) -> dict:
-    """What a results file was computed from; two runs with equal keys give equal results."""
+def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, shard_index: int, block: int = 1) -> dict:
+    """What a results file was computed from; two runs with equal keys give equal results.
+
+    ``block``: images per block dealt to the shards (``passes.batch_size``, see
+    :func:`det_al.scoring.shard_positions`); a merge reads the shards' lines that many at a time.
+    """
     config = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
     for section, key in RESULT_NEUTRAL:
         if isinstance(config.get(section), dict):
@@ -80,6 +84,7 @@ def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, s
         "pool_sha256": pool_sha,
         "num_shards": num_shards,
         "shard_index": shard_index,
+        "shard_block": block,
     }
 
 
@@ -90,6 +95,7 @@ def _describe_mismatch(old: dict, new: dict) -> str:
         "pool_sha256": "a different pool",
         "num_shards": "a different --num-shards",
         "shard_index": "a different --shard-index",
+        "shard_block": "another split of the pool into shards (an older det_al version)",
     }
     diffs = [names.get(k, k) for k in new if old.get(k) != new.get(k)]
     return ", ".join(diffs) or "an unknown run"

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -180,6 +180,7 @@ def iter_results(
     amp: bool = False,
     progress: bool = True,
     make_dataset: Callable[[PoolImages], torch.utils.data.Dataset] | None = None,
+    batches: Iterable[list[int]] | None = None,
 ) -> Iterator[list[dict]]:
     """Score ``images`` (:class:`PoolImages` or COCO image dicts) batch by batch; yields each
     batch's result lines.
@@ -187,17 +188,16 @@ def iter_results(
     Images that cannot be read, or that the model fails on, give a ``skipped`` line with the
     reason; the run goes on. ``make_dataset(images)`` replaces :class:`PoolDataset` (images
     from elsewhere than files, e.g. rendered on the fly); its items are those of PoolDataset.
+    ``batches`` (index lists into ``images``) replaces the default batching, consecutive runs
+    of ``passes.batch_size`` images; an image's passes depend on the images batched with it
+    (torchvision pads a batch to its largest image).
     """
     images = as_pool_images(images)
     p = config.passes
     dataset = make_dataset(images) if make_dataset else PoolDataset(images, image_root)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=p.batch_size,
-        shuffle=False,
-        num_workers=p.num_workers,
-        collate_fn=pool_collate,
-    )
+    if batches is None:
+        batches = (list(range(i, min(i + p.batch_size, len(dataset)))) for i in range(0, len(dataset), p.batch_size))
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=p.num_workers, collate_fn=pool_collate)
     with_masks = has_masks(model)
     bar = tqdm(total=len(dataset), desc="scoring", unit="img", disable=not progress, dynamic_ncols=True)
     try:
@@ -265,11 +265,48 @@ def write_outputs(
     return assemble_outputs(lambda: iter(scores.results), out_dir, categories, config, info)
 
 
-def shard_of(images: PoolImages | list[dict], num_shards: int, shard_index: int) -> PoolImages | list[dict]:
-    """The images of one shard: every ``num_shards``-th image of the pool, from ``shard_index``."""
+def shard_positions(n_pool: int, num_shards: int, shard_index: int, block: int = 1) -> np.ndarray:
+    """Pool positions ``[M]`` of shard ``shard_index`` of ``num_shards``.
+
+    The pool is cut into blocks of ``block`` consecutive images (``passes.batch_size``: one
+    scoring batch each) and the blocks are dealt round-robin, so every shard scores exactly the
+    batches a single run scores. (torchvision pads a batch to its largest image, so an image's
+    passes depend on the images batched with it; dealing single images would change that.)
+    """
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise InputError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
-    return images[shard_index::num_shards]
+    positions = np.arange(n_pool, dtype=np.int64)
+    return positions[(positions // max(block, 1)) % num_shards == shard_index]
+
+
+def shard_of(images: PoolImages, num_shards: int, shard_index: int, block: int = 1) -> PoolImages:
+    """The images of one shard (see :func:`shard_positions`), in pool order."""
+    positions = shard_positions(len(images), num_shards, shard_index, block)
+    return images if num_shards == 1 else images[positions]
+
+
+def _runs(labels: np.ndarray) -> Iterator[list[int]]:
+    """Index lists of the runs of equal consecutive values of ``labels`` ``[N]``."""
+    bounds = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist(), len(labels)]
+    return (list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+
+
+def _resume_batches(positions: np.ndarray, done: np.ndarray, block: int) -> tuple[np.ndarray, Iterator[list[int]]]:
+    """Which shard images to score, and how to batch them, so every batch is a whole pool block.
+
+    Args:
+        positions: ``[M]`` pool positions of the shard's images.
+        done: ``[M]`` bool, images whose result line is already written.
+        block: images per batch.
+
+    Returns:
+        ``(rerun [M] bool, batches)``: every image of a block with anything left to score, and
+        the batches as index lists into ``images[rerun]``. A block a kill interrupted is scored
+        whole again (the caller does not write its written lines twice).
+    """
+    blocks = positions // block
+    rerun = np.isin(blocks, blocks[~done])
+    return rerun, _runs(blocks[rerun])
 
 
 def score_to_dir(
@@ -299,16 +336,22 @@ def score_to_dir(
     :func:`det_al.shards.merge_shards`.
     """
     pool_images = as_pool_images(pool["images"])
-    images = shard_of(pool_images, num_shards, shard_index)
-    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index)
+    block = config.passes.batch_size
+    positions = shard_positions(len(pool_images), num_shards, shard_index, block)
+    images = shard_of(pool_images, num_shards, shard_index, block)
+    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block)
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
     with ResultsWriter(out_dir, key, resume=resume, meta=meta) as writer:
-        todo = images[~np.isin(images.ids, writer.done_ids)] if len(writer.done_ids) else images
-        if resume and len(writer.done_ids):
-            logger.info("%d of %d images left to score", len(todo), len(images))
-        for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress, make_dataset):
-            writer.write_batch(lines)
+        todo, batches, written = images, None, set()
+        if len(writer.done_ids):
+            done = np.isin(images.ids, writer.done_ids)
+            rerun, batches = _resume_batches(positions, done, block)
+            todo = images[rerun]
+            written = set(images.ids[rerun & done].tolist())
+            logger.info("%d of %d images left to score", int((~done).sum()), len(images))
+        for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress, make_dataset, batches):
+            writer.write_batch([line for line in lines if line["image_id"] not in written] if written else lines)
         writer.mark_done(len(images))
     counts = {"n_pool": len(pool_images), "n_shard": len(images)}
     if assemble:

@@ -1,10 +1,13 @@
 """Join the results of sharded scoring runs into the outputs of one run.
 
-Shard ``i`` of ``N`` scores every ``N``-th pool image from position ``i`` and writes its result
-lines to its own folder (``det-al score --num-shards N --shard-index i``, or one rank of
-``torchrun``). :func:`merge_shards` checks that the folders are the ``N`` finished shards of one
-run (same checkpoint, config and pool) and reads their lines round-robin, which restores pool
-order, so the merged outputs equal those of a single-process run.
+The pool is cut into blocks of ``passes.batch_size`` consecutive images, one scoring batch
+each, and shard ``i`` of ``N`` scores every ``N``-th block from block ``i``
+(:func:`det_al.scoring.shard_positions`), writing its result lines to its own folder
+(``det-al score --num-shards N --shard-index i``, or one rank of ``torchrun``). Each shard
+thus batches exactly the images a single run batches together. :func:`merge_shards` checks that
+the folders are the ``N`` finished shards of one run (same checkpoint, config, pool and split)
+and reads their lines a block at a time round-robin, which restores pool order, so the merged
+outputs equal those of a single-process run.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from det_al.errors import InputError
 from det_al.files import read_json
 from det_al.results import DONE, IGNORED, RESULTS, is_done, read_key
 
-SAME = {"checkpoint_sha256": "checkpoint", "config_sha256": "config", "pool_sha256": "pool", "num_shards": "--num-shards"}
+SAME = {
+    "checkpoint_sha256": "checkpoint",
+    "config_sha256": "config",
+    "pool_sha256": "pool",
+    "num_shards": "--num-shards",
+    "shard_block": "split of the pool",
+}
 
 
 def check_shards(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict]]:
@@ -31,6 +40,8 @@ def check_shards(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict]]:
     for d, key in keys:
         if not isinstance(key.get("shard_index"), int) or not isinstance(key.get("num_shards"), int):
             raise InputError("key.json has no shard_index/num_shards: not a det_al scoring output", d)
+        if not isinstance(key.get("shard_block"), int) or key["shard_block"] < 1:
+            raise InputError("key.json has no shard_block: scored by an older det_al version; score the shard again", d)
     shards = sorted(keys, key=lambda x: x[1]["shard_index"])
     first_dir, first = shards[0]
     for d, key in shards:
@@ -52,16 +63,22 @@ def check_shards(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict]]:
     return shards
 
 
-def _round_robin(paths: list[Path]) -> Iterator[dict]:
+def _round_robin(paths: list[Path], block: int) -> Iterator[dict]:
+    """The lines of ``paths``, ``block`` at a time from each in turn, until all are read."""
     files = [open(p, encoding="utf-8") for p in paths]
     try:
         live = list(files)
         while live:
             still = []
             for f in live:
-                line = f.readline()
-                if line.endswith("\n"):
+                n = 0
+                while n < block:
+                    line = f.readline()
+                    if not line.endswith("\n"):
+                        break
                     yield json.loads(line)
+                    n += 1
+                if n == block:
                     still.append(f)
             live = still
     finally:
@@ -78,7 +95,8 @@ def merge_shards(dirs: list[str | os.PathLike], out_dir: str | os.PathLike, run_
     config = config_from_dict(meta["config"], str(shards[0][0] / "key.json"))
     paths = [d / RESULTS for d, _ in shards]
     info = {"n_pool": meta.get("n_pool"), "shards": [os.fspath(d) for d, _ in shards], **(run_info or {})}
-    return assemble_outputs(lambda: _round_robin(paths), out_dir, meta.get("categories", []), config, info)
+    block = shards[0][1]["shard_block"]
+    return assemble_outputs(lambda: _round_robin(paths, block), out_dir, meta.get("categories", []), config, info)
 
 
 __all__ = ["check_shards", "merge_shards", "IGNORED"]

@@ -235,3 +235,96 @@ def test_ranking_sorted_in_small_chunks_is_the_same(reference, tmp_path, chunk):
                               config_from_dict(meta["config"]), chunk=chunk)
     assert counts["n_scored"] == 6
     _same_outputs(reference, out)
+
+
+# Images of mixed shapes scored 3 to a batch: torchvision pads a batch to its largest image,
+# so an image's passes depend on the images that share its batch. Shards, torchrun ranks and a
+# resumed run must therefore batch exactly the images a single run batches together.
+MIXED_SHAPES = [(96, 96), (96, 64), (64, 96), (96, 48), (80, 96), (96, 72), (56, 96), (96, 96)]  # (w, h)
+
+
+@pytest.fixture(scope="module")
+def mixed_pool(tmp_path_factory) -> dict:
+    import cv2
+
+    from det_al.synthetic import generate
+
+    root = tmp_path_factory.mktemp("mixed")
+    coco = generate(root, len(MIXED_SHAPES), "old", seed=5, start_id=1, size=96)
+    for image, (w, h) in zip(coco["images"], MIXED_SHAPES):
+        path = root / image["file_name"]
+        cv2.imwrite(str(path), cv2.imread(str(path))[:h, :w])
+        image.update(width=w, height=h)
+    coco["annotations"] = []
+    (root / "pool.json").write_text(json.dumps(coco))
+    return {"root": root, "pool": root / "pool.json", "coco": coco}
+
+
+@pytest.fixture(scope="module")
+def mixed_reference(mixed_pool, tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mixed_reference")
+    assert _score(mixed_pool, tiny_checkpoint, out, "--batch-size", "3") == 0
+    return out
+
+
+def test_shard_positions_deal_whole_batches():
+    from det_al.scoring import shard_positions
+
+    # 10 images in batches of 2: [0 1] [2 3] [4 5] [6 7] [8 9] dealt to shards 0 1 2 0 1.
+    assert [shard_positions(10, 3, i, 2).tolist() for i in range(3)] == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5]]
+    assert shard_positions(5, 2, 1, 1).tolist() == [1, 3]
+    assert shard_positions(4, 1, 0, 3).tolist() == [0, 1, 2, 3]
+    with pytest.raises(InputError, match="--shard-index must be in"):
+        shard_positions(4, 2, 2, 1)
+
+
+def test_mixed_sizes_batched_shards_merge_into_the_single_run(mixed_reference, mixed_pool, tiny_checkpoint, tmp_path, capsys):
+    dirs = []
+    for i in range(2):
+        d = tmp_path / f"shard{i}"
+        assert _score(mixed_pool, tiny_checkpoint, d, "--batch-size", "3", "--num-shards", "2", "--shard-index", str(i)) == 0
+        dirs.append(str(d))
+    # 8 images in batches of 3 dealt to 2 shards: shard 0 holds batches 0 and 2, shard 1 batch 1.
+    assert [len((Path(d) / RESULTS).read_text().splitlines()) for d in dirs] == [5, 3]
+    merged = tmp_path / "merged"
+    assert main(["merge-shards", *dirs, "--out", str(merged)]) == 0
+    _same_outputs(mixed_reference, merged)
+    # A shard whose key does not say how the pool was split (an older det_al dealt single images).
+    key_path = Path(dirs[1]) / "key.json"
+    key = json.loads(key_path.read_text())
+    del key["shard_block"]
+    key_path.write_text(json.dumps(key))
+    capsys.readouterr()
+    assert main(["merge-shards", *dirs, "--out", str(tmp_path / "merged2")]) == 2
+    assert "no shard_block: scored by an older det_al version" in capsys.readouterr().err
+    assert not (tmp_path / "merged2").exists()
+
+
+def test_mixed_sizes_resume_inside_a_batch_reruns_the_whole_batch(mixed_reference, mixed_pool, tiny_checkpoint, tmp_path):
+    # Killed after the first batch and one image of the second: the second batch's other two
+    # images must be scored beside the first one again, not as a batch of two.
+    lines = (mixed_reference / RESULTS).read_text().splitlines(keepends=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "key.json").write_text((mixed_reference / "key.json").read_text())
+    (out / RESULTS).write_text("".join(lines[:4]))
+    assert _score(mixed_pool, tiny_checkpoint, out, "--batch-size", "3", "--resume") == 0
+    assert (out / RESULTS).read_text() == "".join(lines)
+    _same_outputs(mixed_reference, out)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_torchrun_mixed_sizes_batched_equal_single_run(mixed_reference, mixed_pool, tiny_checkpoint, tmp_path):
+    # Each rank runs as many threads as the reference run did: with batches of several images,
+    # CPU kernels add up in a thread-count dependent order (last-digit differences otherwise).
+    import torch
+
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(mixed_pool["pool"]), "-o", str(out),
+         "--passes", "2", "--seed", "3", "--batch-size", "3", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    _same_outputs(mixed_reference, out)

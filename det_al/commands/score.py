@@ -113,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
             f"{len(categories)} categories for a model of {config.model.num_classes - 1} classes", args.checkpoint
         )
     checkpoint_sha = file_sha256(args.checkpoint)
-    info = {"checkpoint": os.fspath(args.checkpoint), "pool": os.fspath(args.pool)}
+    import torch
+
+    # Recorded because CPU results depend on it in the last bits (see README, "Large pools").
+    info = {"checkpoint": os.fspath(args.checkpoint), "pool": os.fspath(args.pool),
+            "device": device, "threads_per_process": torch.get_num_threads()}
     start = time.perf_counter()
     if world > 1:
         return _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info)
