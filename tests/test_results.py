@@ -328,3 +328,23 @@ def test_torchrun_mixed_sizes_batched_equal_single_run(mixed_reference, mixed_po
     )
     assert result.returncode == 0, result.stderr[-2000:]
     _same_outputs(mixed_reference, out)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_torchrun_an_error_on_one_rank_stops_every_rank_with_one_line(tiny_pool, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "rank-1-of-2").write_text("a file where rank 1's folder should be")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
+         "--passes", "2", "--seed", "3", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode != 0
+    # One line from each rank (torchrun's launcher then reports the failed child its own way):
+    # rank 1 names its problem; rank 0, which scored its shard, says which rank failed, at once.
+    problem = f"{out / 'shards' / 'rank-1-of-2'}: cannot create output folder: File exists"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("det-al score: error:")]
+    assert sorted(errors) == sorted([f"det-al score: error: {problem}", f"det-al score: error: rank 1: {problem}"]), result.stderr[-2000:]
+    assert not (out / "ranking.jsonl").exists()

@@ -150,30 +150,30 @@ def _print_summary(out_dir: Path, counts: dict, seconds: float) -> None:
 
 
 def _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info) -> int:
-    """One torchrun rank: score shard ``rank`` of ``world``; rank 0 merges after a barrier."""
-    import torch.distributed as dist
+    """One torchrun rank: score shard ``rank`` of ``world``; rank 0 merges when all are done.
 
+    The process group waits up to a day in a collective (:data:`det_al.distributed.WAIT`): ranks
+    finish their shards at different times and rank 0's merge of a large pool takes a while. An
+    error on any rank (bad image root, full disk) is raised on every rank, each with one line.
+    """
+    from det_al import distributed
     from det_al.scoring import score_to_dir
     from det_al.shards import merge_shards
 
     if args.num_shards != 1:
         raise InputError("--num-shards cannot be combined with torchrun: each rank is one shard")
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend=backend)
-    try:
+    with distributed.process_group(device) as device:
         shard_dir = out_dir / "shards" / f"rank-{rank}-of-{world}"
         start = time.perf_counter()
-        score_to_dir(
-            model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
-            resume=args.resume, num_shards=world, shard_index=rank, device=device, amp=args.amp,
-            progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
-        )
-        dist.barrier()
-        if rank == 0:
-            dirs = [out_dir / "shards" / f"rank-{r}-of-{world}" for r in range(world)]
-            counts = merge_shards(dirs, out_dir, {**info, "world_size": world})
-            _print_summary(out_dir, counts, time.perf_counter() - start)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+        with distributed.fail_together():
+            score_to_dir(
+                model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
+                resume=args.resume, num_shards=world, shard_index=rank, device=device, amp=args.amp,
+                progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
+            )
+        with distributed.fail_together():
+            if rank == 0:
+                dirs = [out_dir / "shards" / f"rank-{r}-of-{world}" for r in range(world)]
+                counts = merge_shards(dirs, out_dir, {**info, "world_size": world})
+                _print_summary(out_dir, counts, time.perf_counter() - start)
     return 0
