@@ -250,16 +250,17 @@ def list_images(
 
 
 def pool_from_folder(
-    folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS
-) -> tuple[dict, list[dict]]:
-    """A COCO pool dict for the images under ``folder``, and the files that cannot be read.
+    folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS, sizes: bool = True
+) -> dict:
+    """A COCO pool dict for every image file under ``folder``.
 
     Images are sorted by relative path and numbered 1, 2, ...; ``file_name`` is the path
-    relative to ``folder`` (the image root); ``width``/``height`` are as :func:`read_image`
-    returns them (after EXIF rotation), read from the headers only. ``categories`` and
-    ``annotations`` are empty lists. Files whose header cannot be read are not numbered: they
-    are returned as ``skipped``, ``[{"file_name", "reason"}]`` (a file truncated after its
-    header is caught later, when it is read).
+    relative to ``folder`` (the image root). With ``sizes``, ``width``/``height`` are as
+    :func:`read_image` returns them (after EXIF rotation), read from the headers only; a file
+    whose header cannot be read keeps its place and id without a size (a warning counts them),
+    so that scoring lists it as skipped with its reason rather than it vanishing from the pool.
+    Without ``sizes`` no file is opened (fast for folders of millions). ``categories`` and
+    ``annotations`` are empty lists.
 
     Raises:
         InputError: the folder does not exist or holds no image files.
@@ -270,19 +271,18 @@ def pool_from_folder(
     names = list_images(root, extensions)
     if not names:
         raise InputError(f"no image files found (looked for {', '.join(extensions)})", root)
-    images, skipped = [], []
-    for name in names:
-        try:
-            width, height = image_size(root / name)
-        except ImageReadError as e:
-            skipped.append({"file_name": name, "reason": e.reason})
-            continue
-        images.append({"id": len(images) + 1, "file_name": name, "width": width, "height": height})
-    if skipped:
-        logger.warning(
-            "%s: %d of %d image files cannot be read (skipped)", root, len(skipped), len(names)
-        )
-    return {"images": images, "annotations": [], "categories": []}, skipped
+    images, unreadable = [], 0
+    for image_id, name in enumerate(names, start=1):
+        image = {"id": image_id, "file_name": name}
+        if sizes:
+            try:
+                image["width"], image["height"] = image_size(root / name)
+            except ImageReadError:
+                unreadable += 1
+        images.append(image)
+    if unreadable:
+        logger.warning("%s: %d of %d image files cannot be read (they will be listed as skipped)", root, unreadable, len(names))
+    return {"images": images, "annotations": [], "categories": []}
 
 
 # ---------------------------------------------------------------- categories

@@ -235,13 +235,16 @@ def test_pool_from_folder(tmp_path):
     (root / ".hidden.png").write_bytes(b"ignored")
     assert list_images(root) == ["b.png", "c.jpg", "sub/a.JPG"]
 
-    pool, skipped = pool_from_folder(root)
+    pool = pool_from_folder(root)
     assert pool["images"] == [
         {"id": 1, "file_name": "b.png", "width": 6, "height": 4},
-        {"id": 2, "file_name": "sub/a.JPG", "width": 4, "height": 6},  # EXIF-rotated
+        {"id": 2, "file_name": "c.jpg"},  # unreadable: kept, so scoring lists it as skipped
+        {"id": 3, "file_name": "sub/a.JPG", "width": 4, "height": 6},  # EXIF-rotated
     ]
-    assert skipped == [{"file_name": "c.jpg", "reason": "empty file"}]
     assert pool["categories"] == [] and pool["annotations"] == []
+    assert pool_from_folder(root, sizes=False)["images"] == [
+        {"id": 1, "file_name": "b.png"}, {"id": 2, "file_name": "c.jpg"}, {"id": 3, "file_name": "sub/a.JPG"},
+    ]
     validate_coco(pool)
     write_coco(tmp_path / "pool.json", pool)
     assert load_coco(tmp_path / "pool.json")["images"] == pool["images"]

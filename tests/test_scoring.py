@@ -118,11 +118,18 @@ def test_folder_pool(tiny_pool, tiny_checkpoint, tmp_path):
     folder.mkdir()
     for im in tiny_pool["coco"]["images"][:2]:
         shutil.copy(tiny_pool["root"] / im["file_name"], folder / Path(im["file_name"]).name)
+    (folder / "broken.png").write_bytes(b"")
     out = tmp_path / "out"
     assert main(["score", "-k", str(tiny_checkpoint), "-p", str(folder), "-o", str(out), "--passes", "2", "--no-progress"]) == 0
     pool = json.loads((out / "pool.json").read_text())
-    assert [(im["width"], im["height"]) for im in pool["images"]] == [(96, 96), (96, 96)]
-    assert len(_ranking(out)) == 2
+    names = sorted(Path(im["file_name"]).name for im in tiny_pool["coco"]["images"][:2]) + ["broken.png"]
+    assert [im["file_name"] for im in pool["images"]] == sorted(names)
+    # the unreadable file is in the pool and listed as skipped, not dropped
+    assert [(s["file_name"], s["reason"]) for s in json.loads((out / "skipped.json").read_text())] == [("broken.png", "empty file")]
+    ranked = {r["file_name"]: r for r in _ranking(out)}
+    assert sorted(ranked) == sorted(names[:2])
+    images = {im["file_name"]: im for im in json.loads((out / "pseudo_labels.json").read_text())["images"]}
+    assert [(images[n]["width"], images[n]["height"]) for n in names[:2]] == [(96, 96), (96, 96)]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -56,19 +56,20 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides)
 
 
-def load_pool(pool_arg: str, image_root: str | None, out_dir: Path) -> tuple[dict, Path]:
+def load_pool(pool_arg: str, image_root: str | None, out_dir: Path, write: bool = True) -> tuple[dict, Path]:
     """A pool from a COCO file or a folder: ``{"images": PoolImages, "categories"}`` and the
-    image root."""
+    image root. For a folder, ``write`` saves the pool it makes as ``out_dir/pool.json``
+    (under torchrun only rank 0 does)."""
     from det_al.coco import pool_from_folder
     from det_al.files import write_json
     from det_al.pool import PoolImages, read_pool
 
     path = Path(pool_arg)
     if path.is_dir():
-        pool, skipped = pool_from_folder(path)
-        write_json(out_dir / "pool.json", pool, indent=1)
-        if skipped:
-            write_json(out_dir / "pool_skipped.json", skipped, indent=1)
+        # No header is read: a file that cannot be read is listed in skipped.json when scored.
+        pool = pool_from_folder(path, sizes=False)
+        if write:
+            write_json(out_dir / "pool.json", pool, indent=1)
         pool = {"images": PoolImages.from_dicts(pool["images"]), "categories": pool["categories"]}
         return pool, Path(image_root) if image_root else path
     if not path.exists():
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         device = f"cuda:{local_rank}"
     # Cheap checks first: a bad config or pool fails before the model is loaded.
     config = load_config(args.config, _overrides(args)) if args.config else None
-    pool, image_root = load_pool(args.pool, args.image_root, out_dir)
+    pool, image_root = load_pool(args.pool, args.image_root, out_dir, write=rank == 0)
     if config is not None:
         model, _, categories, _ = load_checkpoint(args.checkpoint, config, device=device)
     else:
