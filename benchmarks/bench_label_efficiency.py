@@ -33,15 +33,9 @@ from pathlib import Path
 from det_al.config import config_from_dict
 from det_al.errors import InputError
 from det_al.files import write_json
-from det_al.loop import (
-    LoopData,
-    format_efficiency,
-    label_efficiency,
-    plot_learning_curves,
-    read_rows,
-    run_loop,
-    summarise,
-)
+from det_al.loop import run_loop
+from det_al.loop_data import LoopData
+from det_al.loop_results import format_efficiency, label_efficiency, plot_learning_curves, read_rows, summarise
 from det_al.synthetic import make_demo_data
 
 STRATEGIES = ("random", "top", "top:class", "top:box", "diverse")

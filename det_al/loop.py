@@ -10,7 +10,7 @@ For every strategy and seed of ``config.loop`` the loop starts from the same lab
    batch with the strategy (:mod:`det_al.strategies`), reveal the selected images' labels from
    the oracle file and move them from the pool to the labelled set.
 
-Each round appends one row to ``results.csv`` (:data:`CSV_FIELDS`), flushed at once: the
+Each round appends one row to ``results.csv`` (:mod:`det_al.loop_results`), flushed at once: the
 selected image ids are in the row, so after a crash ``resume=True`` skips completed rows and
 rebuilds every strategy's labelled set and pool from the recorded selections. Per round, the
 training folder ``runs/<strategy>/seed<s>/round<r>/`` holds the labelled COCO file and the
@@ -25,296 +25,27 @@ and wait for it otherwise (evaluation, scoring and selection run on rank 0 alone
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from det_al.config import Config, config_to_dict
 from det_al.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group
 from det_al.errors import InputError
-from det_al.files import atomic_open, read_json, write_json
+from det_al.files import read_json, write_json
+from det_al.loop_data import LoopData, budgets, check_loop_config, subset
+from det_al.loop_results import RowsWriter, plot_learning_curves, read_rows
 from det_al.strategies import classes_from_annotations, get_strategy
 
 logger = logging.getLogger(__name__)
 
-CSV_FIELDS = (
-    "strategy",
-    "seed",
-    "round",
-    "labelled_images",
-    "labelled_boxes",
-    "map",
-    "map50",
-    "pool_images",
-    "selected_images",
-    "selected_boxes",
-    "selected_domains",
-    "seconds",
-    "selected",
-)
-RETRAIN = ("scratch", "finetune")
 # Settings that must not change when a run is resumed (rounds, strategies and seeds may grow).
 _FIXED_ON_RESUME = ("budget", "budget_boxes", "retrain", "finetune_epochs", "finetune_lr", "pre_factor")
-
-
-# --------------------------------------------------------------------------- data
-
-
-def check_loop_config(config: Config) -> None:
-    """Range checks of ``config.loop``; a bad value is an :class:`InputError` naming the key."""
-    loop = config.loop
-    if loop.rounds < 0:
-        raise InputError(f"loop.rounds must be >= 0, got {loop.rounds}")
-    if loop.budget < 1 and loop.budget_boxes < 1:
-        raise InputError("loop.budget (images) or loop.budget_boxes must be >= 1")
-    if loop.budget_boxes < 0:
-        raise InputError(f"loop.budget_boxes must be >= 0 (0: a budget in images), got {loop.budget_boxes}")
-    if loop.retrain not in RETRAIN:
-        raise InputError(f"loop.retrain must be scratch or finetune, got '{loop.retrain}'")
-    if not loop.strategies:
-        raise InputError("loop.strategies is empty")
-    if len(set(loop.strategies)) != len(loop.strategies) or len(set(loop.seeds)) != len(loop.seeds):
-        raise InputError("loop.strategies and loop.seeds must not repeat")
-    if not loop.seeds:
-        raise InputError("loop.seeds is empty")
-    for name in loop.strategies:
-        try:
-            get_strategy(name)
-        except ValueError as e:
-            raise InputError(f"loop.strategies: {e}") from e
-    if loop.finetune_epochs < 0 or loop.finetune_lr < 0:
-        raise InputError("loop.finetune_epochs and loop.finetune_lr must be >= 0 (0: those of train)")
-    if loop.pre_factor < 1:
-        raise InputError(f"loop.pre_factor must be >= 1, got {loop.pre_factor}")
-
-
-def budgets(config: Config) -> tuple[int | None, int | None]:
-    """``(budget, budget_boxes)`` for the strategies: a box budget when ``budget_boxes > 0``."""
-    if config.loop.budget_boxes > 0:
-        return None, config.loop.budget_boxes
-    return config.loop.budget, None
-
-
-def subset(coco: Mapping[str, Any], image_ids: Iterable[int]) -> dict:
-    """The images (in ``coco``'s order) and annotations of ``image_ids``, plus the categories."""
-    keep = set(int(i) for i in image_ids)
-    return {
-        "images": [im for im in coco["images"] if int(im["id"]) in keep],
-        "annotations": [a for a in coco.get("annotations", []) if int(a["image_id"]) in keep],
-        "categories": coco.get("categories", []),
-    }
-
-
-def shrink(coco: Mapping[str, Any], n: int) -> dict:
-    """The first ``n`` images of ``coco`` with their annotations (for ``--quick``)."""
-    return subset(coco, [im["id"] for im in coco["images"][:n]])
-
-
-def quick_config(config: Config) -> Config:
-    """Tiny settings for a smoke test: one seed, one round of at most 2 images (or 6 boxes), one
-    epoch of one batch, two passes. The data are cut down by :func:`run_loop` with ``quick=True``."""
-    loop = config.loop
-    return dataclasses.replace(
-        config,
-        loop=dataclasses.replace(
-            loop,
-            rounds=min(loop.rounds, 1),
-            budget=min(loop.budget, 2) if loop.budget_boxes <= 0 else loop.budget,
-            budget_boxes=min(loop.budget_boxes, 6) if loop.budget_boxes > 0 else 0,
-            seeds=loop.seeds[:1],
-        ),
-        train=dataclasses.replace(config.train, epochs=1, batch_size=8, warmup_iters=0, eval_every=0, max_minutes=0.5),
-        passes=dataclasses.replace(config.passes, passes=2, dropout=config.passes.rates()[0], tta=()),
-    )
-
-
-QUICK_SIZES = {"labelled": 4, "pool": 8, "val": 4}
-
-
-@dataclasses.dataclass
-class LoopData:
-    """The loop's inputs in memory."""
-
-    labelled: dict
-    pool: dict
-    oracle: dict
-    val: dict
-    image_root: Path
-    categories: list[dict]
-
-    @classmethod
-    def load(
-        cls,
-        labelled: str | os.PathLike,
-        pool: str | os.PathLike,
-        oracle: str | os.PathLike,
-        val: str | os.PathLike,
-        image_root: str | os.PathLike,
-        quick: bool = False,
-    ) -> "LoopData":
-        from det_al.coco import load_coco
-
-        data = {
-            "labelled": load_coco(labelled, require_annotations=True),
-            "pool": load_coco(pool),
-            "oracle": load_coco(oracle, require_annotations=True),
-            "val": load_coco(val, require_annotations=True),
-        }
-        if quick:
-            data = {k: shrink(v, QUICK_SIZES.get(k, len(v["images"]))) for k, v in data.items()}
-            data["oracle"] = subset(data["oracle"], [im["id"] for im in data["pool"]["images"]])
-        oracle_ids = {int(im["id"]) for im in data["oracle"]["images"]}
-        missing = [im["id"] for im in data["pool"]["images"] if int(im["id"]) not in oracle_ids]
-        if missing:
-            raise InputError(f"the oracle has no labels for pool image id {missing[0]}", oracle)
-        overlap = {int(im["id"]) for im in data["labelled"]["images"]} & {
-            int(im["id"]) for im in data["pool"]["images"]
-        }
-        if overlap:
-            raise InputError(f"image id {min(overlap)} is both labelled and in the pool", pool)
-        names = [c["name"] for c in data["labelled"]["categories"]]
-        if [c["name"] for c in data["oracle"]["categories"]] != names or [
-            c["name"] for c in data["val"]["categories"]
-        ] != names:
-            raise InputError("the labelled, oracle and validation files must have the same categories", oracle)
-        return cls(image_root=Path(image_root), categories=list(data["labelled"]["categories"]), **data)
-
-
-# --------------------------------------------------------------------------- results file
-
-
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """The complete rows of a results CSV (a torn last line from a crash is dropped)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        text = f.read()
-    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(complete))
-    if reader.fieldnames is not None and tuple(reader.fieldnames) != CSV_FIELDS:
-        raise InputError(f"not a det_al loop results file (columns {reader.fieldnames})", path)
-    for row in reader:
-        try:
-            rows.append(_parse_row(row))
-        except (TypeError, ValueError) as e:
-            raise InputError(f"malformed row {reader.line_num}: {e}", path) from e
-    return rows
-
-
-def _parse_row(row: Mapping[str, str]) -> dict:
-    out: dict[str, Any] = dict(row)
-    for key in ("seed", "round", "labelled_images", "labelled_boxes", "pool_images", "selected_images", "selected_boxes"):
-        out[key] = int(row[key])
-    for key in ("map", "map50", "seconds"):
-        out[key] = float(row[key])
-    out["selected"] = [int(i) for i in row["selected"].split()] if row["selected"] else []
-    return out
-
-
-class ResultsWriter:
-    """Appends rows to the results CSV, flushed and synced one by one."""
-
-    def __init__(self, path: str | os.PathLike, rows: Sequence[dict]):
-        self.path = Path(path)
-        # rewrite what is complete (drops a torn line), then append
-        with atomic_open(self.path) as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(_format_row(row))
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n").writerow(_format_row(row))
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _format_row(row: Mapping[str, Any]) -> dict:
-    out = {k: row[k] for k in CSV_FIELDS}
-    out["selected"] = " ".join(str(i) for i in row["selected"])
-    out["map"], out["map50"] = f"{row['map']:.6f}", f"{row['map50']:.6f}"
-    out["seconds"] = f"{row['seconds']:.1f}"
-    return out
-
-
-# --------------------------------------------------------------------------- summaries and plot
-
-
-def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict]]:
-    """Per strategy, per round: mean labelled images and boxes, mean and std of mAP over seeds.
-
-    Returns ``{strategy: [{"round", "images", "boxes", "map", "std", "n"}, ...]}`` by round;
-    ``std`` is the sample standard deviation (0 for a single seed).
-    """
-    groups: dict[str, dict[int, list[Mapping[str, Any]]]] = {}
-    for row in rows:
-        groups.setdefault(row["strategy"], {}).setdefault(int(row["round"]), []).append(row)
-    out: dict[str, list[dict]] = {}
-    for strategy, rounds in groups.items():
-        out[strategy] = []
-        for r in sorted(rounds):
-            maps = np.array([float(x["map"]) for x in rounds[r]])
-            out[strategy].append(
-                {
-                    "round": r,
-                    "images": float(np.mean([x["labelled_images"] for x in rounds[r]])),
-                    "boxes": float(np.mean([x["labelled_boxes"] for x in rounds[r]])),
-                    "map": float(maps.mean()),
-                    "std": float(maps.std(ddof=1)) if len(maps) > 1 else 0.0,
-                    "n": len(maps),
-                }
-            )
-    return out
-
-
-def plot_learning_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> None:
-    """Learning curves (mean +- std of bbox mAP over seeds vs labelled images) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    try:
-        for strategy, points in summarise(rows).items():
-            x = np.array([p["images"] for p in points])
-            y = np.array([p["map"] for p in points])
-            s = np.array([p["std"] for p in points])
-            (line,) = ax.plot(x, y, marker="o", label=strategy)
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set_xlabel("labelled images")
-        ax.set_ylabel("bbox mAP (COCO AP@[.5:.95])")
-        ax.set_title(title or "learning curves (mean ± std over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
-
-
-def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One table: per strategy and round, labelled images and mAP mean ± std."""
-    summary = summarise(rows)
-    lines = [f"{'strategy':<16} {'round':>5} {'images':>7} {'boxes':>7} {'mAP':>7} {'± std':>7} {'seeds':>5}"]
-    for strategy, points in summary.items():
-        for p in points:
-            lines.append(
-                f"{strategy:<16} {p['round']:>5} {p['images']:>7.1f} {p['boxes']:>7.1f} "
-                f"{p['map']:>7.4f} {p['std']:>7.4f} {p['n']:>5}"
-            )
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- one round's parts
@@ -501,7 +232,7 @@ def _run_rounds(
     out = paths["results"].parent
     out.mkdir(parents=True, exist_ok=True)
     write_json(paths["settings"], settings, indent=1)
-    writer = ResultsWriter(paths["results"], rows)
+    writer = RowsWriter(paths["results"], rows)
     done = {(r["strategy"], r["seed"], r["round"]): r for r in rows}
     budget, budget_boxes = budgets(config)
     loop = config.loop
@@ -641,69 +372,3 @@ def _select(
         context["labelled_embeddings"] = labelled_embeddings(model, labelled, data.image_root, device)
         records = add_novelty(records, context["embeddings"], context["embedding_ids"], context["labelled_embeddings"])
     return get_strategy(strategy)(records, budget, budget_boxes, **context)
-
-
-def label_efficiency(rows: Sequence[Mapping[str, Any]], reference: str = "random") -> dict[str, dict[str, Any]]:
-    """How many labelled images each strategy needs to reach the reference's final mAP.
-
-    For each strategy, the mean curve (labelled images -> mean mAP) is walked until it first
-    reaches the reference strategy's final-round mean mAP; the crossing is linearly interpolated
-    between the two rounds around it. Returns ``{strategy: {"images", "percent" (of the
-    reference's final labelled images), "reached", "below_rounds" (rounds where the strategy's
-    mean is below the reference's by more than one std: the larger of the two strategies' stds
-    over seeds at that round), "meaningful"}}``; ``images`` is None when the target is never
-    reached. ``acquired_percent`` counts only the images added after round 0 (the initial
-    labelled set is the same for everyone). ``meaningful`` is False when the reference's final mean mAP is not above its first
-    round's: then every curve "reaches" the target at once and the percentages say nothing.
-    """
-    summary = summarise(rows)
-    if reference not in summary:
-        return {}
-    ref = summary[reference]
-    target, ref_images, start = ref[-1]["map"], ref[-1]["images"], ref[0]["images"]
-    meaningful = len(ref) > 1 and target > ref[0]["map"]
-    ref_by_round = {p["round"]: p for p in ref}
-    out: dict[str, dict[str, Any]] = {}
-    for strategy, points in summary.items():
-        images = None
-        for a, b in zip([None] + points[:-1], points):
-            if b["map"] >= target:
-                if a is None or b["map"] == a["map"]:
-                    images = b["images"]
-                else:
-                    images = a["images"] + (target - a["map"]) / (b["map"] - a["map"]) * (b["images"] - a["images"])
-                break
-        below = [
-            p["round"]
-            for p in points
-            if p["round"] in ref_by_round
-            and p["map"] < ref_by_round[p["round"]]["map"] - max(ref_by_round[p["round"]]["std"], p["std"])
-        ]
-        out[strategy] = {
-            "images": images,
-            "percent": None if images is None or ref_images == 0 else 100.0 * images / ref_images,
-            "acquired_percent": None
-            if images is None or ref_images == start
-            else 100.0 * (images - start) / (ref_images - start),
-            "reached": images is not None,
-            "below_rounds": below,
-            "meaningful": meaningful,
-        }
-    return out
-
-
-def format_efficiency(efficiency: Mapping[str, Mapping[str, Any]], reference: str = "random") -> str:
-    lines = [f"label efficiency: labelled images to reach {reference}'s final-round mAP"]
-    if efficiency and not next(iter(efficiency.values()))["meaningful"]:
-        lines[0] += f" (not meaningful: {reference}'s final mAP is not above its first round's)"
-    for strategy, e in efficiency.items():
-        percent = "n/a" if e["percent"] is None else f"{e['percent']:.0f}%"
-        acquired = "n/a" if e["acquired_percent"] is None else f"{e['acquired_percent']:.0f}%"
-        reached = (
-            f"{e['images']:.1f} images ({percent} of {reference}'s; {acquired} of its acquired images)"
-            if e["reached"]
-            else "never"
-        )
-        below = ", ".join(str(r) for r in e["below_rounds"]) or "none"
-        lines.append(f"  {strategy:<16} {reached}; rounds below {reference} by > 1 std: {below}")
-    return "\n".join(lines)

@@ -235,7 +235,7 @@ def test_torchrun_bad_input_is_one_line_on_every_rank(tiny_data, tmp_path):
 
 @linux_only
 def test_torchrun_loop_finetunes_on_two_processes(tmp_path):
-    from det_al.loop import read_rows
+    from det_al.loop_results import read_rows
     from det_al.synthetic import make_demo_data
 
     paths = make_demo_data(tmp_path / "data", seed=0, n_train=4, n_val=4, n_pool=8)

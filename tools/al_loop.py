@@ -23,7 +23,9 @@ from pathlib import Path
 from det_al.commands.loop import add_arguments, overrides
 from det_al.config import load_config
 from det_al.errors import InputError
-from det_al.loop import LoopData, format_efficiency, format_summary, label_efficiency, quick_config, read_rows, run_loop
+from det_al.loop import run_loop
+from det_al.loop_data import LoopData, quick_config
+from det_al.loop_results import format_efficiency, format_summary, label_efficiency, read_rows
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -72,9 +72,9 @@ def overrides(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from det_al.config import load_config
     from det_al.distributed import fail_together, is_main, process_group
-    from det_al.loop import (
-        LoopData, format_efficiency, format_summary, label_efficiency, quick_config, read_rows, run_loop,
-    )
+    from det_al.loop import run_loop
+    from det_al.loop_data import LoopData, quick_config
+    from det_al.loop_results import format_efficiency, format_summary, label_efficiency, read_rows
 
     with process_group(args.device) as device:
         with fail_together():  # under torchrun, bad input stops every rank with its message

@@ -1,0 +1,70 @@
+"""The loop's results table: CSV round trip, summaries and label efficiency, by hand."""
+
+import csv
+import math
+
+import pytest
+
+from det_al.loop_results import CSV_FIELDS, RowsWriter, label_efficiency, read_rows, summarise
+
+
+def row(strategy, seed, r, images, m, selected=()):
+    return {
+        "strategy": strategy, "seed": seed, "round": r, "labelled_images": images, "labelled_boxes": 2 * images,
+        "map": m, "map50": m, "pool_images": 10, "selected_images": len(selected), "selected_boxes": 0,
+        "selected_domains": "", "seconds": 1.0, "selected": list(selected),
+    }
+
+
+def test_summarise_and_label_efficiency_hand_computed():
+    rows = [
+        row("random", 0, 0, 10, 0.10), row("random", 1, 0, 10, 0.20),
+        row("random", 0, 1, 20, 0.20), row("random", 1, 1, 20, 0.30),
+        row("random", 0, 2, 30, 0.30), row("random", 1, 2, 30, 0.40),
+        row("top", 0, 0, 10, 0.10), row("top", 1, 0, 10, 0.20),
+        row("top", 0, 1, 20, 0.30), row("top", 1, 1, 20, 0.40),
+        row("top", 0, 2, 30, 0.40), row("top", 1, 2, 30, 0.40),
+        row("bad", 0, 0, 10, 0.15), row("bad", 1, 0, 10, 0.15),
+        row("bad", 0, 1, 20, 0.0), row("bad", 1, 1, 20, 0.0),
+    ]
+    s = summarise(rows)
+    assert [p["images"] for p in s["random"]] == [10, 20, 30]
+    assert [round(p["map"], 6) for p in s["random"]] == [0.15, 0.25, 0.35]
+    # sample std of (0.1, 0.2) = sqrt(0.005)
+    assert math.isclose(s["random"][0]["std"], math.sqrt(0.005))
+    e = label_efficiency(rows)
+    # random's final mean is 0.35; top's mean goes 0.15 -> 0.35 at 20 images: reached at 20
+    assert e["top"]["images"] == pytest.approx(20.0)
+    assert e["top"]["percent"] == pytest.approx(100 * 20 / 30)
+    assert e["top"]["acquired_percent"] == pytest.approx(100 * (20 - 10) / (30 - 10))
+    assert e["random"]["images"] == pytest.approx(30.0)
+    assert e["bad"]["reached"] is False
+    # bad at round 1: 0.0 < 0.25 - 0.0707 -> below; at round 0: 0.15 == random
+    assert e["bad"]["below_rounds"] == [1]
+    assert e["top"]["below_rounds"] == []
+    assert e["top"]["meaningful"] is True
+    flat = [row("random", 0, 0, 10, 0.3), row("random", 0, 1, 20, 0.2), row("top", 0, 0, 10, 0.3), row("top", 0, 1, 20, 0.1)]
+    assert label_efficiency(flat)["top"] == {
+        "images": 10, "percent": 50.0, "acquired_percent": 0.0, "reached": True, "below_rounds": [1], "meaningful": False
+    }
+
+
+def test_label_efficiency_interpolates():
+    rows = [row("random", 0, 0, 10, 0.1), row("random", 0, 1, 30, 0.4), row("x", 0, 0, 10, 0.2), row("x", 0, 1, 30, 0.6)]
+    # target 0.4 between (10, 0.2) and (30, 0.6): 10 + (0.2 / 0.4) * 20 = 20
+    assert label_efficiency(rows)["x"]["images"] == pytest.approx(20.0)
+
+
+def test_results_file_round_trip_drops_torn_line(tmp_path):
+    path = tmp_path / "results.csv"
+    rows = [row("top", 0, 0, 4, 0.125, [7, 3]), row("top", 0, 1, 6, 0.25)]
+    writer = RowsWriter(path, rows[:1])
+    writer.append(rows[1])
+    with open(path, "a") as f:
+        f.write("top,0,2,8,0.3")  # a crash in the middle of a row
+    back = read_rows(path)
+    assert [(r["round"], r["selected"], r["map"]) for r in back] == [(0, [7, 3], 0.125), (1, [], 0.25)]
+    RowsWriter(path, back)  # rewrites the complete rows only
+    with open(path) as f:
+        assert list(csv.reader(f))[0] == list(CSV_FIELDS)
+    assert len(read_rows(path)) == 2
