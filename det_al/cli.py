@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from det_al.errors import InputError
+from det_al.errors import InputError, print_error
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except InputError as e:
-        print(f"det-al {args.command}: error: {e}", file=sys.stderr)
+        print_error(f"det-al {args.command}", e)
         return 2
     except KeyboardInterrupt:
         print(f"det-al {args.command}: interrupted", file=sys.stderr)

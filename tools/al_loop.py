@@ -22,7 +22,7 @@ from pathlib import Path
 
 from det_al.commands.loop import add_arguments, overrides
 from det_al.config import load_config
-from det_al.errors import InputError
+from det_al.errors import InputError, print_error
 from det_al.loop import run_loop
 from det_al.loop_data import LoopData, quick_config
 from det_al.loop_results import format_efficiency, format_summary, label_efficiency, read_rows
@@ -54,5 +54,5 @@ if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
     except InputError as e:
-        print(f"al_loop.py: error: {e}", file=sys.stderr)
+        print_error("al_loop.py", e)
         sys.exit(2)

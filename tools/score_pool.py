@@ -27,7 +27,7 @@ import numpy as np
 from det_al.checkpoint import load_checkpoint
 from det_al.coco import load_coco
 from det_al.config import apply_overrides, config_from_dict, config_to_dict
-from det_al.errors import InputError
+from det_al.errors import InputError, print_error
 from det_al.files import atomic_open, write_jsonl
 from det_al.novelty import add_novelty, embed_images
 from det_al.scoring import score_pool, write_outputs
@@ -85,5 +85,5 @@ if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
     except InputError as e:
-        print(f"score_pool.py: error: {e}", file=sys.stderr)
+        print_error("score_pool.py", e)
         sys.exit(2)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 
-from det_al.errors import InputError
+from det_al.errors import InputError, print_error
 from det_al.files import write_json
 from det_al.selection import read_ranking, selection_context, selection_to_coco
 from det_al.strategies import STRATEGIES, get_strategy
@@ -69,5 +69,5 @@ if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
     except InputError as e:
-        print(f"select_batch.py: error: {e}", file=sys.stderr)
+        print_error("select_batch.py", e)
         sys.exit(2)

@@ -29,7 +29,7 @@ from det_al.checkpoint import load_checkpoint
 from det_al.coco import load_coco
 from det_al.distributed import is_main
 from det_al.config import load_config
-from det_al.errors import InputError
+from det_al.errors import InputError, print_error
 from det_al.evaluation import evaluate_coco, format_table, predict
 from det_al.files import write_json, write_text
 from det_al.models import has_masks
@@ -98,5 +98,5 @@ if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
     except InputError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print_error("train.py", e)
         sys.exit(2)
