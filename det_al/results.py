@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+import orjson
 
 from det_al import __version__
 from det_al.errors import InputError
@@ -101,12 +102,21 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     return ", ".join(diffs) or "an unknown run"
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-
-
 def encode_lines(lines: list[dict]) -> bytes:
-    """Result lines as compact JSON, one per line, ``image_id`` first (see :func:`repair_and_read_ids`)."""
-    return "".join(_ENCODER.encode(x) + "\n" for x in lines).encode("utf-8")
+    """Result lines as compact JSON, one per line, ``image_id`` first (see :func:`repair_and_read_ids`).
+
+    orjson, not the standard library: encoding the lines is most of what streaming and resuming
+    cost (about 1,300 numbers an image; ``json`` took 3% of a run of a small model on an idle
+    CPU, orjson a seventh of that). Floats are written in their shortest round-trip form, as
+    ``json`` writes them; a NaN or infinity becomes ``null`` (scoring skips an image whose
+    informativeness is not finite, so only per-object values can be affected).
+    """
+    return b"".join(orjson.dumps(x, option=orjson.OPT_APPEND_NEWLINE) for x in lines)
+
+
+def decode_line(raw: bytes | str) -> dict:
+    """One result line (:func:`encode_lines`) back into a dict."""
+    return orjson.loads(raw)
 
 
 class ResultsWriter:
@@ -266,7 +276,7 @@ _ID_PREFIX = re.compile(rb'\{"image_id":(-?\d+),')
 def _line_id(raw: bytes) -> int:
     """The image id of one complete result line; reads only its start when written by det_al."""
     m = _ID_PREFIX.match(raw)
-    return int(m.group(1)) if m else int(json.loads(raw)["image_id"])
+    return int(m.group(1)) if m else int(decode_line(raw)["image_id"])
 
 
 def repair_and_read_ids(path: Path) -> np.ndarray:
@@ -303,10 +313,10 @@ def repair_and_read_ids(path: Path) -> np.ndarray:
 def read_results(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
     """Every result line of the given results files, in file order (one line in memory at a time)."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for line in f:
-                if line.endswith("\n"):
-                    yield json.loads(line)
+                if line.endswith(b"\n"):
+                    yield decode_line(line)
 
 
 def read_key(directory: str | os.PathLike) -> dict:

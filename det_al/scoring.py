@@ -10,6 +10,7 @@ the same in memory for small pools (the demo, the loop).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,10 @@ def iter_results(
                     h, w = item["image"].shape[-2:]
                     line = {"image_id": item["image_id"], "file_name": item["file_name"], "width": int(w), "height": int(h)}
                     line.update(score_image(res, config, categories, with_masks))
+                    if not all(math.isfinite(v) for v in line["record"].values() if isinstance(v, float)):
+                        reason = "model gave non-finite scores (NaN or infinity): check the checkpoint"
+                        logger.warning("skipping %s: %s", item["file_name"], reason)
+                        line = {"image_id": item["image_id"], "file_name": item["file_name"], "skipped": reason}
                     lines.append(line)
             bar.update(len(batch))
             yield lines

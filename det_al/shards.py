@@ -12,7 +12,6 @@ outputs equal those of a single-process run.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +20,7 @@ from det_al.assemble import assemble_outputs
 from det_al.config import config_from_dict
 from det_al.errors import InputError
 from det_al.files import read_json
-from det_al.results import DONE, IGNORED, RESULTS, is_done, read_key
+from det_al.results import DONE, IGNORED, RESULTS, decode_line, is_done, read_key
 
 SAME = {
     "checkpoint_sha256": "checkpoint",
@@ -65,7 +64,7 @@ def check_shards(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict]]:
 
 def _round_robin(paths: list[Path], block: int) -> Iterator[dict]:
     """The lines of ``paths``, ``block`` at a time from each in turn, until all are read."""
-    files = [open(p, encoding="utf-8") for p in paths]
+    files = [open(p, "rb") for p in paths]
     try:
         live = list(files)
         while live:
@@ -74,9 +73,9 @@ def _round_robin(paths: list[Path], block: int) -> Iterator[dict]:
                 n = 0
                 while n < block:
                     line = f.readline()
-                    if not line.endswith("\n"):
+                    if not line.endswith(b"\n"):
                         break
-                    yield json.loads(line)
+                    yield decode_line(line)
                     n += 1
                 if n == block:
                     still.append(f)

@@ -90,6 +90,27 @@ def test_bad_images_are_skipped_with_a_reason_and_nothing_is_dropped(tiny_pool, 
     assert json.loads((out / "run.json").read_text())["n_skipped"] == len(bad)
 
 
+def test_an_image_with_non_finite_scores_is_skipped_not_ranked(tiny_pool, tiny_checkpoint, tmp_path, monkeypatch):
+    # A model can give NaN scores (a diverged checkpoint); such an image cannot be ranked.
+    real = det_al.scoring.score_image
+
+    def nan_for_image_2(image_passes, *args, **kwargs):
+        out = real(image_passes, *args, **kwargs)
+        if calls.append(1) or len(calls) == 2:
+            out["record"]["informativeness"] = float("nan")
+        return out
+
+    calls: list[int] = []
+    monkeypatch.setattr(det_al.scoring, "score_image", nan_for_image_2)
+    out = tmp_path / "out"
+    assert _score(tiny_pool["pool"], tiny_checkpoint, out) == 0
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert [(s["image_id"], s["reason"]) for s in skipped] == [
+        (2, "model gave non-finite scores (NaN or infinity): check the checkpoint")
+    ]
+    assert sorted(_ranked_ids(out)) == [1, 3, 4, 5, 6]
+
+
 @pytest.mark.skipif(
     not hasattr(det_al.scoring, "_run_or_skip"),
     reason="needs the per-image fallback of det_al/scoring.py iter_results (issue 6 report diff)",
