@@ -313,6 +313,13 @@ def test_mixed_sizes_resume_inside_a_batch_reruns_the_whole_batch(mixed_referenc
     _same_outputs(mixed_reference, out)
 
 
+def test_loader_workers_give_the_same_outputs(mixed_reference, mixed_pool, tiny_checkpoint, tmp_path):
+    # Images read by 2 worker processes, batched as the main process batches them.
+    out = tmp_path / "out"
+    assert _score(mixed_pool, tiny_checkpoint, out, "--batch-size", "3", "--workers", "2") == 0
+    _same_outputs(mixed_reference, out)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 def test_torchrun_mixed_sizes_batched_equal_single_run(mixed_reference, mixed_pool, tiny_checkpoint, tmp_path):
     # Each rank runs as many threads as the reference run did: with batches of several images,
