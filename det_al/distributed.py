@@ -137,7 +137,13 @@ def process_group(device: str | torch.device = "cpu") -> Iterator[str]:
         yield device
         return
     _check_launch(device, world, local_rank)
-    _init(device)
+    try:
+        _init(device)
+    except RuntimeError as e:  # another process died while the group formed: its line says why
+        raise InputError(
+            f"rank {os.environ.get('RANK', '?')}: could not join the other torchrun processes "
+            f"({' '.join(str(e).split())[:160]})"
+        ) from e
     package_logger = logging.getLogger("det_al")
     level = package_logger.level
     if dist.get_rank() > 0:

@@ -74,6 +74,7 @@ def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, s
 
     ``block``: images per block dealt to the shards (``passes.batch_size``, see
     :func:`det_al.scoring.shard_positions`); a merge reads the shards' lines that many at a time.
+    It is recorded (``shard_block``) for sharded runs only: one shard is the pool in order.
     """
     config = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
     for section, key in RESULT_NEUTRAL:
@@ -85,7 +86,7 @@ def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, s
         "pool_sha256": pool_sha,
         "num_shards": num_shards,
         "shard_index": shard_index,
-        "shard_block": block,
+        **({"shard_block": block} if num_shards > 1 else {}),
     }
 
 
@@ -96,10 +97,23 @@ def _describe_mismatch(old: dict, new: dict) -> str:
         "pool_sha256": "a different pool",
         "num_shards": "a different --num-shards",
         "shard_index": "a different --shard-index",
-        "shard_block": "another split of the pool into shards (an older det_al version)",
+        "shard_block": "another split of the pool into shards (shards scored by an older det_al version)",
     }
     diffs = [names.get(k, k) for k in new if old.get(k) != new.get(k)]
     return ", ".join(diffs) or "an unknown run"
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
+def _encode_line(line: dict) -> bytes:
+    try:
+        raw = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # a lone surrogate: a file name whose bytes are not UTF-8
+        return _JSON.encode(line).encode("ascii") + b"\n"
+    if b"null" in raw:  # orjson writes NaN and infinity as null: keep them as json does
+        return _JSON.encode(line).encode("ascii") + b"\n"
+    return raw
 
 
 def encode_lines(lines: list[dict]) -> bytes:
@@ -108,15 +122,19 @@ def encode_lines(lines: list[dict]) -> bytes:
     orjson, not the standard library: encoding the lines is most of what streaming and resuming
     cost (about 1,300 numbers an image; ``json`` took 3% of a run of a small model on an idle
     CPU, orjson a seventh of that). Floats are written in their shortest round-trip form, as
-    ``json`` writes them; a NaN or infinity becomes ``null`` (scoring skips an image whose
-    informativeness is not finite, so only per-object values can be affected).
+    ``json`` writes them. The rare line orjson would change (a NaN or infinity, which it writes
+    as ``null``; a file name whose bytes are not UTF-8, which it refuses) is written by ``json``,
+    as before; :func:`decode_line` reads both.
     """
-    return b"".join(orjson.dumps(x, option=orjson.OPT_APPEND_NEWLINE) for x in lines)
+    return b"".join(_encode_line(x) for x in lines)
 
 
 def decode_line(raw: bytes | str) -> dict:
     """One result line (:func:`encode_lines`) back into a dict."""
-    return orjson.loads(raw)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # NaN, or an escaped lone surrogate: json reads them
+        return json.loads(raw)
 
 
 class ResultsWriter:
@@ -125,8 +143,7 @@ class ResultsWriter:
     Usage::
 
         with ResultsWriter(dir, key, resume=True) as w:
-            todo = images[~np.isin(images.ids, w.done_ids)]
-            ...
+            ...  # score what w.done_ids lacks (score_to_dir re-scores a cut-short batch whole)
             w.write_batch(lines)
             w.mark_done(len(images))
     """

@@ -290,10 +290,16 @@ def shard_of(images: PoolImages, num_shards: int, shard_index: int, block: int =
     return images if num_shards == 1 else images[positions]
 
 
-def _runs(labels: np.ndarray) -> Iterator[list[int]]:
-    """Index lists of the runs of equal consecutive values of ``labels`` ``[N]``."""
-    bounds = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist(), len(labels)]
-    return (list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+def _runs(labels: np.ndarray, chunk: int = 65_536) -> Iterator[list[int]]:
+    """Index lists of the runs of equal consecutive values of ``labels`` ``[N]``, made as they
+    are consumed (a million runs stay a numpy array, not a million Python lists)."""
+    if not len(labels):
+        return
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]))
+    for start in range(0, len(bounds) - 1, chunk):
+        edges = bounds[start:start + chunk + 1].tolist()
+        for a, b in zip(edges[:-1], edges[1:]):
+            yield list(range(a, b))
 
 
 def _resume_batches(positions: np.ndarray, done: np.ndarray, block: int) -> tuple[np.ndarray, Iterator[list[int]]]:

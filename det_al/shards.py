@@ -39,7 +39,7 @@ def check_shards(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict]]:
     for d, key in keys:
         if not isinstance(key.get("shard_index"), int) or not isinstance(key.get("num_shards"), int):
             raise InputError("key.json has no shard_index/num_shards: not a det_al scoring output", d)
-        if not isinstance(key.get("shard_block"), int) or key["shard_block"] < 1:
+        if key["num_shards"] > 1 and (not isinstance(key.get("shard_block"), int) or key["shard_block"] < 1):
             raise InputError("key.json has no shard_block: scored by an older det_al version; score the shard again", d)
     shards = sorted(keys, key=lambda x: x[1]["shard_index"])
     first_dir, first = shards[0]
@@ -94,7 +94,7 @@ def merge_shards(dirs: list[str | os.PathLike], out_dir: str | os.PathLike, run_
     config = config_from_dict(meta["config"], str(shards[0][0] / "key.json"))
     paths = [d / RESULTS for d, _ in shards]
     info = {"n_pool": meta.get("n_pool"), "shards": [os.fspath(d) for d, _ in shards], **(run_info or {})}
-    block = shards[0][1]["shard_block"]
+    block = shards[0][1].get("shard_block", 1)
     return assemble_outputs(lambda: _round_robin(paths, block), out_dir, meta.get("categories", []), config, info)
 
 

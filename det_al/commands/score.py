@@ -153,9 +153,11 @@ def _print_summary(out_dir: Path, counts: dict, seconds: float) -> None:
 def _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info) -> int:
     """One torchrun rank: score shard ``rank`` of ``world``; rank 0 merges when all are done.
 
-    The process group waits up to a day in a collective (:data:`det_al.distributed.WAIT`): ranks
-    finish their shards at different times and rank 0's merge of a large pool takes a while. An
-    error on any rank (bad image root, full disk) is raised on every rank, each with one line.
+    A rank that fails while scoring (bad image root, full disk) prints its one line and exits;
+    torchrun then stops the others at once, their results kept for ``--resume``, rather than
+    letting them score for hours first. The process group waits up to a day in a collective
+    (:data:`det_al.distributed.WAIT`): ranks finish their shards at different times, and rank 0's
+    merge of a large pool takes a while; an error in the merge is reported by every rank.
     """
     from det_al import distributed
     from det_al.scoring import score_to_dir
@@ -166,12 +168,18 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
     with distributed.process_group(device) as device:
         shard_dir = out_dir / "shards" / f"rank-{rank}-of-{world}"
         start = time.perf_counter()
-        with distributed.fail_together():
-            score_to_dir(
-                model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
-                resume=args.resume, num_shards=world, shard_index=rank, device=device, amp=args.amp,
-                progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
-            )
+        score_to_dir(
+            model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
+            resume=args.resume, num_shards=world, shard_index=rank, device=device, amp=args.amp,
+            progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
+        )
+        try:
+            distributed.barrier()  # every shard is finished before rank 0 merges
+        except RuntimeError as e:  # another rank is gone: its own line says why
+            raise InputError(
+                f"rank {rank}: another process of this torchrun job stopped "
+                f"({' '.join(str(e).split())[:120]}); fix what it reported and run again with --resume"
+            ) from e
         with distributed.fail_together():
             if rank == 0:
                 dirs = [out_dir / "shards" / f"rank-{r}-of-{world}" for r in range(world)]
