@@ -292,7 +292,7 @@ def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
     t2 = timed_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
                     *score_cmd(pool, ckpt, dist, args.batch_size)], env=one_thread)
 
-    def identical(a: Path, b: Path) -> str:
+    def compare(a: Path, b: Path) -> str:
         return ", ".join(f"{n}: {'yes' if same_outputs(a, b, (n,)) else 'NO'}" for n in COMPARED)
 
     rows += [
@@ -301,8 +301,8 @@ def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
         ("(b) torchrun 2 processes, 1 thread each", f"{t2:.1f} s, {args.stored / t2:.1f} images/s"),
         ("(b) throughput ratio torchrun / 1 process 1 thread", f"{t11 / t2:.2f}x"),
         (f"(b) throughput ratio torchrun / 1 process {args.threads} threads", f"{t1 / t2:.2f}x"),
-        ("(b) torchrun vs 1 thread: byte-identical", identical(single1, dist)),
-        (f"(b) torchrun vs {args.threads} threads: byte-identical", identical(single, dist)),
+        ("(b) torchrun vs 1 thread: byte-identical", compare(single1, dist)),
+        (f"(b) torchrun vs {args.threads} threads: byte-identical", compare(single, dist)),
     ]
 
     # (c) SIGKILL at a random moment, then --resume
