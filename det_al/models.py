@@ -21,7 +21,6 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import AnchorGenerator
