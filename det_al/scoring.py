@@ -197,7 +197,7 @@ def iter_results(
     p = config.passes
     dataset = make_dataset(images) if make_dataset else PoolDataset(images, image_root)
     if batches is None:
-        batches = (list(range(i, min(i + p.batch_size, len(dataset)))) for i in range(0, len(dataset), p.batch_size))
+        batches = _runs(np.arange(len(dataset)) // p.batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=p.num_workers, collate_fn=pool_collate)
     with_masks = has_masks(model)
     bar = tqdm(total=len(dataset), desc="scoring", unit="img", disable=not progress, dynamic_ncols=True)
@@ -284,12 +284,6 @@ def shard_positions(n_pool: int, num_shards: int, shard_index: int, block: int =
     return positions[(positions // max(block, 1)) % num_shards == shard_index]
 
 
-def shard_of(images: PoolImages, num_shards: int, shard_index: int, block: int = 1) -> PoolImages:
-    """The images of one shard (see :func:`shard_positions`), in pool order."""
-    positions = shard_positions(len(images), num_shards, shard_index, block)
-    return images if num_shards == 1 else images[positions]
-
-
 def _runs(labels: np.ndarray, chunk: int = 65_536) -> Iterator[list[int]]:
     """Index lists of the runs of equal consecutive values of ``labels`` ``[N]``, made as they
     are consumed (a million runs stay a numpy array, not a million Python lists)."""
@@ -349,17 +343,16 @@ def score_to_dir(
     pool_images = as_pool_images(pool["images"])
     block = config.passes.batch_size
     positions = shard_positions(len(pool_images), num_shards, shard_index, block)
-    images = shard_of(pool_images, num_shards, shard_index, block)
+    images = pool_images if num_shards == 1 else pool_images[positions]
     key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block)
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
     with ResultsWriter(out_dir, key, resume=resume, meta=meta) as writer:
-        todo, batches, written = images, None, set()
-        if len(writer.done_ids):
-            done = np.isin(images.ids, writer.done_ids)
-            rerun, batches = _resume_batches(positions, done, block)
-            todo = images[rerun]
-            written = set(images.ids[rerun & done].tolist())
+        done = np.isin(images.ids, writer.done_ids)
+        rerun, batches = _resume_batches(positions, done, block)
+        todo = images if rerun.all() else images[rerun]
+        written = set(images.ids[rerun & done].tolist())
+        if done.any():
             logger.info("%d of %d images left to score", int((~done).sum()), len(images))
         for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress, make_dataset, batches):
             writer.write_batch([line for line in lines if line["image_id"] not in written] if written else lines)

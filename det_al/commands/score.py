@@ -77,26 +77,18 @@ def load_pool(pool_arg: str, image_root: str | None, out_dir: Path, write: bool 
     return read_pool(path), Path(image_root) if image_root else path.parent
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) under torchrun, else (0, 1, 0)."""
-    from det_al.distributed import world_info
-
-    return world_info()
-
-
 def run(args: argparse.Namespace) -> int:
     from det_al.checkpoint import load_checkpoint
     from det_al.config import apply_overrides, config_from_dict, config_to_dict, load_config
+    from det_al.distributed import rank_device, world_info
     from det_al.results import file_sha256
     from det_al.scoring import score_to_dir
 
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("output path exists and is not a folder", out_dir)
-    rank, world, local_rank = _distributed()
-    device = args.device
-    if world > 1 and device.startswith("cuda") and ":" not in device:
-        device = f"cuda:{local_rank}"
+    rank, world, local_rank = world_info()
+    device = rank_device(args.device, local_rank) if world > 1 else args.device
     # Cheap checks first: a bad config or pool fails before the model is loaded.
     config = load_config(args.config, _overrides(args)) if args.config else None
     pool, image_root = load_pool(args.pool, args.image_root, out_dir, write=rank == 0)
