@@ -115,6 +115,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0
     grad_clip: float = 0.0
+    batchnorm: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm import tqdm
 
 from det_al.augment import apply_augment, build_augment
+from det_al.batchnorm import BATCHNORM_MODES, prepare_batchnorm, resolve_batchnorm
 from det_al.checkpoint import load_checkpoint, save_checkpoint
 from det_al.coco import load_coco, segmentation_to_mask
 from det_al.config import Config, TrainConfig
@@ -164,6 +165,8 @@ def check_train_config(train: TrainConfig) -> None:
         raise InputError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{train.optimizer}'")
     if train.schedule not in SCHEDULES:
         raise InputError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{train.schedule}'")
+    if train.batchnorm not in BATCHNORM_MODES:
+        raise InputError(f"train.batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got '{train.batchnorm}'")
     checks = [
         ("epochs", train.epochs >= 1, ">= 1"),
         ("batch_size", train.batch_size >= 1, ">= 1"),
@@ -346,7 +349,8 @@ def train_model(
     Returns:
         a summary: ``epochs`` (completed), ``iterations``, ``final_loss`` (mean over the last
         epoch run), ``best_map`` and ``best_epoch`` (``None`` without validation), ``metrics``
-        (the last evaluation), ``stopped_early`` (time cap), ``seconds``, and the paths
+        (the last evaluation), ``stopped_early`` (time cap), ``batchnorm`` (the
+        ``train.batchnorm`` mode used, ``auto`` resolved: :mod:`det_al.batchnorm`), ``seconds``, and the paths
         ``last``, ``best`` (``None`` without validation), ``checkpoint`` (best, else last) and
         ``metrics_log``.
 
@@ -433,6 +437,16 @@ def _train_in_group(
         if val is not None:
             _check_categories(categories, val, val_json)
         model.to(device)
+        batchnorm = resolve_batchnorm(train_cfg.batchnorm, from_checkpoint=init_checkpoint is not None)
+        if resume:  # a run of before train.batchnorm trained its BatchNorm layers
+            recorded = str(extra.get("batchnorm", "train"))
+            if train_cfg.batchnorm != "auto" and batchnorm != recorded:
+                raise InputError(
+                    f"cannot resume: last.pt was trained with train.batchnorm={recorded}, the config "
+                    f"says {batchnorm}", last_path,
+                )
+            batchnorm = recorded
+        model = prepare_batchnorm(model, batchnorm, world, device, from_checkpoint=init_checkpoint is not None or resume)
 
         dataset = CocoDetectionDataset(train, image_root, categories, transform, with_masks=has_masks(model))
         if len(dataset) == 0:
@@ -524,6 +538,7 @@ def _train_in_group(
             "best_map": best_map,
             "best_epoch": best_epoch,
             "torch_rng": torch.get_rng_state(),
+            "batchnorm": batchnorm,
         }
         if world > 1:
             state["world_size"] = world
@@ -553,6 +568,7 @@ def _train_in_group(
         "best_epoch": best_epoch,
         "metrics": last_metrics,
         "stopped_early": stopped,
+        "batchnorm": batchnorm,
         "seconds": round(time.monotonic() - t0, 3),
         "last": str(last_path),
         "best": str(best_path) if has_best else None,
