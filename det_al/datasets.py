@@ -1,6 +1,6 @@
-"""``PoolDataset``: pool images for scoring, read lazily, never raising on a bad file.
+"""The torch datasets of det_al: pool images for scoring and labelled images for training.
 
-Each item is ``{"image_id", "file_name", "image"}`` with ``image`` a ``[3, H, W]`` float tensor
+:class:`PoolDataset` reads pool images lazily and never raises on a bad file. Each item is ``{"image_id", "file_name", "image"}`` with ``image`` a ``[3, H, W]`` float tensor
 in ``[0, 1]`` (EXIF applied, see :mod:`det_al.images`), or ``{"image_id", "file_name",
 "error"}`` with a one-line reason when the file cannot be read, so that a ``DataLoader`` with
 worker processes goes on past it and the caller lists the image as skipped.
@@ -9,17 +9,28 @@ Memory: the images are held as :class:`~det_al.pool.PoolImages` (numpy arrays an
 byte buffer) rather than a list of dicts. Pools of millions of entries stay small, and worker
 processes do not slowly copy the parent's memory by touching Python reference counts (the
 copy-on-access growth that lists of Python objects cause with ``num_workers > 0``).
+
+:class:`CocoDetectionDataset` turns a labelled COCO dict into torchvision's training pairs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.ops import box_convert, clip_boxes_to_image
 
+from det_al.augment import apply_augment
+from det_al.coco import segmentation_to_mask
+from det_al.errors import InputError
 from det_al.images import MAX_PIXELS, ImageReadError, read_image, to_tensor
 from det_al.pool import PoolImages, as_pool_images
 
@@ -73,3 +84,93 @@ class PoolDataset(Dataset):
 def pool_collate(batch: list[dict]) -> list[dict]:
     """Keep a batch as the list of its items (images differ in size; some are skip records)."""
     return list(batch)
+
+
+class CocoDetectionDataset(Dataset):
+    """The images of a COCO dict as torchvision detection training pairs.
+
+    Item ``i`` is ``(image, target)``: ``image`` ``[3, H, W]`` float in ``[0, 1]``;
+    ``target`` has ``boxes`` ``[N, 4]`` float xyxy pixels, ``labels`` ``[N]`` int64 contiguous
+    labels (``categories[l - 1]`` has label ``l``), ``image_id`` (int) and, with
+    ``with_masks``, ``masks`` ``[N, H, W]`` uint8. Crowd annotations are skipped; an image
+    without annotations gives empty targets (a pure-background example). An annotation without
+    a ``segmentation`` gets its box as mask. ``transform`` is an albumentations pipeline from
+    :func:`det_al.augment.build_augment`.
+
+    Raises :class:`InputError` for an annotation whose category is not in ``categories`` (at
+    construction) and for an image that cannot be read (when the item is loaded).
+    """
+
+    def __init__(
+        self,
+        coco: Mapping[str, Any],
+        image_root: str | os.PathLike,
+        categories: Sequence[Mapping[str, Any]],
+        transform: Any = None,
+        with_masks: bool = False,
+    ):
+        self.images = list(coco.get("images", []))
+        self.image_root = Path(image_root)
+        self.transform = transform
+        self.with_masks = with_masks
+        self.label_of = {int(c["id"]): label for label, c in enumerate(categories, start=1)}
+        self.annotations: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+        for ann in coco.get("annotations", []):
+            if ann.get("iscrowd", 0):
+                continue
+            if int(ann["category_id"]) not in self.label_of:
+                raise InputError(
+                    f"annotation {ann.get('id')} (image {ann['image_id']}) has category id "
+                    f"{ann['category_id']}, which is not one of the model's categories "
+                    f"{sorted(self.label_of)}"
+                )
+            self.annotations[ann["image_id"]].append(ann)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        info = self.images[index]
+        path = self.image_root / info["file_name"]
+        try:
+            pixels = read_image(path)
+        except ImageReadError as e:
+            raise InputError(f"cannot read training image: {e.reason}", e.path) from None
+        height, width = pixels.shape[:2]
+        anns = self.annotations.get(info["id"], [])
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes = clip_boxes_to_image(box_convert(boxes, "xywh", "xyxy"), (height, width))
+        valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).tolist()
+        anns = [a for a, ok in zip(anns, valid) if ok]
+        boxes = boxes[torch.tensor(valid, dtype=torch.bool)].numpy()
+        labels = np.array([self.label_of[int(a["category_id"])] for a in anns], dtype=np.int64)
+        masks = None
+        if self.with_masks:
+            masks = np.zeros((len(anns), height, width), dtype=np.uint8)
+            for k, (ann, box) in enumerate(zip(anns, boxes)):
+                if ann.get("segmentation"):
+                    try:
+                        masks[k] = segmentation_to_mask(ann["segmentation"], height, width)
+                    except ValueError as e:
+                        raise InputError(
+                            f"annotation {ann.get('id')} (image {info['id']}): bad segmentation: {e}"
+                        ) from None
+                else:
+                    x1, y1, x2, y2 = box
+                    masks[k, int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)] = 1
+        if self.transform is not None:
+            pixels, boxes, labels, masks = apply_augment(self.transform, pixels, boxes, labels, masks)
+        target: dict[str, Any] = {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4),
+            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)).reshape(-1),
+            "image_id": info["id"],
+        }
+        if masks is not None:
+            target["masks"] = torch.as_tensor(np.ascontiguousarray(masks, dtype=np.uint8))
+        return to_tensor(np.ascontiguousarray(pixels)), target
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
+    """A batch of ``(image, target)`` pairs -> ``(images, targets)`` lists (torchvision's input)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

@@ -1,10 +1,10 @@
 """Training a torchvision detector on a COCO file (``det-al train``, the demo, the loop).
 
-:class:`CocoDetectionDataset` turns a COCO dict into torchvision's training pairs; 
-:func:`train_model` runs the whole job: seeds, optimizer and learning-rate schedule from
-``config.train``, progress bars, periodic COCO evaluation, ``best.pt`` / ``last.pt`` in det_al's
-checkpoint format, ``metrics.jsonl``, resuming from ``last.pt`` and a wall-clock cap; under
-``torchrun``, DistributedDataParallel over the processes (see :func:`train_model`).
+:func:`train_model` runs the whole job over :class:`det_al.datasets.CocoDetectionDataset`:
+seeds, optimizer and learning-rate schedule from ``config.train``, progress bars, periodic COCO
+evaluation, ``best.pt`` / ``last.pt`` in det_al's checkpoint format, ``metrics.jsonl``, resuming
+from ``last.pt`` and a wall-clock cap; under ``torchrun``, DistributedDataParallel over the
+processes (see :func:`train_model`).
 
 The learning rate of iteration ``i`` (0-based, over the whole run) is
 ``lr * warmup(i) * schedule(i)`` (:func:`lr_factor`): a linear warm-up from ``0.001 * lr`` over
@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
-from torchvision.ops import box_convert, clip_boxes_to_image
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from det_al.augment import apply_augment, build_augment
+from det_al.augment import build_augment
 from det_al.batchnorm import BATCHNORM_MODES, prepare_batchnorm, resolve_batchnorm
 from det_al.checkpoint import load_checkpoint, save_checkpoint
-from det_al.coco import load_coco, segmentation_to_mask
+from det_al.coco import load_coco
 from det_al.config import Config, TrainConfig
 from det_al.distributed import (
     any_rank,
@@ -50,10 +49,10 @@ from det_al.distributed import (
     rank_sampler,
     world_size,
 )
+from det_al.datasets import CocoDetectionDataset, collate_detection
 from det_al.errors import InputError
 from det_al.evaluation import evaluate_coco, predict
 from det_al.files import write_jsonl
-from det_al.images import ImageReadError, read_image, to_tensor
 from det_al.models import build_model, has_masks
 
 logger = logging.getLogger(__name__)
@@ -61,99 +60,6 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 WARMUP_START = 0.001  # the warm-up starts at this share of train.lr (torchvision's reference)
-
-
-# --------------------------------------------------------------------------- data
-
-
-class CocoDetectionDataset(Dataset):
-    """The images of a COCO dict as torchvision detection training pairs.
-
-    Item ``i`` is ``(image, target)``: ``image`` ``[3, H, W]`` float in ``[0, 1]``;
-    ``target`` has ``boxes`` ``[N, 4]`` float xyxy pixels, ``labels`` ``[N]`` int64 contiguous
-    labels (``categories[l - 1]`` has label ``l``), ``image_id`` (int) and, with
-    ``with_masks``, ``masks`` ``[N, H, W]`` uint8. Crowd annotations are skipped; an image
-    without annotations gives empty targets (a pure-background example). An annotation without
-    a ``segmentation`` gets its box as mask. ``transform`` is an albumentations pipeline from
-    :func:`det_al.augment.build_augment`.
-
-    Raises :class:`InputError` for an annotation whose category is not in ``categories`` (at
-    construction) and for an image that cannot be read (when the item is loaded).
-    """
-
-    def __init__(
-        self,
-        coco: Mapping[str, Any],
-        image_root: str | os.PathLike,
-        categories: Sequence[Mapping[str, Any]],
-        transform: Any = None,
-        with_masks: bool = False,
-    ):
-        self.images = list(coco.get("images", []))
-        self.image_root = Path(image_root)
-        self.transform = transform
-        self.with_masks = with_masks
-        self.label_of = {int(c["id"]): label for label, c in enumerate(categories, start=1)}
-        self.annotations: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
-        for ann in coco.get("annotations", []):
-            if ann.get("iscrowd", 0):
-                continue
-            if int(ann["category_id"]) not in self.label_of:
-                raise InputError(
-                    f"annotation {ann.get('id')} (image {ann['image_id']}) has category id "
-                    f"{ann['category_id']}, which is not one of the model's categories "
-                    f"{sorted(self.label_of)}"
-                )
-            self.annotations[ann["image_id"]].append(ann)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        info = self.images[index]
-        path = self.image_root / info["file_name"]
-        try:
-            pixels = read_image(path)
-        except ImageReadError as e:
-            raise InputError(f"cannot read training image: {e.reason}", e.path) from None
-        height, width = pixels.shape[:2]
-        anns = self.annotations.get(info["id"], [])
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        boxes = clip_boxes_to_image(box_convert(boxes, "xywh", "xyxy"), (height, width))
-        valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).tolist()
-        anns = [a for a, ok in zip(anns, valid) if ok]
-        boxes = boxes[torch.tensor(valid, dtype=torch.bool)].numpy()
-        labels = np.array([self.label_of[int(a["category_id"])] for a in anns], dtype=np.int64)
-        masks = None
-        if self.with_masks:
-            masks = np.zeros((len(anns), height, width), dtype=np.uint8)
-            for k, (ann, box) in enumerate(zip(anns, boxes)):
-                if ann.get("segmentation"):
-                    try:
-                        masks[k] = segmentation_to_mask(ann["segmentation"], height, width)
-                    except ValueError as e:
-                        raise InputError(
-                            f"annotation {ann.get('id')} (image {info['id']}): bad segmentation: {e}"
-                        ) from None
-                else:
-                    x1, y1, x2, y2 = box
-                    masks[k, int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)] = 1
-        if self.transform is not None:
-            pixels, boxes, labels, masks = apply_augment(self.transform, pixels, boxes, labels, masks)
-        target: dict[str, Any] = {
-            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4),
-            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)).reshape(-1),
-            "image_id": info["id"],
-        }
-        if masks is not None:
-            target["masks"] = torch.as_tensor(np.ascontiguousarray(masks, dtype=np.uint8))
-        return to_tensor(np.ascontiguousarray(pixels)), target
-
-
-def collate_detection(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
-    """A batch of ``(image, target)`` pairs -> ``(images, targets)`` lists (torchvision's input)."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -578,9 +484,7 @@ def _train_in_group(
 
 
 __all__ = [
-    "CocoDetectionDataset",
     "check_train_config",
-    "collate_detection",
     "lr_factor",
     "make_optimizer",
     "seed_everything",

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from det_al.datasets import PoolDataset, pool_collate
+from det_al.datasets import CocoDetectionDataset, PoolDataset, pool_collate
+from det_al.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,35 @@ def test_empty_pool():
 def test_pool_collate_keeps_items():
     batch = [{"image_id": 1}, {"image_id": 2, "error": "x"}]
     assert pool_collate(batch) == batch
+
+
+def test_dataset_targets(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "b.png")
+    categories = [{"id": 9, "name": "x"}, {"id": 4, "name": "y"}]
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": categories,
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 4, "bbox": [2, 3, 10, 5], "iscrowd": 0,
+             "segmentation": [[2, 3, 12, 3, 12, 8, 2, 8]]},
+            {"id": 2, "image_id": 1, "category_id": 9, "bbox": [20, 10, 4, 4]},  # no segmentation: its box
+            {"id": 3, "image_id": 1, "category_id": 9, "bbox": [0, 0, 40, 30], "iscrowd": 1},  # skipped
+            {"id": 4, "image_id": 1, "category_id": 9, "bbox": [5, 5, 0, 3]},  # degenerate: skipped
+        ],
+    }
+    dataset = CocoDetectionDataset(coco, tmp_path, categories, with_masks=True)
+    image, target = dataset[0]
+    assert image.shape == (3, 30, 40) and image.dtype == torch.float32
+    assert target["image_id"] == 1
+    assert target["boxes"].tolist() == [[2, 3, 12, 8], [20, 10, 24, 14]]
+    assert target["labels"].tolist() == [2, 1]  # id 4 is categories[1] -> label 2
+    assert target["masks"].shape == (2, 30, 40) and target["masks"].dtype == torch.uint8
+    assert target["masks"][1].sum() == 16 and target["masks"][1, 10:14, 20:24].all()
+    _, empty = dataset[1]
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["masks"].shape == (0, 30, 40)
+    coco["annotations"].append({"id": 5, "image_id": 2, "category_id": 77, "bbox": [1, 1, 2, 2]})
+    with pytest.raises(InputError, match="category id 77"):
+        CocoDetectionDataset(coco, tmp_path, categories)

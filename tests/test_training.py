@@ -1,4 +1,4 @@
-"""Training: augmentation consistency, dataset targets, schedule, loss falls, resume, time cap, CLI."""
+"""Training: augmentation consistency, schedule, loss falls, resume, time cap, CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from det_al.augment import apply_augment, build_augment
 from det_al.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import TrainConfig, config_from_dict
 from det_al.errors import InputError
-from det_al.training import CocoDetectionDataset, check_train_config, lr_factor, train_model
+from det_al.training import check_train_config, lr_factor, train_model
 
 
 # --------------------------------------------------------------------------- augment
@@ -108,9 +108,7 @@ def test_bad_train_config(key, value):
         check_train_config(TrainConfig(**{key: value}))
 
 
-# --------------------------------------------------------------------------- data
-
-
+# --------------------------------------------------------------------------- training
 
 
 def _config(data, model="fasterrcnn_tiny", **train):
@@ -118,41 +116,6 @@ def _config(data, model="fasterrcnn_tiny", **train):
     settings = {"epochs": 2, "batch_size": 2, "optimizer": "adamw", "lr": 0.002, "warmup_iters": 0,
                 "schedule": "constant", "eval_every": 0, **train}
     return config_from_dict({"model": {"name": model, "num_classes": 4, "options": options}, "train": settings})
-
-
-def test_dataset_targets(tmp_path):
-    from PIL import Image
-
-    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
-    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "b.png")
-    categories = [{"id": 9, "name": "x"}, {"id": 4, "name": "y"}]
-    coco = {
-        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
-        "categories": categories,
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 4, "bbox": [2, 3, 10, 5], "iscrowd": 0,
-             "segmentation": [[2, 3, 12, 3, 12, 8, 2, 8]]},
-            {"id": 2, "image_id": 1, "category_id": 9, "bbox": [20, 10, 4, 4]},  # no segmentation: its box
-            {"id": 3, "image_id": 1, "category_id": 9, "bbox": [0, 0, 40, 30], "iscrowd": 1},  # skipped
-            {"id": 4, "image_id": 1, "category_id": 9, "bbox": [5, 5, 0, 3]},  # degenerate: skipped
-        ],
-    }
-    dataset = CocoDetectionDataset(coco, tmp_path, categories, with_masks=True)
-    image, target = dataset[0]
-    assert image.shape == (3, 30, 40) and image.dtype == torch.float32
-    assert target["image_id"] == 1
-    assert target["boxes"].tolist() == [[2, 3, 12, 8], [20, 10, 24, 14]]
-    assert target["labels"].tolist() == [2, 1]  # id 4 is categories[1] -> label 2
-    assert target["masks"].shape == (2, 30, 40) and target["masks"].dtype == torch.uint8
-    assert target["masks"][1].sum() == 16 and target["masks"][1, 10:14, 20:24].all()
-    _, empty = dataset[1]
-    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["masks"].shape == (0, 30, 40)
-    coco["annotations"].append({"id": 5, "image_id": 2, "category_id": 77, "bbox": [1, 1, 2, 2]})
-    with pytest.raises(InputError, match="category id 77"):
-        CocoDetectionDataset(coco, tmp_path, categories)
-
-
-# --------------------------------------------------------------------------- training
 
 
 def test_loss_falls(tiny_data, tmp_path):
