@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from det_al.coco import mask_to_rle, segmentation_to_mask
 from det_al.errors import InputError
 from det_al.files import read_json
 from det_al.label_studio import mask_to_polygons
 from det_al.merge import ImportReport, category_ids_by_name
+from det_al.segmentation import mask_to_rle, segmentation_to_mask
 
 logger = logging.getLogger(__name__)
 

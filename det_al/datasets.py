@@ -29,10 +29,10 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_convert, clip_boxes_to_image
 
 from det_al.augment import apply_augment
-from det_al.coco import segmentation_to_mask
 from det_al.errors import InputError
 from det_al.images import MAX_PIXELS, ImageReadError, read_image, to_tensor
 from det_al.pool import PoolImages, as_pool_images
+from det_al.segmentation import segmentation_to_mask
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ from torch import nn
 from torchvision.ops import box_convert
 from tqdm import tqdm
 
-from det_al.coco import load_results, masks_to_rles, quiet_coco
+from det_al.coco import load_results, quiet_coco
 from det_al.errors import InputError
 from det_al.images import ImageReadError, read_image, to_tensor
 from det_al.passes import torchvision_forward
+from det_al.segmentation import masks_to_rles
 
 logger = logging.getLogger(__name__)
 

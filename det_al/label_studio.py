@@ -33,9 +33,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from det_al.coco import mask_to_rle, segmentation_to_mask
 from det_al.errors import InputError
 from det_al.merge import ImportReport, category_ids_by_name
+from det_al.segmentation import mask_to_rle, segmentation_to_mask
 
 logger = logging.getLogger(__name__)
 

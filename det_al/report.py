@@ -33,13 +33,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from det_al.coco import segmentation_to_mask
 from det_al.errors import InputError
 from det_al.files import iter_jsonl, read_json
 from det_al.images import ImageReadError, read_image
 from det_al.report_draw import DrawnObject, draw_objects, draw_passes, placeholder, write_jpeg
 from det_al.report_html import render_index
 from det_al.report_plots import class_histogram, informativeness_histogram, learning_curves, read_loop_csv
+from det_al.segmentation import segmentation_to_mask
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from det_al.coco import mask_to_rle, xyxy_to_xywh
+from det_al.coco import xyxy_to_xywh
 from det_al.config import Config, config_to_dict
 from det_al.datasets import PoolDataset, pool_collate
 from det_al.errors import InputError
@@ -32,6 +32,7 @@ from det_al.informativeness import finalize_pool, image_informativeness
 from det_al.matching import match_passes
 from det_al.models import has_masks
 from det_al.passes import ImagePasses, run_passes
+from det_al.segmentation import mask_to_rle
 from det_al.uncertainty import score_objects
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from det_al.coco import mask_to_rle, segmentation_to_mask
 from det_al.errors import InputError
 from det_al.evaluation import METRIC_NAMES, evaluate_coco, format_table, outputs_to_results, predict
+from det_al.segmentation import mask_to_rle, segmentation_to_mask
 
 # Category ids are deliberately not contiguous: 7 and 3.
 CATEGORIES = [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}]
