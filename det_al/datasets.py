@@ -1,9 +1,10 @@
 """The torch datasets of det_al: pool images for scoring and labelled images for training.
 
-:class:`PoolDataset` reads pool images lazily and never raises on a bad file. Each item is ``{"image_id", "file_name", "image"}`` with ``image`` a ``[3, H, W]`` float tensor
-in ``[0, 1]`` (EXIF applied, see :mod:`det_al.images`), or ``{"image_id", "file_name",
-"error"}`` with a one-line reason when the file cannot be read, so that a ``DataLoader`` with
-worker processes goes on past it and the caller lists the image as skipped.
+:class:`PoolDataset` reads pool images lazily and never raises on a bad file. Each item is
+``{"image_id", "file_name", "image"}`` with ``image`` a ``[3, H, W]`` float tensor in ``[0, 1]``
+(EXIF applied, see :mod:`det_al.images`), or ``{"image_id", "file_name", "error"}`` with a
+one-line reason when the file cannot be read, so that a ``DataLoader`` with worker processes
+goes on past it and the caller lists the image as skipped.
 
 Memory: the images are held as :class:`~det_al.pool.PoolImages` (numpy arrays and one packed
 byte buffer) rather than a list of dicts. Pools of millions of entries stay small, and worker
@@ -28,7 +29,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert, clip_boxes_to_image
 
-from det_al.augment import apply_augment
 from det_al.errors import InputError
 from det_al.images import MAX_PIXELS, ImageReadError, read_image, to_tensor
 from det_al.pool import PoolImages, as_pool_images
@@ -159,6 +159,9 @@ class CocoDetectionDataset(Dataset):
                     x1, y1, x2, y2 = box
                     masks[k, int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)] = 1
         if self.transform is not None:
+            # here, not at the top: albumentations takes ~0.5 s to import and scoring never needs it
+            from det_al.augment import apply_augment
+
             pixels, boxes, labels, masks = apply_augment(self.transform, pixels, boxes, labels, masks)
         target: dict[str, Any] = {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4),

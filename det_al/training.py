@@ -36,6 +36,7 @@ from det_al.batchnorm import BATCHNORM_MODES, prepare_batchnorm, resolve_batchno
 from det_al.checkpoint import load_checkpoint, save_checkpoint
 from det_al.coco import load_coco
 from det_al.config import Config, TrainConfig
+from det_al.datasets import CocoDetectionDataset, collate_detection
 from det_al.distributed import (
     any_rank,
     barrier,
@@ -49,7 +50,6 @@ from det_al.distributed import (
     rank_sampler,
     world_size,
 )
-from det_al.datasets import CocoDetectionDataset, collate_detection
 from det_al.errors import InputError
 from det_al.evaluation import evaluate_coco, predict
 from det_al.files import write_jsonl
@@ -256,9 +256,9 @@ def train_model(
         a summary: ``epochs`` (completed), ``iterations``, ``final_loss`` (mean over the last
         epoch run), ``best_map`` and ``best_epoch`` (``None`` without validation), ``metrics``
         (the last evaluation), ``stopped_early`` (time cap), ``batchnorm`` (the
-        ``train.batchnorm`` mode used, ``auto`` resolved: :mod:`det_al.batchnorm`), ``seconds``, and the paths
-        ``last``, ``best`` (``None`` without validation), ``checkpoint`` (best, else last) and
-        ``metrics_log``.
+        ``train.batchnorm`` mode used, ``auto`` resolved: :mod:`det_al.batchnorm`),
+        ``seconds``, and the paths ``last``, ``best`` (``None`` without validation),
+        ``checkpoint`` (best, else last) and ``metrics_log``.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments (as
     ``det-al train`` and ``det-al loop`` do). The processes join a process group
