@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from det_al.checkpoint import load_checkpoint
+from det_al.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import config_from_dict
 from det_al.distributed import (
     any_rank,
@@ -216,6 +216,40 @@ def test_torchrun_train_on_two_processes(tiny_data, tmp_path):
     # resuming needs the same number of processes
     with pytest.raises(InputError, match="written by a run of 2 processes, this one has 1"):
         train_model(config, tiny_data["train"], tiny_data["root"], out, resume=True, progress=False)
+
+
+@linux_only
+def test_torchrun_finetuning_keeps_batchnorm_frozen_and_refuses_sync_on_cpu(tiny_data, tmp_path):
+    # a torchvision model with BatchNorm2d layers, from a checkpoint with non-default statistics
+    model_cfg = {"name": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 4,
+                 "options": {"min_size": 64, "max_size": 64}}
+    config = config_from_dict({"model": model_cfg})
+    torch.manual_seed(0)
+    start = build_model(config.model)
+    with torch.no_grad():
+        for m in start.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(tmp_path / "start.pt", start, config, tiny_data["coco"]["categories"])
+    yaml = tmp_path / "bn.yaml"
+    yaml.write_text(json.dumps({"model": model_cfg, "train": {"epochs": 1, "batch_size": 1, "warmup_iters": 0}}))
+    args = ["-m", "det_al", "train", str(yaml), "--train", str(tiny_data["train"]), "--image-root",
+            str(tiny_data["root"]), "--init", str(tmp_path / "start.pt"), "--no-progress"]
+
+    result = _torchrun([*args, "--out", str(tmp_path / "sync"), "--set", "train.batchnorm=sync"])
+    assert result.returncode != 0
+    assert result.stderr.count("det-al train: error: train.batchnorm=sync needs CUDA devices") == 2
+    assert not (tmp_path / "sync").exists()
+
+    result = _torchrun([*args, "--out", str(tmp_path / "auto")])
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["batchnorm"] == "frozen"
+    trained = torch.load(tmp_path / "auto" / "last.pt", weights_only=True)["state_dict"]
+    before = start.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) > 60 and all(torch.equal(trained[k], before[k]) for k in stats)
+    assert not torch.equal(trained["rpn.head.conv.0.0.weight"], before["rpn.head.conv.0.0.weight"])
 
 
 @linux_only
