@@ -181,7 +181,7 @@ def child_stream(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     sha = timed(file_sha256)(args.checkpoint)
     counts = det_al.scoring.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha, progress=False,
-                                         make_dataset=lambda images: RenderedPool(images, size=args.image_size))
+                                         make_dataset=lambda images: RenderedPool(images, size=args.image_size), overwrite=True)
     total = time.perf_counter() - t
     print(json.dumps({
         "n": args.n, "n_scored": counts["n_scored"], "seconds": total, "assembly_s": assembly["seconds"],
@@ -286,11 +286,11 @@ def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
     pool.write_text(json.dumps({"images": old["images"] + new["images"], "categories": CATEGORIES, "annotations": []}))
     one_thread = dict(os.environ, OMP_NUM_THREADS="1")
     single1, single, dist = work / "single-1-thread", work / "single", work / "torchrun"
-    t11 = timed_run([sys.executable, *score_cmd(pool, ckpt, single1, args.batch_size)], env=one_thread)
+    t11 = timed_run([sys.executable, *score_cmd(pool, ckpt, single1, args.batch_size, "--overwrite")], env=one_thread)
     threads = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    t1 = timed_run([sys.executable, *score_cmd(pool, ckpt, single, args.batch_size)], env=threads)
+    t1 = timed_run([sys.executable, *score_cmd(pool, ckpt, single, args.batch_size, "--overwrite")], env=threads)
     t2 = timed_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
-                    *score_cmd(pool, ckpt, dist, args.batch_size)], env=one_thread)
+                    *score_cmd(pool, ckpt, dist, args.batch_size, "--overwrite")], env=one_thread)
 
     def compare(a: Path, b: Path) -> str:
         return ", ".join(f"{n}: {'yes' if same_outputs(a, b, (n,)) else 'NO'}" for n in COMPARED)
@@ -310,6 +310,7 @@ def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
     identical, lines_at_kill = 0, []
     for k in range(args.kills):
         out = work / f"kill-{k}"
+        shutil.rmtree(out, ignore_errors=True)  # a --workdir of an earlier run
         cmd = [sys.executable, *score_cmd(pool, ckpt, out, args.batch_size)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=threads)
         time.sleep(rng.uniform(0.1, t1))

@@ -332,12 +332,14 @@ def score_to_dir(
     assemble: bool = True,
     run_info: dict | None = None,
     make_dataset: Callable[[PoolImages], torch.utils.data.Dataset] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Score a pool (or one shard of it) streaming result lines to ``out_dir/results.jsonl``.
 
     ``pool["images"]`` is :class:`PoolImages` (:func:`det_al.pool.read_pool`) or a list of
     COCO image dicts. With ``resume``, images already in a matching results file are skipped;
-    a kill at any instant loses at most the batch in flight. With ``assemble`` (single shard),
+    a kill at any instant loses at most the batch in flight. Without it, a folder holding
+    results is an :class:`InputError` unless ``overwrite`` (see :class:`ResultsWriter`). With ``assemble`` (single shard),
     the final outputs are written at the end; shards are joined by
     :func:`det_al.shards.merge_shards`.
     """
@@ -348,7 +350,7 @@ def score_to_dir(
     key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block)
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
-    with ResultsWriter(out_dir, key, resume=resume, meta=meta) as writer:
+    with ResultsWriter(out_dir, key, resume=resume, meta=meta, overwrite=overwrite) as writer:
         done = np.isin(images.ids, writer.done_ids)
         rerun, batches = _resume_batches(positions, done, block)
         todo = images if rerun.all() else images[rerun]

@@ -67,6 +67,34 @@ def test_resume_refuses_results_of_another_run(reference, tiny_pool, tiny_checkp
         score.run(p.parse_args(main_args[1:]))
 
 
+def test_existing_results_are_kept_unless_overwrite(reference, tiny_pool, tiny_checkpoint, tmp_path, capsys):
+    # an unfinished run (three of six images) and a command that forgot --resume
+    lines = (reference / RESULTS).read_text().splitlines(keepends=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "key.json").write_text((reference / "key.json").read_text())
+    (out / RESULTS).write_text("".join(lines[:3]))
+    capsys.readouterr()
+    assert _score(tiny_pool, tiny_checkpoint, out) == 2
+    assert capsys.readouterr().err == (
+        f"det-al score: error: {out}: holds an unfinished run (3 images in results.jsonl): add --resume to "
+        "continue it, or --overwrite to start over\n"
+    )
+    assert (out / RESULTS).read_text() == "".join(lines[:3])  # untouched
+    assert _score(tiny_pool, tiny_checkpoint, out, "--resume", "--overwrite") == 2
+    assert "--resume and --overwrite exclude each other" in capsys.readouterr().err
+    # the finished run is refused the same way; --overwrite starts over and gives the same outputs
+    assert _score(tiny_pool, tiny_checkpoint, out, "--resume") == 0
+    assert _score(tiny_pool, tiny_checkpoint, out) == 2
+    assert "holds a finished run (6 images in results.jsonl)" in capsys.readouterr().err
+    (out / "ranking.jsonl").unlink()
+    assert _score(tiny_pool, tiny_checkpoint, out, "--overwrite") == 0
+    _same_outputs(reference, out)
+    # --resume on an empty folder starts a new run (a job script can always pass it)
+    assert _score(tiny_pool, tiny_checkpoint, tmp_path / "fresh", "--resume") == 0
+    _same_outputs(reference, tmp_path / "fresh")
+
+
 def test_results_without_key_are_refused(tmp_path):
     (tmp_path / RESULTS).write_text('{"image_id": 1}\n')
     with pytest.raises(InputError, match="not from a det_al run"):

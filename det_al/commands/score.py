@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. --set matching.iou_threshold=0.6")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same checkpoint, config and pool)")
+    parser.add_argument("--overwrite", action="store_true", help="discard the results already in --out and start over")
     parser.add_argument("--num-shards", type=int, default=1, help="split the pool into N shards (job arrays); join them with det-al merge-shards")
     parser.add_argument("--shard-index", type=int, default=0, help="which shard this job scores, 0..N-1")
 
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from det_al.scoring import score_to_dir
 
     out_dir = Path(args.out)
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other (continue the run in --out, or start it over)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("output path exists and is not a folder", out_dir)
     rank, world, local_rank = world_info()
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info)
     counts = score_to_dir(
         model, config, categories, pool, image_root, out_dir, checkpoint_sha,
-        resume=args.resume, num_shards=args.num_shards, shard_index=args.shard_index,
+        resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
         device=device, amp=args.amp, progress=not args.no_progress,
         assemble=args.num_shards == 1, run_info=info,
     )
@@ -162,7 +165,7 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
         start = time.perf_counter()
         score_to_dir(
             model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
-            resume=args.resume, num_shards=world, shard_index=rank, device=device, amp=args.amp,
+            resume=args.resume, overwrite=args.overwrite, num_shards=world, shard_index=rank, device=device, amp=args.amp,
             progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
         )
         try:
