@@ -136,6 +136,7 @@ def _train(
     job = {
         "config": config, "train_json": train_json, "image_root": data.image_root, "out_dir": out_dir,
         "categories": data.categories, "init_checkpoint": init,
+        "overwrite": True,  # a round's training that a crash cut short starts over
     }
     broadcast_from_main(job)  # under torchrun the other ranks train with this one (follow_training)
     summary = train_model(**job, device=device, progress=progress)

@@ -233,6 +233,7 @@ def train_model(
     resume: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``train_json`` and write checkpoints and metrics to ``out_dir``.
 
@@ -246,6 +247,8 @@ def train_model(
         init_checkpoint: a det_al checkpoint whose weights are the starting point.
         resume: continue from ``out_dir/last.pt`` (model, optimizer, schedule, epoch), up to
             ``train.epochs`` of the given config (raise it to train further).
+        overwrite: start over in an ``out_dir`` that holds an earlier run's ``last.pt`` or
+            ``best.pt``; without it (or ``resume``) such a folder is an :class:`InputError`.
 
     Writes ``out_dir/last.pt`` after every epoch, ``out_dir/best.pt`` whenever bbox AP on
     ``val_json`` improves, and ``out_dir/metrics.jsonl`` (one record per epoch). With
@@ -276,7 +279,7 @@ def train_model(
     with process_group(device) as device:
         return _train_in_group(
             config, train_json, image_root, out_dir, val_json, categories, init_checkpoint, resume,
-            device, progress and is_main(),
+            device, progress and is_main(), overwrite,
         )
 
 
@@ -291,6 +294,7 @@ def _train_in_group(
     resume: bool,
     device: str,
     progress: bool,
+    overwrite: bool,
 ) -> dict[str, Any]:
     """:func:`train_model` on every process of the group (or on the one process)."""
     t0 = time.monotonic()
@@ -301,6 +305,11 @@ def _train_in_group(
     extra: dict[str, Any] = {}
     with fail_together():  # no collective in here: a rank that fails makes every rank fail
         check_train_config(train_cfg)
+        if not resume and not overwrite and (last_path.exists() or best_path.exists()):
+            raise InputError(
+                f"holds the checkpoints of an earlier training ({(last_path if last_path.exists() else best_path).name}): "
+                "add --resume to continue it, or --overwrite to start over", out,
+            )
         transform = build_augment(train_cfg.augment)
         train = load_coco(train_json, require_annotations=True)
         val = load_coco(val_json, require_annotations=True) if val_json is not None else None
@@ -329,7 +338,7 @@ def _train_in_group(
         else:
             model = build_model(config.model)
         if main and not resume and best_path.exists():  # a new run: an earlier run's best.pt would mislead
-            logger.warning("%s: replacing the outputs of an earlier run", out)
+            logger.warning("%s: replacing the outputs of an earlier run (--overwrite)", out)
             best_path.unlink()
         if categories is None:
             categories = list(train["categories"])

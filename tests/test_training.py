@@ -216,6 +216,19 @@ def test_cli_train_and_evaluate(tiny_data, tmp_path, capsys):
     assert main(["train", str(config), *common, "--out", str(out), "--set", "train.optimizer=adam"]) == 2
     assert "train.optimizer" in capsys.readouterr().err
 
+    # an earlier run's checkpoints are kept unless --resume or --overwrite says what to do
+    last = (out / "last.pt").read_bytes()
+    assert main(["train", str(config), *common, "--out", str(out), "--set", "train.epochs=1"]) == 2
+    assert capsys.readouterr().err == (
+        f"det-al train: error: {out}: holds the checkpoints of an earlier training (last.pt): "
+        "add --resume to continue it, or --overwrite to start over\n"
+    )
+    assert (out / "last.pt").read_bytes() == last
+    assert main(["train", str(config), *common, "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "--resume and --overwrite exclude each other" in capsys.readouterr().err
+    assert main(["train", str(config), *common, "--out", str(out), "--set", "train.epochs=1", "--seed", "4", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["train"]["seed"] == 4
+
 
 def test_tools_train_script(tiny_data, tmp_path):
     import importlib.util

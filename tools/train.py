@@ -50,6 +50,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="train.lr")
     parser.add_argument("-j", "--workers", type=int, help="train.num_workers")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds an earlier training")
     parser.add_argument("--init", help="checkpoint to start from (or to evaluate with --test-only)")
     parser.add_argument("--test-only", action="store_true", help="only evaluate --init on --val")
     parser.add_argument("--set", "--cfg-options", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -80,10 +81,12 @@ def main(args: argparse.Namespace) -> dict:
         return evaluate_only(args, config)
     if not args.train:
         raise InputError("--train is required (unless --test-only)")
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other (continue OUT/last.pt, or start over)")
     image_root = Path(args.image_root) if args.image_root else Path(args.train).parent
     summary = train_model(
         config, args.train, image_root, args.out, val_json=args.val, init_checkpoint=args.init,
-        resume=args.resume, device=args.device,
+        resume=args.resume, device=args.device, overwrite=args.overwrite,
     )
     if not is_main():  # under torchrun: rank 0 reports
         return summary

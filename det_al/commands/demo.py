@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/3] training {config.model.name} for up to {args.minutes:g} min on {args.device}")
     summary = train_model(
         config, paths["train"], image_root, out / "train",
-        val_json=paths.get("val"), device=args.device, progress=True,
+        val_json=paths.get("val"), device=args.device, progress=True, overwrite=True,  # the demo remakes everything
     )
     checkpoint = Path(summary.get("last", out / "train" / "last.pt"))
     print(f"      {summary.get('epochs', '?')} epochs, checkpoint {checkpoint}")

@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", "-r", help="folder the file_name entries are relative to (default: the training file's folder)")
     parser.add_argument("--out", "-o", required=True, help="output folder: last.pt, best.pt, metrics.jsonl, summary.json")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (raise train.epochs to train further)")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds an earlier training")
     parser.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (det_al checkpoint or torchvision state dict)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. --set train.epochs=3")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         with fail_together():  # under torchrun, bad options stop every rank with their message
             if args.resume and args.init:
                 raise InputError("--resume and --init exclude each other (resume continues OUT/last.pt)")
+            if args.resume and args.overwrite:
+                raise InputError("--resume and --overwrite exclude each other (continue OUT/last.pt, or start over)")
             overrides = list(args.overrides) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
             config = load_config(args.config, overrides)
             if not config.model.name:
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         image_root = Path(args.image_root) if args.image_root else Path(args.train).parent
         summary = train_model(
             config, args.train, image_root, args.out, val_json=args.val, init_checkpoint=args.init,
-            resume=args.resume, device=device, progress=not args.no_progress,
+            resume=args.resume, device=device, progress=not args.no_progress, overwrite=args.overwrite,
         )
         if not is_main():
             return 0
