@@ -338,7 +338,7 @@ def _train_in_group(
         else:
             model = build_model(config.model)
         if main and not resume and best_path.exists():  # a new run: an earlier run's best.pt would mislead
-            logger.warning("%s: replacing the outputs of an earlier run (--overwrite)", out)
+            logger.warning("%s: starting over, replacing the outputs of an earlier run", out)
             best_path.unlink()
         if categories is None:
             categories = list(train["categories"])
