@@ -67,8 +67,9 @@ def data_sha256(obj: Any) -> str:
 
 
 #: Config keys (section, key) that cannot change a result line: left out of the config hash,
-#: so that a run may be resumed with, e.g., more DataLoader workers.
-RESULT_NEUTRAL = (("passes", "num_workers"),)
+#: so that a run may be resumed with, e.g., more DataLoader workers. ``train.batchnorm`` came
+#: after runs had been keyed: leaving it out keeps their keys valid across the upgrade.
+RESULT_NEUTRAL = (("passes", "num_workers"), ("train", "batchnorm"))
 
 
 def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, shard_index: int, block: int = 1) -> dict:

@@ -177,6 +177,13 @@ def test_key_ignores_settings_that_cannot_change_results():
     assert run_key("c", more_workers, "p", 1, 0) == key
     assert run_key("c", other_seed, "p", 1, 0) != key
     assert config["passes"]["num_workers"] == 0  # the caller's dict is left alone
+    # a config of before train.batchnorm existed keys the same as one with any value of it
+    from det_al.config import Config, config_to_dict
+
+    now = config_to_dict(Config())
+    before = {**now, "train": {k: v for k, v in now["train"].items() if k != "batchnorm"}}
+    frozen = {**now, "train": {**now["train"], "batchnorm": "frozen"}}
+    assert run_key("c", before, "p", 1, 0) == run_key("c", now, "p", 1, 0) == run_key("c", frozen, "p", 1, 0)
 
 
 def test_fsync_at_most_every_sync_seconds_and_before_done(tmp_path, monkeypatch):
