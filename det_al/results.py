@@ -193,12 +193,8 @@ class ResultsWriter:
             self.done_ids = repair_and_read_ids(self.path)
             logger.info("resuming: %d images already scored in %s", len(self.done_ids), self.path)
         else:
-            if self.path.exists() and not overwrite:  # hours of scoring are not thrown away by default
-                state = "a finished run" if (self.dir / DONE).exists() else "an unfinished run"
-                raise InputError(
-                    f"holds {state} ({_count_lines(self.path)} images in {RESULTS}): add --resume to continue "
-                    "it, or --overwrite to start over", self.dir,
-                )
+            if not overwrite:  # hours of scoring are not thrown away by default
+                refuse_existing_results(self.dir)
             try:
                 if self.path.exists():
                     logger.warning("starting over (--overwrite): removing the previous results in %s", self.path)
@@ -308,6 +304,34 @@ def _line_id(raw: bytes) -> int:
     """The image id of one complete result line; reads only its start when written by det_al."""
     m = _ID_PREFIX.match(raw)
     return int(m.group(1)) if m else int(decode_line(raw)["image_id"])
+
+
+SHARDS = "shards"  # OUT/shards/rank-R-of-W/: a torchrun run's per-rank results (det-al score)
+
+
+def refuse_existing_results(directory: str | os.PathLike) -> None:
+    """Raise an :class:`InputError` if ``directory`` holds results of a scoring run.
+
+    Results are ``results.jsonl`` (a one-process run, a job-array shard) or the rank folders of
+    a torchrun run in ``shards/``. ``det-al score`` calls this before writing anything when
+    given neither ``--resume`` nor ``--overwrite``; the message says which of the two to add.
+    """
+    directory = Path(directory)
+    path = directory / RESULTS
+    if path.exists():
+        if not (directory / KEY).exists():
+            raise InputError(f"holds a {RESULTS} that is not from a det_al run (no {KEY}): --overwrite replaces it", directory)
+        state = "a finished run" if (directory / DONE).exists() else "an unfinished run"
+        raise InputError(
+            f"holds {state} ({_count_lines(path)} images in {RESULTS}): add --resume to continue it, "
+            "or --overwrite to start over", directory,
+        )
+    ranks = sorted(p.parent.name for p in (directory / SHARDS).glob(f"*/{RESULTS}"))
+    if ranks:
+        raise InputError(
+            f"holds a torchrun run ({', '.join(ranks)} in {SHARDS}/): add --resume (torchrun with as many "
+            "processes) to continue it, or --overwrite to start over", directory,
+        )
 
 
 def _count_lines(path: Path) -> int:

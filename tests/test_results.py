@@ -95,6 +95,28 @@ def test_existing_results_are_kept_unless_overwrite(reference, tiny_pool, tiny_c
     _same_outputs(reference, tmp_path / "fresh")
 
 
+def test_existing_results_are_refused_before_anything_is_written(tiny_pool, tiny_checkpoint, tmp_path, capsys):
+    # a torchrun run's shards in --out: a one-process run must not put its outputs beside them
+    out = tmp_path / "out"
+    (out / "shards" / "rank-0-of-2").mkdir(parents=True)
+    (out / "shards" / "rank-0-of-2" / RESULTS).write_text('{"image_id": 1}\n')
+    folder_pool = tiny_pool["root"] / "images" if (tiny_pool["root"] / "images").is_dir() else tiny_pool["root"]
+    capsys.readouterr()
+    assert main(["score", "-k", str(tiny_checkpoint), "-p", str(folder_pool), "-o", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        f"det-al score: error: {out}: holds a torchrun run (rank-0-of-2 in shards/): add --resume (torchrun "
+        "with as many processes) to continue it, or --overwrite to start over\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["shards"]  # no pool.json written for the folder pool
+    assert _score(tiny_pool, tiny_checkpoint, out, "--overwrite") == 0
+    assert not (out / "shards").exists() and (out / "ranking.jsonl").exists()
+    # a results file of unknown origin: --resume refuses it, the plain run names --overwrite
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / RESULTS).write_text('{"image_id": 1}\n')
+    assert _score(tiny_pool, tiny_checkpoint, tmp_path / "foreign") == 2
+    assert "not from a det_al run (no key.json): --overwrite replaces it" in capsys.readouterr().err
+
+
 def test_results_without_key_are_refused(tmp_path):
     (tmp_path / RESULTS).write_text('{"image_id": 1}\n')
     with pytest.raises(InputError, match="not from a det_al run"):
