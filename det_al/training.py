@@ -216,6 +216,18 @@ def _check_categories(categories: Sequence[Mapping[str, Any]], coco: Mapping[str
         )
 
 
+def _remove_earlier_run(out: Path, paths: Sequence[Path]) -> None:
+    """Remove the outputs of an earlier run in ``out`` (a new run starting over)."""
+    stale = [p for p in paths if p.exists()]
+    if stale:
+        logger.warning("%s: starting over, removing %s of an earlier run", out, ", ".join(p.name for p in stale))
+    try:
+        for path in stale:
+            path.unlink()
+    except OSError as e:
+        raise InputError(f"cannot remove the earlier run's {Path(e.filename).name}: {e.strerror}", out) from e
+
+
 def _predict_and_evaluate(model, val, image_root, categories, device, batch_size) -> dict[str, dict[str, float]]:
     results = predict(model, val, image_root, categories, device=device, batch_size=batch_size)
     iou_types = ("bbox", "segm") if has_masks(model) else ("bbox",)
@@ -337,9 +349,6 @@ def _train_in_group(
             logger.info("starting from the weights of %s", init_checkpoint)
         else:
             model = build_model(config.model)
-        if main and not resume and best_path.exists():  # a new run: an earlier run's best.pt would mislead
-            logger.warning("%s: starting over, replacing the outputs of an earlier run", out)
-            best_path.unlink()
         if categories is None:
             categories = list(train["categories"])
         categories = [dict(c) for c in categories]
@@ -387,6 +396,8 @@ def _train_in_group(
             elif "torch_rng" in extra:
                 torch.set_rng_state(extra["torch_rng"])
             records = _read_metrics(log_path, iteration)
+        if main and not resume:  # every check passed: nothing of an earlier run stays to mislead
+            _remove_earlier_run(out, (last_path, best_path, log_path, out / "summary.json"))
     # the same parameters on every rank (DDP broadcasts rank 0's), gradients averaged over ranks
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[torch.device(device)] if device.startswith("cuda") else None

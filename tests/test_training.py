@@ -226,6 +226,10 @@ def test_cli_train_and_evaluate(tiny_data, tmp_path, capsys):
     assert (out / "last.pt").read_bytes() == last
     assert main(["train", str(config), *common, "--out", str(out), "--resume", "--overwrite"]) == 2
     assert "--resume and --overwrite exclude each other" in capsys.readouterr().err
+    # --overwrite that then fails on bad input leaves the earlier run whole
+    assert main(["train", str(config), *common, "--out", str(out), "--set", "model.num_classes=3", "--overwrite"]) == 2
+    assert "num_classes is 3" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == last and (out / "best.pt").exists()
     assert main(["train", str(config), *common, "--out", str(out), "--set", "train.epochs=1", "--seed", "4", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["config"]["train"]["seed"] == 4
 
