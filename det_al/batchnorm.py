@@ -94,13 +94,18 @@ def prepare_batchnorm(model: nn.Module, mode: str, world: int, device: str, from
             logger.info("train.batchnorm=frozen: %d BatchNorm layers keep the checkpoint's statistics", count)
         return model
     if mode == "sync" and world > 1:
-        if not str(device).startswith("cuda"):
-            raise InputError(
-                "train.batchnorm=sync needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); "
-                "use train or frozen with --device cpu"
-            )
+        check_sync(mode, world, device)
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
 
-__all__ = ["BATCHNORM_MODES", "freeze_batchnorm", "prepare_batchnorm", "resolve_batchnorm"]
+def check_sync(mode: str, world: int, device: str) -> None:
+    """Refuse ``sync`` for several processes on CPU (an :class:`InputError`); else nothing."""
+    if mode == "sync" and world > 1 and not str(device).startswith("cuda"):
+        raise InputError(
+            "train.batchnorm=sync needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); "
+            "use train or frozen with --device cpu"
+        )
+
+
+__all__ = ["BATCHNORM_MODES", "check_sync", "freeze_batchnorm", "prepare_batchnorm", "resolve_batchnorm"]

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from det_al.config import Config, config_to_dict
-from det_al.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group
+from det_al.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
 from det_al.errors import InputError
 from det_al.files import read_json, write_json
 from det_al.loop_data import LoopData, budgets, check_loop_config, subset
@@ -180,9 +180,14 @@ def run_loop(
     its trainings (:func:`follow_training`). ``out_dir`` must be a folder every process reads:
     they read the labelled set that rank 0 writes there.
     """
+    from det_al.batchnorm import check_sync
+    from det_al.training import check_train_config
+
     with process_group(device) as device:
         with fail_together():
             check_loop_config(config)
+            check_train_config(config.train)  # before anything is written, not at round 0's training
+            check_sync(config.train.batchnorm, world_size(), device)
             paths, settings, rows = _results_so_far(config, out_dir, resume, run_info)
         barrier()  # rank 0 writes only after every rank has looked at the folder
         if not is_main():

@@ -47,6 +47,15 @@ def test_loop_config_checks(loop, message):
         check_loop_config(config_from_dict({"loop": loop}))
 
 
+def test_bad_train_section_stops_the_loop_before_it_writes(tmp_path):
+    from det_al.loop import run_loop
+
+    config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "train": {"batchnorm": "bogus"}})
+    with pytest.raises(InputError, match="train.batchnorm must be one of auto, train, frozen, sync, got 'bogus'"):
+        run_loop(config, tiny_data(), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # a fixed config then runs without --resume
+
+
 def test_loop_quick_end_to_end_and_resume(tmp_path, capsys):
     """`det-al loop --quick` on synthetic drift data, then a resume after a simulated crash."""
     from det_al.cli import main
