@@ -362,12 +362,15 @@ def _train_in_group(
             _check_categories(categories, val, val_json)
         model.to(device)
         batchnorm = resolve_batchnorm(train_cfg.batchnorm, from_checkpoint=init_checkpoint is not None)
+        if batchnorm == "sync" and world == 1:  # nothing to sync with: recorded as what it is
+            batchnorm = "train"
         if resume:  # a run of before train.batchnorm trained its BatchNorm layers
             recorded = str(extra.get("batchnorm", "train"))
             if train_cfg.batchnorm != "auto" and batchnorm != recorded:
                 raise InputError(
                     f"cannot resume: last.pt was trained with train.batchnorm={recorded}, the config "
-                    f"says {batchnorm}", last_path,
+                    f"says {batchnorm} (set it to {recorded} or auto to resume, or start over with --overwrite)",
+                    last_path,
                 )
             batchnorm = recorded
         model = prepare_batchnorm(model, batchnorm, world, device, from_checkpoint=init_checkpoint is not None or resume)

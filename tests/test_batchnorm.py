@@ -120,7 +120,8 @@ def test_finetuning_from_a_checkpoint_freezes_batchnorm_by_default(tiny_data, st
     assert summary["batchnorm"] == "train"
     moved, _, _, _ = load_checkpoint(tmp_path / "train" / "last.pt")
     assert not all(torch.equal(moved.state_dict()[k], before[k]) for k in bn)
-    with pytest.raises(InputError, match="cannot resume: last.pt was trained with train.batchnorm=frozen, the config says train"):
+    with pytest.raises(InputError, match=r"cannot resume: last.pt was trained with train.batchnorm=frozen, the config says "
+                                         r"train \(set it to frozen or auto to resume, or start over with --overwrite\)"):
         train_model(_config(epochs=2, batchnorm="train"), tiny_data["train"], tiny_data["root"], tmp_path / "auto",
                     resume=True, progress=False)
     # auto on resume takes the run's own mode: the statistics stay frozen
@@ -133,6 +134,9 @@ def test_finetuning_from_a_checkpoint_freezes_batchnorm_by_default(tiny_data, st
 
 def test_from_scratch_trains_batchnorm_and_warns_when_frozen(tiny_data, tmp_path, caplog):
     summary = train_model(_config(), tiny_data["train"], tiny_data["root"], tmp_path / "a", progress=False)
+    assert summary["batchnorm"] == "train"
+    # sync with one process is plain train, and is recorded so
+    summary = train_model(_config(batchnorm="sync"), tiny_data["train"], tiny_data["root"], tmp_path / "s", progress=False)
     assert summary["batchnorm"] == "train"
     with caplog.at_level("WARNING", logger="det_al.batchnorm"):
         summary = train_model(_config(batchnorm="frozen"), tiny_data["train"], tiny_data["root"], tmp_path / "b",
