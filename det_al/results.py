@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
 KEY = "key.json"
 DONE = "done.json"
+SHARDS = "shards"  # OUT/shards/rank-R-of-W/: a torchrun run's per-rank results (det-al score)
 IGNORED = ("det_al_version", "meta")  # key.json fields that do not decide whether results match
 #: Seconds between two fsyncs of ``results.jsonl`` at least (stretched to 100 times the last
 #: fsync's duration on a slow disk, so that syncing takes at most 1% of the run).
@@ -304,9 +305,6 @@ def _line_id(raw: bytes) -> int:
     """The image id of one complete result line; reads only its start when written by det_al."""
     m = _ID_PREFIX.match(raw)
     return int(m.group(1)) if m else int(decode_line(raw)["image_id"])
-
-
-SHARDS = "shards"  # OUT/shards/rank-R-of-W/: a torchrun run's per-rank results (det-al score)
 
 
 def refuse_existing_results(directory: str | os.PathLike) -> None:
