@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from det_al.errors import InputError
 
@@ -52,6 +53,24 @@ def write_jsonl(path: str | os.PathLike, records: Any) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+def remove_earlier_outputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Remove those of ``paths`` (files or folders) that exist, for a run that starts over; the
+    ones removed. A failure is an :class:`InputError` naming the path."""
+    removed = []
+    for path in map(Path, paths):
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+        except OSError as e:
+            raise InputError(f"cannot remove the earlier run's {path.name}: {e.strerror}", path.parent) from e
+        removed.append(path)
+    return removed
 
 
 def read_json(path: str | os.PathLike) -> Any:

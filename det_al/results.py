@@ -40,7 +40,7 @@ import orjson
 
 from det_al import __version__
 from det_al.errors import InputError
-from det_al.files import read_json, write_json
+from det_al.files import read_json, remove_earlier_outputs, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -196,13 +196,8 @@ class ResultsWriter:
         else:
             if not overwrite:  # hours of scoring are not thrown away by default
                 refuse_existing_results(self.dir)
-            try:
-                if self.path.exists():
-                    logger.warning("starting over (--overwrite): removing the previous results in %s", self.path)
-                for name in (RESULTS, DONE):
-                    (self.dir / name).unlink(missing_ok=True)
-            except OSError as e:
-                raise InputError(f"cannot remove previous results: {e.strerror}", self.dir) from e
+            if remove_earlier_outputs(self.dir / name for name in (RESULTS, DONE)):
+                logger.warning("starting over (--overwrite): removed the previous results in %s", self.dir)
             try:
                 write_json(key_path, {**self.key, "meta": self.meta}, indent=1)
             except OSError as e:

@@ -339,8 +339,8 @@ def score_to_dir(
     ``pool["images"]`` is :class:`PoolImages` (:func:`det_al.pool.read_pool`) or a list of
     COCO image dicts. With ``resume``, images already in a matching results file are skipped;
     a kill at any instant loses at most the batch in flight. Without it, a folder holding
-    results is an :class:`InputError` unless ``overwrite`` (see :class:`ResultsWriter`). With ``assemble`` (single shard),
-    the final outputs are written at the end; shards are joined by
+    results is an :class:`InputError` unless ``overwrite`` (see :class:`ResultsWriter`). With
+    ``assemble`` (single shard), the final outputs are written at the end; shards are joined by
     :func:`det_al.shards.merge_shards`.
     """
     pool_images = as_pool_images(pool["images"])

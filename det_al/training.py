@@ -52,7 +52,7 @@ from det_al.distributed import (
 )
 from det_al.errors import InputError
 from det_al.evaluation import evaluate_coco, predict
-from det_al.files import write_jsonl
+from det_al.files import remove_earlier_outputs, write_jsonl
 from det_al.models import build_model, has_masks
 
 logger = logging.getLogger(__name__)
@@ -214,18 +214,6 @@ def _check_categories(categories: Sequence[Mapping[str, Any]], coco: Mapping[str
             f"annotations use category id {missing[0]}, which is not one of the model's categories "
             f"{sorted(known)}", path,
         )
-
-
-def _remove_earlier_run(out: Path, paths: Sequence[Path]) -> None:
-    """Remove the outputs of an earlier run in ``out`` (a new run starting over)."""
-    stale = [p for p in paths if p.exists()]
-    if stale:
-        logger.warning("%s: starting over, removing %s of an earlier run", out, ", ".join(p.name for p in stale))
-    try:
-        for path in stale:
-            path.unlink()
-    except OSError as e:
-        raise InputError(f"cannot remove the earlier run's {Path(e.filename).name}: {e.strerror}", out) from e
 
 
 def _predict_and_evaluate(model, val, image_root, categories, device, batch_size) -> dict[str, dict[str, float]]:
@@ -400,7 +388,9 @@ def _train_in_group(
                 torch.set_rng_state(extra["torch_rng"])
             records = _read_metrics(log_path, iteration)
         if main and not resume:  # every check passed: nothing of an earlier run stays to mislead
-            _remove_earlier_run(out, (last_path, best_path, log_path, out / "summary.json"))
+            removed = remove_earlier_outputs((last_path, best_path, log_path, out / "summary.json"))
+            if removed:
+                logger.warning("%s: starting over, removed %s of an earlier run", out, ", ".join(p.name for p in removed))
     # the same parameters on every rank (DDP broadcasts rank 0's), gradients averaged over ranks
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[torch.device(device)] if device.startswith("cuda") else None

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from det_al.checkpoint import load_checkpoint
     from det_al.config import apply_overrides, config_from_dict, config_to_dict, load_config
     from det_al.distributed import rank_device, world_info
+    from det_al.files import remove_earlier_outputs
     from det_al.results import SHARDS, file_sha256, refuse_existing_results
     from det_al.scoring import score_to_dir
 
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         return _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info)
     if args.overwrite:  # a torchrun run's shards would sit beside this run's results
-        _remove(out_dir / SHARDS)
+        remove_earlier_outputs([out_dir / SHARDS])
     counts = score_to_dir(
         model, config, categories, pool, image_root, out_dir, checkpoint_sha,
         resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
@@ -134,20 +135,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_summary(out_dir, counts, seconds)
     return 0
-
-
-def _remove(*paths: Path) -> None:
-    """Remove files and folders (those that exist) left by an earlier run, for ``--overwrite``."""
-    import shutil
-
-    try:
-        for path in paths:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot remove the earlier run's {e.filename or path}: {e.strerror}") from e
 
 
 def _print_summary(out_dir: Path, counts: dict, seconds: float) -> None:
@@ -173,6 +160,7 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
     merge of a large pool takes a while; an error in the merge is reported by every rank.
     """
     from det_al import distributed
+    from det_al.files import remove_earlier_outputs
     from det_al.results import DONE, KEY, RESULTS, SHARDS
     from det_al.scoring import score_to_dir
     from det_al.shards import merge_shards
@@ -180,7 +168,7 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
     if args.num_shards != 1:
         raise InputError("--num-shards cannot be combined with torchrun: each rank is one shard")
     if args.overwrite and rank == 0:  # a one-process run's results would sit beside the merged ones
-        _remove(*(out_dir / name for name in (RESULTS, KEY, DONE)))
+        remove_earlier_outputs(out_dir / name for name in (RESULTS, KEY, DONE))
     with distributed.process_group(device) as device:
         shard_dir = out_dir / SHARDS / f"rank-{rank}-of-{world}"
         start = time.perf_counter()
