@@ -1,8 +1,8 @@
 """Pick a batch of images from a ranking and turn it into a COCO selection file.
 
-A *strategy* is a plain function ``strategy(ranking, budget) -> chosen records``; ``ranking``
-is the list of ``ranking.jsonl`` records, most informative first. :data:`STRATEGIES` maps
-names to strategies; later strategies (random, diverse, class-balanced) are added there.
+The strategies themselves (``top``, ``random``, ``diverse``, ``class-balanced``, ``top:KEY``)
+and their registry are in :mod:`det_al.strategies`; this module reads rankings and writes
+selections.
 
 The selection file (``selection.json``) is COCO: the chosen images in rank order, each image
 dict carrying its ``rank`` and ``informativeness``, the pseudo-labels of those images, and the
@@ -15,43 +15,18 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from det_al.errors import InputError
 from det_al.files import iter_jsonl, read_json
+from det_al.strategies import Strategy, run_strategy
 
 logger = logging.getLogger(__name__)
 
-Strategy = Callable[[list[dict], int], list[dict]]
-
 #: Ranking fields copied into each image entry of the selection.
 CARRIED_FIELDS = ("rank", "informativeness")
-
-
-def select_top(ranking: list[dict], budget: int) -> list[dict]:
-    """The ``budget`` first records of ``ranking`` (sorted by ``rank``), or all of them if fewer.
-
-    >>> [r["image_id"] for r in select_top([{"image_id": 7, "rank": 2}, {"image_id": 3, "rank": 1}], 1)]
-    [3]
-    """
-    if budget < 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
-    return sorted(ranking, key=lambda r: r["rank"])[:budget]
-
-
-STRATEGIES: dict[str, Strategy] = {"top": select_top}
-
-
-def get_strategy(strategy: str | Strategy) -> Strategy:
-    """The strategy named ``strategy`` (a callable is returned as is)."""
-    if callable(strategy):
-        return strategy
-    try:
-        return STRATEGIES[strategy]
-    except KeyError:
-        raise ValueError(f"unknown selection strategy {strategy!r}; valid: {', '.join(sorted(STRATEGIES))}") from None
 
 
 def read_ranking(path: str | os.PathLike) -> list[dict]:
@@ -114,15 +89,26 @@ def selection_to_coco(chosen: list[dict], pseudo_labels: dict, path: str | os.Pa
 
 
 def select_batch(
-    ranking: list[dict], pseudo_labels: dict, budget: int, strategy: str | Strategy = "top",
+    ranking: list[dict],
+    pseudo_labels: dict,
+    budget: int | None = None,
+    strategy: str | Strategy = "top",
     pseudo_labels_path: str | os.PathLike | None = None,
+    budget_boxes: int | None = None,
+    **context: Any,
 ) -> dict:
-    """Choose ``budget`` images from ``ranking`` with ``strategy``; the COCO selection dict.
+    """Choose images from ``ranking`` with ``strategy`` (see :mod:`det_al.strategies`) within
+    ``budget`` images and/or ``budget_boxes`` boxes; the COCO selection dict.
 
     The chosen images are written in rank order, whatever order the strategy returns them in.
+    A strategy's ``ValueError`` (a bad name or key) is an :class:`InputError`.
     """
-    chosen = sorted(get_strategy(strategy)(ranking, budget), key=lambda r: r["rank"])
-    if len(chosen) < budget:
+    try:
+        chosen = run_strategy(strategy, ranking, budget, budget_boxes, **context)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    chosen = sorted(chosen, key=lambda r: r["rank"])
+    if budget is not None and budget_boxes is None and len(chosen) < budget:
         logger.warning("budget %d is larger than the ranking (%d images): selecting all", budget, len(chosen))
     return selection_to_coco(chosen, pseudo_labels, pseudo_labels_path)
 

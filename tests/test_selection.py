@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.selection import STRATEGIES, get_strategy, read_ranking, select_batch, select_top
+from det_al.selection import read_ranking, select_batch
 
 CATEGORIES = [{"id": 3, "name": "cat", "supercategory": ""}, {"id": 7, "name": "dog", "supercategory": ""}]
 # id -> (file_name, width, height)
@@ -86,20 +86,24 @@ def make_selection(budget: int = 3) -> dict:
 # --------------------------------------------------------------------------- tests
 
 
-def test_select_top_takes_best_ranks_whatever_the_order():
+def test_top_takes_the_most_informative_whatever_the_order():
     shuffled = [RANKING[2], RANKING[0], RANKING[1]]
-    assert [r["image_id"] for r in select_top(shuffled, 2)] == [11, 10]
-    assert [r["image_id"] for r in select_top(shuffled, 10)] == [11, 10, 12]
-    assert select_top(shuffled, 0) == []
+    assert [im["id"] for im in select_batch(shuffled, pseudo_labels(), 2)["images"]] == [11, 10]
+    assert [im["id"] for im in select_batch(shuffled, pseudo_labels(), 10)["images"]] == [11, 10, 12]
+    # a box budget of 2: image 11 (2 objects) fills it
+    assert [im["id"] for im in select_batch(shuffled, pseudo_labels(), budget_boxes=2)["images"]] == [11]
 
 
-def test_strategies_registry():
-    assert STRATEGIES["top"] is select_top
-    assert get_strategy("top") is select_top
-    custom = lambda ranking, budget: ranking[-budget:]  # noqa: E731
-    assert get_strategy(custom) is custom
-    with pytest.raises(ValueError, match="valid: top"):
-        get_strategy("nope")
+def test_one_strategy_registry():
+    import det_al.selection
+    from det_al import strategies
+
+    assert not hasattr(det_al.selection, "STRATEGIES")  # the registry lives in det_al.strategies only
+    by_class = select_batch(RANKING, pseudo_labels(), 1, "top:class")
+    assert [im["id"] for im in by_class["images"]] == [11]
+    assert select_batch(RANKING, pseudo_labels(), 1, strategies.random, seed=0)["images"][0]["id"] in IMAGES
+    with pytest.raises(InputError, match="unknown strategy 'nope'"):
+        select_batch(RANKING, pseudo_labels(), 1, "nope")
 
 
 def test_selection_is_coco_in_rank_order_with_pseudo_labels():
@@ -114,7 +118,7 @@ def test_selection_is_coco_in_rank_order_with_pseudo_labels():
 
 
 def test_strategy_order_does_not_change_rank_order():
-    reverse = lambda ranking, budget: sorted(ranking, key=lambda r: -r["rank"])[:budget]  # noqa: E731
+    reverse = lambda ranking, budget, budget_boxes, **_: sorted(ranking, key=lambda r: -r["rank"])[:budget]  # noqa: E731
     selection = select_batch(RANKING, pseudo_labels(), 2, reverse)
     assert [im["rank"] for im in selection["images"]] == [2, 3]
 
