@@ -13,7 +13,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -263,6 +263,63 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise InputError(f"--set {'.'.join(path)}: '{part}' is not a section")
         node[path[-1]] = value
     return data
+
+
+def override_config(config: Config, overrides: Sequence[str], source: str | os.PathLike | None = None) -> Config:
+    """``config`` with ``--set`` overrides applied and validated (``config`` is not changed).
+
+    The one place a built config gets overrides (``det-al score``/``evaluate`` over a
+    checkpoint's config, :func:`det_al.score_images`); ``source`` names the origin in errors.
+    """
+    if not overrides:
+        return config
+    source = None if source is None else os.fspath(source)
+    return config_from_dict(apply_overrides(config_to_dict(config), list(overrides)), source)
+
+
+def passes_overrides(
+    passes: int | None = None,
+    dropout: float | str | Sequence[float] | None = None,
+    tta: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    fast: bool | None = None,
+) -> list[str]:
+    """``--set`` overrides of the ``passes`` section from the shortcuts of ``det-al score`` and
+    :func:`det_al.score_images`; ``None`` leaves a key alone.
+
+    ``dropout`` is one rate or one per pass (a list, or ``"0.1,0.2"``); a list of rates without
+    ``passes`` also sets ``passes`` to its length. ``tta`` is a list of views or ``"hflip,scale:0.8"``.
+
+    >>> passes_overrides(dropout="0.1,0.2", tta="hflip")
+    ['passes.dropout=[0.1,0.2]', 'passes.passes=2', "passes.tta=['hflip']"]
+    """
+    out = []
+    if passes is not None:
+        out.append(f"passes.passes={passes}")
+    if dropout is not None:
+        if isinstance(dropout, str):
+            rates = [r.strip() for r in dropout.split(",") if r.strip()]
+        elif isinstance(dropout, (int, float)):
+            rates = [repr(float(dropout))]
+        else:
+            rates = [repr(float(r)) for r in dropout]
+        if not rates:
+            raise InputError(f"dropout: expected a rate or a list of rates, got {dropout!r}")
+        multiple = len(rates) > 1 or not isinstance(dropout, (str, int, float))
+        out.append(f"passes.dropout=[{','.join(rates)}]" if multiple else f"passes.dropout={rates[0]}")
+        if multiple and passes is None:
+            out.append(f"passes.passes={len(rates)}")
+    if tta is not None:
+        views = [v.strip() for v in (tta.split(",") if isinstance(tta, str) else tta) if v.strip()]
+        out.append("passes.tta=[" + ",".join(f"'{v}'" for v in views) + "]")
+    for key, value in (("seed", seed), ("batch_size", batch_size), ("num_workers", num_workers)):
+        if value is not None:
+            out.append(f"passes.{key}={value}")
+    if fast is not None:
+        out.append(f"passes.fast={'true' if fast else 'false'}")
+    return out
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:

@@ -26,7 +26,7 @@ import numpy as np
 
 from det_al.checkpoint import load_checkpoint
 from det_al.coco import load_coco
-from det_al.config import apply_overrides, config_from_dict, config_to_dict
+from det_al.config import override_config, passes_overrides
 from det_al.errors import InputError, print_error
 from det_al.files import atomic_open, write_jsonl
 from det_al.novelty import add_novelty, embed_images
@@ -51,12 +51,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    overrides = []
-    for key, value in (("passes", args.passes), ("dropout", args.dropout), ("seed", args.seed), ("batch_size", args.batch_size)):
-        if value is not None:
-            overrides.append(f"passes.{key}={value}")
+    overrides = passes_overrides(passes=args.passes, dropout=args.dropout, seed=args.seed, batch_size=args.batch_size)
     model, stored, categories, _ = load_checkpoint(args.checkpoint, None, device=args.device)
-    config = config_from_dict(apply_overrides(config_to_dict(stored), overrides + list(args.overrides)), args.checkpoint)
+    config = override_config(stored, overrides + list(args.overrides), args.checkpoint)
     pool = load_coco(args.pool)
     image_root = Path(args.image_root) if args.image_root else Path(args.pool).parent
     out = Path(args.out)

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from det_al.checkpoint import load_checkpoint
     from det_al.coco import load_coco
-    from det_al.config import apply_overrides, config_from_dict, config_to_dict, load_config
+    from det_al.config import load_config, override_config
     from det_al.evaluation import evaluate_coco, format_table, predict
     from det_al.files import write_json, write_text
     from det_al.models import has_masks
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
     elif args.overrides:  # overrides of the checkpoint's own config
         _, stored, _, _ = load_checkpoint(args.checkpoint)
-        config = config_from_dict(apply_overrides(config_to_dict(stored), args.overrides), "--set")
+        config = override_config(stored, args.overrides, "--set")
     val = load_coco(args.val, require_annotations=True)
     model, config, categories, _ = load_checkpoint(args.checkpoint, config, device=args.device, categories=val["categories"])
     known = {int(c["id"]) for c in categories}

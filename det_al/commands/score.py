@@ -35,26 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = []
-    if args.passes is not None:
-        out.append(f"passes.passes={args.passes}")
-    if args.dropout is not None:
-        rates = [r.strip() for r in args.dropout.split(",") if r.strip()]
-        out.append(f"passes.dropout={rates[0]}" if len(rates) == 1 else f"passes.dropout=[{','.join(rates)}]")
-        if len(rates) > 1 and args.passes is None:
-            out.append(f"passes.passes={len(rates)}")
-    if args.tta is not None:
-        views = [v.strip() for v in args.tta.split(",") if v.strip()]
-        out.append("passes.tta=[" + ",".join(f"'{v}'" for v in views) + "]")
-    if args.seed is not None:
-        out.append(f"passes.seed={args.seed}")
-    if args.batch_size is not None:
-        out.append(f"passes.batch_size={args.batch_size}")
-    if args.workers is not None:
-        out.append(f"passes.num_workers={args.workers}")
-    if args.plain:
-        out.append("passes.fast=false")
-    return out + list(args.overrides)
+    from det_al.config import passes_overrides
+
+    return passes_overrides(
+        passes=args.passes, dropout=args.dropout, tta=args.tta, seed=args.seed, batch_size=args.batch_size,
+        num_workers=args.workers, fast=False if args.plain else None,
+    ) + list(args.overrides)
 
 
 def load_pool(pool_arg: str, image_root: str | None, out_dir: Path, write: bool = True) -> tuple[dict, Path]:
@@ -80,7 +66,7 @@ def load_pool(pool_arg: str, image_root: str | None, out_dir: Path, write: bool 
 
 def run(args: argparse.Namespace) -> int:
     from det_al.checkpoint import load_checkpoint
-    from det_al.config import apply_overrides, config_from_dict, config_to_dict, load_config
+    from det_al.config import load_config, override_config
     from det_al.distributed import rank_device, world_info
     from det_al.files import remove_earlier_outputs
     from det_al.results import SHARDS, file_sha256, refuse_existing_results
@@ -102,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         model, _, categories, _ = load_checkpoint(args.checkpoint, config, device=device)
     else:
         model, config_ck, categories, _ = load_checkpoint(args.checkpoint, None, device=device)
-        config = config_from_dict(apply_overrides(config_to_dict(config_ck), _overrides(args)), args.checkpoint)
+        config = override_config(config_ck, _overrides(args), args.checkpoint)
         if dataclasses.asdict(config.model) != dataclasses.asdict(config_ck.model):
             raise InputError("--set cannot change the model section of a checkpoint's config")
     if not categories:
