@@ -2,6 +2,53 @@
 
 Stochastic passes (MC dropout in the heads, test-time augmentation) over each pool image,
 matched by IoU into objects, scored into one informativeness value per image.
+
+The public API (see :mod:`det_al.api`)::
+
+    import det_al
+
+    scores = det_al.score_images(model, "pool/", passes=10, seed=0)   # your detector, your images
+    batch = det_al.select(scores, "top", budget=50)
+    det_al.export_label_studio(batch, "ls/", url_prefix="https://host/pool")
+
+Names are imported on first use, so ``import det_al`` stays cheap (no torch until needed).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "score_images": "det_al.api",
+    "Scores": "det_al.api",
+    "ImageScore": "det_al.api",
+    "select": "det_al.api",
+    "Selection": "det_al.api",
+    "export_label_studio": "det_al.api",
+    "export_cvat": "det_al.api",
+    "LabelStudioExport": "det_al.api",
+    "CvatExport": "det_al.api",
+    "load_model": "det_al.api",
+    "mc_dropout": "det_al.api",
+    "Config": "det_al.config",
+    "load_config": "det_al.config",
+    "InputError": "det_al.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'det_al' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

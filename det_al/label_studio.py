@@ -84,6 +84,38 @@ def prefixed_url(file_name: str, prefix: str) -> str:
     return prefix.rstrip("/") + "/" + path
 
 
+def image_url_function(
+    *,
+    local_files_root: str | os.PathLike | None = None,
+    url_prefix: str | None = None,
+    cloud_prefix: str | None = None,
+    image_url: Callable[[dict], str] | None = None,
+    image_root: str | os.PathLike | None = None,
+) -> Callable[[dict], str]:
+    """``image_url(image_dict) -> str`` from exactly one of the URL sources of the export.
+
+    ``local_files_root`` (Label Studio's local-files document root; the files are found under
+    ``image_root``), ``url_prefix`` (http(s)), ``cloud_prefix`` (one of :data:`CLOUD_SCHEMES`) or
+    a callable ``image_url``. Anything else is an :class:`InputError`.
+    """
+    given = [name for name, value in (("local_files_root", local_files_root), ("url_prefix", url_prefix),
+                                      ("cloud_prefix", cloud_prefix), ("image_url", image_url)) if value is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one image URL source: local_files_root (--local-files-root), url_prefix "
+                         f"(--url-prefix), cloud_prefix (--cloud-prefix) or image_url; got {', '.join(given) or 'none'}")
+    if image_url is not None:
+        return image_url
+    if local_files_root is not None:
+        if not image_root:
+            raise InputError("--local-files-root needs --image-root (where the images are)")
+        root, document_root = os.fspath(image_root), os.fspath(local_files_root)
+        return lambda image: local_files_url(os.path.join(root, image["file_name"]), document_root)
+    if cloud_prefix is not None and not cloud_prefix.startswith(CLOUD_SCHEMES):
+        raise InputError(f"--cloud-prefix must start with one of {', '.join(CLOUD_SCHEMES)}")
+    prefix = url_prefix if url_prefix is not None else cloud_prefix
+    return lambda image: prefixed_url(image["file_name"], prefix)
+
+
 # --------------------------------------------------------------------------- geometry
 
 

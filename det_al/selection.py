@@ -130,3 +130,22 @@ def selection_context(scores: Path, labelled_embeddings: str | None = None) -> d
     pseudo_labels = load_coco(scores / "pseudo_labels.json")
     context["image_classes"] = classes_from_annotations(pseudo_labels["annotations"])
     return {"pseudo_labels": pseudo_labels, **context}
+
+
+def check_image_sizes(selection: dict, image_root: str | os.PathLike | None) -> None:
+    """With ``image_root``, check that every selected image's file has the selection's size
+    (after EXIF rotation, as annotation tools show it); an :class:`InputError` names the file."""
+    if not image_root:
+        return
+    from det_al.images import ImageReadError, image_size
+
+    for image in selection["images"]:
+        path = Path(image_root) / image["file_name"]
+        try:
+            size = image_size(path)
+        except ImageReadError as e:
+            raise InputError(e.reason, e.path) from e
+        if size != (int(image["width"]), int(image["height"])):
+            raise InputError(
+                f"image is {size[0]}x{size[1]} (after EXIF rotation) but the selection says "
+                f"{image['width']}x{image['height']}", path)

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import zipfile
 from pathlib import Path
 
-from det_al import cvat, label_studio
-from det_al.coco import load_coco
-from det_al.errors import InputError
-from det_al.files import atomic_open, write_json, write_text
+from det_al import cvat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,86 +47,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "against the files (after EXIF rotation)")
 
 
-def _check_sizes(selection: dict, image_root: str | None) -> None:
-    if not image_root:
-        return
-    from det_al.images import ImageReadError, image_size
-
-    for image in selection["images"]:
-        path = Path(image_root) / image["file_name"]
-        try:
-            size = image_size(path)
-        except ImageReadError as e:
-            raise InputError(e.reason, e.path) from e
-        if size != (int(image["width"]), int(image["height"])):
-            raise InputError(
-                f"image is {size[0]}x{size[1]} (after EXIF rotation) but the selection says "
-                f"{image['width']}x{image['height']}", path)
-
-
 def run(args: argparse.Namespace) -> int:
-    selection = load_coco(args.selection)
-    for image in selection["images"]:
-        if "width" not in image or "height" not in image:
-            raise InputError(f"image {image['id']} has no width/height", args.selection)
-    _check_sizes(selection, args.image_root)
+    from det_al.api import export_cvat, export_label_studio
+
     out = Path(args.out)
     if args.tool == "label-studio":
-        return _label_studio(args, selection, out)
-    return _cvat(args, selection, out)
-
-
-def _label_studio(args, selection: dict, out: Path) -> int:
-    if args.local_files_root:
-        if not args.image_root:
-            raise InputError("--local-files-root needs --image-root (where the images are)")
-        root, document_root = args.image_root, args.local_files_root
-
-        def image_url(image: dict) -> str:
-            return label_studio.local_files_url(os.path.join(root, image["file_name"]), document_root)
-    else:
-        prefix = args.url_prefix or args.cloud_prefix
-        if args.cloud_prefix and not args.cloud_prefix.startswith(label_studio.CLOUD_SCHEMES):
-            raise InputError(f"--cloud-prefix must start with one of {', '.join(label_studio.CLOUD_SCHEMES)}")
-
-        def image_url(image: dict) -> str:
-            return label_studio.prefixed_url(image["file_name"], prefix)
-    polygons = args.shapes == "polygons" and label_studio.has_masks(selection)
-    try:
-        tasks = label_studio.selection_to_tasks(
-            selection, image_url, args.model_version, polygons=polygons, tolerance=args.polygon_tolerance)
-    except ValueError as e:
-        raise InputError(str(e), args.selection) from e
-    config = label_studio.labeling_config(selection["categories"], polygons=polygons)
-    write_json(out / "tasks.json", tasks, indent=1)
-    write_text(out / "labeling_config.xml", config)
-    n_regions = sum(len(t["predictions"][0]["result"]) for t in tasks)
-    print(f"wrote {len(tasks)} tasks ({n_regions} predicted regions) -> {out / 'tasks.json'}")
-    print(f"labeling config -> {out / 'labeling_config.xml'}")
-    print(f"predictions have model_version {args.model_version!r}: select it in the project's settings "
-          "to see them; import the tasks in this order (most informative first)")
-    return 0
-
-
-def _cvat(args, selection: dict, out: Path) -> int:
-    names = cvat.frame_names(selection["images"], args.frame_names)
-    try:
-        xml = cvat.selection_to_cvat_xml(selection, names, args.shapes, args.task_name, args.polygon_tolerance)
-    except ValueError as e:
-        raise InputError(str(e), args.selection) from e
-    coco = cvat.selection_to_cvat_coco(selection, names)
-    paths = [os.path.join(args.image_root, im["file_name"]) if args.image_root else im["file_name"]
-             for im in selection["images"]]
-    write_text(out / "annotations.xml", xml)
-    # COCO 1.0 in the layout CVAT exports and datumaro expects: annotations/instances_default.json,
-    # also zipped for upload
-    write_json(out / "coco" / "annotations" / "instances_default.json", coco)
-    with atomic_open(out / "coco.zip", "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("annotations/instances_default.json", json.dumps(coco))
-    write_text(out / "images.txt", "".join(p + "\n" for p in paths))
-    write_json(out / "cvat_labels.json", cvat.cvat_labels_spec(selection["categories"]), indent=1)
-    print(f"wrote {len(names)} frames, {len(selection.get('annotations', []))} shapes -> {out / 'annotations.xml'} "
-          f"(CVAT 1.1) and {out / 'coco.zip'} (COCO 1.0)")
-    print(f"image list in rank order -> {out / 'images.txt'}: create the task with sorting method 'predefined' "
-          f"and the labels in {out / 'cvat_labels.json'}")
+        done = export_label_studio(
+            args.selection, out, local_files_root=args.local_files_root, url_prefix=args.url_prefix,
+            cloud_prefix=args.cloud_prefix, image_root=args.image_root, model_version=args.model_version,
+            shapes=args.shapes, polygon_tolerance=args.polygon_tolerance,
+        )
+        n_regions = sum(len(t["predictions"][0]["result"]) for t in done.tasks)
+        print(f"wrote {len(done.tasks)} tasks ({n_regions} predicted regions) -> {done.files['tasks']}")
+        print(f"labeling config -> {done.files['labeling_config']}")
+        print(f"predictions have model_version {args.model_version!r}: select it in the project's settings "
+              "to see them; import the tasks in this order (most informative first)")
+        return 0
+    done = export_cvat(
+        args.selection, out, image_root=args.image_root, frame_names=args.frame_names, shapes=args.shapes,
+        polygon_tolerance=args.polygon_tolerance, task_name=args.task_name,
+    )
+    n_shapes = len(done.coco.get("annotations", []))
+    print(f"wrote {len(done.images)} frames, {n_shapes} shapes -> {done.files['annotations']} "
+          f"(CVAT 1.1) and {done.files['coco_zip']} (COCO 1.0)")
+    print(f"image list in rank order -> {done.files['images']}: create the task with sorting method 'predefined' "
+          f"and the labels in {done.files['labels']}")
     return 0

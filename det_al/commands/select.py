@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from det_al.errors import InputError
-from det_al.files import write_json
-from det_al.selection import read_ranking, selection_context, selection_to_coco
-from det_al.strategies import STRATEGIES, run_strategy
+from det_al.strategies import STRATEGIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,27 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from det_al.api import Scores, select
+
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget must be at least 1, got {args.budget}")
     if args.budget_boxes is not None and args.budget_boxes < 1:
         raise InputError(f"--budget-boxes must be at least 1, got {args.budget_boxes}")
-    ranking_path = Path(args.ranking)
-    ranking = read_ranking(ranking_path)
-    context = selection_context(ranking_path.parent, args.labelled_embeddings)
-    pseudo_labels = context.pop("pseudo_labels")
-    try:
-        chosen = run_strategy(
-            args.strategy, ranking, args.budget, args.budget_boxes,
-            seed=args.seed, pre_factor=args.pre_factor, **context,
-        )
-    except ValueError as e:
-        raise InputError(str(e)) from e
-    chosen = sorted(chosen, key=lambda r: r["rank"])
-    selection = selection_to_coco(chosen, pseudo_labels, ranking_path.parent / "pseudo_labels.json")
-    out = Path(args.out) / "selection.json"
-    write_json(out, selection, indent=1)
+    scores = Scores.load(args.ranking)
+    selection = select(
+        scores, args.strategy, budget=args.budget, budget_boxes=args.budget_boxes, seed=args.seed,
+        pre_factor=args.pre_factor, labelled_embeddings=args.labelled_embeddings,
+    )
+    out = selection.save(Path(args.out) / "selection.json")
     print(
-        f"{args.strategy}: selected {len(selection['images'])} of {len(ranking)} images "
-        f"({len(selection['annotations'])} pseudo-labels) -> {out}"
+        f"{args.strategy}: selected {len(selection)} of {len(scores)} images "
+        f"({selection.n_annotations} pseudo-labels) -> {out}"
     )
     return 0
