@@ -43,34 +43,15 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     ) + list(args.overrides)
 
 
-def load_pool(pool_arg: str, image_root: str | None, out_dir: Path, write: bool = True) -> tuple[dict, Path]:
-    """A pool from a COCO file or a folder: ``{"images": PoolImages, "categories"}`` and the
-    image root. For a folder, ``write`` saves the pool it makes as ``out_dir/pool.json``
-    (under torchrun only rank 0 does)."""
-    from det_al.coco import pool_from_folder
-    from det_al.files import write_json
-    from det_al.pool import PoolImages, read_pool
-
-    path = Path(pool_arg)
-    if path.is_dir():
-        # No header is read: a file that cannot be read is listed in skipped.json when scored.
-        pool = pool_from_folder(path, sizes=False)
-        if write:
-            write_json(out_dir / "pool.json", pool, indent=1)
-        pool = {"images": PoolImages.from_dicts(pool["images"]), "categories": pool["categories"]}
-        return pool, Path(image_root) if image_root else path
-    if not path.exists():
-        raise InputError("pool file not found", path)
-    return read_pool(path), Path(image_root) if image_root else path.parent
-
-
 def run(args: argparse.Namespace) -> int:
     from det_al.checkpoint import load_checkpoint
     from det_al.config import load_config, override_config
     from det_al.distributed import rank_device, world_info
     from det_al.files import remove_earlier_outputs
     from det_al.results import SHARDS, file_sha256, refuse_existing_results
+    from det_al.models import model_num_classes
     from det_al.scoring import score_to_dir
+    from det_al.sources import load_pool, resolve_categories
 
     out_dir = Path(args.out)
     if args.resume and args.overwrite:
@@ -83,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     device = rank_device(args.device, local_rank) if world > 1 else args.device
     # Cheap checks first: a bad config or pool fails before the model is loaded.
     config = load_config(args.config, _overrides(args)) if args.config else None
-    pool, image_root = load_pool(args.pool, args.image_root, out_dir, write=rank == 0)
+    source = load_pool(args.pool, args.image_root, save_folder_pool=out_dir / "pool.json" if rank == 0 else None)
+    pool, image_root = source.pool, source.image_root
     if config is not None:
         model, _, categories, _ = load_checkpoint(args.checkpoint, config, device=device)
     else:
@@ -91,12 +73,8 @@ def run(args: argparse.Namespace) -> int:
         config = override_config(config_ck, _overrides(args), args.checkpoint)
         if dataclasses.asdict(config.model) != dataclasses.asdict(config_ck.model):
             raise InputError("--set cannot change the model section of a checkpoint's config")
-    if not categories:
-        categories = pool.get("categories") or []
-    if len(categories) != config.model.num_classes - 1:
-        raise InputError(
-            f"{len(categories)} categories for a model of {config.model.num_classes - 1} classes", args.checkpoint
-        )
+    # the checkpoint's categories, else the pool's, else class_1 ...: checked against the model
+    categories = resolve_categories(categories or None, model_num_classes(model), pool.get("categories"), args.checkpoint)
     checkpoint_sha = file_sha256(args.checkpoint)
     import torch
 

@@ -1,0 +1,360 @@
+"""The public Python API (det_al.api): parity with the CLI, every kind of input, the user's model
+left as it was, the README example, and a real torchvision model end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import det_al
+from det_al.cli import main
+from det_al.errors import InputError
+from det_al.models import fasterrcnn_tiny
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return fasterrcnn_tiny(num_classes=4, min_size=64, max_size=64, box_score_thresh=0.0).eval()
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_pool, tmp_path_factory) -> Path:
+    """Three of the tiny pool's images in a folder of their own (ids 1..3 in path order)."""
+    root = tmp_path_factory.mktemp("three")
+    for image in tiny_pool["coco"]["images"][2:5]:
+        shutil.copy(tiny_pool["root"] / image["file_name"], root / Path(image["file_name"]).name)
+    return root
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir())
+
+
+def _pairs(scores) -> list[tuple[int, float]]:
+    return [(s.image_id, s.informativeness) for s in scores]
+
+
+def state(model: nn.Module) -> tuple:
+    """Everything score_images must leave as it was: modes, hooks, devices, weights."""
+    modes = tuple(m.training for m in model.modules())
+    hooks = tuple((name, tuple(getattr(m, name))) for m in model.modules()
+                  for name in ("_forward_pre_hooks", "_forward_hooks") if getattr(m, name))
+    devices = tuple(str(t.device) for t in (*model.parameters(), *model.buffers()))
+    weights = tuple(float(p.detach().double().sum()) for p in model.parameters())
+    return modes, hooks, devices, weights
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def test_api_and_cli_give_the_same_ranking_and_pseudo_labels(tiny_pool, tiny_checkpoint, tmp_path):
+    model, config, categories = det_al.load_model(tiny_checkpoint)
+    assert categories == tiny_pool["coco"]["categories"]
+    out = tmp_path / "cli"
+    assert main(["score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
+                 "--passes", "2", "--seed", "3", "--no-progress"]) == 0
+    cli_ranking = [json.loads(line) for line in (out / "ranking.jsonl").read_text().splitlines()]
+    cli_labels = json.loads((out / "pseudo_labels.json").read_text())
+
+    # the in-memory model, the checkpoint's config; the categories come from the COCO pool
+    scores = det_al.score_images(model, tiny_pool["pool"], passes=2, seed=3, config=config, progress=False)
+    assert scores.ranking == cli_ranking
+    assert json.loads(json.dumps(scores.pseudo_labels())) == cli_labels
+    assert len(cli_labels["annotations"]) > 0
+    ids = json.loads((out / "embeddings_ids.json").read_text())
+    assert scores.embedding_ids == ids
+    assert np.allclose(scores.embeddings, np.load(out / "embeddings.npy"), atol=1e-5)
+
+    # the same through out_dir (score_to_dir, the files of det-al score) and back with Scores.load
+    on_disk = det_al.score_images(model, tiny_pool["pool"], passes=2, seed=3, config=config, progress=False,
+                                  out_dir=tmp_path / "api")
+    assert on_disk.ranking == cli_ranking
+    assert (tmp_path / "api" / "pseudo_labels.json").read_text() == (out / "pseudo_labels.json").read_text()
+    # save() writes files that det-al select reads like det-al score's
+    scores.save(tmp_path / "saved")
+    assert det_al.Scores.load(tmp_path / "saved").ranking == cli_ranking
+    assert main(["select", "--ranking", str(tmp_path / "saved" / "ranking.jsonl"), "--budget", "2",
+                 "--out", str(tmp_path / "sel")]) == 0
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == det_al.select(scores, budget=2).coco
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """A torchvision-style dataset: ``(image tensor, target)`` pairs."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        array = np.asarray(Image.open(self.paths[i]).convert("RGB"))
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255, {"boxes": torch.zeros(0, 4)}
+
+
+def test_every_kind_of_input_gives_the_same_scores(folder, tmp_path):
+    paths = _files(folder)
+    model = tiny_model()
+    kw = dict(passes=2, seed=0, progress=False)
+    reference = det_al.score_images(model, folder, **kw)
+    assert [s.file_name for s in sorted(reference, key=lambda s: s.image_id)] == [p.name for p in paths]
+    coco = {"images": [{"id": i, "file_name": p.name} for i, p in enumerate(paths, start=1)], "annotations": [],
+            "categories": [{"id": 5, "name": "a"}, {"id": 6, "name": "b"}, {"id": 7, "name": "c"}]}
+    (folder.parent / "pool.json").write_text(json.dumps(coco))
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    inputs = {
+        "coco file": dict(images=folder.parent / "pool.json", image_root=folder),
+        "coco dict": dict(images=coco, image_root=folder),
+        "paths": dict(images=[str(p) for p in paths]),
+        "relative paths": dict(images=[p.name for p in paths], image_root=folder),
+        "PIL": dict(images=[Image.open(p) for p in paths]),
+        "arrays": dict(images=arrays),
+        "tensors": dict(images=[torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255 for a in arrays]),
+        "dataset": dict(images=PairDataset(paths)),
+    }
+    for name, given in inputs.items():
+        scores = det_al.score_images(model, **given, **kw)
+        assert _pairs(scores) == _pairs(reference), name
+        assert [len(s.detections) for s in scores] == [len(s.detections) for s in reference], name
+    # names: the COCO input's categories, else class_1..; in-memory images are images[i]
+    assert det_al.score_images(model, coco, image_root=folder, **kw).categories == coco["categories"]
+    assert [c["name"] for c in reference.categories] == ["class_1", "class_2", "class_3"]
+    assert sorted(s.file_name for s in det_al.score_images(model, arrays, **kw)) == ["images[0]", "images[1]", "images[2]"]
+    assert reference.skipped == []
+
+
+@pytest.mark.parametrize("images, categories, message", [
+    ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)], None, r"images\[1\]: expected an \[H, W, 3\] uint8"),
+    ([torch.zeros(3, 8, 8), torch.full((3, 8, 8), 255.0)], None, r"images\[1\]: tensor values must be finite and in \[0, 1\]"),
+    (["a.png", np.zeros((8, 8, 3), np.uint8)], None, "mixes paths and in-memory images"),
+    ([], None, "nothing to score"),
+    (42, None, "expected a folder, a COCO file or dict"),
+    ([np.zeros((8, 8, 3), np.uint8)], ["cat", "dog"], "2 categories for a model of 3 classes"),
+    ([np.zeros((8, 8, 3), np.uint8)], ["N/A", "dog", "N/A"], "category name 'N/A' appears twice"),
+])
+def test_bad_input_is_refused_before_scoring(images, categories, message):
+    model = tiny_model()
+    calls = []
+    model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(InputError, match=message):
+        det_al.score_images(model, images, categories=categories, progress=False)
+    assert calls == []
+
+
+def test_unsupported_models_and_wrappers(folder):
+    with pytest.raises(InputError, match="unsupported detector class Linear"):
+        det_al.score_images(nn.Linear(2, 2), folder, progress=False)
+    model = tiny_model()
+    kw = dict(passes=2, seed=0, progress=False)
+    wrapped = det_al.score_images(nn.DataParallel(model), [_files(folder)[0]], **kw)
+    assert _pairs(wrapped) == _pairs(det_al.score_images(model, [_files(folder)[0]], **kw))
+
+
+# --------------------------------------------------------------------------- the model is left as it was
+
+
+def _user_model() -> nn.Module:
+    """A model as a user might hold it mid-training: in train mode with one frozen part and a hook."""
+    model = tiny_model()
+    model.train()
+    model.backbone.eval()
+    model.roi_heads.register_forward_hook(lambda module, args, out: None)
+    return model
+
+
+def test_model_state_restored_after_success(folder):
+    model = _user_model()
+    before = state(model)
+    scores = det_al.score_images(model, folder, passes=2, progress=False)
+    assert len(scores) == 3 and scores.skipped == []  # a train-mode model is scored (in eval), not skipped
+    assert state(model) == before
+    assert model.training and not model.backbone.training
+
+
+class FailingDataset(torch.utils.data.Dataset):
+    """Two images; reading the second raises (the user's dataset is broken)."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i):
+        if i == 1:
+            raise RuntimeError("disk gone")
+        return self.image
+
+
+def test_model_state_restored_after_an_exception_mid_run(folder):
+    model = _user_model()
+    before = state(model)
+    image = np.asarray(Image.open(_files(folder)[0]).convert("RGB"))
+    calls = []
+    model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    before = state(model)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        det_al.score_images(model, FailingDataset(image), passes=2, progress=False)
+    assert calls  # the first image was scored: the error came mid-run
+    assert state(model) == before
+
+
+def test_model_state_restored_after_ctrl_c_mid_run(folder):
+    model = _user_model()
+    calls = []
+
+    def interrupt(module, args, out):
+        calls.append(1)
+        if len(calls) == 2:  # the second image's forward pass
+            raise KeyboardInterrupt
+
+    model.backbone.register_forward_hook(interrupt)
+    before = state(model)
+    with pytest.raises(KeyboardInterrupt):
+        det_al.score_images(model, folder, passes=2, progress=False)
+    assert len(calls) == 2
+    assert state(model) == before
+
+
+def test_preserved_model_restores_modes_hooks_and_devices():
+    from det_al.api import preserved_model
+
+    model = _user_model()
+    before = state(model)
+    with preserved_model(model):
+        assert not any(m.training for m in model.modules())
+        model.roi_heads.register_forward_pre_hook(lambda *a: None)
+        for hook in list(model.roi_heads._forward_hooks):  # a hook removed in the block comes back
+            del model.roi_heads._forward_hooks[hook]
+        model.double()  # dtype changes are not restored, but devices are: see the CUDA test
+    model.float()
+    assert state(model) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_restored_when_scoring_elsewhere(folder):
+    model = _user_model()
+    before = state(model)
+    scores = det_al.score_images(model, folder, passes=2, device="cuda", progress=False)
+    assert len(scores) == 3 and state(model) == before
+    gpu = tiny_model().cuda()
+    det_al.score_images(gpu, folder, passes=2, progress=False)  # device=None: the model's own
+    assert {p.device.type for p in gpu.parameters()} == {"cuda"}
+
+
+def test_mc_dropout_context_manager():
+    model = tiny_model()
+    x = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        plain, _ = model.roi_heads.box_predictor(torch.ones(4, 128))  # (class logits, box deltas)
+        with det_al.mc_dropout(model, 0.5, seed=0) as control:
+            assert control.sites == ("roi_heads.box_predictor",)
+            dropped, _ = model.roi_heads.box_predictor(torch.ones(4, 128))
+            again, _ = model.roi_heads.box_predictor(torch.ones(4, 128))
+            model(x)
+    assert not torch.equal(plain, dropped) and not torch.equal(dropped, again)  # masks drawn per call
+    with torch.no_grad(), det_al.mc_dropout(model, 0.5, seed=0):
+        assert torch.equal(model.roi_heads.box_predictor(torch.ones(4, 128))[0], dropped)  # same seed, same mask
+    assert not model.roi_heads.box_predictor._forward_pre_hooks
+    assert not model.training
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_untrained_torchvision_model_end_to_end(folder, tmp_path):
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    from det_al.label_studio import tasks_to_coco, validate_percent_value
+
+    torch.manual_seed(0)
+    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                                  box_score_thresh=0.0)  # built in train mode
+    scores = det_al.score_images(model, folder, categories=["cat", "dog"], passes=2, seed=0, progress=False)
+    assert model.training and len(scores) == 3
+    assert all(d["category_id"] in (1, 2) for s in scores for d in s.detections)
+    batch = det_al.select(scores, "top", budget=2)
+    assert batch.image_ids == [s.image_id for s in scores[:2]]
+    done = det_al.export_label_studio(batch, tmp_path / "ls", url_prefix="https://h/pool", image_root=folder,
+                                      model_version="v1")
+    assert done.files["tasks"].exists() and len(done.tasks) == 2
+    # the CLI on the saved selection writes the very same files
+    path = batch.save(tmp_path / "sel")
+    assert main(["export", "label-studio", "--selection", str(path), "--out", str(tmp_path / "cli"),
+                 "--image-root", str(folder), "--url-prefix", "https://h/pool", "--model-version", "v1"]) == 0
+    for name in ("tasks.json", "labeling_config.xml"):
+        assert (tmp_path / "ls" / name).read_text() == (tmp_path / "cli" / name).read_text()
+    tasks = json.loads(done.files["tasks"].read_text())
+    regions = [r for t in tasks for r in t["predictions"][0]["result"]]
+    assert regions and {r["value"]["rectanglelabels"][0] for r in regions} <= {"cat", "dog"}
+    for r in regions:
+        validate_percent_value(r["value"], r["type"])
+    # accepted as they are, the predictions come back as the selection's detections
+    finished = [{**t, "id": i, "annotations": [{"id": i, "result": t["predictions"][0]["result"],
+                                                  "was_cancelled": False}]} for i, t in enumerate(tasks, start=1)]
+    labels, report = tasks_to_coco(finished, batch.coco)
+    assert report.n_annotations == len(regions) == len(labels["annotations"])
+    cvat = det_al.export_cvat(batch, tmp_path / "cvat", image_root=folder)
+    assert cvat.files["annotations"].read_text() == cvat.xml and len(cvat.images) == 2
+
+
+def test_export_refuses_bad_url_sources(tmp_path):
+    selection = {"images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 4}], "annotations": [],
+                 "categories": [{"id": 1, "name": "a"}]}
+    with pytest.raises(InputError, match="exactly one image URL source"):
+        det_al.export_label_studio(selection)
+    with pytest.raises(InputError, match="exactly one image URL source.*url_prefix, cloud_prefix"):
+        det_al.export_label_studio(selection, url_prefix="https://h", cloud_prefix="s3://b")
+    with pytest.raises(InputError, match="--cloud-prefix must start with"):
+        det_al.export_label_studio(selection, cloud_prefix="ftp://b")
+    done = det_al.export_label_studio(selection, image_url=lambda im: "u/" + im["file_name"])
+    assert done.tasks[0]["data"]["image"] == "u/a.png" and done.files == {}
+
+
+# --------------------------------------------------------------------------- README
+
+
+def readme_python_example() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1, "the README's Python section should hold one example"
+    return blocks[0]
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    code = readme_python_example()
+    assert len(code.strip().splitlines()) <= 14
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in printed] == ["1", "2", "3"]
+    assert all(line.split()[2].startswith("images/drifted_") for line in printed)
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert len(tasks) == 2 and tasks[0]["data"]["image"].startswith("https://example.com/pool/images/")
+    assert tasks[0]["data"]["rank"] == 1
+
+
+def test_import_det_al_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys, det_al; assert 'torch' not in sys.modules; print(det_al.InputError.__name__)"
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "InputError"
