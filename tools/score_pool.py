@@ -24,14 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from det_al.checkpoint import load_checkpoint
+import det_al
 from det_al.coco import load_coco
 from det_al.config import override_config, passes_overrides
 from det_al.errors import InputError, print_error
-from det_al.files import atomic_open, write_jsonl
 from det_al.novelty import add_novelty, embed_images
-from det_al.scoring import score_pool, write_outputs
-from det_al.selection import read_ranking
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -52,22 +49,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     overrides = passes_overrides(passes=args.passes, dropout=args.dropout, seed=args.seed, batch_size=args.batch_size)
-    model, stored, categories, _ = load_checkpoint(args.checkpoint, None, device=args.device)
+    model, stored, categories = det_al.load_model(args.checkpoint, device=args.device)
     config = override_config(stored, overrides + list(args.overrides), args.checkpoint)
-    pool = load_coco(args.pool)
     image_root = Path(args.image_root) if args.image_root else Path(args.pool).parent
     out = Path(args.out)
 
     start = time.perf_counter()
-    scores = score_pool(model, config, categories, pool, image_root, device=args.device)
-    write_outputs(scores, out, pool, categories, config, run_info={"checkpoint": str(args.checkpoint), "pool": str(args.pool)})
-    records = read_ranking(out / "ranking.jsonl")
+    scores = det_al.score_images(model, args.pool, categories=categories, config=config, image_root=image_root,
+                                 device=args.device)
+    scores.run.update({"checkpoint": str(args.checkpoint), "pool": str(args.pool)})
     if args.labelled:
         labelled_emb, _ = embed_images(model, load_coco(args.labelled), image_root, device=args.device)
-        records = add_novelty(records, scores.embeddings, scores.embedding_ids, labelled_emb)
-        write_jsonl(out / "ranking.jsonl", records)
-        with atomic_open(out / "labelled_embeddings.npy", "wb") as f:
-            np.save(f, labelled_emb)
+        scores.ranking = add_novelty(scores.ranking, scores.embeddings, scores.embedding_ids, labelled_emb)
+        scores.labelled_embeddings = np.asarray(labelled_emb)
+    scores.save(out)
+    records = scores.ranking
     seconds = time.perf_counter() - start
     print(f"scored {len(records)} images in {seconds:.1f} s, skipped {len(scores.skipped)}")
     for r in records[:10]:

@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 
 
+import det_al
 from det_al.errors import InputError, print_error
-from det_al.files import write_json
-from det_al.selection import read_ranking, selection_context, selection_to_coco
-from det_al.strategies import STRATEGIES, get_strategy
+from det_al.strategies import STRATEGIES
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -46,22 +45,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    scores = Path(args.scores)
-    try:
-        strategy = get_strategy(args.strategy)
-    except ValueError as e:
-        raise InputError(str(e)) from e
-    ranking = read_ranking(scores / "ranking.jsonl")
-    context = selection_context(scores, args.labelled_embeddings)
-    pseudo_labels = context.pop("pseudo_labels")
-    chosen = strategy(ranking, args.budget, args.budget_boxes, seed=args.seed, pre_factor=args.pre_factor, **context)
-    chosen = sorted(chosen, key=lambda r: r["rank"])
-    selection = selection_to_coco(chosen, pseudo_labels, scores / "pseudo_labels.json")
-    out = Path(args.out) / "selection.json"
-    write_json(out, selection, indent=1)
-    boxes = sum(int(r.get("n_objects", 0)) for r in chosen)
-    print(f"{args.strategy}: selected {len(chosen)} of {len(ranking)} images ({boxes} predicted objects) -> {out}")
-    return selection
+    scores = det_al.Scores.load(args.scores)
+    selection = det_al.select(
+        scores, args.strategy, budget=args.budget, budget_boxes=args.budget_boxes, seed=args.seed,
+        pre_factor=args.pre_factor, labelled_embeddings=args.labelled_embeddings,
+    )
+    out = selection.save(Path(args.out) / "selection.json")
+    by_id = {r["image_id"]: r for r in scores.ranking}
+    boxes = sum(int(by_id[i].get("n_objects", 0)) for i in selection.image_ids)
+    print(f"{args.strategy}: selected {len(selection)} of {len(scores)} images ({boxes} predicted objects) -> {out}")
+    return selection.coco
 
 
 if __name__ == "__main__":
