@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,7 +386,8 @@ class Scores(SequenceABC):
         counts = {"n_scored": len(self.ranking), "n_skipped": len(self.skipped),
                   "n_certain": sum(bool(r.get("certain")) for r in self.ranking),
                   "n_empty": sum(bool(r.get("empty")) for r in self.ranking)}
-        write_json(out / "run.json", {**self.run, "det_al_version": __version__, **counts}, indent=1)
+        run = {"det_al_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.run, **counts}
+        write_json(out / "run.json", run, indent=1)
         return out
 
 

@@ -49,10 +49,9 @@ def demo_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from det_al.checkpoint import load_checkpoint
+    import det_al
     from det_al.coco import load_coco
     from det_al.files import write_json
-    from det_al.scoring import score_pool, write_outputs
     from det_al.synthetic import make_demo_data
     from det_al.training import train_model
 
@@ -70,22 +69,23 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(summary.get("last", out / "train" / "last.pt"))
     print(f"      {summary.get('epochs', '?')} epochs, checkpoint {checkpoint}")
     print(f"[3/3] scoring the pool with {config.passes.passes} MC-dropout passes")
-    model, _, categories, _ = load_checkpoint(checkpoint, config, device=args.device)
+    model, _, categories = det_al.load_model(checkpoint, config, device=args.device)
+    scores = det_al.score_images(model, paths["pool"], categories=categories, config=config, image_root=image_root)
+    scores.run["checkpoint"] = str(checkpoint)
+    scores.save(out / "scores")
     pool = load_coco(paths["pool"])
-    scores = score_pool(model, config, categories, pool, image_root, device=args.device)
-    write_outputs(scores, out / "scores", pool, categories, config, run_info={"checkpoint": str(checkpoint)})
 
     domain = {im["id"]: im.get("domain", "?") for im in pool["images"]}
-    top = scores.records[:10]
-    print(f"\ntop {len(top)} of {len(scores.records)} pool images (most informative first):")
+    top = scores.ranking[:10]
+    print(f"\ntop {len(top)} of {len(scores.ranking)} pool images (most informative first):")
     print(f"  {'rank':>4}  {'inform.':>7}  {'class':>6}  {'box':>6}  {'objs':>4}  {'domain':<8} file")
     for r in top:
         print(
             f"  {r['rank']:>4}  {r['informativeness']:7.3f}  {r['class']:6.3f}  {r['box']:6.3f}  "
             f"{r['n_objects']:>4}  {domain.get(r['image_id'], '?'):<8} {r['file_name']}"
         )
-    n_top = max(1, len(scores.records) // 4)
-    drifted_top = sum(domain.get(r["image_id"]) == "drifted" for r in scores.records[:n_top])
+    n_top = max(1, len(scores.ranking) // 4)
+    drifted_top = sum(domain.get(r["image_id"]) == "drifted" for r in scores.ranking[:n_top])
     drifted_all = sum(d == "drifted" for d in domain.values())
     print(
         f"\ndrifted images: {drifted_top}/{n_top} in the top quarter of the ranking, "
