@@ -5,6 +5,8 @@
 >>> batch = det_al.select(scores, "top", budget=50)                    # doctest: +SKIP
 >>> det_al.export_label_studio(batch, "ls/", url_prefix="https://host/pool")  # doctest: +SKIP
 
+The results are :class:`~det_al.scores.Scores` and :class:`~det_al.scores.Selection`; the
+exporters live in :mod:`det_al.export`; all are importable from here and from ``det_al``.
 ``det-al score``, ``select`` and ``export`` are thin layers over these functions. Every problem
 with the input (an unsupported model, categories that do not fit it, a bad image, a malformed
 file) is an :class:`~det_al.errors.InputError` raised before the first image is scored.
@@ -21,11 +23,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import time
-from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +32,8 @@ from torch import nn
 
 from det_al.config import Config, config_from_dict, load_config, override_config, passes_overrides
 from det_al.errors import InputError
-from det_al.files import atomic_open, read_json, write_json, write_jsonl
+from det_al.export import CvatExport, LabelStudioExport, export_cvat, export_label_studio
+from det_al.scores import ImageScore, Scores, Selection
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ _HOOK_DICTS = (
     "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
     "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
 )
-#: Ranking fields an :class:`ImageScore` lists as its components (those a record has).
-COMPONENT_FIELDS = ("class", "box", "mask", "presence", "novelty")
 
 
 # --------------------------------------------------------------------------- the model
@@ -182,213 +180,7 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
         yield control
 
 
-# --------------------------------------------------------------------------- scores
-
-
-@dataclass(frozen=True)
-class ImageScore:
-    """One scored image of a :class:`Scores`.
-
-    Attributes:
-        image_id, file_name: the pool's (in-memory images: ``i + 1`` and ``images[i]``).
-        rank: 1 for the most informative image.
-        informativeness: the image's score (higher: label it sooner).
-        components: the ranking's per-term values (``class``, ``box``, ``mask``, ``presence``,
-            and ``novelty`` when computed), each in [0, 1].
-        n_objects: objects that count towards the score.
-        empty: nothing was detected (the empty-image policy set the informativeness).
-        certain: informativeness below ``scoring.certain_threshold``.
-        detections: the image's pseudo-labels, COCO annotations (``bbox`` ``[x, y, w, h]`` in
-            pixels, ``category_id``, ``score``, per-object ``uncertainty``, RLE ``segmentation``).
-        record: the whole ``ranking.jsonl`` record.
-    """
-
-    image_id: int
-    file_name: str
-    rank: int
-    informativeness: float
-    components: dict[str, float]
-    n_objects: int
-    empty: bool
-    certain: bool
-    detections: list[dict]
-    record: dict
-
-
-class Scores(SequenceABC):
-    """A scored pool: a sequence of :class:`ImageScore`, most informative first.
-
-    The same data as the files of ``det-al score``: :attr:`ranking` (the ``ranking.jsonl``
-    records), :meth:`pseudo_labels` (the COCO dict of ``pseudo_labels.json``), :attr:`skipped`,
-    :attr:`embeddings` ``[N, D]`` with :attr:`embedding_ids`. :meth:`save` writes those files,
-    :meth:`load` reads them (so ``Scores.load("scores/")`` reads a ``det-al score`` folder).
-    """
-
-    def __init__(
-        self,
-        ranking: list[dict],
-        pseudo_labels: dict,
-        skipped: list[dict] | None = None,
-        embeddings: np.ndarray | None = None,
-        embedding_ids: list[int] | None = None,
-        passes: list[dict] | None = None,
-        labelled_embeddings: np.ndarray | None = None,
-        run: dict | None = None,
-        source: Path | None = None,
-    ):
-        self.ranking = ranking
-        self._pseudo_labels = pseudo_labels
-        self.skipped = list(skipped or [])
-        self.embeddings = np.zeros((0, 0), np.float32) if embeddings is None else embeddings
-        self.embedding_ids = list(embedding_ids or [])
-        self.passes = passes
-        self.labelled_embeddings = labelled_embeddings
-        self.run = dict(run or {})
-        self.source = source
-        self._by_image: dict[int, list[dict]] | None = None
-
-    # ---- sequence
-
-    def __len__(self) -> int:
-        return len(self.ranking)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(len(self))[index]]
-        record = self.ranking[index]
-        if self._by_image is None:
-            self._by_image = {}
-            for ann in self._pseudo_labels.get("annotations", []):
-                self._by_image.setdefault(ann["image_id"], []).append(ann)
-        return ImageScore(
-            image_id=record["image_id"],
-            file_name=record.get("file_name", ""),
-            rank=record["rank"],
-            informativeness=float(record["informativeness"]),
-            components={k: float(record[k]) for k in COMPONENT_FIELDS if k in record},
-            n_objects=int(record.get("n_objects", 0)),
-            empty=bool(record.get("empty", False)),
-            certain=bool(record.get("certain", False)),
-            detections=[dict(a) for a in self._by_image.get(record["image_id"], [])],
-            record=dict(record),
-        )
-
-    def __repr__(self) -> str:
-        top = f", top: {self.ranking[0].get('file_name')!r} ({self.ranking[0]['informativeness']:.3f})" if self.ranking else ""
-        return f"Scores({len(self)} images, {len(self.skipped)} skipped{top})"
-
-    # ---- views
-
-    def pseudo_labels(self) -> dict:
-        """The COCO dict of the pseudo-labels (a copy): scored images, categories, one annotation
-        per detection of the deterministic pass."""
-        import copy
-
-        return copy.deepcopy(self._pseudo_labels)
-
-    @property
-    def categories(self) -> list[dict]:
-        return list(self._pseudo_labels.get("categories", []))
-
-    def strategy_context(self, labelled_embeddings: Any = None) -> dict[str, Any]:
-        """What the selection strategies may use (see :mod:`det_al.strategies`)."""
-        from det_al.strategies import classes_from_annotations
-
-        context: dict[str, Any] = {"image_classes": classes_from_annotations(self._pseudo_labels.get("annotations", []))}
-        if len(self.embedding_ids):
-            context["embeddings"] = self.embeddings
-            context["embedding_ids"] = self.embedding_ids
-        if labelled_embeddings is None:
-            labelled_embeddings = self.labelled_embeddings
-        elif isinstance(labelled_embeddings, (str, os.PathLike)):
-            if not Path(labelled_embeddings).exists():
-                raise InputError("file not found", labelled_embeddings)
-            labelled_embeddings = np.load(labelled_embeddings)
-        if labelled_embeddings is not None:
-            context["labelled_embeddings"] = labelled_embeddings
-        return context
-
-    def select(self, strategy: Any = "top", **kwargs: Any) -> "Selection":
-        """:func:`select` on these scores."""
-        return select(self, strategy, **kwargs)
-
-    # ---- files
-
-    @classmethod
-    def from_results(cls, results: list[dict], categories: list[dict], config: Config) -> "Scores":
-        """Scores from in-memory result lines (:func:`det_al.scoring.iter_results`), holding what
-        :func:`det_al.assemble.assemble_outputs` would write for them."""
-        from det_al import __version__
-        from det_al.scoring import records_from_results
-
-        images, annotations, passes, skipped, rows, ids = [], [], [], [], [], []
-        for line in results:
-            if "skipped" in line:
-                skipped.append({"image_id": line["image_id"], "file_name": line["file_name"], "reason": line["skipped"]})
-                continue
-            image = {"id": line["image_id"], "file_name": line["file_name"]}
-            image.update({k: line[k] for k in ("width", "height") if k in line})
-            images.append(image)
-            for ann in line.get("annotations", []):
-                annotations.append({"id": len(annotations) + 1, "image_id": line["image_id"], **ann})
-            passes.append({"image_id": line["image_id"], **line.get("passes", {})})
-            if line.get("embedding") is not None:
-                rows.append(line["embedding"])
-                ids.append(line["image_id"])
-        pseudo_labels = {
-            "info": {"description": "det_al pseudo-labels", "version": __version__},
-            "categories": list(categories),
-            "images": images,
-            "annotations": annotations,
-        }
-        embeddings = np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), np.float32)
-        from det_al.config import config_to_dict
-
-        return cls(records_from_results(results, config), pseudo_labels, skipped, embeddings, ids, passes,
-                   run={"config": config_to_dict(config)})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Scores":
-        """Read the outputs of ``det-al score`` (or :meth:`save`): a folder, or its ``ranking.jsonl``
-        (the other files are read beside it). ``passes.jsonl`` is not read (large)."""
-        from det_al.selection import read_ranking, selection_context
-
-        path = Path(path)
-        ranking_path = path / "ranking.jsonl" if path.is_dir() else path
-        folder = ranking_path.parent
-        ranking = read_ranking(ranking_path)
-        context = selection_context(folder)
-        skipped = read_json(folder / "skipped.json") if (folder / "skipped.json").exists() else []
-        run = read_json(folder / "run.json") if (folder / "run.json").exists() else {}
-        embeddings = context.get("embeddings")
-        return cls(ranking, context["pseudo_labels"], skipped, embeddings, context.get("embedding_ids"),
-                   labelled_embeddings=context.get("labelled_embeddings"), run=run, source=folder)
-
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the files of ``det-al score`` into ``out_dir`` (``ranking.jsonl``,
-        ``pseudo_labels.json``, ``embeddings.npy`` + ``embeddings_ids.json``, ``skipped.json``,
-        ``run.json``, and ``passes.jsonl`` when held), each atomically; ``out_dir``."""
-        from det_al import __version__
-
-        out = Path(out_dir)
-        write_jsonl(out / "ranking.jsonl", self.ranking)
-        write_json(out / "pseudo_labels.json", self._pseudo_labels)
-        if self.passes is not None:
-            write_jsonl(out / "passes.jsonl", self.passes)
-        embeddings = self.embeddings if len(self.embedding_ids) else np.zeros((0, 0), np.float32)
-        with atomic_open(out / "embeddings.npy", "wb") as f:
-            np.save(f, np.asarray(embeddings, dtype="<f4"))
-        write_json(out / "embeddings_ids.json", list(self.embedding_ids))
-        if self.labelled_embeddings is not None:
-            with atomic_open(out / "labelled_embeddings.npy", "wb") as f:
-                np.save(f, np.asarray(self.labelled_embeddings))
-        write_json(out / "skipped.json", self.skipped, indent=1)
-        counts = {"n_scored": len(self.ranking), "n_skipped": len(self.skipped),
-                  "n_certain": sum(bool(r.get("certain")) for r in self.ranking),
-                  "n_empty": sum(bool(r.get("empty")) for r in self.ranking)}
-        run = {"det_al_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.run, **counts}
-        write_json(out / "run.json", run, indent=1)
-        return out
+# --------------------------------------------------------------------------- scoring
 
 
 def score_images(
@@ -476,43 +268,6 @@ def score_images(
 # --------------------------------------------------------------------------- selection
 
 
-@dataclass(frozen=True)
-class Selection:
-    """A batch chosen from a ranking: :attr:`coco` is the ``selection.json`` COCO dict (the
-    chosen images in rank order, each with ``rank`` and ``informativeness``, their pseudo-labels
-    and the categories)."""
-
-    coco: dict
-    strategy: str = "top"
-    n_ranked: int | None = None
-
-    @property
-    def image_ids(self) -> list[int]:
-        return [im["id"] for im in self.coco["images"]]
-
-    @property
-    def n_annotations(self) -> int:
-        return len(self.coco.get("annotations", []))
-
-    def __len__(self) -> int:
-        return len(self.coco["images"])
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the selection as COCO JSON to ``path`` (a ``.json`` file, or a folder that gets
-        ``selection.json``); the path written."""
-        path = Path(path)
-        if path.suffix.lower() != ".json":
-            path = path / "selection.json"
-        write_json(path, self.coco, indent=1)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Selection":
-        from det_al.coco import load_coco
-
-        return cls(load_coco(path))
-
-
 def select(
     scores: Scores | str | os.PathLike,
     strategy: Any = "top",
@@ -545,147 +300,12 @@ def select(
     return Selection(coco, name, len(scores))
 
 
-# --------------------------------------------------------------------------- export
-
-
-def _selection_coco(selection: Selection | Mapping | str | os.PathLike) -> tuple[dict, str | None]:
-    """The selection's COCO dict and its file (for errors), each image checked to have a size."""
-    from det_al.coco import load_coco
-
-    if isinstance(selection, Selection):
-        coco, where = selection.coco, None
-    elif isinstance(selection, Mapping):
-        coco, where = dict(selection), None
-    else:
-        coco, where = load_coco(selection), os.fspath(selection)
-    for image in coco["images"]:
-        if "width" not in image or "height" not in image:
-            raise InputError(f"image {image['id']} has no width/height", where)
-    return coco, where
-
-
-@dataclass(frozen=True)
-class LabelStudioExport:
-    """What :func:`export_label_studio` made: the tasks (one per image, rank order), the labeling
-    config XML, and the files written (``{"tasks": path, "labeling_config": path}``, empty when
-    nothing was written)."""
-
-    tasks: list[dict]
-    labeling_config: str
-    files: dict[str, Path] = field(default_factory=dict)
-
-
-def export_label_studio(
-    selection: Selection | Mapping | str | os.PathLike,
-    out_dir: str | os.PathLike | None = None,
-    *,
-    local_files_root: str | os.PathLike | None = None,
-    url_prefix: str | None = None,
-    cloud_prefix: str | None = None,
-    image_url: Callable[[dict], str] | None = None,
-    image_root: str | os.PathLike | None = None,
-    model_version: str = "det_al",
-    shapes: str = "polygons",
-    polygon_tolerance: float = 0.0,
-) -> LabelStudioExport:
-    """Label Studio tasks with the model's detections as predictions, and the labeling config.
-
-    Image URLs come from exactly one of ``local_files_root`` (Label Studio's local-files document
-    root; needs ``image_root``), ``url_prefix`` (http(s)), ``cloud_prefix`` (``s3://``, ``gs://``,
-    ``azure-blob://``) or ``image_url(image_dict) -> str``. With ``image_root`` every image's
-    size is checked against the file (after EXIF rotation). ``shapes``: ``polygons`` (masks
-    traced as polygons) or ``boxes``. With ``out_dir``, writes ``tasks.json`` and
-    ``labeling_config.xml`` there.
-    """
-    from det_al import label_studio
-    from det_al.files import write_text
-    from det_al.selection import check_image_sizes
-
-    coco, where = _selection_coco(selection)
-    url = label_studio.image_url_function(local_files_root=local_files_root, url_prefix=url_prefix,
-                                          cloud_prefix=cloud_prefix, image_url=image_url, image_root=image_root)
-    if shapes not in ("polygons", "boxes"):
-        raise InputError(f"shapes must be polygons or boxes, got {shapes!r}")
-    check_image_sizes(coco, image_root)
-    polygons = shapes == "polygons" and label_studio.has_masks(coco)
-    try:
-        tasks = label_studio.selection_to_tasks(coco, url, model_version, polygons=polygons, tolerance=polygon_tolerance)
-    except ValueError as e:
-        raise InputError(str(e), where) from e
-    config = label_studio.labeling_config(coco["categories"], polygons=polygons)
-    files: dict[str, Path] = {}
-    if out_dir is not None:
-        out = Path(out_dir)
-        write_json(out / "tasks.json", tasks, indent=1)
-        write_text(out / "labeling_config.xml", config)
-        files = {"tasks": out / "tasks.json", "labeling_config": out / "labeling_config.xml"}
-    return LabelStudioExport(tasks, config, files)
-
-
-@dataclass(frozen=True)
-class CvatExport:
-    """What :func:`export_cvat` wrote: the "CVAT for images 1.1" XML, the "COCO 1.0" dict, the
-    image paths in rank order, the label spec, and the files (``annotations``, ``coco``,
-    ``coco_zip``, ``images``, ``labels``)."""
-
-    xml: str
-    coco: dict
-    images: list[str]
-    labels: list[dict]
-    files: dict[str, Path]
-
-
-def export_cvat(
-    selection: Selection | Mapping | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    image_root: str | os.PathLike | None = None,
-    frame_names: str = "basename",
-    shapes: str = "mask",
-    polygon_tolerance: float = 0.0,
-    task_name: str = "det_al selection",
-) -> CvatExport:
-    """CVAT pre-annotations for a selection, written into ``out_dir``: ``annotations.xml``,
-    ``coco.zip`` (and ``coco/annotations/instances_default.json``), ``images.txt`` (the images in
-    rank order: create the task with sorting ``predefined``) and ``cvat_labels.json``.
-
-    ``frame_names``: ``basename`` (local upload) or ``path`` (share or cloud storage); ``shapes``:
-    ``mask``, ``polygon`` or ``box``. With ``image_root`` the sizes are checked against the files.
-    """
-    import json
-    import zipfile
-
-    from det_al import cvat
-    from det_al.files import write_text
-    from det_al.selection import check_image_sizes
-
-    coco, where = _selection_coco(selection)
-    check_image_sizes(coco, image_root)
-    try:
-        names = cvat.frame_names(coco["images"], frame_names)
-        xml = cvat.selection_to_cvat_xml(coco, names, shapes, task_name, polygon_tolerance)
-    except ValueError as e:
-        raise InputError(str(e), where) from e
-    cvat_coco = cvat.selection_to_cvat_coco(coco, names)
-    paths = [os.path.join(image_root, im["file_name"]) if image_root else im["file_name"] for im in coco["images"]]
-    labels = cvat.cvat_labels_spec(coco["categories"])
-    out = Path(out_dir)
-    files = {"annotations": out / "annotations.xml", "coco": out / "coco" / "annotations" / "instances_default.json",
-             "coco_zip": out / "coco.zip", "images": out / "images.txt", "labels": out / "cvat_labels.json"}
-    write_text(files["annotations"], xml)
-    # COCO 1.0 in the layout CVAT exports and datumaro expects, also zipped for upload
-    write_json(files["coco"], cvat_coco)
-    with atomic_open(files["coco_zip"], "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("annotations/instances_default.json", json.dumps(cvat_coco))
-    write_text(files["images"], "".join(p + "\n" for p in paths))
-    write_json(files["labels"], labels, indent=1)
-    return CvatExport(xml, cvat_coco, paths, labels, files)
-
-
 __all__ = [
+    "Config",
     "CvatExport",
     "ImageScore",
     "LabelStudioExport",
+    "InputError",
     "LoadedModel",
     "Scores",
     "Selection",

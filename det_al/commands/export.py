@@ -48,7 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from det_al.api import export_cvat, export_label_studio
+    from det_al.export import export_cvat, export_label_studio
 
     out = Path(args.out)
     if args.tool == "label-studio":
