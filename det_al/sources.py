@@ -77,7 +77,7 @@ def load_pool(pool: str | os.PathLike, image_root: str | os.PathLike | None = No
 def _pool_from_coco_dict(coco: Mapping, image_root: str | os.PathLike | None) -> PoolSource:
     from det_al.coco import validate_coco
 
-    coco = validate_coco(dict(coco), "images (COCO dict)")
+    coco = validate_coco({"annotations": [], "categories": [], **coco}, "images (COCO dict)")
     return PoolSource(
         {"images": PoolImages.from_dicts(coco["images"]), "categories": list(coco.get("categories") or [])},
         Path(image_root) if image_root is not None else Path("."),
@@ -121,16 +121,16 @@ def image_to_tensor(image: Any, where: str) -> Tensor:
                      f"got {type(image).__name__}")
 
 
-def _item_image(item: Any) -> tuple[Any, str | None]:
-    """The image of a dataset item (an image, an ``(image, target)`` pair or a dict with
-    ``image``) and its ``file_name`` if the item names one."""
+def _item_image(item: Any) -> Any:
+    """The image of a dataset item: the item, the first of an ``(image, target)`` pair, or the
+    ``image`` of a dict."""
     if isinstance(item, Mapping):
         if "image" not in item:
             raise InputError(f"dataset items that are dicts need an 'image' key (have: {', '.join(map(str, item))})")
-        return item["image"], item.get("file_name")
+        return item["image"]
     if isinstance(item, (tuple, list)) and item:
-        return item[0], None
-    return item, None
+        return item[0]
+    return item
 
 
 class MemoryImages(Dataset):
@@ -150,8 +150,7 @@ class MemoryImages(Dataset):
         image_id = self.images.image_id(index)
         item: dict[str, Any] = {"image_id": image_id, "file_name": self.images.file_name(index)}
         try:
-            image, _ = _item_image(self.source[image_id - 1])
-            item["image"] = image_to_tensor(image, item["file_name"])
+            item["image"] = image_to_tensor(_item_image(self.source[image_id - 1]), item["file_name"])
         except InputError as e:
             item["error"] = str(e)
         return item
@@ -162,16 +161,14 @@ def _memory_name(index: int) -> str:
 
 
 def _pool_from_memory(images: Sequence[Any] | Dataset, check_all: bool) -> PoolSource:
-    """A pool for in-memory images (``check_all``: every one checked now; a dataset's items are
-    checked when read, except the first)."""
+    """A pool for in-memory images, named ``images[i]`` with ids ``i + 1``. ``check_all``: every
+    image is checked (and sized) now; for a dataset only the first item is (reading them all
+    would decode the whole dataset twice), the others when scored."""
     n = len(images)
-    entries = []
+    entries = [{"id": i + 1, "file_name": _memory_name(i)} for i in range(n)]
     for i in range(n) if check_all else range(min(n, 1)):
-        image, name = _item_image(images[i])
-        tensor = image_to_tensor(image, _memory_name(i))
-        h, w = tensor.shape[-2:]
-        entries.append({"id": i + 1, "file_name": name or _memory_name(i), "width": int(w), "height": int(h)})
-    entries += [{"id": i + 1, "file_name": _memory_name(i)} for i in range(len(entries), n)]
+        tensor = image_to_tensor(_item_image(images[i]), _memory_name(i))
+        entries[i]["height"], entries[i]["width"] = (int(v) for v in tensor.shape[-2:])
     pool = {"images": PoolImages.from_dicts(entries), "categories": []}
     return PoolSource(pool, Path("."), make_dataset=lambda sub: MemoryImages(sub, images))
 
@@ -187,8 +184,8 @@ def pool_source(images: Any, image_root: str | os.PathLike | None = None) -> Poo
     relative to ``image_root``, default the working directory); a list of image paths (relative
     to ``image_root``); a list of PIL images, ``[H, W, 3]`` uint8 arrays or float ``[3, H, W]``
     tensors in ``[0, 1]``; or a torch ``Dataset`` whose items are such images, ``(image,
-    target)`` pairs or dicts with ``image`` (and optionally ``file_name``). In-memory images are
-    named ``images[i]`` and numbered ``i + 1``.
+    target)`` pairs or dicts with ``image``. In-memory images are named ``images[i]`` and
+    numbered ``i + 1``.
     """
     if _is_path(images):
         return load_pool(images, image_root)

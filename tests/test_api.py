@@ -89,6 +89,20 @@ def test_api_and_cli_give_the_same_ranking_and_pseudo_labels(tiny_pool, tiny_che
     assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == det_al.select(scores, budget=2).coco
 
 
+def test_out_dir_resumes_without_scoring_again(folder, tmp_path):
+    model = tiny_model()
+    calls = []
+    model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    first = det_al.score_images(model, folder, passes=2, out_dir=tmp_path / "s", progress=False)
+    assert len(calls) == 3 and (tmp_path / "s" / "pool.json").exists()  # a folder's pool is saved, as the CLI does
+    with pytest.raises(InputError, match="--resume"):
+        det_al.score_images(model, folder, passes=2, out_dir=tmp_path / "s", progress=False)
+    again = det_al.score_images(model, folder, passes=2, out_dir=tmp_path / "s", resume=True, progress=False)
+    assert len(calls) == 3 and again.ranking == first.ranking
+    with pytest.raises(InputError, match="different config"):  # the results on disk are not for this run
+        det_al.score_images(model, folder, passes=3, out_dir=tmp_path / "s", resume=True, progress=False)
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -143,6 +157,7 @@ def test_every_kind_of_input_gives_the_same_scores(folder, tmp_path):
     (["a.png", np.zeros((8, 8, 3), np.uint8)], None, "mixes paths and in-memory images"),
     ([], None, "nothing to score"),
     (42, None, "expected a folder, a COCO file or dict"),
+    ({"images": [{"id": 1}]}, None, "images \\(COCO dict\\)"),
     ([np.zeros((8, 8, 3), np.uint8)], ["cat", "dog"], "2 categories for a model of 3 classes"),
     ([np.zeros((8, 8, 3), np.uint8)], ["N/A", "dog", "N/A"], "category name 'N/A' appears twice"),
 ])
