@@ -6,7 +6,7 @@ For every strategy and seed of ``config.loop`` the loop starts from the same lab
    round's weights for ``loop.finetune_epochs`` at ``loop.finetune_lr``; round 0 is the same
    for every strategy of a seed, so it is trained, evaluated and scored once;
 2. evaluate on the validation set (COCO bbox mAP);
-3. unless this was the last round: score the pool (:func:`det_al.scoring.score_pool`), pick a
+3. unless this was the last round: score the pool (:func:`det_al.score_images`), pick a
    batch with the strategy (:mod:`det_al.strategies`), reveal the selected images' labels from
    the oracle file and move them from the pool to the labelled set.
 
@@ -40,7 +40,7 @@ from det_al.errors import InputError
 from det_al.files import read_json, write_json
 from det_al.loop_data import LoopData, budgets, check_loop_config, subset
 from det_al.loop_results import RowsWriter, plot_learning_curves, read_rows
-from det_al.strategies import classes_from_annotations, get_strategy
+from det_al.strategies import get_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def _run_rounds(
 ) -> None:
     """The rounds of every strategy and seed (rank 0's part of :func:`run_loop`)."""
     from det_al.checkpoint import load_checkpoint
-    from det_al.scoring import score_pool
+    from det_al.api import score_images
 
     out = paths["results"].parent
     out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +280,8 @@ def _run_rounds(
                     if r == 0 and key in shared:
                         scores = shared[key]
                     else:
-                        scores = score_pool(model, round_config, categories, run.pool(), data.image_root, device=device, progress=progress)
+                        scores = score_images(model, run.pool(), categories=categories, config=round_config,
+                                              image_root=data.image_root, device=device, progress=progress)
                         if r == 0:
                             shared[key] = scores
                     chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device)
@@ -364,16 +365,12 @@ def _select(
     """Run one strategy on a scored pool, with the context it needs."""
     from det_al.novelty import add_novelty
 
-    records = scores.records
+    records = scores.ranking
     if not records:
         return []
-    context: dict[str, Any] = {
-        "seed": seed,
-        "pre_factor": pre_factor,
-        "embeddings": np.asarray(scores.embeddings, dtype=np.float32),
-        "embedding_ids": list(scores.embedding_ids),
-        "image_classes": classes_from_annotations(scores.annotations),
-    }
+    context: dict[str, Any] = {"seed": seed, "pre_factor": pre_factor, **scores.strategy_context()}
+    context.setdefault("embeddings", np.zeros((0, 0), np.float32))
+    context.setdefault("embedding_ids", [])
     if _needs_labelled_embeddings(strategy):
         context["labelled_embeddings"] = labelled_embeddings(model, labelled, data.image_root, device)
         records = add_novelty(records, context["embeddings"], context["embedding_ids"], context["labelled_embeddings"])
