@@ -67,8 +67,10 @@ def test_api_and_cli_give_the_same_ranking_and_pseudo_labels(tiny_pool, tiny_che
     cli_ranking = [json.loads(line) for line in (out / "ranking.jsonl").read_text().splitlines()]
     cli_labels = json.loads((out / "pseudo_labels.json").read_text())
 
-    # the in-memory model, the checkpoint's config; the categories come from the COCO pool
-    scores = det_al.score_images(model, tiny_pool["pool"], passes=2, seed=3, config=config, progress=False)
+    # the in-memory model with no config (the checkpoint's sets only passes and dropout: the
+    # defaults do the rest); the categories come from the COCO pool
+    assert (config.passes.dropout, config.scoring) == (0.3, det_al.Config().scoring)
+    scores = det_al.score_images(model, tiny_pool["pool"], passes=2, dropout=0.3, seed=3, progress=False)
     assert scores.ranking == cli_ranking
     assert json.loads(json.dumps(scores.pseudo_labels())) == cli_labels
     assert len(cli_labels["annotations"]) > 0
