@@ -273,6 +273,20 @@ def test_device_restored_when_scoring_elsewhere(folder):
     assert {p.device.type for p in gpu.parameters()} == {"cuda"}
 
 
+def test_model_hash_covers_every_state_tensor():
+    from det_al.api import model_sha256
+
+    a, b = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)), nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    b.load_state_dict(a.state_dict())
+    assert model_sha256(a) == model_sha256(b)
+    b[1].num_batches_tracked += 1  # a 0-d integer buffer
+    assert model_sha256(a) != model_sha256(b)
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b[0].bias[1] += 1e-6
+    assert model_sha256(a) != model_sha256(b)
+
+
 def test_mc_dropout_context_manager():
     model = tiny_model()
     x = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
