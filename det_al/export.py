@@ -17,6 +17,7 @@ from det_al.errors import InputError
 from det_al.files import atomic_open, write_json
 from det_al.scores import Selection
 
+
 def _selection_coco(selection: Selection | Mapping | str | os.PathLike) -> tuple[dict, str | None]:
     """The selection's COCO dict and its file (for errors), each image checked to have a size."""
     from det_al.coco import load_coco

@@ -24,7 +24,6 @@ from det_al.files import atomic_open, read_json, write_json, write_jsonl
 COMPONENT_FIELDS = ("class", "box", "mask", "presence", "novelty")
 
 
-
 @dataclass(frozen=True)
 class ImageScore:
     """One scored image of a :class:`Scores`.
