@@ -172,6 +172,29 @@ def test_bad_input_is_refused_before_scoring(images, categories, message):
     assert calls == []
 
 
+def test_cli_score_categories_as_the_api_resolves_them(folder, tmp_path, capsys):
+    from det_al.checkpoint import save_checkpoint
+    from det_al.config import config_from_dict
+
+    config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 4,
+                                         "options": {"min_size": 64, "max_size": 64, "box_score_thresh": 0.0}}})
+    model = tiny_model()
+    save_checkpoint(tmp_path / "dup.pt", model, config, [{"id": 1, "name": "N/A"}, {"id": 2, "name": "a"},
+                                                          {"id": 3, "name": "N/A"}])
+    assert main(["score", "-k", str(tmp_path / "dup.pt"), "-p", str(folder), "-o", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "category name 'N/A' appears twice" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o1" / "ranking.jsonl").exists()
+    # a plain state dict and a folder: no categories anywhere, so class_1 .. class_3
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    (tmp_path / "config.yaml").write_text(json.dumps({"model": {**config.model.__dict__, "options": dict(config.model.options)},
+                                                      "passes": {"passes": 2}}))
+    assert main(["score", "-k", str(tmp_path / "plain.pt"), "-c", str(tmp_path / "config.yaml"), "-p", str(folder),
+                 "-o", str(tmp_path / "o2"), "--no-progress"]) == 0
+    labels = json.loads((tmp_path / "o2" / "pseudo_labels.json").read_text())
+    assert [c["name"] for c in labels["categories"]] == ["class_1", "class_2", "class_3"]
+
+
 def test_unsupported_models_and_wrappers(folder):
     with pytest.raises(InputError, match="unsupported detector class Linear"):
         det_al.score_images(nn.Linear(2, 2), folder, progress=False)
