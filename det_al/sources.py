@@ -85,9 +85,16 @@ def _pool_from_coco_dict(coco: Mapping, image_root: str | os.PathLike | None) ->
 
 
 def _pool_from_paths(paths: Sequence[str | os.PathLike], image_root: str | os.PathLike | None) -> PoolSource:
-    names = [os.fspath(p) for p in paths]
+    """A pool of image files: paths relative to ``image_root`` (default: the working directory)
+    or absolute. The pool's root is ``image_root`` if every file is under it, else the files'
+    deepest common folder; file names are relative to it (no absolute names in the outputs)."""
+    base = os.path.abspath(image_root if image_root is not None else os.curdir)
+    full = [os.path.normpath(os.path.join(base, os.fspath(p))) for p in paths]
+    root = base if all(f.startswith(base.rstrip(os.sep) + os.sep) for f in full) else \
+        os.path.commonpath([os.path.dirname(f) for f in full])
+    names = [Path(os.path.relpath(f, root)).as_posix() for f in full]
     images = PoolImages.from_dicts({"id": i, "file_name": name} for i, name in enumerate(names, start=1))
-    return PoolSource({"images": images, "categories": []}, Path(image_root) if image_root is not None else Path("."))
+    return PoolSource({"images": images, "categories": []}, Path(root))
 
 
 # --------------------------------------------------------------------------- images in memory
@@ -181,8 +188,8 @@ def pool_source(images: Any, image_root: str | os.PathLike | None = None) -> Poo
     """What :func:`det_al.score_images` takes, as a :class:`PoolSource`.
 
     ``images`` is one of: a folder or a COCO file (path); a COCO dict (its ``images``; file names
-    relative to ``image_root``, default the working directory); a list of image paths (relative
-    to ``image_root``); a list of PIL images, ``[H, W, 3]`` uint8 arrays or float ``[3, H, W]``
+    relative to ``image_root``, default the working directory); a list of image paths (absolute,
+    or relative to ``image_root``; named relative to their common folder); a list of PIL images, ``[H, W, 3]`` uint8 arrays or float ``[3, H, W]``
     tensors in ``[0, 1]``; or a torch ``Dataset`` whose items are such images, ``(image,
     target)`` pairs or dicts with ``image``. In-memory images are named ``images[i]`` and
     numbered ``i + 1``.

@@ -146,11 +146,24 @@ def test_every_kind_of_input_gives_the_same_scores(folder, tmp_path):
         scores = det_al.score_images(model, **given, **kw)
         assert _pairs(scores) == _pairs(reference), name
         assert [len(s.detections) for s in scores] == [len(s.detections) for s in reference], name
+        if name in ("coco file", "coco dict", "paths", "relative paths"):  # files keep their names
+            assert [s.file_name for s in scores] == [s.file_name for s in reference], name
     # names: the COCO input's categories, else class_1..; in-memory images are images[i]
     assert det_al.score_images(model, coco, image_root=folder, **kw).categories == coco["categories"]
     assert [c["name"] for c in reference.categories] == ["class_1", "class_2", "class_3"]
     assert sorted(s.file_name for s in det_al.score_images(model, arrays, **kw)) == ["images[0]", "images[1]", "images[2]"]
     assert reference.skipped == []
+
+
+def test_paths_are_named_relative_to_their_common_folder(tmp_path):
+    from det_al.sources import pool_source
+
+    source = pool_source([tmp_path / "a" / "x.png", str(tmp_path / "a" / "b" / "y.png")])
+    assert source.image_root == tmp_path / "a"
+    assert [im["file_name"] for im in source.pool["images"]] == ["x.png", "b/y.png"]
+    source = pool_source(["b/y.png", "../c.png"], image_root=tmp_path / "a")  # one file outside the root
+    assert source.image_root == tmp_path
+    assert [im["file_name"] for im in source.pool["images"]] == ["a/b/y.png", "c.png"]
 
 
 @pytest.mark.parametrize("images, categories, message", [
