@@ -232,6 +232,8 @@ def score_images(
     from det_al.scoring import iter_results, score_to_dir
     from det_al.sources import load_pool, pool_source, resolve_categories
 
+    if resume and out_dir is None:
+        raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
     model = unwrap_model(model)
     num_classes = model_num_classes(model)
     config = override_config(

@@ -101,6 +101,8 @@ def test_out_dir_resumes_without_scoring_again(folder, tmp_path):
         det_al.score_images(model, folder, passes=2, out_dir=tmp_path / "s", progress=False)
     again = det_al.score_images(model, folder, passes=2, out_dir=tmp_path / "s", resume=True, progress=False)
     assert len(calls) == 3 and again.ranking == first.ranking
+    with pytest.raises(InputError, match="resume=True needs out_dir"):
+        det_al.score_images(model, folder, resume=True, progress=False)
     with pytest.raises(InputError, match="different config"):  # the results on disk are not for this run
         det_al.score_images(model, folder, passes=3, out_dir=tmp_path / "s", resume=True, progress=False)
 
@@ -173,6 +175,7 @@ def test_paths_are_named_relative_to_their_common_folder(tmp_path):
     ([], None, "nothing to score"),
     (42, None, "expected a folder, a COCO file or dict"),
     ({"images": [{"id": 1}]}, None, "images \\(COCO dict\\)"),
+    (None, None, "expected a folder"),
     ([np.zeros((8, 8, 3), np.uint8)], ["cat", "dog"], "2 categories for a model of 3 classes"),
     ([np.zeros((8, 8, 3), np.uint8)], ["N/A", "dog", "N/A"], "category name 'N/A' appears twice"),
 ])
