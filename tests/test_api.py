@@ -61,8 +61,11 @@ def state(model: nn.Module) -> tuple:
 def test_api_and_cli_give_the_same_ranking_and_pseudo_labels(tiny_pool, tiny_checkpoint, tmp_path):
     model, config, categories = det_al.load_model(tiny_checkpoint)
     assert categories == tiny_pool["coco"]["categories"]
+    coco = tiny_pool["coco"]
+    pool = tmp_path / "pool.json"  # three of the six images (two old, one drifted), to keep it quick
+    pool.write_text(json.dumps({**coco, "images": coco["images"][1:4]}))
     out = tmp_path / "cli"
-    assert main(["score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
+    assert main(["score", "-k", str(tiny_checkpoint), "-p", str(pool), "-r", str(tiny_pool["root"]), "-o", str(out),
                  "--passes", "2", "--seed", "3", "--no-progress"]) == 0
     cli_ranking = [json.loads(line) for line in (out / "ranking.jsonl").read_text().splitlines()]
     cli_labels = json.loads((out / "pseudo_labels.json").read_text())
@@ -70,7 +73,8 @@ def test_api_and_cli_give_the_same_ranking_and_pseudo_labels(tiny_pool, tiny_che
     # the in-memory model with no config (the checkpoint's sets only passes and dropout: the
     # defaults do the rest); the categories come from the COCO pool
     assert (config.passes.dropout, config.scoring) == (0.3, det_al.Config().scoring)
-    scores = det_al.score_images(model, tiny_pool["pool"], passes=2, dropout=0.3, seed=3, progress=False)
+    scores = det_al.score_images(model, pool, image_root=tiny_pool["root"], passes=2, dropout=0.3, seed=3,
+                                 progress=False)
     assert scores.ranking == cli_ranking
     assert json.loads(json.dumps(scores.pseudo_labels())) == cli_labels
     assert len(cli_labels["annotations"]) > 0
@@ -79,8 +83,8 @@ def test_api_and_cli_give_the_same_ranking_and_pseudo_labels(tiny_pool, tiny_che
     assert np.allclose(scores.embeddings, np.load(out / "embeddings.npy"), atol=1e-5)
 
     # the same through out_dir (score_to_dir, the files of det-al score) and back with Scores.load
-    on_disk = det_al.score_images(model, tiny_pool["pool"], passes=2, seed=3, config=config, progress=False,
-                                  out_dir=tmp_path / "api")
+    on_disk = det_al.score_images(model, pool, image_root=tiny_pool["root"], passes=2, seed=3, config=config,
+                                  progress=False, out_dir=tmp_path / "api")
     assert on_disk.ranking == cli_ranking
     assert (tmp_path / "api" / "pseudo_labels.json").read_text() == (out / "pseudo_labels.json").read_text()
     # save() writes files that det-al select reads like det-al score's
