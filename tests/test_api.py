@@ -128,6 +128,19 @@ class PairDataset(torch.utils.data.Dataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255, {"boxes": torch.zeros(0, 4)}
 
 
+class DictDataset(torch.utils.data.Dataset):
+    """Items as dicts with an ``image`` (an array) and anything else."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i):
+        return {"image": self.arrays[i], "id": 100 + i}
+
+
 def test_every_kind_of_input_gives_the_same_scores(folder, tmp_path):
     paths = _files(folder)
     model = tiny_model()
@@ -147,6 +160,7 @@ def test_every_kind_of_input_gives_the_same_scores(folder, tmp_path):
         "arrays": dict(images=arrays),
         "tensors": dict(images=[torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255 for a in arrays]),
         "dataset": dict(images=PairDataset(paths)),
+        "dataset of dicts": dict(images=DictDataset(arrays)),
     }
     for name, given in inputs.items():
         scores = det_al.score_images(model, **given, **kw)
