@@ -377,6 +377,11 @@ def test_untrained_torchvision_model_end_to_end(folder, tmp_path):
     assert all(d["category_id"] in (1, 2) for s in scores for d in s.detections)
     batch = det_al.select(scores, "top", budget=2)
     assert batch.image_ids == [s.image_id for s in scores[:2]]
+    assert scores.embeddings.shape[0] == 3 and sorted(scores.embedding_ids) == [1, 2, 3]
+    for strategy in ("diverse", "class-balanced", "random", "top:box"):  # in-memory context for every strategy
+        chosen = scores.select(strategy, budget=2)
+        assert len(chosen) == 2 and set(chosen.image_ids) <= {1, 2, 3}, strategy
+        assert [im["rank"] for im in chosen.coco["images"]] == sorted(im["rank"] for im in chosen.coco["images"])
     done = det_al.export_label_studio(batch, tmp_path / "ls", url_prefix="https://h/pool", image_root=folder,
                                       model_version="v1")
     assert done.files["tasks"].exists() and len(done.tasks) == 2
