@@ -262,7 +262,7 @@ def resolve_categories(
         seen: set = set()
         for c in out:
             if c[key] in seen:
-                raise InputError(f"category {key} {c[key]!r} appears twice (Label Studio and CVAT need distinct "
-                                 "names; rename or drop the duplicates)", source)
+                raise InputError(f"duplicate category {key} {c[key]!r} (one category per model class, with "
+                                 "distinct ids and names: Label Studio and CVAT match labels by name)", source)
             seen.add(c[key])
     return out
