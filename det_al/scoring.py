@@ -347,7 +347,10 @@ def score_to_dir(
     block = config.passes.batch_size
     positions = shard_positions(len(pool_images), num_shards, shard_index, block)
     images = pool_images if num_shards == 1 else pool_images[positions]
-    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block)
+    # Results depend on the thread count in their last bits (CPU kernels sum in a thread-count
+    # dependent order): it is part of the key, so a resume never mixes two counts' results.
+    threads = torch.get_num_threads()
+    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block, threads)
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
     with ResultsWriter(out_dir, key, resume=resume, meta=meta, overwrite=overwrite) as writer:
@@ -365,7 +368,7 @@ def score_to_dir(
         counts.update(
             assemble_outputs(
                 lambda: read_results([out_dir / RESULTS]), out_dir, categories, config,
-                {**counts, **(run_info or {})},
+                {**counts, "threads_per_process": threads, **(run_info or {})},
             )
         )
     return counts
