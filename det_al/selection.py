@@ -58,7 +58,7 @@ def read_ranking(path: str | os.PathLike) -> list[dict]:
     """Read ``ranking.jsonl``: records with at least ``image_id``, ``rank`` and ``informativeness``.
 
     Raises :class:`InputError` naming the file and line for malformed records, missing keys,
-    repeated image ids or ranks.
+    repeated image ids or ranks, and for a file with no record (nothing to select from).
     """
     records = []
     seen_ids, seen_ranks = set(), set()
@@ -78,6 +78,8 @@ def read_ranking(path: str | os.PathLike) -> list[dict]:
         seen_ids.add(record["image_id"])
         seen_ranks.add(record["rank"])
         records.append(record)
+    if not records:
+        raise InputError("no records: nothing to select from (were all images skipped? see skipped.json beside it)", path)
     return records
 
 

@@ -148,7 +148,11 @@ def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]),
            "-o", str(out), "--passes", "2", "--seed", "3", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the reference's thread count (it was scored in this process): like with like
+    import torch
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
@@ -157,7 +161,7 @@ def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert subprocess.run(cmd + ["--resume"], capture_output=True, timeout=300).returncode == 0
+    assert subprocess.run(cmd + ["--resume"], capture_output=True, timeout=300, env=env).returncode == 0
     _same_outputs(reference, out)
 
 

@@ -51,13 +51,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", "-r",
                         help="folder the file names are relative to; when given, image sizes are checked "
                              "against the files (after EXIF rotation)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="with --image-root: read file_name entries that lie outside it (absolute paths, ../)")
 
 
-def _check_sizes(selection: dict, image_root: str | None) -> None:
+def _check_sizes(selection: dict, image_root: str | None, source: str, allow_outside_root: bool) -> None:
     if not image_root:
         return
-    from det_al.images import ImageReadError, image_size
+    from det_al.images import ImageReadError, check_file_names, image_size
 
+    if not Path(image_root).is_dir():
+        raise InputError("image root not found" if not Path(image_root).exists() else "image root is not a folder", image_root)
+    check_file_names(selection["images"], image_root, source, allow_outside_root)
     for image in selection["images"]:
         path = Path(image_root) / image["file_name"]
         try:
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     for image in selection["images"]:
         if "width" not in image or "height" not in image:
             raise InputError(f"image {image['id']} has no width/height", args.selection)
-    _check_sizes(selection, args.image_root)
+    _check_sizes(selection, args.image_root, args.selection, args.allow_outside_root)
     out = Path(args.out)
     if args.tool == "label-studio":
         return _label_studio(args, selection, out)

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard the results already in --out and start over")
     parser.add_argument("--num-shards", type=int, default=1, help="split the pool into N shards (job arrays); join them with det-al merge-shards")
     parser.add_argument("--shard-index", type=int, default=0, help="which shard this job scores, 0..N-1")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read file_name entries that lie outside --image-root (absolute paths, ../)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -57,25 +59,32 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides)
 
 
-def load_pool(pool_arg: str, image_root: str | None, out_dir: Path, write: bool = True) -> tuple[dict, Path]:
+def load_pool(
+    pool_arg: str, image_root: str | None, out_dir: Path, write: bool = True, allow_outside_root: bool = False
+) -> tuple[dict, Path]:
     """A pool from a COCO file or a folder: ``{"images": PoolImages, "categories"}`` and the
-    image root. For a folder, ``write`` saves the pool it makes as ``out_dir/pool.json``
-    (under torchrun only rank 0 does)."""
+    image root, checked (:func:`det_al.scoring.check_pool`). For a folder, ``write`` saves the
+    pool it makes as ``out_dir/pool.json`` (under torchrun only rank 0 does)."""
     from det_al.coco import pool_from_folder
     from det_al.files import write_json
     from det_al.pool import PoolImages, read_pool
+    from det_al.scoring import check_pool
 
     path = Path(pool_arg)
     if path.is_dir():
         # No header is read: a file that cannot be read is listed in skipped.json when scored.
-        pool = pool_from_folder(path, sizes=False)
+        coco = pool_from_folder(path, sizes=False)
+        pool = {"images": PoolImages.from_dicts(coco["images"]), "categories": coco["categories"]}
+        root = Path(image_root) if image_root else path
+        check_pool(pool["images"], root, allow_outside_root, path)
         if write:
-            write_json(out_dir / "pool.json", pool, indent=1)
-        pool = {"images": PoolImages.from_dicts(pool["images"]), "categories": pool["categories"]}
-        return pool, Path(image_root) if image_root else path
+            write_json(out_dir / "pool.json", coco, indent=1)
+        return pool, root
     if not path.exists():
         raise InputError("pool file not found", path)
-    return read_pool(path), Path(image_root) if image_root else path.parent
+    pool, root = read_pool(path), Path(image_root) if image_root else path.parent
+    check_pool(pool["images"], root, allow_outside_root, path)
+    return pool, root
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from det_al.distributed import rank_device, world_info
     from det_al.files import remove_earlier_outputs
     from det_al.results import SHARDS, file_sha256, refuse_existing_results
-    from det_al.scoring import score_to_dir
+    from det_al.scoring import check_categories, check_model, score_to_dir
 
     out_dir = Path(args.out)
     if args.resume and args.overwrite:
@@ -97,20 +106,25 @@ def run(args: argparse.Namespace) -> int:
     device = rank_device(args.device, local_rank) if world > 1 else args.device
     # Cheap checks first: a bad config or pool fails before the model is loaded.
     config = load_config(args.config, _overrides(args)) if args.config else None
-    pool, image_root = load_pool(args.pool, args.image_root, out_dir, write=rank == 0)
+    pool, image_root = load_pool(args.pool, args.image_root, out_dir, write=rank == 0,
+                                 allow_outside_root=args.allow_outside_root)
     if config is not None:
-        model, _, categories, _ = load_checkpoint(args.checkpoint, config, device=device)
+        # a plain state dict with num_classes left out takes the class count from the pool's categories
+        given = (pool.get("categories") or None) if config.model.num_classes is None else None
+        model, config, categories, _ = load_checkpoint(args.checkpoint, config, device=device, categories=given)
     else:
         model, config_ck, categories, _ = load_checkpoint(args.checkpoint, None, device=device)
         config = config_from_dict(apply_overrides(config_to_dict(config_ck), _overrides(args)), args.checkpoint)
         if dataclasses.asdict(config.model) != dataclasses.asdict(config_ck.model):
             raise InputError("--set cannot change the model section of a checkpoint's config")
+    source = args.checkpoint
     if not categories:
-        categories = pool.get("categories") or []
-    if len(categories) != config.model.num_classes - 1:
-        raise InputError(
-            f"{len(categories)} categories for a model of {config.model.num_classes - 1} classes", args.checkpoint
-        )
+        categories, source = pool.get("categories") or [], args.pool
+    try:
+        check_model(model)
+        check_categories(categories, model)
+    except InputError as e:
+        raise InputError(str(e), source) from e
     checkpoint_sha = file_sha256(args.checkpoint)
     import torch
 
@@ -126,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         model, config, categories, pool, image_root, out_dir, checkpoint_sha,
         resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
         device=device, amp=args.amp, progress=not args.no_progress,
-        assemble=args.num_shards == 1, run_info=info,
+        assemble=args.num_shards == 1, run_info=info, allow_outside_root=args.allow_outside_root,
     )
     seconds = time.perf_counter() - start
     if args.num_shards > 1:
@@ -176,6 +190,7 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
             model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
             resume=args.resume, overwrite=args.overwrite, num_shards=world, shard_index=rank, device=device, amp=args.amp,
             progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
+            allow_outside_root=args.allow_outside_root,
         )
         try:
             distributed.barrier()  # every shard is finished before rank 0 merges
