@@ -204,6 +204,12 @@ def outside_root(file_name: str, image_root: str | os.PathLike) -> bool:
     return os.path.commonpath([root, path]) != root
 
 
+def check_image_root(image_root: str | os.PathLike) -> None:
+    """Raise :class:`InputError` naming ``image_root`` unless it is an existing folder."""
+    if not os.path.isdir(image_root):
+        raise InputError("image root not found" if not os.path.exists(image_root) else "image root is not a folder", image_root)
+
+
 def check_file_names(
     images: Iterable[dict], image_root: str | os.PathLike, source: str | os.PathLike | None = None,
     allow_outside_root: bool = False,

@@ -116,7 +116,7 @@ class LoopData:
         allow_outside_root: bool = False,
     ) -> "LoopData":
         from det_al.coco import load_coco
-        from det_al.images import check_file_names
+        from det_al.images import check_file_names, check_image_root
 
         data = {
             "labelled": load_coco(labelled, require_annotations=True),
@@ -124,6 +124,7 @@ class LoopData:
             "oracle": load_coco(oracle, require_annotations=True),
             "val": load_coco(val, require_annotations=True),
         }
+        check_image_root(image_root)
         for key, path in (("labelled", labelled), ("pool", pool), ("oracle", oracle), ("val", val)):
             check_file_names(data[key]["images"], image_root, path, allow_outside_root)
         if quick:

@@ -25,7 +25,7 @@ from det_al.coco import xyxy_to_xywh
 from det_al.config import Config, config_to_dict
 from det_al.datasets import PoolDataset, pool_collate
 from det_al.errors import InputError
-from det_al.images import outside_root, outside_root_error
+from det_al.images import check_image_root, outside_root, outside_root_error
 from det_al.pool import PoolImages, as_pool_images
 from det_al.results import KEY, RESULTS, ResultsWriter, read_results, run_key
 from det_al.assemble import assemble_outputs
@@ -145,8 +145,7 @@ def check_pool(
     if image_root is None:
         return
     root = Path(image_root)
-    if not root.is_dir():
-        raise InputError("image root not found" if not root.exists() else "image root is not a folder", root)
+    check_image_root(root)
     if allow_outside_root:
         return
     for start, stop, names, offsets in images._name_chunks():

@@ -54,7 +54,7 @@ from det_al.distributed import (
 from det_al.errors import InputError
 from det_al.evaluation import evaluate_coco, predict
 from det_al.files import remove_earlier_outputs, write_jsonl
-from det_al.images import check_file_names
+from det_al.images import check_file_names, check_image_root
 from det_al.models import build_model, has_masks
 
 logger = logging.getLogger(__name__)
@@ -322,8 +322,7 @@ def _train_in_group(
         transform = build_augment(train_cfg.augment)
         train = load_coco(train_json, require_annotations=True)
         val = load_coco(val_json, require_annotations=True) if val_json is not None else None
-        if not Path(image_root).is_dir():
-            raise InputError("image root not found" if not Path(image_root).exists() else "image root is not a folder", image_root)
+        check_image_root(image_root)
         check_file_names(train["images"], image_root, train_json, allow_outside_root)
         if val is not None:
             check_file_names(val["images"], image_root, val_json, allow_outside_root)

@@ -58,10 +58,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _check_sizes(selection: dict, image_root: str | None, source: str, allow_outside_root: bool) -> None:
     if not image_root:
         return
-    from det_al.images import ImageReadError, check_file_names, image_size
+    from det_al.images import ImageReadError, check_file_names, check_image_root, image_size
 
-    if not Path(image_root).is_dir():
-        raise InputError("image root not found" if not Path(image_root).exists() else "image root is not a folder", image_root)
+    check_image_root(image_root)
     check_file_names(selection["images"], image_root, source, allow_outside_root)
     for image in selection["images"]:
         path = Path(image_root) / image["file_name"]
