@@ -225,7 +225,7 @@ def check_file_names(
         return
     for i, image in enumerate(images):
         name = image["file_name"]
-        if (name.startswith(("/", "\\")) or ".." in name) and outside_root(name, image_root):
+        if (name.startswith("/") or ".." in name) and outside_root(name, image_root):
             raise outside_root_error(i, image["id"], name, image_root, source)
 
 

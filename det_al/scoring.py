@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -54,6 +55,7 @@ COMPONENTS = ("class", "box", "mask", "presence")
 #: error (a model-side fault: every other image would fail the same way), instead of skipping
 #: the whole pool.
 SAME_ERROR_STOP = 3
+_DOTDOT = re.compile(r"(?:^|/)\.\.(?:/|$)")  # a ".." path component
 
 
 @dataclass
@@ -149,16 +151,17 @@ def check_pool(
     if allow_outside_root:
         return
     for start, stop, names, offsets in images._name_chunks():
-        # Only an absolute name or one with ".." can escape: find them with numpy and one scan
-        # of the chunk's bytes (a million plain names cost milliseconds).
+        # Only an absolute name or one with a ".." component can escape: find the candidates with
+        # numpy and a scan of the chunk's bytes (0.2 s for a million plain names).
         starts = np.asarray(offsets[:-1], dtype=np.int64)
         first = np.frombuffer(names, dtype=np.uint8)[np.minimum(starts, max(len(names) - 1, 0))] if names else starts
-        candidates = np.flatnonzero((first == ord("/")) | (first == ord("\\")))
+        candidates = np.flatnonzero(first == ord("/"))
         if b".." in names:
-            candidates = np.arange(stop - start)
+            dots = [m.start() for m in re.finditer(rb"(?=\.\.)", names)]  # overlapping: "a." + "../x"
+            candidates = np.union1d(candidates, np.searchsorted(starts, dots, side="right") - 1)
         for i in (start + candidates).tolist():
             name = images.file_name(i)
-            if (name.startswith(("/", "\\")) or ".." in name) and outside_root(name, root):
+            if (name.startswith("/") or _DOTDOT.search(name)) and outside_root(name, root):
                 raise outside_root_error(i, images.image_id(i), name, root, source)
 
 
