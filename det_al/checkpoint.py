@@ -300,6 +300,8 @@ def load_checkpoint(
                     f"{config.model.num_classes}",
                     path,
                 )
+        if config.model.num_classes is None:
+            raise InputError("det_al checkpoint's config has no model.num_classes", path)
         cats = _check_categories(obj["categories"], config.model.num_classes, path, "checkpoint")
         if not _is_state_dict(obj["state_dict"]):
             raise InputError("det_al checkpoint 'state_dict' is not a mapping of names to tensors", path)

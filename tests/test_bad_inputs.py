@@ -104,6 +104,14 @@ def _checkpoint_with_categories(ctx: Ctx, categories: list[dict]) -> Path:
     return path
 
 
+def _checkpoint_without_num_classes(ctx: Ctx) -> Path:
+    obj = torch.load(ctx.checkpoint, map_location="cpu", weights_only=True)
+    del obj["config"]["model"]["num_classes"]
+    path = ctx.tmp / "model.pt"
+    torch.save(obj, path)
+    return path
+
+
 def _ranked(n: int) -> Callable[[Path], None]:
     def check(out: Path) -> None:
         assert len((out / "ranking.jsonl").read_text().splitlines()) == n
@@ -247,6 +255,8 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
     "score/checkpoint-too-few-categories": lambda c: Row(
         c.score(c.pool["pool"], checkpoint=_checkpoint_with_categories(c, [{"id": 1, "name": "a"}])),
         "1 categories but model.num_classes is 4", ["model.pt"]),
+    "score/checkpoint-config-without-num-classes": lambda c: Row(
+        c.score(c.pool["pool"], checkpoint=_checkpoint_without_num_classes(c)), "config has no model.num_classes", ["model.pt"]),
     "score/config-unknown-key": lambda c: Row(
         c.score(c.pool["pool"], "--config", str(c.write("c.yaml", "passes:\n  pases: 3\n"))),
         "unknown config key 'passes.pases'", ["c.yaml"]),
