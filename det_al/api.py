@@ -199,6 +199,7 @@ def score_images(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> Scores:
     """Rank ``images`` by how informative they are to label, with the detector ``model``.
 
@@ -220,6 +221,9 @@ def score_images(
         out_dir: also stream per-image results there and write the files of ``det-al score``;
             with ``resume`` an interrupted run continues where it stopped (same model, config, pool).
         progress: a progress bar.
+        allow_outside_root: read COCO ``file_name`` entries that escape ``image_root``
+            (absolute paths, ``../``); refused by default so that a COCO file from elsewhere
+            cannot make det_al read arbitrary files of this machine.
 
     Returns:
         :class:`Scores`, most informative first. Images that cannot be read are in ``.skipped``.
@@ -246,9 +250,10 @@ def score_images(
 
         refuse_existing_results(out_dir)
     if out_dir is not None and isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        source = load_pool(images, image_root, save_folder_pool=Path(out_dir) / "pool.json")
+        source = load_pool(images, image_root, save_folder_pool=Path(out_dir) / "pool.json",
+                           allow_outside_root=allow_outside_root)
     else:
-        source = pool_source(images, image_root)
+        source = pool_source(images, image_root, allow_outside_root)
     categories = resolve_categories(categories, num_classes, source.pool.get("categories"), "categories")
     run_device = model_device(model) if device is None else torch.device(device)
     with preserved_model(model):
@@ -257,12 +262,13 @@ def score_images(
             score_to_dir(
                 model, config, categories, source.pool, source.image_root, out_dir, model_sha256(model),
                 resume=resume, device=str(run_device), progress=progress, run_info=info,
-                make_dataset=source.make_dataset,
+                make_dataset=source.make_dataset, allow_outside_root=allow_outside_root,
             )
             return Scores.load(out_dir)
         results: list[dict] = []
         for lines in iter_results(model, config, categories, source.pool["images"], source.image_root,
-                                  device=str(run_device), progress=progress, make_dataset=source.make_dataset):
+                                  device=str(run_device), progress=progress, make_dataset=source.make_dataset,
+                                  allow_outside_root=allow_outside_root):
             results.extend(lines)
     return Scores.from_results(results, categories, config)
 

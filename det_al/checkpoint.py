@@ -21,6 +21,7 @@ file; without them an empty list is returned).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -64,6 +65,10 @@ def _check_categories(categories: Any, num_classes: int, path: str | None, what:
     ids = [c["id"] for c in out]
     if len(set(ids)) != len(ids):
         raise InputError(f"{what} categories have duplicate ids: {ids}", path)
+    names = [c["name"] for c in out if "name" in c]
+    repeated = sorted({n for n in names if names.count(n) > 1}, key=names.index)
+    if repeated:
+        raise InputError(f"{what} categories have duplicate names: {repeated[0]!r} more than once", path)
     if len(out) != num_classes - 1:
         raise InputError(
             f"{what} has {len(out)} categories but model.num_classes is {num_classes} "
@@ -146,6 +151,9 @@ def _torch_load(path: str) -> Any:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"not a readable checkpoint ({type(e).__name__}: {first})", path) from e
+    except Exception as e:  # e.g. IndexError ("pop from empty list") for a plain text file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"not a readable checkpoint (corrupt or not a torch file: {type(e).__name__}: {first})", path) from e
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -274,6 +282,9 @@ def load_checkpoint(
             except InputError as e:
                 raise InputError(f"stored config is invalid: {e}", path) from e
         else:
+            if config.model.num_classes is None:  # "from the data": the checkpoint's
+                stored_classes = (obj["config"].get("model") or {}).get("num_classes")
+                config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=stored_classes))
             # Only the architecture must agree; the stored config's other keys may be from
             # another det_al version and are not needed.
             stored = obj["config"].get("model") or {}
@@ -289,6 +300,8 @@ def load_checkpoint(
                     f"{config.model.num_classes}",
                     path,
                 )
+        if config.model.num_classes is None:
+            raise InputError("det_al checkpoint's config has no model.num_classes", path)
         cats = _check_categories(obj["categories"], config.model.num_classes, path, "checkpoint")
         if not _is_state_dict(obj["state_dict"]):
             raise InputError("det_al checkpoint 'state_dict' is not a mapping of names to tensors", path)
@@ -301,6 +314,12 @@ def load_checkpoint(
                 "the model and num_classes",
                 path,
             )
+        if config.model.num_classes is None:
+            if not categories:
+                raise InputError(
+                    "this is a plain state dict: set model.num_classes in the config (categories + background)", path
+                )
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(categories) + 1))
         state_dict = _plain_state_dict(obj, path)
         cats = [] if categories is None else _check_categories(
             categories, config.model.num_classes, path, "categories given for"

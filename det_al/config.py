@@ -1,7 +1,9 @@
 """YAML configs read into frozen dataclasses.
 
 A config has the sections ``model``, ``passes``, ``matching``, ``scoring`` and ``train``;
-every key is optional except ``model.name`` and ``model.num_classes``. An unknown section or
+every key is optional except ``model.name``. ``model.num_classes`` left out (or ``null``) means
+"from the data": ``det-al train`` takes it from the training file's categories, and a det_al
+checkpoint supplies its own. An unknown section or
 key is an error naming it. Command-line overrides use ``--set section.key=value`` where the
 value is parsed as YAML (``--set passes.dropout=[0.1,0.2]``).
 """
@@ -25,12 +27,13 @@ class ModelConfig:
     """Which torchvision detector to build.
 
     ``name`` is a builder name from :data:`det_al.models.BUILDERS`; ``num_classes`` counts the
-    background (torchvision's convention); ``options`` are passed to the builder
+    background (torchvision's convention), ``None`` meaning "from the data" (the training
+    file's categories + 1, or the checkpoint's); ``options`` are passed to the builder
     (``min_size``, ``max_size``, ``box_score_thresh``, ``box_detections_per_img``, ...).
     """
 
     name: str = ""
-    num_classes: int = 0
+    num_classes: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -158,8 +161,10 @@ def _coerce(value: Any, tp: Any, where: str, source: str | None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
         errors = []
-        for a in args:
+        for a in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, a, where, source)
             except InputError as e:
@@ -175,6 +180,10 @@ def _coerce(value: Any, tp: Any, where: str, source: str | None) -> Any:
             raise InputError(f"{where} must be a mapping, got {value!r}", source)
         return dict(value)
     if tp is Any:
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise InputError(f"{where} must be null, got {value!r}", source)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -343,7 +352,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 def validate(config: Config, source: str | None = None) -> None:
     """Range and consistency checks that a type check cannot make."""
     m, p, s, mt = config.model, config.passes, config.scoring, config.matching
-    if m.name and m.num_classes < 2:
+    if m.num_classes is not None and m.num_classes < 2:
         raise InputError("model.num_classes must count background and at least one class (>= 2)", source)
     if p.passes < 1:
         raise InputError(f"passes.passes must be >= 1, got {p.passes}", source)

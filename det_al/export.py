@@ -57,13 +57,15 @@ def export_label_studio(
     model_version: str = "det_al",
     shapes: str = "polygons",
     polygon_tolerance: float = 0.0,
+    allow_outside_root: bool = False,
 ) -> LabelStudioExport:
     """Label Studio tasks with the model's detections as predictions, and the labeling config.
 
     Image URLs come from exactly one of ``local_files_root`` (Label Studio's local-files document
     root; needs ``image_root``), ``url_prefix`` (http(s)), ``cloud_prefix`` (``s3://``, ``gs://``,
     ``azure-blob://``) or ``image_url(image_dict) -> str``. With ``image_root`` every image's
-    size is checked against the file (after EXIF rotation). ``shapes``: ``polygons`` (masks
+    size is checked against the file (after EXIF rotation) and a ``file_name`` outside it is
+    refused unless ``allow_outside_root``. ``shapes``: ``polygons`` (masks
     traced as polygons) or ``boxes``. With ``out_dir``, writes ``tasks.json`` and
     ``labeling_config.xml`` there.
     """
@@ -76,7 +78,7 @@ def export_label_studio(
                                           cloud_prefix=cloud_prefix, image_url=image_url, image_root=image_root)
     if shapes not in ("polygons", "boxes"):
         raise InputError(f"shapes must be polygons or boxes, got {shapes!r}")
-    check_image_sizes(coco, image_root)
+    check_image_sizes(coco, image_root, where, allow_outside_root)
     polygons = shapes == "polygons" and label_studio.has_masks(coco)
     try:
         tasks = label_studio.selection_to_tasks(coco, url, model_version, polygons=polygons, tolerance=polygon_tolerance)
@@ -114,13 +116,15 @@ def export_cvat(
     shapes: str = "mask",
     polygon_tolerance: float = 0.0,
     task_name: str = "det_al selection",
+    allow_outside_root: bool = False,
 ) -> CvatExport:
     """CVAT pre-annotations for a selection, written into ``out_dir``: ``annotations.xml``,
     ``coco.zip`` (and ``coco/annotations/instances_default.json``), ``images.txt`` (the images in
     rank order: create the task with sorting ``predefined``) and ``cvat_labels.json``.
 
     ``frame_names``: ``basename`` (local upload) or ``path`` (share or cloud storage); ``shapes``:
-    ``mask``, ``polygon`` or ``box``. With ``image_root`` the sizes are checked against the files.
+    ``mask``, ``polygon`` or ``box``. With ``image_root`` the sizes are checked against the files (and file
+    names outside it refused unless ``allow_outside_root``).
     """
     import json
     import zipfile
@@ -130,7 +134,7 @@ def export_cvat(
     from det_al.selection import check_image_sizes
 
     coco, where = _selection_coco(selection)
-    check_image_sizes(coco, image_root)
+    check_image_sizes(coco, image_root, where, allow_outside_root)
     try:
         names = cvat.frame_names(coco["images"], frame_names)
         xml = cvat.selection_to_cvat_xml(coco, names, shapes, task_name, polygon_tolerance)

@@ -29,12 +29,14 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
+
+from det_al.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +193,49 @@ def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[i
     if orientation in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
     return width, height
+
+
+def outside_root(file_name: str, image_root: str | os.PathLike) -> bool:
+    """Whether ``image_root / file_name`` lies outside ``image_root`` (``../x``, ``a/../../x``, or
+    an absolute path elsewhere). The test is on the path's text, so a symbolic link inside the
+    root (a common way to assemble a data set) is followed as the user set it up."""
+    root = os.path.abspath(image_root)
+    path = os.path.normpath(os.path.join(root, file_name))
+    return os.path.commonpath([root, path]) != root
+
+
+def check_image_root(image_root: str | os.PathLike) -> None:
+    """Raise :class:`InputError` naming ``image_root`` unless it is an existing folder."""
+    if not os.path.isdir(image_root):
+        raise InputError("image root not found" if not os.path.exists(image_root) else "image root is not a folder", image_root)
+
+
+def check_file_names(
+    images: Iterable[dict], image_root: str | os.PathLike, source: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
+) -> None:
+    """Refuse COCO images whose ``file_name`` escapes ``image_root`` (see :func:`outside_root`),
+    unless ``allow_outside_root``: a COCO file from elsewhere must not make det_al read (and
+    send to an annotation tool, or embed in a report) arbitrary files of this machine.
+
+    Raises:
+        InputError: naming ``source`` and the first such image.
+    """
+    if allow_outside_root:
+        return
+    for i, image in enumerate(images):
+        name = image["file_name"]
+        if (name.startswith("/") or ".." in name) and outside_root(name, image_root):
+            raise outside_root_error(i, image["id"], name, image_root, source)
+
+
+def outside_root_error(
+    index: int, image_id: int, file_name: str, image_root: str | os.PathLike, source: str | os.PathLike | None
+) -> InputError:
+    return InputError(
+        f"images[{index}] (id {image_id}): file_name {file_name!r} is outside the image root "
+        f"{os.fspath(image_root)} (--allow-outside-root reads it anyway)", source,
+    )
 
 
 def to_tensor(array: np.ndarray) -> Tensor:

@@ -137,6 +137,7 @@ def _train(
         "config": config, "train_json": train_json, "image_root": data.image_root, "out_dir": out_dir,
         "categories": data.categories, "init_checkpoint": init,
         "overwrite": True,  # a round's training that a crash cut short starts over
+        "allow_outside_root": data.allow_outside_root,
     }
     broadcast_from_main(job)  # under torchrun the other ranks train with this one (follow_training)
     summary = train_model(**job, device=device, progress=progress)
@@ -281,7 +282,8 @@ def _run_rounds(
                         scores = shared[key]
                     else:
                         scores = score_images(model, run.pool(), categories=categories, config=round_config,
-                                              image_root=data.image_root, device=device, progress=progress)
+                                              image_root=data.image_root, device=device, progress=progress,
+                                              allow_outside_root=data.allow_outside_root)
                         if r == 0:
                             shared[key] = scores
                     chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device)

@@ -101,6 +101,8 @@ class LoopData:
     val: dict
     image_root: Path
     categories: list[dict]
+    #: file names may escape ``image_root`` (checked by :meth:`load`, passed to scoring and training)
+    allow_outside_root: bool = False
 
     @classmethod
     def load(
@@ -111,8 +113,10 @@ class LoopData:
         val: str | os.PathLike,
         image_root: str | os.PathLike,
         quick: bool = False,
+        allow_outside_root: bool = False,
     ) -> "LoopData":
         from det_al.coco import load_coco
+        from det_al.images import check_file_names, check_image_root
 
         data = {
             "labelled": load_coco(labelled, require_annotations=True),
@@ -120,6 +124,9 @@ class LoopData:
             "oracle": load_coco(oracle, require_annotations=True),
             "val": load_coco(val, require_annotations=True),
         }
+        check_image_root(image_root)
+        for key, path in (("labelled", labelled), ("pool", pool), ("oracle", oracle), ("val", val)):
+            check_file_names(data[key]["images"], image_root, path, allow_outside_root)
         if quick:
             data = {k: shrink(v, QUICK_SIZES.get(k, len(v["images"]))) for k, v in data.items()}
             data["oracle"] = subset(data["oracle"], [im["id"] for im in data["pool"]["images"]])
@@ -137,4 +144,5 @@ class LoopData:
             c["name"] for c in data["val"]["categories"]
         ] != names:
             raise InputError("the labelled, oracle and validation files must have the same categories", oracle)
-        return cls(image_root=Path(image_root), categories=list(data["labelled"]["categories"]), **data)
+        return cls(image_root=Path(image_root), categories=list(data["labelled"]["categories"]),
+                   allow_outside_root=allow_outside_root, **data)

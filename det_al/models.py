@@ -263,6 +263,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             _is_number(value) or (isinstance(value, (list, tuple)) and value and all(map(_is_number, value)))
         ):
             raise InputError(f"model.options.{key} must be a number, got {value!r}")
+    if cfg.num_classes is None:
+        raise InputError("model.num_classes is not set (it comes from the training data or a checkpoint)")
     try:
         model = builder(num_classes=cfg.num_classes, **options)
     except (TypeError, ValueError, AttributeError, AssertionError) as e:

@@ -73,12 +73,18 @@ def data_sha256(obj: Any) -> str:
 RESULT_NEUTRAL = (("passes", "num_workers"), ("train", "batchnorm"))
 
 
-def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, shard_index: int, block: int = 1) -> dict:
+def run_key(
+    checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, shard_index: int, block: int = 1,
+    threads: int | None = None,
+) -> dict:
     """What a results file was computed from; two runs with equal keys give equal results.
 
     ``block``: images per block dealt to the shards (``passes.batch_size``, see
     :func:`det_al.scoring.shard_positions`); a merge reads the shards' lines that many at a time.
     It is recorded (``shard_block``) for sharded runs only: one shard is the pool in order.
+    ``threads``: the intra-op thread count of the scoring process (``torch.get_num_threads()``).
+    CPU kernels sum in an order that depends on it, so MC results differ in their last bits
+    between thread counts; a run is resumed only with the count it started with.
     """
     config = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
     for section, key in RESULT_NEUTRAL:
@@ -91,6 +97,7 @@ def run_key(checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, s
         "num_shards": num_shards,
         "shard_index": shard_index,
         **({"shard_block": block} if num_shards > 1 else {}),
+        **({"threads": int(threads)} if threads is not None else {}),
     }
 
 
@@ -102,6 +109,8 @@ def _describe_mismatch(old: dict, new: dict) -> str:
         "num_shards": "a different --num-shards",
         "shard_index": "a different --shard-index",
         "shard_block": "another split of the pool into shards (shards scored by an older det_al version)",
+        "threads": f"{old.get('threads')} threads per process, this process has {new.get('threads')} "
+                   f"(set OMP_NUM_THREADS={old.get('threads')} to continue it)",
     }
     diffs = [names.get(k, k) for k in new if old.get(k) != new.get(k)]
     return ", ".join(diffs) or "an unknown run"
@@ -186,6 +195,10 @@ class ResultsWriter:
             old = read_json(key_path)
             old_cmp = {k: v for k, v in old.items() if k not in IGNORED}
             new_cmp = {k: v for k, v in self.key.items() if k not in IGNORED}
+            if "threads" not in old_cmp and "threads" in new_cmp:  # keyed before det_al recorded it
+                logger.warning("%s does not record the thread count of the partial results: resuming "
+                               "with %s threads per process", key_path, new_cmp["threads"])
+                new_cmp.pop("threads")
             if old_cmp != new_cmp:
                 raise InputError(
                     f"refusing to resume: the partial results were computed with {_describe_mismatch(old_cmp, new_cmp)} "

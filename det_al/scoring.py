@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -25,12 +26,13 @@ from det_al.coco import xyxy_to_xywh
 from det_al.config import Config, config_to_dict
 from det_al.datasets import PoolDataset, pool_collate
 from det_al.errors import InputError
+from det_al.images import check_image_root, outside_root, outside_root_error
 from det_al.pool import PoolImages, as_pool_images
-from det_al.results import RESULTS, ResultsWriter, read_results, run_key
+from det_al.results import KEY, RESULTS, ResultsWriter, read_results, run_key
 from det_al.assemble import assemble_outputs
 from det_al.informativeness import finalize_pool, image_informativeness
 from det_al.matching import match_passes
-from det_al.models import has_masks
+from det_al.models import has_masks, model_family, model_num_classes
 from det_al.passes import ImagePasses, run_passes
 from det_al.segmentation import mask_to_rle
 from det_al.uncertainty import score_objects
@@ -49,6 +51,11 @@ OBJECT_FIELDS = (
     "presence",
 )
 COMPONENTS = ("class", "box", "mask", "presence")
+#: A run stops when its first this many images that reach the model all fail with the same
+#: error (a model-side fault: every other image would fail the same way), instead of skipping
+#: the whole pool.
+SAME_ERROR_STOP = 3
+_DOTDOT = re.compile(r"(?:^|/)\.\.(?:/|$)")  # a ".." path component
 
 
 @dataclass
@@ -84,6 +91,78 @@ class PoolScores:
 def image_seed(seed: int, image_id: int) -> int:
     """The dropout seed of one image: independent of batch composition, order and sharding."""
     return (seed * 1_000_003 + int(image_id) * 7_919) % (2**31 - 1)
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse, before any image is read, a model that det_al cannot score with: not a
+    torchvision detector of a supported class, or in train mode (it would return losses, and
+    BatchNorm statistics would move)."""
+    try:
+        model_family(model)
+    except ValueError as e:
+        raise InputError(f"cannot score with this model: {e}") from None
+    if model.training:
+        raise InputError(
+            "cannot score with a model in train mode: call model.eval() first "
+            "(det_al.checkpoint.load_checkpoint returns it in eval mode)"
+        )
+
+
+def check_categories(categories: list[dict], model: nn.Module) -> None:
+    """Refuse categories that do not name each of the model's labels exactly once: label ``l``
+    (>= 1) is ``categories[l - 1]``, so there is one category per class, with distinct integer
+    ids and distinct names. A missing category would make its detections unexportable."""
+    n = model_num_classes(model) - 1
+    if not isinstance(categories, (list, tuple)):
+        raise InputError(f"categories must be a list of dicts, got {type(categories).__name__}")
+    for i, c in enumerate(categories):
+        if not isinstance(c, dict) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
+            raise InputError(f"categories[{i}] must be a dict with an integer 'id', got {c!r}")
+    if len(categories) < n:
+        missing = list(range(len(categories) + 1, n + 1))
+        raise InputError(
+            f"no category for model label{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}: "
+            f"{len(categories)} categories for a model of {n} classes (the checkpoint or the pool file "
+            "must list one category per class)"
+        )
+    if len(categories) > n:
+        extra = [c.get("name", c["id"]) for c in categories[n:]]
+        raise InputError(f"{len(categories)} categories for a model of {n} classes: no model label for {extra}")
+    for key in ("id", "name"):
+        values = [c.get(key) for c in categories if c.get(key) is not None]
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+        if repeated:
+            raise InputError(f"category {key}s must be unique, got {repeated[0]!r} more than once")
+
+
+def check_pool(
+    images: PoolImages, image_root: str | os.PathLike | None, allow_outside_root: bool = False,
+    source: str | os.PathLike | None = None,
+) -> None:
+    """Refuse a pool that cannot give a useful run: no images, an image root that is not a
+    folder, or (unless ``allow_outside_root``) a ``file_name`` that escapes the image root.
+    ``image_root=None``: the images do not come from files (only emptiness is checked)."""
+    if not len(images):
+        raise InputError("the pool has no images", source)
+    if image_root is None:
+        return
+    root = Path(image_root)
+    check_image_root(root)
+    if allow_outside_root:
+        return
+    for start, stop, names, offsets in images._name_chunks():
+        # Only an absolute name or one with a ".." component can escape: find the candidates with
+        # numpy and a scan of the chunk's bytes (0.2 s for a million plain names).
+        starts = np.asarray(offsets[:-1], dtype=np.int64)
+        first = np.frombuffer(names, dtype=np.uint8)[np.minimum(starts, max(len(names) - 1, 0))] if names else starts
+        candidates = np.flatnonzero(first == ord("/"))
+        if b".." in names:
+            dots = [m.start() for m in re.finditer(rb"(?=\.\.)", names)]  # overlapping: "a." + "../x"
+            candidates = np.union1d(candidates, np.searchsorted(starts, dots, side="right") - 1)
+        for i in (start + candidates).tolist():
+            name = images.file_name(i)
+            if (name.startswith("/") or _DOTDOT.search(name)) and outside_root(name, root):
+                raise outside_root_error(i, images.image_id(i), name, root, source)
 
 
 def _round(x: float, digits: int = 6) -> float:
@@ -183,18 +262,31 @@ def iter_results(
     progress: bool = True,
     make_dataset: Callable[[PoolImages], torch.utils.data.Dataset] | None = None,
     batches: Iterable[list[int]] | None = None,
+    allow_outside_root: bool = False,
 ) -> Iterator[list[dict]]:
     """Score ``images`` (:class:`PoolImages` or COCO image dicts) batch by batch; yields each
     batch's result lines.
 
     Images that cannot be read, or that the model fails on, give a ``skipped`` line with the
-    reason; the run goes on. ``make_dataset(images)`` replaces :class:`PoolDataset` (images
+    reason; the run goes on. But if the first :data:`SAME_ERROR_STOP` images that reach the
+    model (or all of them, if fewer) fail with the same error, the fault is the model's, not
+    the images': an :class:`InputError` with that error, and no line of them is yielded.
+    ``make_dataset(images)`` replaces :class:`PoolDataset` (images
     from elsewhere than files, e.g. rendered on the fly); its items are those of PoolDataset.
     ``batches`` (index lists into ``images``) replaces the default batching, consecutive runs
     of ``passes.batch_size`` images; an image's passes depend on the images batched with it
     (torchvision pads a batch to its largest image).
+
+    Checked before the first image is read (:class:`InputError`): the model
+    (:func:`check_model`), the categories (:func:`check_categories`) and, for images read from
+    ``image_root``, the root and the file names (:func:`check_pool`; ``allow_outside_root``
+    lets a ``file_name`` escape the root). An empty ``images`` yields nothing.
     """
     images = as_pool_images(images)
+    check_model(model)
+    check_categories(categories, model)
+    if len(images) and make_dataset is None:
+        check_pool(images, image_root, allow_outside_root)
     p = config.passes
     dataset = make_dataset(images) if make_dataset else PoolDataset(images, image_root)
     if batches is None:
@@ -202,6 +294,8 @@ def iter_results(
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=p.num_workers, collate_fn=pool_collate)
     with_masks = has_masks(model)
     bar = tqdm(total=len(dataset), desc="scoring", unit="img", disable=not progress, dynamic_ncols=True)
+    held: list[list[dict]] = []  # batches held back while every image that reached the model failed
+    failures: list[str] = []  # their model errors
     try:
         for batch in loader:
             lines, good = [], []
@@ -226,9 +320,36 @@ def iter_results(
                         line = {"image_id": item["image_id"], "file_name": item["file_name"], "skipped": reason}
                     lines.append(line)
             bar.update(len(batch))
+            if held is not None:
+                held.append(lines)
+                failures += [ln["skipped"] for ln in lines if ln.get("skipped", "").startswith("model failed")]
+                if any("record" in ln for ln in lines):
+                    lines, held = [ln for b in held for ln in b], None  # the model works: go on
+                elif len(failures) >= SAME_ERROR_STOP:
+                    _stop_if_same(failures)
+                    lines, held = [ln for b in held for ln in b], None
+                elif not failures:  # only unreadable images so far: nothing to decide yet
+                    lines, held = [ln for b in held for ln in b], []
+                else:
+                    continue
             yield lines
+        if held:
+            if failures:
+                _stop_if_same(failures)
+            yield [ln for b in held for ln in b]
     finally:
         bar.close()
+
+
+def _stop_if_same(failures: list[str]) -> None:
+    """Raise if the model errors ``failures`` (the first images that reached the model, all
+    failed) are one and the same error."""
+    if len(set(failures)) == 1:
+        raise InputError(
+            f"stopped: the first {len(failures)} image{'s' if len(failures) > 1 else ''} of the pool all failed "
+            f"in the model with the same error, so the model (or checkpoint, device, config) is at fault, "
+            f"not the images: {failures[0]}"
+        )
 
 
 def records_from_results(results: list[dict], config: Config) -> list[dict]:
@@ -250,10 +371,14 @@ def score_pool(
     device: str = "cpu",
     amp: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> PoolScores:
-    """Score a (small) pool in memory. Same config and seed give the same ranking."""
+    """Score a (small) pool in memory. Same config and seed give the same ranking.
+
+    The checks of :func:`iter_results` apply; an empty pool gives empty scores."""
     results: list[dict] = []
-    for lines in iter_results(model, config, categories, pool["images"], image_root, device, amp, progress):
+    for lines in iter_results(model, config, categories, pool["images"], image_root, device, amp, progress,
+                              allow_outside_root=allow_outside_root):
         results.extend(lines)
     return PoolScores(results=results, records=records_from_results(results, config))
 
@@ -315,6 +440,21 @@ def _resume_batches(positions: np.ndarray, done: np.ndarray, block: int) -> tupl
     return rerun, _runs(blocks[rerun])
 
 
+def _remove_empty_run(out_dir: Path, new_dir: bool) -> None:
+    """Remove the empty ``results.jsonl`` and the ``key.json`` of a run that wrote no result
+    (and ``out_dir`` itself if this run made it and it is empty now)."""
+    for name in (RESULTS, KEY):
+        try:
+            (out_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+    if new_dir:
+        try:
+            out_dir.rmdir()
+        except OSError:  # not empty: something else is there
+            pass
+
+
 def score_to_dir(
     model: nn.Module,
     config: Config,
@@ -333,6 +473,7 @@ def score_to_dir(
     run_info: dict | None = None,
     make_dataset: Callable[[PoolImages], torch.utils.data.Dataset] | None = None,
     overwrite: bool = False,
+    allow_outside_root: bool = False,
 ) -> dict:
     """Score a pool (or one shard of it) streaming result lines to ``out_dir/results.jsonl``.
 
@@ -342,14 +483,25 @@ def score_to_dir(
     results is an :class:`InputError` unless ``overwrite`` (see :class:`ResultsWriter`). With
     ``assemble`` (single shard), the final outputs are written at the end; shards are joined by
     :func:`det_al.shards.merge_shards`.
+
+    Bad input (see :func:`iter_results`; here an empty pool too) is an :class:`InputError`
+    raised before anything is written; when the first images all fail in the model with the
+    same error, a new run's ``results.jsonl`` and ``key.json`` are removed again.
     """
     pool_images = as_pool_images(pool["images"])
+    check_model(model)
+    check_categories(categories, model)
+    check_pool(pool_images, None if make_dataset else image_root, allow_outside_root)
     block = config.passes.batch_size
     positions = shard_positions(len(pool_images), num_shards, shard_index, block)
     images = pool_images if num_shards == 1 else pool_images[positions]
-    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block)
+    # Results depend on the thread count in their last bits (CPU kernels sum in a thread-count
+    # dependent order): it is part of the key, so a resume never mixes two counts' results.
+    threads = torch.get_num_threads()
+    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block, threads)
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
+    new_dir = not out_dir.exists()
     with ResultsWriter(out_dir, key, resume=resume, meta=meta, overwrite=overwrite) as writer:
         done = np.isin(images.ids, writer.done_ids)
         rerun, batches = _resume_batches(positions, done, block)
@@ -357,15 +509,22 @@ def score_to_dir(
         written = set(images.ids[rerun & done].tolist())
         if done.any():
             logger.info("%d of %d images left to score", int((~done).sum()), len(images))
-        for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress, make_dataset, batches):
-            writer.write_batch([line for line in lines if line["image_id"] not in written] if written else lines)
+        try:
+            for lines in iter_results(model, config, categories, todo, image_root, device, amp, progress, make_dataset,
+                                      batches, allow_outside_root):
+                writer.write_batch([line for line in lines if line["image_id"] not in written] if written else lines)
+        except InputError:
+            if writer.n_results == 0:  # a run that never got going leaves nothing behind
+                writer.close()
+                _remove_empty_run(out_dir, new_dir)
+            raise
         writer.mark_done(len(images))
     counts = {"n_pool": len(pool_images), "n_shard": len(images)}
     if assemble:
         counts.update(
             assemble_outputs(
                 lambda: read_results([out_dir / RESULTS]), out_dir, categories, config,
-                {**counts, **(run_info or {})},
+                {**counts, "threads_per_process": threads, **(run_info or {})},
             )
         )
     return counts

@@ -33,7 +33,7 @@ def read_ranking(path: str | os.PathLike) -> list[dict]:
     """Read ``ranking.jsonl``: records with at least ``image_id``, ``rank`` and ``informativeness``.
 
     Raises :class:`InputError` naming the file and line for malformed records, missing keys,
-    repeated image ids or ranks.
+    repeated image ids or ranks, and for a file with no record (nothing to select from).
     """
     records = []
     seen_ids, seen_ranks = set(), set()
@@ -53,6 +53,8 @@ def read_ranking(path: str | os.PathLike) -> list[dict]:
         seen_ids.add(record["image_id"])
         seen_ranks.add(record["rank"])
         records.append(record)
+    if not records:
+        raise InputError("no records: nothing to select from (were all images skipped? see skipped.json beside it)", path)
     return records
 
 
@@ -132,13 +134,20 @@ def selection_context(scores: Path, labelled_embeddings: str | None = None) -> d
     return {"pseudo_labels": pseudo_labels, **context}
 
 
-def check_image_sizes(selection: dict, image_root: str | os.PathLike | None) -> None:
+def check_image_sizes(
+    selection: dict, image_root: str | os.PathLike | None, source: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
+) -> None:
     """With ``image_root``, check that every selected image's file has the selection's size
-    (after EXIF rotation, as annotation tools show it); an :class:`InputError` names the file."""
+    (after EXIF rotation, as annotation tools show it); an :class:`InputError` names the file.
+    A ``file_name`` that escapes ``image_root`` is refused unless ``allow_outside_root``
+    (:func:`det_al.images.check_file_names`)."""
     if not image_root:
         return
-    from det_al.images import ImageReadError, image_size
+    from det_al.images import ImageReadError, check_file_names, check_image_root, image_size
 
+    check_image_root(image_root)
+    check_file_names(selection["images"], image_root, source, allow_outside_root)
     for image in selection["images"]:
         path = Path(image_root) / image["file_name"]
         try:

@@ -50,28 +50,36 @@ class PoolSource:
 
 
 def load_pool(pool: str | os.PathLike, image_root: str | os.PathLike | None = None,
-              save_folder_pool: str | os.PathLike | None = None) -> PoolSource:
+              save_folder_pool: str | os.PathLike | None = None, allow_outside_root: bool = False) -> PoolSource:
     """A pool from a COCO file or a folder of images (what ``det-al score --pool`` takes).
 
     A folder becomes every image file under it, sorted by path and numbered 1, 2, ... (no file
     is opened: one that cannot be read is skipped when scored); ``save_folder_pool`` names a file
     to save that pool in (``det-al score`` writes ``OUT/pool.json``). The image root is
-    ``image_root``, else the folder, else the COCO file's folder.
+    ``image_root``, else the folder, else the COCO file's folder. The pool is checked
+    (:func:`det_al.scoring.check_pool`: not empty, the root exists, no ``file_name`` escapes it
+    unless ``allow_outside_root``) before anything is written.
     """
     from det_al.coco import pool_from_folder
     from det_al.files import write_json
     from det_al.pool import read_pool
 
+    from det_al.scoring import check_pool
+
     path = Path(pool)
     if path.is_dir():
         coco = pool_from_folder(path, sizes=False)
+        images = PoolImages.from_dicts(coco["images"])
+        root = Path(image_root) if image_root else path
+        check_pool(images, root, allow_outside_root, path)
         if save_folder_pool is not None:
             write_json(save_folder_pool, coco, indent=1)
-        images = PoolImages.from_dicts(coco["images"])
-        return PoolSource({"images": images, "categories": []}, Path(image_root) if image_root else path)
+        return PoolSource({"images": images, "categories": []}, root)
     if not path.exists():
         raise InputError("pool file not found", path)
-    return PoolSource(read_pool(path), Path(image_root) if image_root else path.parent)
+    source = PoolSource(read_pool(path), Path(image_root) if image_root else path.parent)
+    check_pool(source.pool["images"], source.image_root, allow_outside_root, path)
+    return source
 
 
 def _pool_from_coco_dict(coco: Mapping, image_root: str | os.PathLike | None) -> PoolSource:
@@ -184,7 +192,8 @@ def _is_path(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def pool_source(images: Any, image_root: str | os.PathLike | None = None) -> PoolSource:
+def pool_source(images: Any, image_root: str | os.PathLike | None = None,
+                allow_outside_root: bool = False) -> PoolSource:
     """What :func:`det_al.score_images` takes, as a :class:`PoolSource`.
 
     ``images`` is one of: a folder or a COCO file (path); a COCO dict (its ``images``; file names
@@ -195,7 +204,7 @@ def pool_source(images: Any, image_root: str | os.PathLike | None = None) -> Poo
     numbered ``i + 1``.
     """
     if _is_path(images):
-        return load_pool(images, image_root)
+        return load_pool(images, image_root, allow_outside_root=allow_outside_root)
     if isinstance(images, Mapping):
         return _pool_from_coco_dict(images, image_root)
     if isinstance(images, Dataset) and not isinstance(images, (list, tuple)):

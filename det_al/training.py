@@ -14,6 +14,7 @@ a factor ``gamma`` at each epoch of ``milestones`` (``step``) or 1 (``constant``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ from det_al.distributed import (
 from det_al.errors import InputError
 from det_al.evaluation import evaluate_coco, predict
 from det_al.files import remove_earlier_outputs, write_jsonl
+from det_al.images import check_file_names, check_image_root
 from det_al.models import build_model, has_masks
 
 logger = logging.getLogger(__name__)
@@ -234,6 +236,7 @@ def train_model(
     device: str | torch.device = "cpu",
     progress: bool = True,
     overwrite: bool = False,
+    allow_outside_root: bool = False,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``train_json`` and write checkpoints and metrics to ``out_dir``.
 
@@ -249,6 +252,11 @@ def train_model(
             ``train.epochs`` of the given config (raise it to train further).
         overwrite: start over in an ``out_dir`` that holds an earlier run's ``last.pt`` or
             ``best.pt``; without it (or ``resume``) such a folder is an :class:`InputError`.
+        allow_outside_root: read ``file_name`` entries that escape ``image_root`` (refused
+            otherwise: :func:`det_al.images.check_file_names`).
+
+    ``config.model.num_classes`` ``None`` means "from the data": the categories + 1 (those
+    given, else the training file's); the summary's ``num_classes`` says what was used.
 
     Writes ``out_dir/last.pt`` after every epoch, ``out_dir/best.pt`` whenever bbox AP on
     ``val_json`` improves, and ``out_dir/metrics.jsonl`` (one record per epoch). With
@@ -279,7 +287,7 @@ def train_model(
     with process_group(device) as device:
         return _train_in_group(
             config, train_json, image_root, out_dir, val_json, categories, init_checkpoint, resume,
-            device, progress and is_main(), overwrite,
+            device, progress and is_main(), overwrite, allow_outside_root,
         )
 
 
@@ -295,6 +303,7 @@ def _train_in_group(
     device: str,
     progress: bool,
     overwrite: bool,
+    allow_outside_root: bool = False,
 ) -> dict[str, Any]:
     """:func:`train_model` on every process of the group (or on the one process)."""
     t0 = time.monotonic()
@@ -313,6 +322,15 @@ def _train_in_group(
         transform = build_augment(train_cfg.augment)
         train = load_coco(train_json, require_annotations=True)
         val = load_coco(val_json, require_annotations=True) if val_json is not None else None
+        check_image_root(image_root)
+        check_file_names(train["images"], image_root, train_json, allow_outside_root)
+        if val is not None:
+            check_file_names(val["images"], image_root, val_json, allow_outside_root)
+        if config.model.num_classes is None:  # "from the data"
+            given = train["categories"] if categories is None else categories
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(given) + 1))
+            logger.info("model.num_classes not set: %d (%d categories of %s + background)",
+                        config.model.num_classes, len(given), "the given categories" if categories is not None else train_json)
 
         seed_everything(train_cfg.seed)
         if resume:
@@ -488,6 +506,7 @@ def _train_in_group(
         "metrics": last_metrics,
         "stopped_early": stopped,
         "batchnorm": batchnorm,
+        "num_classes": config.model.num_classes,
         "seconds": round(time.monotonic() - t0, 3),
         "last": str(last_path),
         "best": str(best_path) if has_best else None,

@@ -214,7 +214,11 @@ def test_cli_score_categories_as_the_api_resolves_them(folder, tmp_path, capsys)
                                          "options": {"min_size": 64, "max_size": 64, "box_score_thresh": 0.0}}})
     model = tiny_model()
     save_checkpoint(tmp_path / "dup.pt", model, config, [{"id": 1, "name": "N/A"}, {"id": 2, "name": "a"},
-                                                          {"id": 3, "name": "N/A"}])
+                                                          {"id": 3, "name": "b"}])
+    # save_checkpoint refuses repeated names: write the file a careless tool would
+    stored = torch.load(tmp_path / "dup.pt", weights_only=True)
+    stored["categories"][2]["name"] = "N/A"
+    torch.save(stored, tmp_path / "dup.pt")
     assert main(["score", "-k", str(tmp_path / "dup.pt"), "-p", str(folder), "-o", str(tmp_path / "o1")]) == 2
     err = capsys.readouterr().err.strip()
     assert "dup.pt" in err and "'N/A'" in err and len(err.splitlines()) == 1

@@ -169,7 +169,7 @@ def test_config_loads_and_names_valid_options(path):
 
     config = load_config(path)
     assert config.model.name in BUILDERS
-    assert config.model.num_classes >= 2
+    assert config.model.num_classes is None or config.model.num_classes >= 2  # None: from the data
     assert set(config.model.options) <= valid_options(config.model.name)
 
 

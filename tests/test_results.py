@@ -148,7 +148,11 @@ def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]),
            "-o", str(out), "--passes", "2", "--seed", "3", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the reference's thread count (it was scored in this process): like with like
+    import torch
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
@@ -157,7 +161,7 @@ def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert subprocess.run(cmd + ["--resume"], capture_output=True, timeout=300).returncode == 0
+    assert subprocess.run(cmd + ["--resume"], capture_output=True, timeout=300, env=env).returncode == 0
     _same_outputs(reference, out)
 
 
@@ -170,8 +174,12 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 def test_torchrun_two_processes_equal_single_run(reference, tiny_pool, tiny_checkpoint, tmp_path):
+    # Like with like: each rank runs as many threads as the in-process reference did (MC results
+    # differ with the thread count in their last bits, even at one image per batch).
+    import torch
+
     out = tmp_path / "out"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
          "-m", "det_al", "score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
@@ -180,6 +188,45 @@ def test_torchrun_two_processes_equal_single_run(reference, tiny_pool, tiny_chec
     )
     assert result.returncode == 0, result.stderr[-2000:]
     _same_outputs(reference, out)
+    assert json.loads((out / "run.json").read_text())["threads_per_process"] == torch.get_num_threads()
+
+
+def test_resume_with_another_thread_count_is_refused(reference, tiny_pool, tiny_checkpoint, tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    assert json.loads((reference / "key.json").read_text())["threads"] == threads
+    assert json.loads((reference / "run.json").read_text())["threads_per_process"] == threads
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "key.json").write_text((reference / "key.json").read_text())
+    (out / RESULTS).write_text((reference / RESULTS).read_text().splitlines(keepends=True)[0])
+    capsys.readouterr()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert _score(tiny_pool, tiny_checkpoint, out, "--resume") == 2
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert err == (
+        f"det-al score: error: {out}: refusing to resume: the partial results were computed with {threads} "
+        f"threads per process, this process has {threads + 1} (set OMP_NUM_THREADS={threads} to continue it) "
+        "(run with --overwrite instead of --resume to start over, or choose another --out)\n"
+    )
+    assert not (out / "ranking.jsonl").exists()
+
+
+def test_resume_of_a_key_without_thread_count_is_accepted(tmp_path):
+    # key.json files written before det_al recorded the thread count still resume
+    with ResultsWriter(tmp_path, run_key("c", {}, "p", 1, 0)) as w:
+        w.write_batch([{"image_id": 4}])
+    assert "threads" not in json.loads((tmp_path / "key.json").read_text())
+    with ResultsWriter(tmp_path, run_key("c", {}, "p", 1, 0, threads=3), resume=True) as w:
+        assert w.done_ids.tolist() == [4]
+    with ResultsWriter(tmp_path / "b", run_key("c", {}, "p", 1, 0, threads=3)) as w:
+        w.write_batch([{"image_id": 4}])
+    with pytest.raises(InputError, match="with 3 threads per process, this process has 2"):
+        ResultsWriter(tmp_path / "b", run_key("c", {}, "p", 1, 0, threads=2), resume=True)
 
 
 def test_damaged_middle_line_is_refused_not_cut(tmp_path):

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read file_name entries that lie outside --image-root (absolute paths, ../)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from det_al.config import load_config, override_config
     from det_al.evaluation import evaluate_coco, format_table, predict
     from det_al.files import write_json, write_text
+    from det_al.images import check_file_names, check_image_root
     from det_al.models import has_masks
 
     config = None
@@ -36,12 +39,14 @@ def run(args: argparse.Namespace) -> int:
         _, stored, _, _ = load_checkpoint(args.checkpoint)
         config = override_config(stored, args.overrides, "--set")
     val = load_coco(args.val, require_annotations=True)
+    image_root = Path(args.image_root) if args.image_root else Path(args.val).parent
+    check_image_root(image_root)
+    check_file_names(val["images"], image_root, args.val, args.allow_outside_root)
     model, config, categories, _ = load_checkpoint(args.checkpoint, config, device=args.device, categories=val["categories"])
     known = {int(c["id"]) for c in categories}
     unknown = sorted({int(c["id"]) for c in val["categories"]} - known)
     if unknown:
         logger.warning("%s: categories %s are not the model's: their objects count as missed", args.val, unknown)
-    image_root = Path(args.image_root) if args.image_root else Path(args.val).parent
     results = predict(
         model, val, image_root, categories, device=args.device, batch_size=args.batch_size,
         progress=not args.no_progress,

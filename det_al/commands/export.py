@@ -45,6 +45,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", "-r",
                         help="folder the file names are relative to; when given, image sizes are checked "
                              "against the files (after EXIF rotation)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="with --image-root: read file_name entries that lie outside it (absolute paths, ../)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             args.selection, out, local_files_root=args.local_files_root, url_prefix=args.url_prefix,
             cloud_prefix=args.cloud_prefix, image_root=args.image_root, model_version=args.model_version,
             shapes=args.shapes, polygon_tolerance=args.polygon_tolerance,
+            allow_outside_root=args.allow_outside_root,
         )
         n_regions = sum(len(t["predictions"][0]["result"]) for t in done.tasks)
         print(f"wrote {len(done.tasks)} tasks ({n_regions} predicted regions) -> {done.files['tasks']}")
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     done = export_cvat(
         args.selection, out, image_root=args.image_root, frame_names=args.frame_names, shapes=args.shapes,
         polygon_tolerance=args.polygon_tolerance, task_name=args.task_name,
+        allow_outside_root=args.allow_outside_root,
     )
     n_shapes = len(done.coco.get("annotations", []))
     print(f"wrote {len(done.images)} frames, {n_shapes} shapes -> {done.files['annotations']} "

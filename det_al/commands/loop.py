@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. --set train.epochs=5")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read file_name entries that lie outside --image-root (absolute paths, ../)")
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             if args.quick:
                 config = quick_config(config)
             image_root = Path(args.image_root) if args.image_root else Path(args.labelled).parent
-            data = LoopData.load(args.labelled, args.pool, args.oracle, args.val, image_root, quick=args.quick)
+            data = LoopData.load(args.labelled, args.pool, args.oracle, args.val, image_root, quick=args.quick,
+                                 allow_outside_root=args.allow_outside_root)
         loop = config.loop
         budget = f"{loop.budget_boxes} boxes" if loop.budget_boxes > 0 else f"{loop.budget} images"
         if is_main():

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard the results already in --out and start over")
     parser.add_argument("--num-shards", type=int, default=1, help="split the pool into N shards (job arrays); join them with det-al merge-shards")
     parser.add_argument("--shard-index", type=int, default=0, help="which shard this job scores, 0..N-1")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read file_name entries that lie outside --image-root (absolute paths, ../)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from det_al.models import model_num_classes
     from det_al.scoring import score_to_dir
     from det_al.sources import load_pool, resolve_categories
+    from det_al.scoring import check_model
 
     out_dir = Path(args.out)
     if args.resume and args.overwrite:
@@ -64,15 +67,22 @@ def run(args: argparse.Namespace) -> int:
     device = rank_device(args.device, local_rank) if world > 1 else args.device
     # Cheap checks first: a bad config or pool fails before the model is loaded.
     config = load_config(args.config, _overrides(args)) if args.config else None
-    source = load_pool(args.pool, args.image_root, save_folder_pool=out_dir / "pool.json" if rank == 0 else None)
+    source = load_pool(args.pool, args.image_root, save_folder_pool=out_dir / "pool.json" if rank == 0 else None,
+                       allow_outside_root=args.allow_outside_root)
     pool, image_root = source.pool, source.image_root
     if config is not None:
-        model, _, categories, _ = load_checkpoint(args.checkpoint, config, device=device)
+        # a plain state dict with num_classes left out takes the class count from the pool's categories
+        given = (pool.get("categories") or None) if config.model.num_classes is None else None
+        model, config, categories, _ = load_checkpoint(args.checkpoint, config, device=device, categories=given)
     else:
         model, config_ck, categories, _ = load_checkpoint(args.checkpoint, None, device=device)
         config = override_config(config_ck, _overrides(args), args.checkpoint)
         if dataclasses.asdict(config.model) != dataclasses.asdict(config_ck.model):
             raise InputError("--set cannot change the model section of a checkpoint's config")
+    try:
+        check_model(model)
+    except InputError as e:
+        raise InputError(str(e), args.checkpoint) from e
     # the checkpoint's categories, else the pool's, else class_1 ...: checked against the model
     categories = resolve_categories(categories or None, model_num_classes(model), pool.get("categories"), args.checkpoint)
     checkpoint_sha = file_sha256(args.checkpoint)
@@ -90,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         model, config, categories, pool, image_root, out_dir, checkpoint_sha,
         resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
         device=device, amp=args.amp, progress=not args.no_progress,
-        assemble=args.num_shards == 1, run_info=info,
+        assemble=args.num_shards == 1, run_info=info, allow_outside_root=args.allow_outside_root,
     )
     seconds = time.perf_counter() - start
     if args.num_shards > 1:
@@ -140,6 +150,7 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
             model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
             resume=args.resume, overwrite=args.overwrite, num_shards=world, shard_index=rank, device=device, amp=args.amp,
             progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
+            allow_outside_root=args.allow_outside_root,
         )
         try:
             distributed.barrier()  # every shard is finished before rank 0 merges

@@ -7,6 +7,7 @@ DistributedDataParallel (see :func:`det_al.training.train_model`); rank 0 writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, help="seed (train.seed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read file_name entries that lie outside --image-root (absolute paths, ../)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,9 +50,14 @@ def run(args: argparse.Namespace) -> int:
         summary = train_model(
             config, args.train, image_root, args.out, val_json=args.val, init_checkpoint=args.init,
             resume=args.resume, device=device, progress=not args.no_progress, overwrite=args.overwrite,
+            allow_outside_root=args.allow_outside_root,
         )
         if not is_main():
             return 0
+    if config.model.num_classes is None:
+        print(f"model.num_classes not set in {args.config}: used {summary['num_classes']} "
+              f"({summary['num_classes'] - 1} categories of {args.train} + background)")
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=summary["num_classes"]))
     write_json(Path(args.out) / "summary.json", {**summary, "config": config_to_dict(config)}, indent=1)
     cap = " (stopped at train.max_minutes)" if summary["stopped_early"] else ""
     loss = "-" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"
