@@ -93,6 +93,9 @@ class ScoringConfig:
     certain_threshold: float = 0.05
     empty_policy: str = "quantile"
     empty_value: float = 0.5
+    dense_term: str = "mutual_information"
+    dense_topk: int = 10
+    miss_iou: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -323,3 +326,9 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError("scoring.empty_value must be a quantile in [0, 1] with empty_policy quantile", source)
     if s.topk < 1:
         raise InputError("scoring.topk must be >= 1", source)
+    if s.dense_term not in ("mutual_information", "entropy"):
+        raise InputError(f"scoring.dense_term must be mutual_information or entropy, got '{s.dense_term}'", source)
+    if s.dense_topk < 1:
+        raise InputError("scoring.dense_topk must be >= 1", source)
+    if not 0.0 < s.miss_iou <= 1.0:
+        raise InputError(f"scoring.miss_iou must be in (0, 1], got {s.miss_iou}", source)

@@ -28,6 +28,7 @@ from det_al.errors import InputError
 from det_al.pool import PoolImages, as_pool_images
 from det_al.results import RESULTS, ResultsWriter, read_results, run_key
 from det_al.assemble import assemble_outputs
+from det_al.dense import dense_scores
 from det_al.informativeness import finalize_pool, image_informativeness
 from det_al.matching import match_passes
 from det_al.models import has_masks
@@ -147,6 +148,7 @@ def score_image(
         pass_boxes.append(rows)
 
     one_pass = one_pass_scores(anchor)
+    dense = dense_scores(image_passes.candidates, anchor.boxes, anchor.scores, config.scoring)
     record = {
         "informativeness": _round(image["informativeness"]),
         **{c: _round(image.get(c, 0.0)) for c in COMPONENTS},
@@ -154,6 +156,7 @@ def score_image(
         "n_detections": len(anchor),
         "least_confidence": _round(one_pass["least_confidence"]),
         "max_entropy": _round(one_pass["max_entropy"]),
+        **{k: v if isinstance(v, int) else _round(v) for k, v in dense.items()},
         "empty": bool(image["empty"]),
     }
     return {
