@@ -468,6 +468,7 @@ def run_passes(
     device: str | torch.device = "cpu",
     amp: bool = False,
     fast: bool | None = None,
+    dense: bool = True,
 ) -> list[ImagePasses]:
     """The deterministic pass and ``V * T`` stochastic passes for each image.
 
@@ -480,6 +481,8 @@ def run_passes(
             (default ``config.seed + i``, which does depend on the batch order).
         device, amp: where to run; ``amp`` enables ``torch.autocast`` (postprocessing stays float32).
         fast: override ``config.fast``: True = prefix once + batched suffix; False = the plain path.
+        dense: gather the pre-threshold candidates (``ImagePasses.candidates``; False: ``None``,
+            what ``benchmarks/bench_passes.py`` compares against).
 
     Returns one :class:`ImagePasses` per image, tensors on the CPU.
     """
@@ -507,7 +510,7 @@ def run_passes(
              for v in range(len(views))] for s in seeds]
     results: list[list[list[Detections]]] = [[[] for _ in views] for _ in images]
     kind = "softmax" if family in ("rcnn", "ssd") else "sigmoid"
-    dense = [DenseAccumulator(kind) for _ in images]  # the identity view's candidates
+    dense = [DenseAccumulator(kind) for _ in images] if dense else None  # the identity view's candidates
     chunk = config.chunk if config.chunk > 0 else len(rates)
     autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
@@ -522,7 +525,7 @@ def run_passes(
                 for start in range(0, len(rates), chunk):
                     stop = min(start + chunk, len(rates))
                     g = [[gens[i][v][t] for i in range(b_count)] for t in range(start, stop)]
-                    acc = dense if view.kind == "identity" else None
+                    acc = dense if view.kind == "identity" and dense else None
                     dets = run_suffix(model, prefix, control, g, rates[start:stop], masks, acc)
                     for row in dets:
                         for i in range(b_count):
@@ -534,7 +537,7 @@ def run_passes(
                         # the whole model per pass: user sites upstream of the suffix get dropout too
                         with control.layout([Chunk(g, rate)]):
                             prefix = _view_prefix(model, [images[i]], view, family, control, layout=False)
-                        acc = [dense[i]] if view.kind == "identity" else None
+                        acc = [dense[i]] if view.kind == "identity" and dense else None
                         results[i][v].append(run_suffix(model, prefix, control, [[g]], [rate], dense=acc)[0][0])
     out = []
     for i in range(b_count):
@@ -543,7 +546,7 @@ def run_passes(
             for det in results[i][v]:
                 passes.append(_unapply_view(view, det, sizes[i]).to("cpu"))
                 names.append(view.name)
-        candidates = dense[i].candidates()
+        candidates = dense[i].candidates() if dense else None
         if candidates is not None:
             candidates.boxes = resize_boxes(candidates.boxes, base.image_sizes[i], base.original_sizes[i])
         out.append(ImagePasses(deterministic[i].to("cpu"), passes, names, embedding[i].cpu(), candidates))

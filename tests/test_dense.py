@@ -143,3 +143,44 @@ def test_dropout_passes_give_dense_values_and_ranking_fields(key):
     scores = fast.deterministic.scores.double()
     assert record["least_confidence"] == pytest.approx(float(1 - scores.mean()), abs=1e-6)
     assert record["n_detections"] == len(fast.deterministic)
+
+
+def _image_passes(n_detections: int):
+    from det_al.detections import Detections
+    from det_al.passes import ImagePasses
+
+    det = Detections(BOXES[:n_detections], torch.full((n_detections,), 0.8), torch.ones(n_detections, dtype=torch.int64),
+                     torch.tensor([[0.2, 0.8]]).repeat(n_detections, 1))
+    candidates = Candidates(BOXES, mutual_information=torch.tensor([0.1, 0.4, 0.2]), entropy=torch.zeros(3),
+                            foreground=torch.tensor([0.9, 0.6, 0.3]))
+    return ImagePasses(det, [det, det], ["identity"] * 2, torch.zeros(2), candidates)
+
+
+def test_image_weights_combine_image_fields_and_empty_means_no_candidate():
+    base = {"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "scoring": {"dense_topk": 2}}
+    weighted = config_from_dict({**base, "scoring": {"dense_topk": 2, "image_weights": {"objects": 1, "dense": 3}}})
+    default = config_from_dict(base)
+    cats = [{"id": 1}]
+    # one detection, found by both passes: every per-object term 0 except the class term
+    plain = score_image(_image_passes(1), default, cats, False)["record"]
+    record = score_image(_image_passes(1), weighted, cats, False)["record"]
+    assert record["objects"] == plain["informativeness"] and "objects" not in plain
+    assert record["dense"] == pytest.approx(0.3)  # top-2 of MI .1 .4 .2
+    assert record["informativeness"] == pytest.approx((plain["informativeness"] + 3 * 0.3) / 4, abs=1e-6)
+    # nothing detected: default = empty (the median fill); weighted: scored by its candidates
+    plain = score_image(_image_passes(0), default, cats, False)["record"]
+    record = score_image(_image_passes(0), weighted, cats, False)["record"]
+    assert plain["empty"] and plain["miss"] == pytest.approx(0.75)  # top-2 foreground .9 .6
+    assert not record["empty"] and record["informativeness"] == pytest.approx(3 * 0.3 / 4)
+
+
+def test_image_weights_are_checked():
+    from det_al.errors import InputError
+
+    base = {"model": {"name": "fasterrcnn_tiny", "num_classes": 3}}
+    with pytest.raises(InputError, match=r"scoring.image_weights.novel' \(valid: class, box, dense"):
+        config_from_dict({**base, "scoring": {"image_weights": {"novel": 1}}})
+    with pytest.raises(InputError, match="non-negative"):
+        config_from_dict({**base, "scoring": {"image_weights": {"dense": -1}}})
+    with pytest.raises(InputError, match="positive weight"):
+        config_from_dict({**base, "scoring": {"image_weights": {"dense": 0}}})
