@@ -1,8 +1,10 @@
 """Assemble the final outputs of a scoring run from its per-image results, in bounded memory.
 
 Reads the results lines (:mod:`det_al.results`) twice, never holding them all: the first pass
-gathers the non-empty informativeness values (one float per image) for the empty-image policy;
-the second writes ``passes.jsonl``, ``skipped.json``, the embeddings (an ``.npy`` whose header
+gathers the informativeness values (one float per image) for the empty-image policy, and with
+``scoring.image_combination: rank`` the fused fields (one float per image and field) to rank
+them over the pool (:func:`det_al.informativeness.fuse_ranks`); the second adds ``novelty``
+when the labelled set's embeddings are given, and writes ``passes.jsonl``, ``skipped.json``, the embeddings (an ``.npy`` whose header
 is written first and rows appended) and the pseudo-label images and annotations as it goes, and
 sorts the ranking records in chunks written to temporary files that a final ``heapq.merge``
 joins (an external sort). A chunk holds each record as its sort key and JSON text (about a

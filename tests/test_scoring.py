@@ -250,3 +250,12 @@ def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs 'novelty'" in err[0] and "--labelled" in err[0]
     assert not (tmp_path / "no" / "selection.json").exists()
+
+
+def test_bad_labelled_set_is_one_line_and_writes_nothing(tiny_pool, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _score(tiny_pool, tiny_checkpoint, out, "--labelled", str(tmp_path / "missing.json")) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "missing.json" in line
+    assert not (out / "ranking.jsonl").exists() and not (out / "labelled_embeddings.npy").exists()
