@@ -66,7 +66,7 @@ def _evaluate(checkpoint: Path, config: Config, data: LoopData, device: str) -> 
 
 def _needs_labelled_embeddings(strategy: str) -> bool:
     name, _, key = strategy.partition(":")
-    return name == "diverse" or key == "novelty"
+    return name in ("diverse", "fused") or key in ("novelty", "fused")
 
 
 def labelled_embeddings(model: Any, coco: Mapping[str, Any], image_root: Path, device: str) -> np.ndarray:
@@ -286,7 +286,8 @@ def _run_rounds(
                                               allow_outside_root=data.allow_outside_root)
                         if r == 0:
                             shared[key] = scores
-                    chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device)
+                    chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device,
+                                     fusion_weights=dict(loop.fusion_weights) or None, fusion_k=loop.fusion_k)
                 selected = [int(c["image_id"]) for c in chosen]
                 revealed = subset(data.oracle, selected)
                 row = {
@@ -363,6 +364,7 @@ def _select(
     seed: int,
     pre_factor: float,
     device: str,
+    **fusion: Any,
 ) -> list[dict]:
     """Run one strategy on a scored pool, with the context it needs."""
     from det_al.novelty import add_novelty
@@ -370,7 +372,7 @@ def _select(
     records = scores.ranking
     if not records:
         return []
-    context: dict[str, Any] = {"seed": seed, "pre_factor": pre_factor, **scores.strategy_context()}
+    context: dict[str, Any] = {"seed": seed, "pre_factor": pre_factor, **scores.strategy_context(), **fusion}
     context.setdefault("embeddings", np.zeros((0, 0), np.float32))
     context.setdefault("embedding_ids", [])
     if _needs_labelled_embeddings(strategy):

@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-index", type=int, default=0, help="which shard this job scores, 0..N-1")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="read file_name entries that lie outside --image-root (absolute paths, ../)")
+    parser.add_argument("--labelled", help="COCO JSON of the labelled (training) set: each ranked image gets its novelty "
+                                           "(distance to it); enables --strategy fused in det-al select")
+    parser.add_argument("--labelled-root", help="folder the labelled set's file_name entries are relative to "
+                                                "(default: the labelled file's folder)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -88,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_sha = file_sha256(args.checkpoint)
     import torch
 
+    labelled = None
+    if args.labelled:
+        if world > 1 or args.num_shards > 1:
+            raise InputError("--labelled cannot be combined with --num-shards or torchrun yet: score without it, "
+                             "then run det-al select --strategy diverse with --labelled-embeddings")
+        labelled = labelled_embeddings(args.labelled, args.labelled_root, model, device, args.allow_outside_root)
+
     # Recorded because CPU results depend on it in the last bits (see README, "Large pools").
     info = {"checkpoint": os.fspath(args.checkpoint), "pool": os.fspath(args.pool),
             "device": device, "threads_per_process": torch.get_num_threads()}
@@ -100,8 +111,16 @@ def run(args: argparse.Namespace) -> int:
         model, config, categories, pool, image_root, out_dir, checkpoint_sha,
         resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
         device=device, amp=args.amp, progress=not args.no_progress,
-        assemble=args.num_shards == 1, run_info=info, allow_outside_root=args.allow_outside_root,
+        assemble=args.num_shards == 1, run_info={**info, **({"labelled": args.labelled} if labelled is not None else {})},
+        labelled_embeddings=labelled, allow_outside_root=args.allow_outside_root,
     )
+    if labelled is not None:  # beside the ranking, for det-al select --strategy diverse
+        import numpy as np
+
+        from det_al.files import atomic_open
+
+        with atomic_open(out_dir / "labelled_embeddings.npy", "wb") as f:
+            np.save(f, labelled)
     seconds = time.perf_counter() - start
     if args.num_shards > 1:
         print(f"scored shard {args.shard_index} of {args.num_shards} ({counts['n_shard']} images) in {seconds:.1f} s -> {out_dir}")
@@ -109,6 +128,24 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_summary(out_dir, counts, seconds)
     return 0
+
+
+def labelled_embeddings(path: str, root: str | None, model, device: str, allow_outside_root: bool = False):
+    """The labelled set's embeddings ``[M, D]`` (:func:`det_al.novelty.embed_images`)."""
+    from det_al.coco import load_coco
+    from det_al.images import check_file_names, check_image_root
+    from det_al.novelty import embed_images
+
+    coco = load_coco(path)
+    if not coco["images"]:
+        raise InputError("the labelled set has no images", path)
+    image_root = Path(root) if root else Path(path).parent
+    check_image_root(image_root)
+    check_file_names(coco["images"], image_root, path, allow_outside_root)
+    emb, ids = embed_images(model, coco, image_root, device=device)
+    if not len(ids):
+        raise InputError("none of the labelled set's images could be read (check --labelled-root)", path)
+    return emb
 
 
 def _print_summary(out_dir: Path, counts: dict, seconds: float) -> None:
