@@ -31,6 +31,7 @@ from det_al.assemble import assemble_outputs
 from det_al.informativeness import finalize_pool, image_informativeness
 from det_al.matching import match_passes
 from det_al.models import has_masks
+from det_al.one_pass import one_pass_scores
 from det_al.passes import ImagePasses, run_passes
 from det_al.segmentation import mask_to_rle
 from det_al.uncertainty import score_objects
@@ -145,11 +146,14 @@ def score_image(
                 rows.append([round(x, 1), round(y, 1), round(w, 1), round(h, 1), label_to_id.get(lab, -1), round(s, 4)])
         pass_boxes.append(rows)
 
+    one_pass = one_pass_scores(anchor)
     record = {
         "informativeness": _round(image["informativeness"]),
         **{c: _round(image.get(c, 0.0)) for c in COMPONENTS},
         "n_objects": int(image["n_objects"]),
         "n_detections": len(anchor),
+        "least_confidence": _round(one_pass["least_confidence"]),
+        "max_entropy": _round(one_pass["max_entropy"]),
         "empty": bool(image["empty"]),
     }
     return {

@@ -97,10 +97,20 @@ def fill(records: Sequence[dict], order: Iterable[int], budget: int | None, budg
     return chosen
 
 
+NOT_RANKABLE = ("image_id", "rank", "empty", "certain")
+
+
+def rankable_fields(record: Mapping[str, Any]) -> list[str]:
+    """The numeric fields of a ranking record that ``top:<field>`` can rank by, sorted."""
+    return sorted(k for k, v in record.items()
+                  if k not in NOT_RANKABLE and isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
 def _priority(records: Sequence[dict], key: str) -> list[int]:
     """Indices of ``records`` by ``key``, highest first; ties keep the ranking order."""
-    if records and key not in records[0]:
-        raise InputError(f"ranking records have no '{key}' field (have: {', '.join(sorted(records[0]))})")
+    if records and key not in rankable_fields(records[0]):
+        raise InputError(f"cannot rank by '{key}': not a numeric field of the ranking records "
+                         f"(valid: {', '.join(rankable_fields(records[0]))})")
     values = [float(r.get(key, 0.0) or 0.0) for r in records]
     return sorted(range(len(records)), key=lambda i: -values[i])
 

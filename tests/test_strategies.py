@@ -62,6 +62,19 @@ def test_top_unknown_key_is_an_input_error():
         top([rec(1, 0.5)], budget=1, key="novelty")
 
 
+def test_top_ranks_by_any_numeric_field_and_lists_the_valid_ones():
+    records = [rec(1, 0.9, least_confidence=0.1, n_detections=5, max_entropy=0.2, dense=0.3, file_name="a"),
+               rec(2, 0.1, least_confidence=0.7, n_detections=1, max_entropy=0.9, dense=0.8, file_name="b")]
+    assert ids(get_strategy("top:least_confidence")(records, budget=1)) == [2]
+    assert ids(get_strategy("top:n_detections")(records, budget=1)) == [1]
+    assert ids(get_strategy("top:max_entropy")(records, budget=1)) == [2]
+    assert ids(get_strategy("top:dense")(records, budget=1)) == [2]
+    with pytest.raises(InputError) as e:
+        top(records, budget=1, key="file_name")  # a string is not rankable
+    assert "valid: box, class, dense, informativeness, least_confidence, mask, max_entropy, " \
+        "n_detections, n_objects, presence" in str(e.value)
+
+
 def test_budget_larger_than_pool_takes_everything():
     records = [rec(1, 0.2), rec(2, 0.4)]
     assert ids(top(records, budget=10)) == [2, 1]
