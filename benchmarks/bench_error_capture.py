@@ -61,7 +61,7 @@ from typing import Any, Callable
 import numpy as np
 
 from det_al.errors import InputError
-from det_al.error_capture import MEASURES, capture_measures, image_errors, mean_ci
+from det_al.error_capture import MEASURES, capture_measures, image_errors, mean_ci, top_probability
 from det_al.files import read_json, write_json, write_jsonl
 
 SCORES = (
@@ -74,6 +74,8 @@ TARGET_MEASURES = ("spearman_norm", "auroc_missed", "recall_at_10pct")
 TARGET_SPEARMAN_NORM = 0.5
 TARGET_RANDOM_FACTOR = 3.0
 GROUPS = ("old", "drifted", "background")
+#: scenario only: the share of drifted and of background-only images in each score's top 10 %
+SHARES = ("drifted_in_top10pct", "background_in_top10pct")
 
 # name -> sizes. pool = old + drifted + background (background split between the two domains)
 SIZES = {
@@ -270,6 +272,13 @@ def measure(scored: Path, gt: dict, seed: int, args: argparse.Namespace, labelle
     ids, table = score_table(scored, seed, labelled_embeddings)
     columns = {k: np.array([errors[i][k] for i in ids]) for k in ("count", "normalised", "missed")}
     measures = {name: capture_measures(values, columns) for name, values in table.items()}
+    if groups:
+        k = math.ceil(0.1 * len(ids) - 1e-9)
+        group = np.array([groups.get(i) for i in ids])
+        for name, values in table.items():
+            p = top_probability(values, k)
+            for key in SHARES:
+                measures[name][key] = float(p[group == key.split("_")[0]].sum() / k)
     rows = [
         {"seed": seed, "image_id": i, "group": (groups or {}).get(i), **errors[i],
          **{name: float(values[n]) for name, values in table.items()}}
@@ -303,8 +312,10 @@ def summarise(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, Any
     scores: dict[str, dict[str, Any]] = {}
     for name in names:
         entry: dict[str, Any] = {}
-        for key in MEASURES:
-            mean, lo, hi = mean_ci([per_seed[s][name][key] if name in per_seed[s] else math.nan for s in seeds])
+        for key in MEASURES + SHARES:
+            if not any(key in per_seed[s].get(name, {}) for s in seeds):
+                continue
+            mean, lo, hi = mean_ci([per_seed[s][name].get(key, math.nan) if name in per_seed[s] else math.nan for s in seeds])
             entry[key] = _finite(mean)
             entry[f"{key}_ci95"] = [_finite(lo), _finite(hi)]
         entry["n_seeds"] = sum(name in per_seed[s] for s in seeds)
@@ -351,6 +362,12 @@ def format_table(summary: dict[str, Any]) -> str:
             text = "n/a" if mean is None else f"{mean:+.2f}" if lo is None else f"{mean:+.2f} [{lo:+.2f},{hi:+.2f}]"
             cells.append(f"{text:>{width}}")
         lines.append(f"{name:<17}" + "".join(cells))
+    shares = [name for name, entry in summary["scores"].items() if SHARES[0] in entry]
+    if shares:
+        lines += ["", f"{'score':<17}" + "".join(f"{k:>{width}}" for k in SHARES)]
+        for name in shares:
+            entry = summary["scores"][name]
+            lines.append(f"{name:<17}" + "".join(f"{entry[k]:>{width}.2f}" for k in SHARES))
     return "\n".join(lines)
 
 
@@ -427,6 +444,10 @@ def main(args: argparse.Namespace) -> dict:
         print()
         print(f"{result['n_images']} images a run, seeds {result['seeds']}; mean [95 % t-interval] over seeds")
         print(format_table(result))
+        scenario = result["setting"].get("scenario")
+        if scenario:
+            print(f"(the pool: {scenario['drifted'] / result['n_images']:.2f} drifted, "
+                  f"{scenario['background'] / result['n_images']:.2f} background-only)")
         print()
         print(f"targets: spearman_norm >= {TARGET_SPEARMAN_NORM}, recall@10% >= {TARGET_RANDOM_FACTOR:g}x random's, and above "
               f"every one-pass baseline on {', '.join(TARGET_MEASURES)} (paired differences over seeds; "

@@ -37,6 +37,8 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path, capsys):
         for key in ("spearman", "spearman_norm", "auroc_missed", "recall_at_10pct", "recall_at_10pct_norm"):
             lo, hi = entry[f"{key}_ci95"]
             assert (lo is None and hi is None) or lo <= entry[key] <= hi, (name, key)
+        shares = [entry[key] for key in bench.SHARES]
+        assert all(0.0 <= v <= 1.0 for v in shares) and sum(shares) <= 1.0 + 1e-9, name
     # every image of every seed has a row with its errors and every score
     rows = [json.loads(line) for line in (tmp_path / "out" / "per_image.jsonl").read_text().splitlines()]
     assert len(rows) == result["n_images"] * len(result["seeds"])
@@ -59,7 +61,8 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path, capsys):
     once = json.loads((tmp_path / "ck" / "error_capture.json").read_text())
     assert once["n_images"] == result["n_images"] and once["seeds"] == [0]
     assert "novelty" in once["scores"] and once["scores"]["informativeness"]["spearman_ci95"] == [None, None]
-    assert once["per_seed"]["0"] == result["per_seed"]["0"]  # same model, pool, passes and seed
+    for name, measures in once["per_seed"]["0"].items():  # same model, pool, passes and seed
+        assert measures == {k: result["per_seed"]["0"][name][k] for k in measures}, name
 
 
 def test_checkpoint_mode_needs_ground_truth(bench, tmp_path):
