@@ -93,6 +93,10 @@ class ScoringConfig:
     certain_threshold: float = 0.05
     empty_policy: str = "quantile"
     empty_value: float = 0.5
+    dense_term: str = "mutual_information"
+    dense_topk: int = 10
+    miss_iou: float = 0.5
+    image_weights: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,9 @@ class LoopConfig:
     ``scratch`` (a new model each round) or ``finetune`` (from the previous round's weights).
     ``finetune_epochs`` and ``finetune_lr``: epochs and learning rate of each fine-tuning round
     (0: ``train.epochs`` / ``train.lr``; round 0 always trains from scratch with ``train``).
-    ``pre_factor``: candidates per budget slot for the ``diverse`` strategy.
+    ``pre_factor``: candidates per budget slot for the ``diverse`` strategy. ``fusion_weights``
+    (ranking field -> weight; empty: informativeness 1, novelty 1) and ``fusion_k``: the
+    reciprocal-rank fusion of the ``fused`` strategy (and of ``diverse:fused``'s pre-filter).
     """
 
     rounds: int = 3
@@ -141,6 +147,8 @@ class LoopConfig:
     finetune_epochs: int = 0
     finetune_lr: float = 0.0
     pre_factor: float = 3.0
+    fusion_weights: Mapping[str, float] = field(default_factory=dict)
+    fusion_k: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -323,3 +331,18 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError("scoring.empty_value must be a quantile in [0, 1] with empty_policy quantile", source)
     if s.topk < 1:
         raise InputError("scoring.topk must be >= 1", source)
+    image_fields = ("class", "box", "dense", "least_confidence", "mask", "max_entropy", "miss", "objects",
+                    "presence", "rpn_gap")
+    bad = sorted(set(s.image_weights) - set(image_fields))
+    if bad:
+        raise InputError(f"unknown config key 'scoring.image_weights.{bad[0]}' (valid: {', '.join(image_fields)})", source)
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in s.image_weights.values()):
+        raise InputError("scoring.image_weights must be non-negative numbers", source)
+    if s.image_weights and sum(s.image_weights.values()) <= 0:
+        raise InputError("scoring.image_weights must give at least one field a positive weight", source)
+    if s.dense_term not in ("mutual_information", "entropy"):
+        raise InputError(f"scoring.dense_term must be mutual_information or entropy, got '{s.dense_term}'", source)
+    if s.dense_topk < 1:
+        raise InputError("scoring.dense_topk must be >= 1", source)
+    if not 0.0 < s.miss_iou <= 1.0:
+        raise InputError(f"scoring.miss_iou must be in (0, 1], got {s.miss_iou}", source)

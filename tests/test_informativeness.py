@@ -134,13 +134,24 @@ def test_finalize_pool_value(value, position):
 
 def test_finalize_pool_all_empty_and_no_images():
     out = finalize_pool(records({2: None, 1: None}), ScoringConfig())
-    assert [(r["image_id"], r["informativeness"], r["rank"]) for r in out] == [(1, 0.5, 1), (2, 0.5, 2)]
+    assert sorted((r["image_id"], r["informativeness"]) for r in out) == [(1, 0.5), (2, 0.5)]
+    assert [r["rank"] for r in out] == [1, 2]
     assert finalize_pool([], ScoringConfig()) == []
 
 
-def test_finalize_pool_ties_by_image_id():
+def test_finalize_pool_ties_by_dense_then_a_seeded_hash_not_the_image_id():
+    from det_al.informativeness import tie_break
+
     out = finalize_pool(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig())
-    assert [r["image_id"] for r in out] == [2, 1, 3]
+    expected = sorted([1, 3], key=lambda i: tie_break(0, i))
+    assert [r["image_id"] for r in out] == [2, *expected]
+    # twenty tied empty images: a seed-dependent order, the same for the same seed
+    pool = records({i: None for i in range(20)})
+    orders = [[r["image_id"] for r in finalize_pool(pool, ScoringConfig(), seed=s)] for s in (0, 0, 1)]
+    assert orders[0] == orders[1] != orders[2] and orders[0] != list(range(20))
+    # a larger dense value wins a tie
+    pool = [{**r, "dense": 0.1 * (r["image_id"] == 7)} for r in pool]
+    assert finalize_pool(pool, ScoringConfig())[0]["image_id"] == 7
 
 
 def test_finalize_pool_empty_from_n_objects_and_kept_keys():
