@@ -19,16 +19,18 @@ def bench():
 
 
 def test_quick_run_writes_the_documented_json(bench, tmp_path, capsys):
-    args = bench.get_args_parser().parse_args(["--quick", "--out", str(tmp_path / "out")])
+    candidate = "od=scoring.image_weights={objects: 1, dense: 1}"
+    args = bench.get_args_parser().parse_args(["--quick", "--out", str(tmp_path / "out"), "--candidate", candidate])
     bench.main(args)
     result = json.loads((tmp_path / "out" / "error_capture.json").read_text())
     sizes = bench.SIZES["quick"]
     assert result["n_images"] == sizes["old"] + sizes["drifted"] + sizes["background"]
     assert result["seeds"] == list(sizes["seeds"])
     scores = result["scores"]
-    for name in ("random", "informativeness", "class", "box", "presence", "least_confidence", "n_detections", "novelty"):
+    for name in ("random", "informativeness", "class", "box", "presence", "least_confidence", "n_detections",
+                 "max_entropy", "dense", "miss", "rpn_gap", "novelty", "fused", "od", "od+fused"):
         assert name in scores
-    assert set(scores) <= set(bench.SCORES)
+    assert set(scores) <= set(bench.SCORES) | {"od", "od+fused"}
     for name, entry in scores.items():
         for key in ("spearman", "spearman_norm"):
             assert entry[key] is None or -1.0 <= entry[key] <= 1.0, (name, key)
@@ -51,11 +53,13 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path, capsys):
     assert set(result["targets"]) == set(result["vs_one_pass"]) and "informativeness" in result["targets"]
     assert "informativeness" in capsys.readouterr().out
 
-    # the same model and pool, as any labelled COCO data: one run, novelty from --labelled
+    # the same model and pool, as any labelled COCO data: one run, novelty from --labelled; the
+    # candidate rescored by det-al score this time, not recombined from the base ranking
     seed0 = next((tmp_path / "out" / "cache").glob("seed0-*"))
     args = bench.get_args_parser().parse_args([
         "--checkpoint", str(seed0 / "train" / "last.pt"), "--pool-gt", str(seed0 / "data" / "pool_gt.json"),
         "--labelled", str(seed0 / "data" / "train.json"), "--out", str(tmp_path / "ck"),
+        "--candidate", candidate, "--rescore-candidates",
     ])
     bench.main(args)
     once = json.loads((tmp_path / "ck" / "error_capture.json").read_text())
@@ -63,6 +67,8 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path, capsys):
     assert "novelty" in once["scores"] and once["scores"]["informativeness"]["spearman_ci95"] == [None, None]
     for name, measures in once["per_seed"]["0"].items():  # same model, pool, passes and seed
         assert measures == {k: result["per_seed"]["0"][name][k] for k in measures}, name
+    rescored = {r["image_id"]: r["od"] for r in map(json.loads, (tmp_path / "ck" / "per_image.jsonl").read_text().splitlines())}
+    assert rescored == {r["image_id"]: r["od"] for r in rows if r["seed"] == 0}
 
 
 def test_checkpoint_mode_needs_ground_truth(bench, tmp_path):
