@@ -34,7 +34,7 @@ from det_al import __version__
 from det_al.config import Config, config_to_dict
 from det_al.errors import InputError
 from det_al.files import atomic_open, write_json
-from det_al.informativeness import apply_empty_policy, empty_informativeness, ranking_key
+from det_al.informativeness import apply_empty_policy, empty_informativeness, fuse_ranks, ranking_key
 
 CHUNK = 50_000
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "embeddings.npy", "embeddings_ids.json", "skipped.json", "run.json")
@@ -109,20 +109,29 @@ def _assemble(
     scoring, seed = config.scoring, config.passes.seed
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    values = array("d")
+    values, empty = array("d"), array("b")
+    rank_fields = list(scoring.image_weights) if scoring.image_combination == "rank" else []
+    columns = {name: array("d") for name in rank_fields}  # one float per image and fused field
     n_scored = dim = 0
     for line in results():
         if "record" in line:
             n_scored += 1
-            if not line["record"]["empty"]:
-                values.append(float(line["record"]["informativeness"]))
+            empty.append(bool(line["record"]["empty"]))
+            values.append(float(line["record"]["informativeness"]))
+            for name in rank_fields:
+                columns[name].append(float(line["record"].get(name, 0.0) or 0.0))
             if line.get("embedding") is not None and not dim:
                 dim = len(line["embedding"])
-    fill = empty_informativeness(values.tolist(), scoring)
-    del values
+    fused = None  # with image_combination: rank, the informativeness of each scored line in order
+    if rank_fields:
+        fused = fuse_ranks(columns, scoring.image_weights, scoring.rank_k)
+        values = array("d", fused.tolist())
+    fill = empty_informativeness([v for v, e in zip(values, empty) if not e], scoring)
+    del values, empty, columns
 
     tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out_dir))
     counts = {"n_scored": n_scored, "n_skipped": 0, "n_certain": 0, "n_empty": 0}
+    n_written = 0
     try:
         runs: list[Path] = []
         pending: list[tuple[tuple, str]] = []
@@ -141,6 +150,9 @@ def _assemble(
                     counts["n_skipped"] += 1
                     continue
                 record = {"image_id": line["image_id"], "file_name": line["file_name"], **line["record"]}
+                if fused is not None:
+                    record["informativeness"] = float(fused[n_written])
+                n_written += 1
                 if labelled is not None:
                     row = np.asarray([line["embedding"]], dtype=np.float64)
                     record["novelty"] = round(float(novelty(row, labelled, spacing=spacing)[0]), 6)

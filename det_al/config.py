@@ -97,6 +97,8 @@ class ScoringConfig:
     dense_topk: int = 10
     miss_iou: float = 0.5
     image_weights: Mapping[str, float] = field(default_factory=dict)
+    image_combination: str = "weighted"
+    rank_k: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,12 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError("scoring.image_weights must be non-negative numbers", source)
     if s.image_weights and sum(s.image_weights.values()) <= 0:
         raise InputError("scoring.image_weights must give at least one field a positive weight", source)
+    if s.image_combination not in ("weighted", "rank"):
+        raise InputError(f"scoring.image_combination must be weighted or rank, got '{s.image_combination}'", source)
+    if s.image_combination == "rank" and not s.image_weights:
+        raise InputError("scoring.image_combination: rank needs scoring.image_weights (the fields to fuse)", source)
+    if s.rank_k < 0:
+        raise InputError(f"scoring.rank_k must be >= 0, got {s.rank_k}", source)
     if s.dense_term not in ("mutual_information", "entropy"):
         raise InputError(f"scoring.dense_term must be mutual_information or entropy, got '{s.dense_term}'", source)
     if s.dense_topk < 1:

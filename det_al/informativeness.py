@@ -50,7 +50,10 @@ informativeness above) replaces the image's informativeness by a weighted mean o
 image is ``empty`` only when it has neither an object nor a pre-threshold candidate (the
 empty-image policy applies only there): an image whose model detects nothing still has its
 dense values, so a blind spot no longer gets the pool's median. :func:`combine_image` computes
-it; ``ranking.jsonl`` then also carries ``objects``.
+it; ``ranking.jsonl`` then also carries ``objects``. With ``ScoringConfig.image_combination:
+rank`` the fields are fused by rank over the pool instead of by value (:func:`fuse_ranks`:
+``sum_c w_c (k + 1) / (k + rank_c) / sum_c w_c``, ``k = ScoringConfig.rank_k``), so fields of any
+scale mix and 1 means "first by every field".
 """
 
 from __future__ import annotations
@@ -142,6 +145,37 @@ def combine_image(values: Mapping[str, float], weights: Mapping[str, float]) -> 
     return round(sum(float(w) * float(values.get(name, 0.0)) for name, w in weights.items()) / total, 12)
 
 
+def fuse_ranks(columns: Mapping[str, Any], weights: Mapping[str, float], k: float = 60.0) -> np.ndarray:
+    """``[N]`` weighted reciprocal-rank fusion of image fields, scaled so that 1 is "first by all".
+
+    ``rank_c(i) = 1 + #{j : x_c(j) > x_c(i)}`` (ties share the best rank, so the result does
+    not depend on the order of the images); the value is
+    ``sum_c w_c (k + 1) / (k + rank_c) / sum_c w_c``. A field missing from ``columns`` counts 0
+    for every image.
+
+    >>> fuse_ranks({"a": [0.9, 0.1, 0.1], "b": [0.0, 0.5, 0.2]}, {"a": 1, "b": 1}, k=1).round(4).tolist()
+    [0.75, 0.8333, 0.6667]
+    """
+    n = max((len(v) for v in columns.values()), default=0)
+    total = sum(float(w) for w in weights.values())
+    out = np.zeros(n, dtype=np.float64)
+    if n == 0 or total <= 0:
+        return out
+    for name, weight in weights.items():
+        x = np.asarray(columns.get(name, np.zeros(n)), dtype=np.float64)
+        rank = np.searchsorted(np.sort(-x), -x, side="left") + 1
+        out += float(weight) * (k + 1.0) / (k + rank)
+    return np.round(out / total, 9)
+
+
+def fused_informativeness(records: list[Mapping[str, Any]], scoring: ScoringConfig) -> np.ndarray | None:
+    """``[N]`` the rank-fused informativeness of ``records`` (``image_combination: rank``), else None."""
+    if scoring.image_combination != "rank":
+        return None
+    columns = {name: [float(r.get(name, 0.0) or 0.0) for r in records] for name in scoring.image_weights}
+    return fuse_ranks(columns, scoring.image_weights, scoring.rank_k)
+
+
 def empty_informativeness(values: list[float], scoring: ScoringConfig) -> float:
     """The informativeness given to empty images, from the non-empty images' ``values``.
 
@@ -198,8 +232,11 @@ def finalize_pool(records: list[dict[str, Any]], scoring: ScoringConfig, seed: i
         ``informativeness``, ``empty``, ``certain`` and ``rank`` (1-based).
     """
     out = [dict(r) for r in records]
-    for r in out:
+    fused = fused_informativeness(out, scoring)
+    for i, r in enumerate(out):
         r["empty"] = bool(r.get("empty", r.get("n_objects", 0) == 0))
+        if fused is not None:
+            r["informativeness"] = float(fused[i])
     values = [float(r["informativeness"]) for r in out if not r["empty"]]
     if any(math.isnan(v) for v in values):
         raise ValueError("informativeness must not be NaN")

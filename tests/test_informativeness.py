@@ -186,3 +186,37 @@ def test_min_score_filters_on_expected_score():
     values["expected_score"][2] = 0.01
     r = image_informativeness(values, ScoringConfig(reduction="max"), has_masks=True)
     assert r["n_objects"] == 1 and r["informativeness"] == pytest.approx(0.2)
+
+
+def test_rank_combination_by_hand_in_memory_and_streamed(tmp_path):
+    import json
+
+    from det_al.assemble import assemble_outputs
+    from det_al.config import config_from_dict
+
+    config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "scoring": {
+        "image_weights": {"objects": 1, "dense": 1}, "image_combination": "rank", "rank_k": 1}})
+    pool = [{"image_id": 1, "informativeness": 0.2, "objects": 0.2, "dense": 0.9, "n_objects": 1, "empty": False},
+            {"image_id": 2, "informativeness": 0.5, "objects": 0.5, "dense": 0.1, "n_objects": 1, "empty": False},
+            {"image_id": 3, "informativeness": 0.0, "objects": 0.0, "dense": 0.5, "n_objects": 0, "empty": True}]
+    # objects ranks 2 1 3, dense ranks 1 3 2; (k + 1) / (k + rank) = 2 / (1 + rank), mean of the two:
+    # image 1 (2/3 + 1) / 2, image 2 (1 + 1/2) / 2; image 3 is empty: the median of those two
+    out = finalize_pool(pool, config.scoring)
+    assert [r["image_id"] for r in out] == [1, 3, 2]
+    assert [r["informativeness"] for r in out] == pytest.approx([5 / 6, (5 / 6 + 3 / 4) / 2, 3 / 4])
+    lines = [{"image_id": r["image_id"], "file_name": f"{r['image_id']}.png",
+              "record": {k: v for k, v in r.items() if k != "image_id"}, "annotations": [], "passes": {},
+              "embedding": [0.0, 1.0]} for r in pool]
+    assemble_outputs(lambda: iter(lines), tmp_path, [{"id": 1, "name": "a"}], config)
+    streamed = [json.loads(s) for s in (tmp_path / "ranking.jsonl").read_text().splitlines()]
+    assert [(r["image_id"], r["informativeness"], r["rank"]) for r in streamed] == \
+        [(r["image_id"], pytest.approx(r["informativeness"]), r["rank"]) for r in out]
+
+
+def test_rank_combination_needs_weights():
+    from det_al.config import config_from_dict
+    from det_al.errors import InputError
+
+    with pytest.raises(InputError, match="rank needs scoring.image_weights"):
+        config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2},
+                          "scoring": {"image_combination": "rank"}})
