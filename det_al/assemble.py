@@ -132,6 +132,7 @@ def _assemble(
     tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out_dir))
     counts = {"n_scored": n_scored, "n_skipped": 0, "n_certain": 0, "n_empty": 0}
     n_written = 0
+    fields: list[str] = []
     try:
         runs: list[Path] = []
         pending: list[tuple[tuple, str]] = []
@@ -157,6 +158,9 @@ def _assemble(
                     row = np.asarray([line["embedding"]], dtype=np.float64)
                     record["novelty"] = round(float(novelty(row, labelled, spacing=spacing)[0]), 6)
                 apply_empty_policy(record, fill, scoring)
+                if not fields:  # what top:FIELD can rank by (the strategies' rankable fields)
+                    fields = [k for k, v in record.items() if k not in ("image_id", "rank")
+                              and isinstance(v, (int, float)) and not isinstance(v, bool)]
                 counts["n_empty"] += record["empty"]
                 counts["n_certain"] += record["certain"]
                 pending.append((ranking_key(record, seed), json.dumps(record) + "\n"))
@@ -211,6 +215,7 @@ def _assemble(
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 **counts,
                 "empty_informativeness": fill,
+                "ranking_fields": fields,
                 "config": config_to_dict(config),
                 **(run_info or {}),
             },

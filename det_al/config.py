@@ -50,6 +50,10 @@ class PassesConfig:
     (what T whole-model passes give); ``shared`` runs it once on the deterministic boxes and
     derives each pass's masks from those features (see :mod:`det_al.passes`), so T passes cost
     about one mask branch instead of T.
+
+    ``dense_candidates`` (RetinaNet, FCOS): how many anchors, those the deterministic pass
+    gives the highest foreground probability, are the pre-threshold candidates of the dense
+    signals (:mod:`det_al.dense`; 0: every anchor).
     """
 
     passes: int = 10
@@ -62,6 +66,7 @@ class PassesConfig:
     batch_size: int = 1
     num_workers: int = 0
     seed: int = 0
+    dense_candidates: int = 1000
 
     def rates(self) -> list[float]:
         """The dropout rate of each pass, ``len == passes``."""
@@ -309,6 +314,8 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError(f"passes.dropout rates must be in [0, 1), got {rates}", source)
     if p.masks not in MASK_MODES:
         raise InputError(f"passes.masks must be one of {', '.join(MASK_MODES)}, got {p.masks!r}", source)
+    if p.dense_candidates < 0:
+        raise InputError(f"passes.dense_candidates must be >= 0 (0: every anchor), got {p.dense_candidates}", source)
     if p.batch_size < 1 or p.chunk < 0 or p.num_workers < 0:
         raise InputError("passes.batch_size must be >= 1, passes.chunk and passes.num_workers >= 0", source)
     if not 0.0 < mt.iou_threshold <= 1.0:

@@ -10,9 +10,12 @@ probabilities to a :class:`DenseAccumulator`:
 rcnn       the box head's softmax for every RPN proposal (the same proposals in every pass:
            they come from the shared prefix, so no matching is needed); ``boxes`` are the
            proposals, ``objectness`` their RPN probability (``sigmoid`` of the RPN logit)
-retinanet  per-class ``sigmoid(cls_logit)`` of every anchor of every level; ``boxes`` the anchors
-fcos       per-class ``sqrt(sigmoid(cls_logit) * sigmoid(centerness))`` of every location;
-           ``boxes`` the anchor boxes of the locations
+retinanet  per-class ``sigmoid(cls_logit)`` of the ``passes.dense_candidates`` (default 1000;
+           0: all) anchors the deterministic pass gives the highest foreground probability
+           (over every anchor of every level: about 50 000 at 512 px, whose T-pass
+           probabilities would cost about half of the passes again); ``boxes`` the anchors
+fcos       per-class ``sqrt(sigmoid(cls_logit) * sigmoid(centerness))``, candidates chosen as
+           for RetinaNet; ``boxes`` the anchor boxes of the locations
 ssd        ``softmax`` over all classes of every default box; ``boxes`` the default boxes
 ========== ================================================================================
 
@@ -94,8 +97,10 @@ class DenseAccumulator:
     the plain path) marks the accumulator invalid and :meth:`candidates` returns ``None``.
     """
 
-    def __init__(self, prob_kind: str):
+    def __init__(self, prob_kind: str, max_candidates: int = 0):
         self.prob_kind = prob_kind
+        self.max_candidates = max_candidates
+        self.index: Tensor | None = None  # RetinaNet/FCOS: the anchors chosen as candidates
         self.count = 0
         self.valid = True
         self.sum_probs: Tensor | None = None

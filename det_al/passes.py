@@ -216,7 +216,8 @@ def _pass_chunks(generators: list[list[torch.Generator | None]], rates: Sequence
 
 def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
                generators: list[list[torch.Generator | None]], rates: Sequence[float],
-               masks: str = "exact", dense: Sequence[DenseAccumulator] | None = None) -> list[list[Detections]]:
+               masks: str = "exact", dense: Sequence[DenseAccumulator] | None = None,
+               choose: bool = False) -> list[list[Detections]]:
     """The stochastic part for P passes in one batched call.
 
     Args:
@@ -226,6 +227,9 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
             (:func:`_shared_masks`; a call with all rates 0 fills ``prefix.shared_masks``).
         dense: ``[B]`` accumulators that receive every candidate's class probabilities of the
             P passes before any threshold (:mod:`det_al.dense`), or ``None``.
+        choose: the call is the deterministic pass: RetinaNet/FCOS accumulators keep the indices
+            of its ``max_candidates`` anchors of highest foreground probability (the candidates
+            of the stochastic passes); nothing is accumulated.
 
     Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
     """
@@ -237,7 +241,7 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
         with control.layout(chunks):
             class_logits, box_regression = model.roi_heads.box_predictor(x)
         probs = F.softmax(class_logits.float(), -1)
-        if dense is not None:
+        if dense is not None and not choose:
             pieces = probs.split(prefix.rows * p_count)
             b_count = len(prefix.rows)
             for i, acc in enumerate(dense):
@@ -264,13 +268,16 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
                 else:
                     reg.append(reg_head.bbox_reg(t))
         if dense is not None:
-            _add_one_stage(prefix, dense, cls, ctr or None, cls_head.num_classes, p_count)
+            if choose:
+                _choose_one_stage(prefix, dense, cls, ctr or None, cls_head.num_classes)
+            else:
+                _add_one_stage(prefix, dense, cls, ctr or None, cls_head.num_classes, p_count)
         out = dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
         return _to_original(prefix, out)
     if family == "ssd":
         with control.layout(chunks):
             head_outputs = model.head([_tile(f, p_count) for f in prefix.site])
-        if dense is not None:
+        if dense is not None and not choose:
             probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)  # [P * B, R, C]
             b_count = len(prefix.rows)
             for i, acc in enumerate(dense):
@@ -280,10 +287,9 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
     raise ValueError(f"unknown model family {family!r}")
 
 
-def _add_one_stage(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[Tensor],
-                   ctr: list[Tensor] | None, num_classes: int, p_count: int) -> None:
-    """Every anchor's per-class probabilities (the quantity the family scores detections with,
-    background column left out), in torchvision's ``[H * W * A]`` anchor order, to ``dense``."""
+def _one_stage_probs(cls: list[Tensor], ctr: list[Tensor] | None, num_classes: int) -> Tensor:
+    """``[N, R, C - 1]``: every anchor's per-class probabilities (the quantity the family scores
+    detections with, background column left out), in torchvision's ``[H * W * A]`` anchor order."""
     levels = []
     for level, logits in enumerate(cls):
         n, _, h, w = logits.shape
@@ -294,10 +300,47 @@ def _add_one_stage(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[
             c = ctr[level].float().view(n, a_count, h, w).permute(0, 2, 3, 1).reshape(n, h * w * a_count, 1)
             p = torch.sqrt(p * torch.sigmoid(c))
         levels.append(p)
-    probs = torch.cat(levels, 1)  # [P * B, R, C - 1]
+    return torch.cat(levels, 1)
+
+
+def _choose_one_stage(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[Tensor],
+                      ctr: list[Tensor] | None, num_classes: int) -> None:
+    """The deterministic pass picks each image's candidates: its ``max_candidates`` anchors of
+    highest foreground probability (all with ``max_candidates`` 0), in anchor order."""
+    probs = _one_stage_probs(cls, ctr, num_classes)  # [B, R, C - 1]
+    for i, acc in enumerate(dense):
+        foreground = probs[i].amax(-1) if probs.shape[-1] else probs[i].sum(-1)
+        r = int(foreground.shape[0])
+        m = r if acc.max_candidates <= 0 else min(acc.max_candidates, r)
+        acc.index = foreground.topk(m).indices.sort().values
+
+
+def _add_one_stage(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[Tensor],
+                   ctr: list[Tensor] | None, num_classes: int, p_count: int) -> None:
+    """The chosen candidates' per-class probabilities of P passes (:func:`_one_stage_probs`),
+    gathered from the heads' native ``[P * B, A * K, H, W]`` layout, to ``dense``."""
     b_count = len(prefix.rows)
     for i, acc in enumerate(dense):
-        acc.add(probs[i::b_count].transpose(0, 1), prefix.references[i])
+        if acc.index is None:  # no deterministic choice: every anchor
+            probs = _one_stage_probs([x[i::b_count] for x in cls], [c[i::b_count] for c in ctr] if ctr else None,
+                                     num_classes)
+            acc.add(probs.transpose(0, 1), prefix.references[i])
+            continue
+        pieces, start = [], 0
+        for level, logits in enumerate(cls):
+            _, channels, h, w = logits.shape
+            a_count = channels // num_classes
+            stop = start + h * w * a_count
+            index = acc.index[(acc.index >= start) & (acc.index < stop)] - start
+            start = stop
+            pos, a = torch.div(index, a_count, rounding_mode="floor"), index % a_count
+            x = logits[i::b_count].float().view(p_count, a_count, num_classes, h * w)
+            p = torch.sigmoid(x[:, a, 1:, pos])  # [m, P, C - 1]
+            if ctr is not None:
+                c = ctr[level][i::b_count].float().view(p_count, a_count, h * w)[:, a, pos]  # [P, m]
+                p = torch.sqrt(p * torch.sigmoid(c).T[..., None])
+            pieces.append(p)
+        acc.add(torch.cat(pieces), prefix.references[i][acc.index])
 
 
 def _tile(x: Tensor, p_count: int) -> Tensor:
@@ -510,14 +553,14 @@ def run_passes(
              for v in range(len(views))] for s in seeds]
     results: list[list[list[Detections]]] = [[[] for _ in views] for _ in images]
     kind = "softmax" if family in ("rcnn", "ssd") else "sigmoid"
-    dense = [DenseAccumulator(kind) for _ in images] if dense else None  # the identity view's candidates
+    dense = [DenseAccumulator(kind, config.dense_candidates) for _ in images] if dense else None  # identity view
     chunk = config.chunk if config.chunk > 0 else len(rates)
     autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
         with control.layout([Chunk(None, 0.0)]):
             base = compute_prefix(model, images, family)
         masks = config.masks if fast else "exact"
-        deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0], masks)[0]
+        deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0], masks, dense, choose=True)[0]
         embedding = embeddings(base)
         for v, view in enumerate(views):
             if fast:

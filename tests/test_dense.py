@@ -111,13 +111,16 @@ def _reference(model, img, key):
     return boxes, probs.amax(-1), hb.amax(-1)
 
 
-@pytest.mark.parametrize("key", FAMILIES)
-def test_candidates_are_torchvisions_pre_threshold_outputs(key):
+@pytest.mark.parametrize("key, limit", [(key, 1000) for key in FAMILIES] + [("retinanet", 50), ("fcos", 0)])
+def test_candidates_are_torchvisions_pre_threshold_outputs(key, limit):
     model, img = model_for(key), image(64, 80, seed=3)
-    (res,) = run_passes(model, [img], PassesConfig(passes=2, dropout=0.0))
+    (res,) = run_passes(model, [img], PassesConfig(passes=2, dropout=0.0, dense_candidates=limit))
     boxes, foreground, entropy = _reference(model, img, key)
+    if key in ("retinanet", "fcos") and 0 < limit < len(boxes):  # the `limit` anchors of highest foreground
+        keep = foreground.topk(limit).indices.sort().values
+        boxes, foreground, entropy = boxes[keep], foreground[keep], entropy[keep]
     c = res.candidates
-    assert len(c) == len(boxes) > len(res.deterministic)
+    assert len(c) == len(boxes) > len(res.deterministic) or (limit == 50 and len(c) == 50)
     torch.testing.assert_close(c.boxes, boxes, atol=1e-3, rtol=0)
     torch.testing.assert_close(c.foreground, foreground, atol=1e-5, rtol=0)
     torch.testing.assert_close(c.entropy, entropy, atol=1e-5, rtol=0)

@@ -127,3 +127,25 @@ def test_command_options_become_loop_settings(tmp_path):
     assert budgets(load_config(None, overrides(args))) == (7, None)
     with pytest.raises(SystemExit):
         parser.parse_args(common + ["--budget", "7", "--budget-boxes", "3"])
+
+
+def test_fused_strategy_gets_novelty_and_the_fusion_settings(monkeypatch):
+    import numpy as np
+
+    from det_al import loop
+    from det_al.scoring import PoolScores
+
+    results = [{"image_id": i, "file_name": f"{i}.png", "record": {}, "annotations": [], "embedding": e}
+               for i, e in ((2, [1.0, 0.0]), (3, [0.0, 1.0]))]
+    records = [{"image_id": 2, "informativeness": 0.9, "n_objects": 1, "rank": 1},
+               {"image_id": 3, "informativeness": 0.1, "n_objects": 1, "rank": 2}]
+    scores = PoolScores(results=results, records=records)
+    # the labelled set sits on image 2: image 3 is novel (novelty 1/2 with one labelled image)
+    monkeypatch.setattr(loop, "labelled_embeddings", lambda *a: np.array([[1.0, 0.0]]))
+    pick = lambda weights: loop._select("fused", scores, None, {}, tiny_data(), 1, None, 0, 3.0, "cpu",  # noqa: E731
+                                        fusion_weights=weights, fusion_k=60.0)
+    assert [r["image_id"] for r in pick({"informativeness": 1, "novelty": 3})] == [3]
+    assert [r["image_id"] for r in pick({"informativeness": 3, "novelty": 1})] == [2]
+    # default weights 1 and 1: both images get 1/61 + 1/62, the tie keeps the ranking order
+    (chosen,) = pick(None)
+    assert chosen["image_id"] == 2 and chosen["novelty"] == 0.0

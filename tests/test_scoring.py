@@ -216,6 +216,9 @@ def test_ranking_carries_dense_and_one_pass_fields(scored):
         for name in ("dense", "miss", "rpn_gap", "least_confidence", "max_entropy"):
             assert 0.0 <= r[name] <= 1.0, (name, r)
         assert r["least_confidence"] == 0.0 or r["n_detections"] > 0
+    fields = json.loads((scored / "run.json").read_text())["ranking_fields"]
+    assert {"informativeness", "dense", "miss", "rpn_gap", "n_candidates", "least_confidence", "max_entropy",
+            "n_detections", "class", "box", "mask", "presence"} <= set(fields)
 
 
 def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpoint, scored, tmp_path, capsys):
