@@ -38,7 +38,7 @@ keyed by seed and sizes, so later runs (new scores, ``--set`` overrides of the s
 config) rescore the same models without training. ``--reuse-scores`` also reuses the scored
 folders of the same overrides.
 
-    python benchmarks/bench_error_capture.py                    # 5 seeds (see SIZES for the time)
+    python benchmarks/bench_error_capture.py                    # 5 seeds: ~1 h on a busy 2-core CPU, 6 min cached
     python benchmarks/bench_error_capture.py --quick            # smoke test, two tiny seeds
     python benchmarks/bench_error_capture.py --train-only       # fill the cache (e.g. in the background)
     python benchmarks/bench_error_capture.py --set scoring.reduction=max --out bench_out/ec_max \\
@@ -86,7 +86,9 @@ IMAGE_LEVEL_KEYS = ("scoring.image_weights", "scoring.image_combination", "scori
 #: scenario only: the share of drifted and of background-only images in each score's top 10 %
 SHARES = ("drifted_in_top10pct", "background_in_top10pct")
 
-# name -> sizes. pool = old + drifted + background (background split between the two domains)
+# name -> sizes. pool = old + drifted + background (background split between the two domains).
+# "full" on the project's 2-core CPU shared with other jobs: training 9-13 min a seed, scoring
+# 1-2 min a seed; rescoring the five cached models took 6.1 min.
 SIZES = {
     "full": dict(train=150, old=70, drifted=20, background=10, epochs=8, passes=10, seeds=(0, 1, 2, 3, 4)),
     "quick": dict(train=12, old=8, drifted=4, background=2, epochs=1, passes=2, seeds=(0, 1)),
