@@ -18,13 +18,12 @@ scenes of both domains. **Any labelled COCO data**: ``--checkpoint CK --pool-gt 
 --image-root DIR`` scores the images of ``COCO`` once and measures against its annotations
 (``--labelled TRAIN.json`` adds novelty).
 
-Scores: ``random``; ``informativeness``, ``class``, ``box``, ``presence`` (and ``dense``,
-``miss``, ``rpn_gap``, ``fused`` where the engine writes them); from the deterministic pass
-alone ``least_confidence`` (1 - mean detection score, an image without detections 0; computed
-here from ``pseudo_labels.json`` when the ranking lacks it), ``n_detections`` and
-``max_entropy`` (when the ranking has it); ``novelty`` (cosine novelty to the training set,
-:mod:`det_al.novelty`, when the ranking lacks it). A strategy without a ranking field
-(``fused``) is measured by the order in which it picks the whole pool.
+Scores, every one of :data:`SCORES` that ``det-al score --labelled TRAIN.json`` writes into
+``ranking.jsonl``: ``informativeness``, ``class``, ``box``, ``presence``, the dense signals
+``dense``, ``miss``, ``rpn_gap``, the one-pass baselines ``least_confidence`` (1 - mean
+detection score, an image without detections 0), ``n_detections``, ``max_entropy`` and
+``novelty``; ``random`` (one uniform draw per image and seed); and the strategy ``fused``,
+which has no ranking field, by the order in which it picks the whole pool.
 
 **Candidates** (``--candidate NAME=KEY=VALUE[;KEY=VALUE]``, repeatable): a scoring config to
 measure beside the rest, as the score ``NAME`` (its informativeness) and ``NAME+fused`` (the
@@ -63,7 +62,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -224,7 +223,7 @@ def prepare_seed(cache: Path, seed: int, sizes: dict, device: str) -> dict[str, 
 def score_folder(checkpoint: Path, pool_gt: Path, image_root: Path, out: Path, overrides: list[str],
                  passes: int | None, seed: int | None, labelled: Path | None, device: str, reuse: bool) -> Path:
     """Run ``det-al score`` (in this process) on the images of ``pool_gt``; the scored folder.
-    ``labelled`` is passed as ``--labelled`` where the command has it."""
+    ``labelled`` (the model's training set) is passed as ``--labelled``: the ranking's novelty."""
     from det_al.commands import score as score_command
 
     if reuse and (out / "ranking.jsonl").exists():
@@ -237,18 +236,13 @@ def score_folder(checkpoint: Path, pool_gt: Path, image_root: Path, out: Path, o
         argv += ["--passes", str(passes)]
     if seed is not None:
         argv += ["--seed", str(seed)]
-    if labelled is not None and any("--labelled" in a.option_strings for a in parser._actions):
+    if labelled is not None:
         argv += ["--labelled", str(labelled)]
     for item in overrides:
         argv += ["--set", item]
     with contextlib.redirect_stdout(io.StringIO()):  # the command's own summary
         score_command.run(parser.parse_args(argv))
     return out
-
-
-def least_confidence(scores: list[float]) -> float:
-    """1 - mean detection score; an image without detections 0 (as the common tools do)."""
-    return 1.0 - float(np.mean(scores)) if scores else 0.0
 
 
 def ranking_scores(records: list[dict], context: dict, seed: int) -> dict[int, dict[str, float]]:
@@ -295,8 +289,7 @@ def recombine(records: list[dict], overrides: list[str], config: dict) -> list[d
     return finalize_pool(raw, cfg.scoring, seed=cfg.passes.seed)
 
 
-def measure(scored: dict[str, Path], gt: dict, seed: int, args: argparse.Namespace,
-            labelled_embeddings: Callable[[], np.ndarray] | None, groups: dict[int, str] | None = None,
+def measure(scored: dict[str, Path], gt: dict, seed: int, args: argparse.Namespace, groups: dict[int, str] | None = None,
             candidates: dict[str, list[str]] | None = None) -> tuple[dict[str, dict[str, float]], list[dict]]:
     """Measures of every score on one pool, and one row per image.
 
@@ -310,21 +303,11 @@ def measure(scored: dict[str, Path], gt: dict, seed: int, args: argparse.Namespa
     base = scored[""]
     records = read_ranking(base / "ranking.jsonl")
     context = selection_context(base)
-    if labelled_embeddings is not None and records and "novelty" not in records[0]:
-        from det_al.novelty import add_novelty
-
-        records = add_novelty(records, context["embeddings"], context["embedding_ids"], labelled_embeddings())
     ids = sorted(int(r["image_id"]) for r in records)
     values = ranking_scores(records, context, seed)
     draw = np.random.default_rng([seed, 11]).random(len(ids))  # by image id, not by rank
     for i, v in zip(ids, draw):
         values[i]["random"] = float(v)
-    if "least_confidence" not in values[ids[0]]:
-        dets: dict[int, list[float]] = {}
-        for a in context["pseudo_labels"]["annotations"]:
-            dets.setdefault(int(a["image_id"]), []).append(float(a["score"]))
-        for i in ids:
-            values[i]["least_confidence"] = least_confidence(dets.get(i, []))
     novelty = {int(r["image_id"]): r["novelty"] for r in records if "novelty" in r}
     config = read_json(base / "run.json")["config"]
     for name, overrides in (candidates or {}).items():
@@ -384,16 +367,6 @@ def needs_rescoring(overrides: list[str], base_overrides: list[str], always: boo
 def score_names(candidates: dict[str, list[str]] | None) -> list[str]:
     """Every score name in table order: :data:`SCORES`, then each candidate and its fusion."""
     return list(SCORES) + [n for name in (candidates or {}) for n in (name, f"{name}+fused")]
-
-
-def labelled_embeddings_of(checkpoint: Path, labelled: Path, image_root: Path, device: str) -> np.ndarray:
-    from det_al.checkpoint import load_checkpoint
-    from det_al.coco import load_coco
-    from det_al.novelty import embed_images
-
-    model, _, _, _ = load_checkpoint(checkpoint, device=device)
-    embeddings, _ = embed_images(model, load_coco(labelled), image_root, device=device)
-    return embeddings
 
 
 # --------------------------------------------------------------------------- summary
@@ -538,8 +511,7 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
             continue
         scored[name] = score_folder(Path(args.checkpoint), pool_gt, image_root, out / f"scores-{_key(overrides)}", overrides,
                                     None, None, Path(args.labelled) if args.labelled else None, args.device, args.reuse_scores)
-    labelled = (lambda: labelled_embeddings_of(Path(args.checkpoint), Path(args.labelled), image_root, args.device)) if args.labelled else None
-    measures, rows = measure(scored, gt, 0, args, labelled, candidates=candidates)
+    measures, rows = measure(scored, gt, 0, args, candidates=candidates)
     setting = {"checkpoint": args.checkpoint, "pool_gt": args.pool_gt, "overrides": args.overrides, "candidates": candidates,
                "score_threshold": args.score_threshold, "iou": args.iou}
     return write_summary(out, {0: measures}, rows, len(rows), setting)
@@ -592,9 +564,8 @@ def run_scenario(args: argparse.Namespace) -> dict:
             scored[name] = score_folder(paths["checkpoint"], paths["pool_gt"], paths["image_root"],
                                         paths["folder"] / f"scores-{_key(overrides)}", overrides, sizes["passes"], seed,
                                         paths["train"], args.device, args.reuse_scores)
-        labelled = lambda: labelled_embeddings_of(paths["checkpoint"], paths["train"], paths["image_root"], args.device)  # noqa: E731
         groups = {int(k): v for k, v in read_json(paths["groups"]).items()}
-        per_seed[seed], seed_rows = measure(scored, load_coco(paths["pool_gt"]), seed, args, labelled, groups, candidates)
+        per_seed[seed], seed_rows = measure(scored, load_coco(paths["pool_gt"]), seed, args, groups, candidates)
         rows += seed_rows
         print(f"seed {seed}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
     if args.train_only:
