@@ -7,9 +7,12 @@ For each model, one 512-px image, T in --passes, seconds per image for
       under the same dropout hooks and generators;
   (c) det_al's engine: ``run_passes(fast=True)``: the prefix once, the T suffixes batched;
 
-and the ratios (c)/(a) and (b)/(c), printed as one table. The column ``dense +%`` is the cost of
-the dense, pre-threshold candidates (issue 18: at most 10 % at T = 10 on Faster R-CNN):
-``(c) + dense_scores()`` against ``run_passes(dense=False)`` (the engine before them), in %. When det_al.matching and
+and the ratios (c)/(a) and (b)/(c), printed as one table. Two columns give the cost of the dense,
+pre-threshold candidates (issue 18: at most 10 % at T = 10 on Faster R-CNN): ``dense %``, the
+time spent in their own work (accumulators, one-stage anchor gathering, ``dense_scores``; see
+:func:`dense_work`) as a share of (c); ``on-off %``, ``run_passes`` with against without them
+(``dense=False``, the engine before them), the least CPU time of ``--dense-repeats`` alternated
+runs each: the end-to-end check, which a loaded machine blurs by several percent. When det_al.matching and
 det_al.uncertainty exist, the time of ``match_passes`` + ``score_objects`` on the T = max
 passes of (c) is printed as a share of (c).
 
@@ -73,6 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed runs per cell; the fastest is reported (the least disturbed by other load)")
+    parser.add_argument("--dense-repeats", type=int, default=5,
+                        help="alternated runs without/with the dense candidates for the 'dense +%%' column")
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--detections", type=int, default=100, help="target detections per image")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -123,6 +128,57 @@ def timed(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - start)
     return min(times), out
+
+
+def dense_work(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, device: str) -> float:
+    """Seconds spent in the dense candidates' own work during one ``run_passes``: the
+    accumulators (``DenseAccumulator.add`` / ``candidates``) and the one-stage anchor gathering
+    (``_choose_one_stage`` / ``_add_one_stage``), timed by wrapping them, plus ``dense_scores``.
+    On a loaded machine this resolves a few percent where a difference of two runs cannot."""
+    import det_al.passes as passes_module
+    from det_al.dense import DenseAccumulator
+
+    spent = [0.0]
+
+    def timed_call(fn):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return wrapper
+
+    originals = {"add": DenseAccumulator.add, "candidates": DenseAccumulator.candidates,
+                 "_choose_one_stage": passes_module._choose_one_stage, "_add_one_stage": passes_module._add_one_stage}
+    try:
+        DenseAccumulator.add = timed_call(originals["add"])
+        DenseAccumulator.candidates = timed_call(originals["candidates"])
+        passes_module._choose_one_stage = timed_call(originals["_choose_one_stage"])
+        passes_module._add_one_stage = timed_call(originals["_add_one_stage"])
+        res = run_passes(model, [img], config, seeds=[0], device=device, fast=True)[0]
+    finally:
+        DenseAccumulator.add, DenseAccumulator.candidates = originals["add"], originals["candidates"]
+        passes_module._choose_one_stage = originals["_choose_one_stage"]
+        passes_module._add_one_stage = originals["_add_one_stage"]
+    det = res.deterministic
+    start = time.perf_counter()
+    dense_scores(res.candidates, det.boxes, det.scores, ScoringConfig())
+    return spent[0] + time.perf_counter() - start
+
+
+def dense_cost(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, device: str,
+               repeats: int) -> tuple[float, float]:
+    """The least CPU time (``time.process_time``: this process's, so other processes' load
+    moves it less than wall time) of ``repeats`` runs of ``run_passes`` without and with the
+    dense candidates, alternated so that a change of load hits both alike."""
+    without, with_dense = [], []
+    for _ in range(repeats):
+        for dense, times in ((False, without), (True, with_dense)):
+            start = time.process_time()
+            run_passes(model, [img], config, seeds=[0], device=device, fast=True, dense=dense)
+            times.append(time.process_time() - start)
+    return min(without), min(with_dense)
 
 
 def matching_share(result, seconds: float) -> str:
@@ -184,13 +240,12 @@ def main(args: argparse.Namespace) -> None:
                 run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)  # warm-up
                 t_c, res = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
                                                     fast=True)[0], args.repeats)
-                t_0, _ = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
-                                                  fast=True, dense=False), args.repeats)
-                det = res.deterministic
-                t_r, _ = timed(lambda: dense_scores(res.candidates, det.boxes, det.scores, ScoringConfig()), 3)
+                t_0, t_1 = dense_cost(model, img, config, args.device, args.dense_repeats)
+                t_w = min(dense_work(model, img, config, args.device) for _ in range(2))
                 mean_dets = sum(len(p) for p in res.passes) / len(res.passes)
                 name = MODELS[key] + (f" ({mode} masks)" if key == "maskrcnn" else "")
-                rows.append((name, t, t_a, t_b, t_c, t_c / t_a, t_b / t_c, mean_dets, 100 * (t_c + t_r - t_0) / t_0))
+                rows.append((name, t, t_a, t_b, t_c, t_c / t_a, t_b / t_c, mean_dets,
+                             100 * t_w / t_c, 100 * (t_1 - t_0) / t_0))
                 if mode == modes[0]:
                     last = (t, res, t_c)
                 if mode == "shared" and t == max(args.passes):
@@ -200,14 +255,14 @@ def main(args: argparse.Namespace) -> None:
         if last is not None:
             notes.append(f"{key}: matching + scoring at T={last[0]}: {matching_share(last[1], last[2])}")
     header = f"{'model':<40} {'T':>3} {'(a) det s':>10} {'(b) plain s':>12} {'(c) fast s':>11} " \
-             f"{'(c)/(a)':>8} {'(b)/(c)':>8} {'dets/pass':>10} {'dense +%':>9}"
+             f"{'(c)/(a)':>8} {'(b)/(c)':>8} {'dets/pass':>10} {'dense %':>8} {'on-off %':>9}"
     print(f"\nsize {args.size}px, device {args.device}, torch threads {torch.get_num_threads()}, "
           f"dropout {args.dropout}, fastest of {args.repeats}, load average at the end "
           f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} cpus)")
     print(header)
     print("-" * len(header))
-    for name, t, a, b, c, ca, bc, d, extra in rows:
-        print(f"{name:<40} {t:>3} {a:>10.3f} {b:>12.3f} {c:>11.3f} {ca:>8.2f} {bc:>8.2f} {d:>10.1f} {extra:>9.1f}")
+    for name, t, a, b, c, ca, bc, d, work, diff in rows:
+        print(f"{name:<40} {t:>3} {a:>10.3f} {b:>12.3f} {c:>11.3f} {ca:>8.2f} {bc:>8.2f} {d:>10.1f} {work:>8.1f} {diff:>9.1f}")
     for note in notes:
         print(note)
 
