@@ -107,8 +107,11 @@ def render_example(
     image_id: int,
     size: int = 128,
     category_ids: tuple[int, int, int] = (1, 2, 3),
+    empty: bool = False,
 ) -> tuple[np.ndarray, list[dict]]:
     """Render one image without writing anything (benchmarks generate pools on the fly).
+
+    ``empty``: the background alone (the same one, noise included), no object.
 
     Returns:
         image: ``[size, size, 3]`` uint8 RGB.
@@ -126,7 +129,7 @@ def render_example(
     image = _background(rng, domain, size)
 
     shapes: list[tuple[int, np.ndarray]] = []  # (class index, full mask), drawing order
-    n_objects = int(rng.integers(1, 5))
+    n_objects = 0 if empty else int(rng.integers(1, 5))
     for _ in range(n_objects):
         for _ in range(_PLACEMENT_TRIES):
             cls = int(rng.integers(0, 3))
@@ -192,6 +195,7 @@ def generate(
     size: int = 128,
     image_format: str = "png",
     category_ids: tuple[int, int, int] = (1, 2, 3),
+    empty: bool = False,
 ) -> dict:
     """Write ``n_images`` images of one domain under ``out_dir/images`` and return their COCO dict.
 
@@ -199,7 +203,8 @@ def generate(
     (``images/{domain}_{id:06d}.png``) are relative to the image root ``out_dir``, so a COCO
     file saved in ``out_dir`` has its images beside it; annotation ids are ``10 * image_id + k``,
     so distinct image ids give distinct annotation ids across calls. Each image dict carries a
-    ``domain`` key.
+    ``domain`` key. ``empty``: background-only images (no annotations; ``"empty": true`` in
+    each image dict).
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"unknown image format {image_format!r}; expected one of {IMAGE_FORMATS}")
@@ -209,12 +214,11 @@ def generate(
     image_root.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for image_id in range(start_id, start_id + n_images):
-        pixels, objects = render_example(domain, seed, image_id, size, category_ids)
+        pixels, objects = render_example(domain, seed, image_id, size, category_ids, empty)
         file_name = f"images/{domain}_{image_id:06d}.{image_format}"
         _write_image(Path(out_dir) / file_name, pixels)
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": size, "height": size, "domain": domain}
-        )
+        image = {"id": image_id, "file_name": file_name, "width": size, "height": size, "domain": domain}
+        images.append({**image, "empty": True} if empty else image)
         for k, obj in enumerate(objects):
             annotations.append(
                 {

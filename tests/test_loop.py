@@ -127,3 +127,38 @@ def test_command_options_become_loop_settings(tmp_path):
     assert budgets(load_config(None, overrides(args))) == (7, None)
     with pytest.raises(SystemExit):
         parser.parse_args(common + ["--budget", "7", "--budget-boxes", "3"])
+
+
+def test_finetune_rounds_use_their_own_warmup_and_round_zero_the_train_one():
+    from det_al.loop import _round_config
+
+    config = config_from_dict(
+        {
+            "train": {"epochs": 12, "lr": 0.002, "warmup_iters": 20},
+            "loop": {"retrain": "finetune", "finetune_epochs": 5, "finetune_lr": 0.0005},
+        }
+    )
+    first, later = _round_config(config, 3, 0).train, _round_config(config, 3, 2).train
+    assert (first.epochs, first.lr, first.warmup_iters, first.seed) == (12, 0.002, 20, 3000)
+    assert (later.epochs, later.lr, later.warmup_iters, later.seed) == (5, 0.0005, 0, 3002)
+    custom = dataclasses_replace_loop(config, finetune_warmup_iters=4)
+    assert _round_config(custom, 3, 1).train.warmup_iters == 4
+
+
+def dataclasses_replace_loop(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, **changes))
+
+
+@pytest.mark.parametrize(
+    "loop, message",
+    [
+        ({"finetune_warmup_iters": -1}, "finetune_warmup_iters"),
+        ({"pseudo_threshold": 0}, "pseudo_threshold"),
+        ({"pseudo_threshold": 0.5, "pseudo_ignore": 0.6}, "pseudo_ignore"),
+    ],
+)
+def test_self_training_and_warmup_checks(loop, message):
+    with pytest.raises(InputError, match=message):
+        check_loop_config(config_from_dict({"loop": loop}))
