@@ -15,8 +15,9 @@ Arms (``--strategies``): ``random``; ``top:oracle_error``, the positive control,
 the true error of each pool image (missed plus false detections at IoU 0.5 and score 0.5,
 against the pool's ground truth); ``top:least_confidence``, the peer baseline of the labelling
 tools (1 - mean score of the deterministic detections, an empty image 0); ``top``, det_al's
-default; ``top:presence``; and ``top+self_training``: ``top`` with the loop's self-training
-(``loop.self_training``; it reuses the seed's round 0).
+default; and ``top+self_training``: ``top`` with the loop's self-training
+(``loop.self_training``; it reuses the seed's round 0). Any other strategy name of the loop
+(``top:presence``, ``diverse``, ``top:<field>`` of the ranking) can be added.
 
 Reported per arm, over seeds: the labels it *adds* beyond the shared seed set to reach
 random's final mean mAP (on the mean curve, linearly interpolated, as a % of what random added:
@@ -66,12 +67,13 @@ from det_al.loop_results import (
 from det_al.synthetic import generate
 
 RANDOM, PEER, DEFAULT, SELF_TRAINING = "random", "top:least_confidence", "top", "top+self_training"
-STRATEGIES = (RANDOM, "top:oracle_error", PEER, DEFAULT, "top:presence", SELF_TRAINING)
+# the default arms; more (top:presence, diverse, ...) with --strategies, at about 2 min a seed each
+STRATEGIES = (RANDOM, "top:oracle_error", PEER, DEFAULT, SELF_TRAINING)
 TARGET_ADDED_PCT = 50.0
 
 SIZES = {
     "full": dict(
-        labelled=40, pool=160, val=200, drift=0.25, empty=0.10, budget=10, rounds=3, epochs0=30, epochs=6,
+        labelled=32, pool=160, val=200, drift=0.25, empty=0.10, budget=8, rounds=3, epochs0=30, epochs=4,
         passes=4, seeds=(0, 1, 2, 3, 4),
     ),
     "quick": dict(
