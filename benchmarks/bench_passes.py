@@ -7,7 +7,9 @@ For each model, one 512-px image, T in --passes, seconds per image for
       under the same dropout hooks and generators;
   (c) det_al's engine: ``run_passes(fast=True)``: the prefix once, the T suffixes batched;
 
-and the ratios (c)/(a) and (b)/(c), printed as one table. When det_al.matching and
+and the ratios (c)/(a) and (b)/(c), printed as one table. The column ``dense +%`` is the cost of
+the dense, pre-threshold candidates (issue 18: at most 10 % at T = 10 on Faster R-CNN):
+``(c) + dense_scores()`` against ``run_passes(dense=False)`` (the engine before them), in %. When det_al.matching and
 det_al.uncertainty exist, the time of ``match_passes`` + ``score_objects`` on the T = max
 passes of (c) is printed as a share of (c).
 
@@ -52,6 +54,7 @@ import torch
 from det_al.config import ModelConfig, PassesConfig, ScoringConfig
 from det_al.dropout import Chunk, MCDropout
 from det_al.models import build_model
+from det_al.dense import dense_scores
 from det_al.passes import compute_prefix, run_passes, run_suffix, torchvision_forward
 
 MODELS = {
@@ -181,9 +184,13 @@ def main(args: argparse.Namespace) -> None:
                 run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)  # warm-up
                 t_c, res = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
                                                     fast=True)[0], args.repeats)
+                t_0, _ = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
+                                                  fast=True, dense=False), args.repeats)
+                det = res.deterministic
+                t_r, _ = timed(lambda: dense_scores(res.candidates, det.boxes, det.scores, ScoringConfig()), 3)
                 mean_dets = sum(len(p) for p in res.passes) / len(res.passes)
                 name = MODELS[key] + (f" ({mode} masks)" if key == "maskrcnn" else "")
-                rows.append((name, t, t_a, t_b, t_c, t_c / t_a, t_b / t_c, mean_dets))
+                rows.append((name, t, t_a, t_b, t_c, t_c / t_a, t_b / t_c, mean_dets, 100 * (t_c + t_r - t_0) / t_0))
                 if mode == modes[0]:
                     last = (t, res, t_c)
                 if mode == "shared" and t == max(args.passes):
@@ -193,14 +200,14 @@ def main(args: argparse.Namespace) -> None:
         if last is not None:
             notes.append(f"{key}: matching + scoring at T={last[0]}: {matching_share(last[1], last[2])}")
     header = f"{'model':<40} {'T':>3} {'(a) det s':>10} {'(b) plain s':>12} {'(c) fast s':>11} " \
-             f"{'(c)/(a)':>8} {'(b)/(c)':>8} {'dets/pass':>10}"
+             f"{'(c)/(a)':>8} {'(b)/(c)':>8} {'dets/pass':>10} {'dense +%':>9}"
     print(f"\nsize {args.size}px, device {args.device}, torch threads {torch.get_num_threads()}, "
           f"dropout {args.dropout}, fastest of {args.repeats}, load average at the end "
           f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} cpus)")
     print(header)
     print("-" * len(header))
-    for name, t, a, b, c, ca, bc, d in rows:
-        print(f"{name:<40} {t:>3} {a:>10.3f} {b:>12.3f} {c:>11.3f} {ca:>8.2f} {bc:>8.2f} {d:>10.1f}")
+    for name, t, a, b, c, ca, bc, d, extra in rows:
+        print(f"{name:<40} {t:>3} {a:>10.3f} {b:>12.3f} {c:>11.3f} {ca:>8.2f} {bc:>8.2f} {d:>10.1f} {extra:>9.1f}")
     for note in notes:
         print(note)
 

@@ -34,27 +34,25 @@ from det_al import __version__
 from det_al.config import Config, config_to_dict
 from det_al.errors import InputError
 from det_al.files import atomic_open, write_json
-from det_al.informativeness import empty_informativeness
+from det_al.informativeness import apply_empty_policy, empty_informativeness, fuse_ranks, ranking_key
 
 CHUNK = 50_000
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "embeddings.npy", "embeddings_ids.json", "skipped.json", "run.json")
 
 
-def _sorted_run(records: list[tuple[float, int, str]], directory: Path, index: int) -> Path:
-    """Write ``(-informativeness, image_id, JSON line)`` records, sorted by the first two, to a
-    run file."""
-    records.sort(key=itemgetter(0, 1))
+def _sorted_run(records: list[tuple[tuple, str]], directory: Path, index: int) -> Path:
+    """Write ``(ranking key, JSON line)`` records, sorted by the key, to a run file."""
+    records.sort(key=itemgetter(0))
     path = directory / f"run-{index:05d}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(text for _, _, text in records)
+        f.writelines(text for _, text in records)
     return path
 
 
-def _read_run(path: Path) -> Iterator[tuple[float, int, str]]:
+def _read_run(path: Path, seed: int) -> Iterator[tuple[tuple, str]]:
     with open(path, encoding="utf-8") as f:
         for line in f:
-            r = json.loads(line)
-            yield (-r["informativeness"], r["image_id"], line)
+            yield (ranking_key(json.loads(line), seed), line)
 
 
 def assemble_outputs(
@@ -64,6 +62,7 @@ def assemble_outputs(
     config: Config,
     run_info: dict | None = None,
     chunk: int = CHUNK,
+    labelled_embeddings: np.ndarray | None = None,
 ) -> dict:
     """Write ``ranking.jsonl``, ``pseudo_labels.json``, ``passes.jsonl``, ``embeddings.npy``,
     ``embeddings_ids.json``, ``skipped.json`` and ``run.json`` into ``out_dir``.
@@ -71,6 +70,8 @@ def assemble_outputs(
     Args:
         results: a function returning a fresh iterator over the result lines (called twice).
         chunk: ranking records sorted in memory at a time.
+        labelled_embeddings: ``[M, D]`` the labelled set's embeddings (``det-al score
+            --labelled``): each ranking record gets its ``novelty`` (:mod:`det_al.novelty`).
 
     Returns:
         Counts: ``n_scored``, ``n_skipped``, ``n_certain``, ``n_empty``.
@@ -80,7 +81,7 @@ def assemble_outputs(
             earlier assembly are left as they were, the results lines are not touched.
     """
     try:
-        return _assemble(results, Path(out_dir), categories, config, run_info, chunk)
+        return _assemble(results, Path(out_dir), categories, config, run_info, chunk, labelled_embeddings)
     except OSError as e:
         raise InputError(
             f"cannot write the outputs ({e.strerror or e}); the per-image results are kept: "
@@ -100,27 +101,40 @@ def _assemble(
     config: Config,
     run_info: dict | None,
     chunk: int,
+    labelled: np.ndarray | None = None,
 ) -> dict:
-    scoring = config.scoring
+    from det_al.novelty import labelled_spacing, novelty
+
+    spacing = labelled_spacing(labelled) if labelled is not None and len(labelled) else 1.0
+    scoring, seed = config.scoring, config.passes.seed
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    values = array("d")
+    values, empty = array("d"), array("b")
+    rank_fields = list(scoring.image_weights) if scoring.image_combination == "rank" else []
+    columns = {name: array("d") for name in rank_fields}  # one float per image and fused field
     n_scored = dim = 0
     for line in results():
         if "record" in line:
             n_scored += 1
-            if not line["record"]["empty"]:
-                values.append(float(line["record"]["informativeness"]))
+            empty.append(bool(line["record"]["empty"]))
+            values.append(float(line["record"]["informativeness"]))
+            for name in rank_fields:
+                columns[name].append(float(line["record"].get(name, 0.0) or 0.0))
             if line.get("embedding") is not None and not dim:
                 dim = len(line["embedding"])
-    fill = empty_informativeness(values.tolist(), scoring)
-    del values
+    fused = None  # with image_combination: rank, the informativeness of each scored line in order
+    if rank_fields:
+        fused = fuse_ranks(columns, scoring.image_weights, scoring.rank_k)
+        values = array("d", fused.tolist())
+    fill = empty_informativeness([v for v, e in zip(values, empty) if not e], scoring)
+    del values, empty, columns
 
     tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out_dir))
     counts = {"n_scored": n_scored, "n_skipped": 0, "n_certain": 0, "n_empty": 0}
+    n_written = 0
     try:
         runs: list[Path] = []
-        pending: list[tuple[float, int, str]] = []
+        pending: list[tuple[tuple, str]] = []
         emb_f = open(tmp / "embeddings.npy", "wb")
         _write_npy_header(emb_f, n_scored if dim else 0, dim)
         ann_id = 0
@@ -136,14 +150,16 @@ def _assemble(
                     counts["n_skipped"] += 1
                     continue
                 record = {"image_id": line["image_id"], "file_name": line["file_name"], **line["record"]}
-                if record["empty"]:
-                    record["informativeness"] = fill
-                    record["certain"] = False
-                    counts["n_empty"] += 1
-                else:
-                    record["certain"] = bool(record["informativeness"] < scoring.certain_threshold)
+                if fused is not None:
+                    record["informativeness"] = float(fused[n_written])
+                n_written += 1
+                if labelled is not None:
+                    row = np.asarray([line["embedding"]], dtype=np.float64)
+                    record["novelty"] = round(float(novelty(row, labelled, spacing=spacing)[0]), 6)
+                apply_empty_policy(record, fill, scoring)
+                counts["n_empty"] += record["empty"]
                 counts["n_certain"] += record["certain"]
-                pending.append((-record["informativeness"], record["image_id"], json.dumps(record) + "\n"))
+                pending.append((ranking_key(record, seed), json.dumps(record) + "\n"))
                 if len(pending) >= chunk:
                     runs.append(_sorted_run(pending, tmp, len(runs)))
                     pending = []
@@ -167,7 +183,8 @@ def _assemble(
         emb_f.close()
 
         with atomic_open(out_dir / "ranking.jsonl") as f:
-            for rank, (_, _, text) in enumerate(heapq.merge(*(_read_run(p) for p in runs)), start=1):
+            merged = heapq.merge(*(_read_run(p, seed) for p in runs), key=itemgetter(0))
+            for rank, (_, text) in enumerate(merged, start=1):
                 r = json.loads(text)
                 r["rank"] = rank
                 f.write(json.dumps(r) + "\n")

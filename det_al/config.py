@@ -93,6 +93,12 @@ class ScoringConfig:
     certain_threshold: float = 0.05
     empty_policy: str = "quantile"
     empty_value: float = 0.5
+    dense_term: str = "mutual_information"
+    dense_topk: int = 10
+    miss_iou: float = 0.5
+    image_weights: Mapping[str, float] = field(default_factory=dict)
+    image_combination: str = "weighted"
+    rank_k: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,9 @@ class LoopConfig:
     ``finetune_warmup_iters``: the warm-up of a fine-tuning round, in its own optimiser steps
     (default 0: none; ``train.warmup_iters`` is for training from scratch, and a fine-tuning
     round of fewer steps than that would never leave it).
-    ``pre_factor``: candidates per budget slot for the ``diverse`` strategy.
+    ``pre_factor``: candidates per budget slot for the ``diverse`` strategy. ``fusion_weights``
+    (ranking field -> weight; empty: informativeness 1, novelty 1) and ``fusion_k``: the
+    reciprocal-rank fusion of the ``fused`` strategy (and of ``diverse:fused``'s pre-filter).
     ``self_training``: train each round after the first on the labelled images plus the
     unselected pool images' confident pseudo-labels (:mod:`det_al.self_training`):
     detections scoring ``>= pseudo_threshold`` become labels, an image with a detection
@@ -149,6 +157,8 @@ class LoopConfig:
     finetune_lr: float = 0.0
     finetune_warmup_iters: int = 0
     pre_factor: float = 3.0
+    fusion_weights: Mapping[str, float] = field(default_factory=dict)
+    fusion_k: float = 60.0
     self_training: bool = False
     pseudo_threshold: float = 0.7
     pseudo_ignore: float = 0.2
@@ -334,3 +344,24 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError("scoring.empty_value must be a quantile in [0, 1] with empty_policy quantile", source)
     if s.topk < 1:
         raise InputError("scoring.topk must be >= 1", source)
+    image_fields = ("class", "box", "dense", "least_confidence", "mask", "max_entropy", "miss", "objects",
+                    "presence", "rpn_gap")
+    bad = sorted(set(s.image_weights) - set(image_fields))
+    if bad:
+        raise InputError(f"unknown config key 'scoring.image_weights.{bad[0]}' (valid: {', '.join(image_fields)})", source)
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in s.image_weights.values()):
+        raise InputError("scoring.image_weights must be non-negative numbers", source)
+    if s.image_weights and sum(s.image_weights.values()) <= 0:
+        raise InputError("scoring.image_weights must give at least one field a positive weight", source)
+    if s.image_combination not in ("weighted", "rank"):
+        raise InputError(f"scoring.image_combination must be weighted or rank, got '{s.image_combination}'", source)
+    if s.image_combination == "rank" and not s.image_weights:
+        raise InputError("scoring.image_combination: rank needs scoring.image_weights (the fields to fuse)", source)
+    if s.rank_k < 0:
+        raise InputError(f"scoring.rank_k must be >= 0, got {s.rank_k}", source)
+    if s.dense_term not in ("mutual_information", "entropy"):
+        raise InputError(f"scoring.dense_term must be mutual_information or entropy, got '{s.dense_term}'", source)
+    if s.dense_topk < 1:
+        raise InputError("scoring.dense_topk must be >= 1", source)
+    if not 0.0 < s.miss_iou <= 1.0:
+        raise InputError(f"scoring.miss_iou must be in (0, 1], got {s.miss_iou}", source)

@@ -34,15 +34,34 @@ empty scenes. :func:`finalize_pool` therefore places empty images deliberately, 
 
 Empty images are never ``certain``; the other images are ``certain`` when their
 informativeness is below ``ScoringConfig.certain_threshold``. Their component values stay 0
-(there is nothing to measure). The pool is then sorted most informative first, ties broken by
-``image_id`` so the ranking is deterministic, and ``rank`` is set 1-based.
+(there is nothing to measure). The pool is then sorted most informative first and ``rank`` is
+set 1-based. Ties (empty images above all) are broken by the larger ``dense`` value (an empty
+image whose candidates disagree more comes first, see :mod:`det_al.dense`), then by a hash of
+``(passes.seed, image_id)``, not by the image id itself: ids often follow capture order, and a
+tie-break by id would always send the same end of a camera's footage to the annotators
+(:func:`ranking_key`). :func:`apply_empty_policy` is the one place that places empty images,
+for the in-memory ranking (:func:`finalize_pool`) and the streamed one (:mod:`det_al.assemble`).
+
+**Image-level combination.** ``ScoringConfig.image_weights`` (default empty: the
+informativeness above) replaces the image's informativeness by a weighted mean of image fields
+(:data:`IMAGE_COMPONENTS`): ``objects`` (the per-object reduction above), ``class``, ``box``,
+``mask``, ``presence``, ``dense``, ``miss``, ``rpn_gap`` (0 without an RPN),
+``least_confidence``, ``max_entropy``; ``sum_c w_c x_c / sum_c w_c``, all in [0, 1]. Then an
+image is ``empty`` only when it has neither an object nor a pre-threshold candidate (the
+empty-image policy applies only there): an image whose model detects nothing still has its
+dense values, so a blind spot no longer gets the pool's median. :func:`combine_image` computes
+it; ``ranking.jsonl`` then also carries ``objects``. With ``ScoringConfig.image_combination:
+rank`` the fields are fused by rank over the pool instead of by value (:func:`fuse_ranks`:
+``sum_c w_c (k + 1) / (k + rank_c) / sum_c w_c``, ``k = ScoringConfig.rank_k``), so fields of any
+scale mix and 1 means "first by every field".
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -55,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 REDUCTIONS = ("max", "mean", "sum", "topk")
 COMPONENTS = ("class", "box", "mask", "presence")
+IMAGE_COMPONENTS = ("objects", "class", "box", "mask", "presence", "dense", "miss", "rpn_gap",
+                    "least_confidence", "max_entropy")
 
 
 def reduce_objects(values: Tensor, how: str = "max", k: int = 3) -> float:
@@ -112,6 +133,49 @@ def image_informativeness(
     return result
 
 
+def combine_image(values: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """``sum_c w_c x_c / sum_c w_c`` over the named image fields (a missing field counts 0).
+
+    >>> combine_image({"objects": 0.2, "dense": 0.8}, {"objects": 1.0, "dense": 3.0})
+    0.65
+    """
+    total = sum(float(w) for w in weights.values())
+    if total <= 0:
+        return 0.0
+    return round(sum(float(w) * float(values.get(name, 0.0)) for name, w in weights.items()) / total, 12)
+
+
+def fuse_ranks(columns: Mapping[str, Any], weights: Mapping[str, float], k: float = 60.0) -> np.ndarray:
+    """``[N]`` weighted reciprocal-rank fusion of image fields, scaled so that 1 is "first by all".
+
+    ``rank_c(i) = 1 + #{j : x_c(j) > x_c(i)}`` (ties share the best rank, so the result does
+    not depend on the order of the images); the value is
+    ``sum_c w_c (k + 1) / (k + rank_c) / sum_c w_c``. A field missing from ``columns`` counts 0
+    for every image.
+
+    >>> fuse_ranks({"a": [0.9, 0.1, 0.1], "b": [0.0, 0.5, 0.2]}, {"a": 1, "b": 1}, k=1).round(4).tolist()
+    [0.75, 0.8333, 0.6667]
+    """
+    n = max((len(v) for v in columns.values()), default=0)
+    total = sum(float(w) for w in weights.values())
+    out = np.zeros(n, dtype=np.float64)
+    if n == 0 or total <= 0:
+        return out
+    for name, weight in weights.items():
+        x = np.asarray(columns.get(name, np.zeros(n)), dtype=np.float64)
+        rank = np.searchsorted(np.sort(-x), -x, side="left") + 1
+        out += float(weight) * (k + 1.0) / (k + rank)
+    return np.round(out / total, 9)
+
+
+def fused_informativeness(records: list[Mapping[str, Any]], scoring: ScoringConfig) -> np.ndarray | None:
+    """``[N]`` the rank-fused informativeness of ``records`` (``image_combination: rank``), else None."""
+    if scoring.image_combination != "rank":
+        return None
+    columns = {name: [float(r.get(name, 0.0) or 0.0) for r in records] for name in scoring.image_weights}
+    return fuse_ranks(columns, scoring.image_weights, scoring.rank_k)
+
+
 def empty_informativeness(values: list[float], scoring: ScoringConfig) -> float:
     """The informativeness given to empty images, from the non-empty images' ``values``.
 
@@ -132,32 +196,54 @@ def empty_informativeness(values: list[float], scoring: ScoringConfig) -> float:
     return round(float(np.quantile(np.asarray(values, dtype=np.float64), q)), 12)
 
 
-def finalize_pool(records: list[dict[str, Any]], scoring: ScoringConfig) -> list[dict[str, Any]]:
+def apply_empty_policy(record: dict[str, Any], fill: float, scoring: ScoringConfig) -> None:
+    """Set ``informativeness`` (``fill`` for an empty image) and ``certain`` of one record, in place."""
+    if record["empty"]:
+        record["informativeness"] = fill
+        record["certain"] = False
+    else:
+        record["informativeness"] = float(record["informativeness"])
+        record["certain"] = bool(record["informativeness"] < scoring.certain_threshold)
+
+
+def tie_break(seed: int, image_id: Any) -> int:
+    """A seeded pseudo-random order of image ids, for ties (see the module docstring)."""
+    digest = hashlib.blake2b(f"{seed}/{image_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def ranking_key(record: Mapping[str, Any], seed: int = 0) -> tuple:
+    """The sort key of the ranking: informativeness, then ``dense``, both highest first, then
+    :func:`tie_break`, then ``image_id``."""
+    return (-float(record["informativeness"]), -float(record.get("dense", 0.0) or 0.0),
+            tie_break(seed, record["image_id"]), str(record["image_id"]))
+
+
+def finalize_pool(records: list[dict[str, Any]], scoring: ScoringConfig, seed: int = 0) -> list[dict[str, Any]]:
     """Apply the empty-image policy, set ``certain`` and ``rank``, sort most informative first.
 
     Args:
         records: one dict per image with ``image_id``, ``informativeness`` and ``empty``
             (missing ``empty``: ``n_objects == 0``); other keys are kept.
+        seed: the seed of the tie-break (``passes.seed``).
 
     Returns:
-        New dicts (the inputs are not modified), sorted by decreasing informativeness then
-        ``image_id``, with ``informativeness``, ``empty``, ``certain`` and ``rank`` (1-based).
+        New dicts (the inputs are not modified), sorted by :func:`ranking_key`, with
+        ``informativeness``, ``empty``, ``certain`` and ``rank`` (1-based).
     """
     out = [dict(r) for r in records]
-    for r in out:
+    fused = fused_informativeness(out, scoring)
+    for i, r in enumerate(out):
         r["empty"] = bool(r.get("empty", r.get("n_objects", 0) == 0))
+        if fused is not None:
+            r["informativeness"] = float(fused[i])
     values = [float(r["informativeness"]) for r in out if not r["empty"]]
     if any(math.isnan(v) for v in values):
         raise ValueError("informativeness must not be NaN")
     fill = empty_informativeness(values, scoring)
     for r in out:
-        if r["empty"]:
-            r["informativeness"] = fill
-            r["certain"] = False
-        else:
-            r["informativeness"] = float(r["informativeness"])
-            r["certain"] = r["informativeness"] < scoring.certain_threshold
-    out.sort(key=lambda r: (-r["informativeness"], r["image_id"]))
+        apply_empty_policy(r, fill, scoring)
+    out.sort(key=lambda r: ranking_key(r, seed))
     for rank, r in enumerate(out, start=1):
         r["rank"] = rank
     n_empty = sum(r["empty"] for r in out)

@@ -78,7 +78,7 @@ def _evaluate(checkpoint: Path, config: Config, data: LoopData, device: str) -> 
 
 def _needs_labelled_embeddings(strategy: str) -> bool:
     name, _, key = strategy.partition(":")
-    return name == "diverse" or key == "novelty"
+    return name in ("diverse", "fused") or key in ("novelty", "fused")
 
 
 def labelled_embeddings(model: Any, coco: Mapping[str, Any], image_root: Path, device: str) -> np.ndarray:
@@ -309,7 +309,8 @@ def _run_rounds(
                         scores = score_pool(model, round_config, categories, run.pool(), data.image_root, device=device, progress=progress)
                         if r == 0:
                             shared[key] = scores
-                    chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device)
+                    chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device,
+                                     fusion_weights=dict(loop.fusion_weights) or None, fusion_k=loop.fusion_k)
                 selected = [int(c["image_id"]) for c in chosen]
                 revealed = subset(data.oracle, selected)
                 row = {
@@ -390,6 +391,7 @@ def _select(
     seed: int,
     pre_factor: float,
     device: str,
+    **fusion: Any,
 ) -> list[dict]:
     """Run one strategy on a scored pool, with the context it needs."""
     from det_al.novelty import add_novelty
@@ -411,6 +413,7 @@ def _select(
         "embeddings": np.asarray(scores.embeddings, dtype=np.float32),
         "embedding_ids": list(scores.embedding_ids),
         "image_classes": classes_from_annotations(scores.annotations),
+        **fusion,
     }
     if _needs_labelled_embeddings(strategy):
         context["labelled_embeddings"] = labelled_embeddings(model, labelled, data.image_root, device)

@@ -72,13 +72,14 @@ def labelled_spacing(labelled_embeddings: Any) -> float:
     return spacing if spacing > 0 else 1.0
 
 
-def novelty(pool_embeddings: Any, labelled_embeddings: Any, chunk: int = 4096) -> Tensor:
+def novelty(pool_embeddings: Any, labelled_embeddings: Any, chunk: int = 4096, spacing: float | None = None) -> Tensor:
     """Novelty of each pool image: ``d / (d + s)`` (see the module docstring).
 
     Args:
         pool_embeddings: ``[N, D]`` one embedding per pool image.
         labelled_embeddings: ``[M, D]`` one embedding per labelled image (``M`` may be 0).
         chunk: pool rows compared at a time (bounds memory at ``chunk * M``).
+        spacing: :func:`labelled_spacing` of ``labelled_embeddings`` when the caller has it.
 
     Returns:
         ``Tensor[N]`` float32 in [0, 1].
@@ -87,7 +88,7 @@ def novelty(pool_embeddings: Any, labelled_embeddings: Any, chunk: int = 4096) -
     if labelled_embeddings is None or len(labelled_embeddings) == 0:
         return torch.ones(len(pool), dtype=torch.float32)
     d = nearest_distance(pool, labelled_embeddings, chunk)
-    s = labelled_spacing(labelled_embeddings)
+    s = labelled_spacing(labelled_embeddings) if spacing is None else spacing
     return (d / (d + s)).float()
 
 

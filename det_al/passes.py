@@ -49,10 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
 from det_al.config import PassesConfig
+from det_al.dense import Candidates, DenseAccumulator
 from det_al.detections import Detections
 from det_al.dropout import Chunk, MCDropout, default_sites, mc_dropout
 from det_al.models import model_family
@@ -90,12 +92,16 @@ class ImagePasses:
         views: the view name of each stochastic pass, ``len == V * T``.
         embedding: ``[D]`` global average of the backbone's coarsest feature map over the
             image's own area (padding excluded), from the deterministic pass.
+        candidates: the pre-threshold candidates over the identity view's T passes
+            (:mod:`det_al.dense`), boxes in original-image pixels; ``None`` when they differ
+            between passes (a dropout site upstream of them).
     """
 
     deterministic: Detections
     passes: list[Detections]
     views: list[str]
     embedding: Tensor
+    candidates: Candidates | None = None
 
 
 @dataclass
@@ -116,6 +122,7 @@ class Prefix:
     rows: list[int]
     references: list[Tensor]  # proposals (R-CNN) or anchors (one-stage) per image
     shared_masks: "SharedMasks | None" = None
+    objectness: list[Tensor] | None = None  # R-CNN: the RPN probability of each proposal
 
 
 @dataclass
@@ -155,11 +162,11 @@ def compute_prefix(model: nn.Module, images: Sequence[Tensor], family: str) -> P
     sizes = [(int(h), int(w)) for h, w in image_list.image_sizes]
     levels = list(features.values())
     if family == "rcnn":
-        proposals, _ = model.rpn(image_list, features)
+        proposals, objectness = _rpn(model.rpn, image_list, features)
         box_features = model.roi_heads.box_roi_pool(features, proposals, image_list.image_sizes)
         box_features = model.roi_heads.box_head(box_features)
         return Prefix(family, sizes, original_sizes, padded, features, box_features,
-                      [int(p.shape[0]) for p in proposals], proposals)
+                      [int(p.shape[0]) for p in proposals], proposals, objectness=objectness)
     anchors = model.anchor_generator(image_list, levels)
     if family in ("retinanet", "fcos"):
         cls_tower = [model.head.classification_head.conv(f) for f in levels]
@@ -169,6 +176,20 @@ def compute_prefix(model: nn.Module, images: Sequence[Tensor], family: str) -> P
     if family == "ssd":
         return Prefix(family, sizes, original_sizes, padded, features, levels, [1] * len(images), anchors)
     raise ValueError(f"unknown model family {family!r}")
+
+
+def _rpn(rpn: nn.Module, image_list, features: "OrderedDict[str, Tensor]") -> tuple[list[Tensor], list[Tensor]]:
+    """``RegionProposalNetwork.forward`` at inference, keeping what it drops: each proposal's
+    objectness probability (``filter_proposals``' scores). Returns ``(proposals [R_i, 4],
+    objectness [R_i])`` per image."""
+    levels = list(features.values())
+    objectness, deltas = rpn.head(levels)
+    anchors = rpn.anchor_generator(image_list, levels)
+    per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+    objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+    proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+    boxes, scores = rpn.filter_proposals(proposals, objectness, image_list.image_sizes, per_level)
+    return boxes, scores
 
 
 def embeddings(prefix: Prefix) -> Tensor:
@@ -195,7 +216,7 @@ def _pass_chunks(generators: list[list[torch.Generator | None]], rates: Sequence
 
 def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
                generators: list[list[torch.Generator | None]], rates: Sequence[float],
-               masks: str = "exact") -> list[list[Detections]]:
+               masks: str = "exact", dense: Sequence[DenseAccumulator] | None = None) -> list[list[Detections]]:
     """The stochastic part for P passes in one batched call.
 
     Args:
@@ -203,6 +224,8 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
         rates: ``[P]`` the dropout rate of each pass.
         masks: Mask R-CNN: ``exact`` (the mask branch on each pass's boxes) or ``shared``
             (:func:`_shared_masks`; a call with all rates 0 fills ``prefix.shared_masks``).
+        dense: ``[B]`` accumulators that receive every candidate's class probabilities of the
+            P passes before any threshold (:mod:`det_al.dense`), or ``None``.
 
     Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
     """
@@ -213,7 +236,14 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
         x = prefix.site.repeat(p_count, 1) if p_count > 1 else prefix.site
         with control.layout(chunks):
             class_logits, box_regression = model.roi_heads.box_predictor(x)
-        out = rcnn_postprocess(model, prefix, class_logits.float(), box_regression.float(), p_count)
+        probs = F.softmax(class_logits.float(), -1)
+        if dense is not None:
+            pieces = probs.split(prefix.rows * p_count)
+            b_count = len(prefix.rows)
+            for i, acc in enumerate(dense):
+                acc.add(torch.stack([pieces[p * b_count + i] for p in range(p_count)], 1),
+                        prefix.references[i], prefix.objectness[i] if prefix.objectness else None)
+        out = rcnn_postprocess(model, prefix, class_logits.float(), box_regression.float(), p_count, probs)
         if model.roi_heads.has_mask():
             if masks == "shared":
                 _shared_masks(model, prefix, control, generators, rates, out)
@@ -233,14 +263,41 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
                     ctr.append(reg_head.bbox_ctrness(t))
                 else:
                     reg.append(reg_head.bbox_reg(t))
+        if dense is not None:
+            _add_one_stage(prefix, dense, cls, ctr or None, cls_head.num_classes, p_count)
         out = dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
         return _to_original(prefix, out)
     if family == "ssd":
         with control.layout(chunks):
             head_outputs = model.head([_tile(f, p_count) for f in prefix.site])
+        if dense is not None:
+            probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)  # [P * B, R, C]
+            b_count = len(prefix.rows)
+            for i, acc in enumerate(dense):
+                acc.add(probs[i::b_count].transpose(0, 1), prefix.references[i])
         out = ssd_postprocess(model, prefix, head_outputs, p_count)
         return _to_original(prefix, out)
     raise ValueError(f"unknown model family {family!r}")
+
+
+def _add_one_stage(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[Tensor],
+                   ctr: list[Tensor] | None, num_classes: int, p_count: int) -> None:
+    """Every anchor's per-class probabilities (the quantity the family scores detections with,
+    background column left out), in torchvision's ``[H * W * A]`` anchor order, to ``dense``."""
+    levels = []
+    for level, logits in enumerate(cls):
+        n, _, h, w = logits.shape
+        a_count = logits.shape[1] // num_classes
+        x = logits.float().view(n, a_count, num_classes, h, w).permute(0, 3, 4, 1, 2)
+        p = torch.sigmoid(x.reshape(n, h * w * a_count, num_classes)[..., 1:])
+        if ctr is not None:
+            c = ctr[level].float().view(n, a_count, h, w).permute(0, 2, 3, 1).reshape(n, h * w * a_count, 1)
+            p = torch.sqrt(p * torch.sigmoid(c))
+        levels.append(p)
+    probs = torch.cat(levels, 1)  # [P * B, R, C - 1]
+    b_count = len(prefix.rows)
+    for i, acc in enumerate(dense):
+        acc.add(probs[i::b_count].transpose(0, 1), prefix.references[i])
 
 
 def _tile(x: Tensor, p_count: int) -> Tensor:
@@ -411,6 +468,7 @@ def run_passes(
     device: str | torch.device = "cpu",
     amp: bool = False,
     fast: bool | None = None,
+    dense: bool = True,
 ) -> list[ImagePasses]:
     """The deterministic pass and ``V * T`` stochastic passes for each image.
 
@@ -423,6 +481,8 @@ def run_passes(
             (default ``config.seed + i``, which does depend on the batch order).
         device, amp: where to run; ``amp`` enables ``torch.autocast`` (postprocessing stays float32).
         fast: override ``config.fast``: True = prefix once + batched suffix; False = the plain path.
+        dense: gather the pre-threshold candidates (``ImagePasses.candidates``; False: ``None``,
+            what ``benchmarks/bench_passes.py`` compares against).
 
     Returns one :class:`ImagePasses` per image, tensors on the CPU.
     """
@@ -449,6 +509,8 @@ def run_passes(
     gens = [[[torch.Generator(device=device).manual_seed(pass_seed(s, v, t)) for t in range(len(rates))]
              for v in range(len(views))] for s in seeds]
     results: list[list[list[Detections]]] = [[[] for _ in views] for _ in images]
+    kind = "softmax" if family in ("rcnn", "ssd") else "sigmoid"
+    dense = [DenseAccumulator(kind) for _ in images] if dense else None  # the identity view's candidates
     chunk = config.chunk if config.chunk > 0 else len(rates)
     autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
@@ -463,7 +525,8 @@ def run_passes(
                 for start in range(0, len(rates), chunk):
                     stop = min(start + chunk, len(rates))
                     g = [[gens[i][v][t] for i in range(b_count)] for t in range(start, stop)]
-                    dets = run_suffix(model, prefix, control, g, rates[start:stop], masks)
+                    acc = dense if view.kind == "identity" and dense else None
+                    dets = run_suffix(model, prefix, control, g, rates[start:stop], masks, acc)
                     for row in dets:
                         for i in range(b_count):
                             results[i][v].append(row[i])
@@ -474,7 +537,8 @@ def run_passes(
                         # the whole model per pass: user sites upstream of the suffix get dropout too
                         with control.layout([Chunk(g, rate)]):
                             prefix = _view_prefix(model, [images[i]], view, family, control, layout=False)
-                        results[i][v].append(run_suffix(model, prefix, control, [[g]], [rate])[0][0])
+                        acc = [dense[i]] if view.kind == "identity" and dense else None
+                        results[i][v].append(run_suffix(model, prefix, control, [[g]], [rate], dense=acc)[0][0])
     out = []
     for i in range(b_count):
         passes, names = [], []
@@ -482,7 +546,10 @@ def run_passes(
             for det in results[i][v]:
                 passes.append(_unapply_view(view, det, sizes[i]).to("cpu"))
                 names.append(view.name)
-        out.append(ImagePasses(deterministic[i].to("cpu"), passes, names, embedding[i].cpu()))
+        candidates = dense[i].candidates() if dense else None
+        if candidates is not None:
+            candidates.boxes = resize_boxes(candidates.boxes, base.image_sizes[i], base.original_sizes[i])
+        out.append(ImagePasses(deterministic[i].to("cpu"), passes, names, embedding[i].cpu(), candidates))
     return out
 
 

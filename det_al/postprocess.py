@@ -35,13 +35,15 @@ class Raw:
 
 
 def rcnn_postprocess(model: nn.Module, prefix: Prefix, class_logits: Tensor, box_regression: Tensor,
-                      p_count: int) -> list[list[Raw]]:
-    """``RoIHeads.postprocess_detections`` per pass and image, keeping softmax rows."""
+                      p_count: int, probs: Tensor | None = None) -> list[list[Raw]]:
+    """``RoIHeads.postprocess_detections`` per pass and image, keeping softmax rows.
+
+    ``probs``: ``softmax(class_logits, -1)`` when the caller has it already."""
     rh = model.roi_heads
     proposals = prefix.references
     num_classes = class_logits.shape[-1]
     pred_boxes = rh.box_coder.decode(box_regression, list(proposals) * p_count)
-    pred_scores = F.softmax(class_logits, -1)
+    pred_scores = F.softmax(class_logits, -1) if probs is None else probs
     splits = prefix.rows * p_count
     boxes_list = pred_boxes.split(splits, 0)
     scores_list = pred_scores.split(splits, 0)

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: Ranking fields that are not informativeness components.
 NOT_COMPONENTS = {"image_id", "file_name", "rank", "informativeness", "n_objects", "n_detections",
-                  "certain", "empty"}
+                  "n_candidates", "certain", "empty"}
 #: Components shown first, in this order; other numeric fields follow alphabetically.
 COMPONENT_ORDER = ("class", "box", "mask", "presence", "novelty")
 HISTOGRAM_BINS = 20

@@ -28,9 +28,11 @@ from det_al.errors import InputError
 from det_al.pool import PoolImages, as_pool_images
 from det_al.results import RESULTS, ResultsWriter, read_results, run_key
 from det_al.assemble import assemble_outputs
-from det_al.informativeness import finalize_pool, image_informativeness
+from det_al.dense import dense_scores
+from det_al.informativeness import combine_image, finalize_pool, image_informativeness
 from det_al.matching import match_passes
 from det_al.models import has_masks
+from det_al.one_pass import one_pass_scores
 from det_al.passes import ImagePasses, run_passes
 from det_al.segmentation import mask_to_rle
 from det_al.uncertainty import score_objects
@@ -145,13 +147,23 @@ def score_image(
                 rows.append([round(x, 1), round(y, 1), round(w, 1), round(h, 1), label_to_id.get(lab, -1), round(s, 4)])
         pass_boxes.append(rows)
 
+    one_pass = one_pass_scores(anchor)
+    dense = dense_scores(image_passes.candidates, anchor.boxes, anchor.scores, config.scoring)
     record = {
         "informativeness": _round(image["informativeness"]),
         **{c: _round(image.get(c, 0.0)) for c in COMPONENTS},
         "n_objects": int(image["n_objects"]),
         "n_detections": len(anchor),
+        "least_confidence": _round(one_pass["least_confidence"]),
+        "max_entropy": _round(one_pass["max_entropy"]),
+        **{k: v if isinstance(v, int) else _round(v) for k, v in dense.items()},
         "empty": bool(image["empty"]),
     }
+    weights = config.scoring.image_weights
+    if weights:  # the image-level combination (informativeness.IMAGE_COMPONENTS)
+        record["objects"] = record["informativeness"]
+        record["informativeness"] = _round(combine_image(record, weights))
+        record["empty"] = bool(image["empty"] and not dense["n_candidates"])
     return {
         "record": record,
         "annotations": annotations,
@@ -238,7 +250,7 @@ def records_from_results(results: list[dict], config: Config) -> list[dict]:
         for r in results
         if "record" in r
     ]
-    return finalize_pool(records, config.scoring)
+    return finalize_pool(records, config.scoring, config.passes.seed)
 
 
 def score_pool(
@@ -333,6 +345,7 @@ def score_to_dir(
     run_info: dict | None = None,
     make_dataset: Callable[[PoolImages], torch.utils.data.Dataset] | None = None,
     overwrite: bool = False,
+    labelled_embeddings: np.ndarray | None = None,
 ) -> dict:
     """Score a pool (or one shard of it) streaming result lines to ``out_dir/results.jsonl``.
 
@@ -341,7 +354,8 @@ def score_to_dir(
     a kill at any instant loses at most the batch in flight. Without it, a folder holding
     results is an :class:`InputError` unless ``overwrite`` (see :class:`ResultsWriter`). With
     ``assemble`` (single shard), the final outputs are written at the end; shards are joined by
-    :func:`det_al.shards.merge_shards`.
+    :func:`det_al.shards.merge_shards`. ``labelled_embeddings`` ``[M, D]`` (the labelled set's,
+    :func:`det_al.novelty.embed_images`) add ``novelty`` to every ranking record when assembling.
     """
     pool_images = as_pool_images(pool["images"])
     block = config.passes.batch_size
@@ -365,7 +379,7 @@ def score_to_dir(
         counts.update(
             assemble_outputs(
                 lambda: read_results([out_dir / RESULTS]), out_dir, categories, config,
-                {**counts, **(run_info or {})},
+                {**counts, **(run_info or {})}, labelled_embeddings=labelled_embeddings,
             )
         )
     return counts

@@ -18,7 +18,10 @@ same context to all of them:
 - ``image_classes``: image id -> predicted category ids, one per predicted object
   (:func:`classes_from_annotations` builds it from ``pseudo_labels.json``): for
   :func:`class_balanced`;
-- ``pre_factor``: how many candidates per budget slot :func:`diverse` considers (default 3).
+- ``pre_factor``: how many candidates per budget slot :func:`diverse` considers (default 3);
+- ``fusion_weights`` (field -> weight, default ``{"informativeness": 1, "novelty": 1}``) and
+  ``fusion_k`` (default 60): the reciprocal-rank fusion of :func:`fused`, also used wherever
+  ``key`` is ``"fused"`` (``diverse:fused`` pre-filters by it).
 
 **Budgets.** ``budget`` caps the number of images, ``budget_boxes`` the number of predicted
 boxes (the sum of ``n_objects`` of the chosen images): annotation cost grows with the objects
@@ -97,10 +100,58 @@ def fill(records: Sequence[dict], order: Iterable[int], budget: int | None, budg
     return chosen
 
 
-def _priority(records: Sequence[dict], key: str) -> list[int]:
-    """Indices of ``records`` by ``key``, highest first; ties keep the ranking order."""
-    if records and key not in records[0]:
-        raise InputError(f"ranking records have no '{key}' field (have: {', '.join(sorted(records[0]))})")
+NOT_RANKABLE = ("image_id", "rank", "empty", "certain")
+
+
+def rankable_fields(record: Mapping[str, Any]) -> list[str]:
+    """The numeric fields of a ranking record that ``top:<field>`` can rank by, sorted."""
+    return sorted(k for k, v in record.items()
+                  if k not in NOT_RANKABLE and isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+DEFAULT_FUSION = {"informativeness": 1.0, "novelty": 1.0}
+
+
+def fusion_scores(records: Sequence[dict], weights: Mapping[str, float] | None = None, k: float = 60.0) -> list[float]:
+    """Weighted reciprocal-rank fusion: ``sum_f w_f / (k + rank_f(i))`` per record.
+
+    ``rank_f`` is the 1-based rank by field ``f``, highest first, ties in ranking order. A
+    field's weight scales its vote; no field gates another (an image last by one field still
+    gets that field's smallest vote). Raises :class:`InputError` when a field is missing
+    (``novelty`` needs ``det-al score --labelled``).
+
+    >>> r = [{"image_id": 1, "a": 0.9, "b": 0.1}, {"image_id": 2, "a": 0.5, "b": 0.8}]
+    >>> [round(v, 6) for v in fusion_scores(r, {"a": 1.0, "b": 2.0}, k=1)]
+    [1.166667, 1.333333]
+    """
+    weights = dict(DEFAULT_FUSION if weights is None else weights)
+    if k < 0:
+        raise InputError(f"the fusion constant k must be >= 0, got {k}")
+    if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights.values()):
+        raise InputError(f"fusion weights must be non-negative numbers, got {weights}")
+    scores = [0.0] * len(records)
+    if not records:
+        return scores
+    for field, weight in weights.items():
+        if field not in records[0]:
+            hint = " (score the pool with det-al score --labelled TRAIN.json)" if field == "novelty" else ""
+            raise InputError(f"the fused strategy needs '{field}' in every ranking record{hint}")
+        for rank, i in enumerate(_priority(records, field), start=1):
+            scores[i] += float(weight) / (k + rank)
+    return scores
+
+
+def _priority(records: Sequence[dict], key: str, fusion_weights: Mapping[str, float] | None = None,
+              fusion_k: float = 60.0) -> list[int]:
+    """Indices of ``records`` by ``key``, highest first; ties keep the ranking order.
+
+    ``key == "fused"`` orders by :func:`fusion_scores`."""
+    if key == "fused":
+        fused = fusion_scores(records, fusion_weights, fusion_k)
+        return sorted(range(len(records)), key=lambda i: -fused[i])
+    if records and key not in rankable_fields(records[0]):
+        raise InputError(f"cannot rank by '{key}': not a numeric field of the ranking records "
+                         f"(valid: {', '.join(rankable_fields(records[0]))})")
     values = [float(r.get(key, 0.0) or 0.0) for r in records]
     return sorted(range(len(records)), key=lambda i: -values[i])
 
@@ -127,10 +178,26 @@ def top(
     budget_boxes: int | None = None,
     *,
     key: str = "informativeness",
+    fusion_weights: Mapping[str, float] | None = None,
+    fusion_k: float = 60.0,
     **_: Any,
 ) -> list[dict]:
     """The highest-``key`` images (informativeness, or one component such as ``"box"``)."""
-    return fill(records, _priority(records, key), budget, budget_boxes)
+    return fill(records, _priority(records, key, fusion_weights, fusion_k), budget, budget_boxes)
+
+
+def fused(
+    records: Sequence[dict],
+    budget: int | None = None,
+    budget_boxes: int | None = None,
+    *,
+    fusion_weights: Mapping[str, float] | None = None,
+    fusion_k: float = 60.0,
+    **_: Any,
+) -> list[dict]:
+    """The images first by weighted reciprocal-rank fusion of informativeness and novelty
+    (:func:`fusion_scores`; the fields and weights are ``fusion_weights``)."""
+    return fill(records, _priority(records, "fused", fusion_weights, fusion_k), budget, budget_boxes)
 
 
 def _rows_for(records: Sequence[dict], embeddings: Any, embedding_ids: Sequence[int] | None) -> torch.Tensor:
@@ -209,6 +276,8 @@ def diverse(
     labelled_embeddings: Any = None,
     pre_factor: float = 3.0,
     key: str = "informativeness",
+    fusion_weights: Mapping[str, float] | None = None,
+    fusion_k: float = 60.0,
     **_: Any,
 ) -> list[dict]:
     """Uncertainty first, then spread: k-center greedy over the most informative images.
@@ -228,7 +297,7 @@ def diverse(
         raise InputError(f"pre_factor must be >= 1, got {pre_factor}")
     if not records:
         return []
-    order = _priority(records, key)
+    order = _priority(records, key, fusion_weights, fusion_k)
     n_images = len(order) if budget is None else math.ceil(pre_factor * budget)
     n_boxes = math.inf if budget_boxes is None else pre_factor * budget_boxes
     candidates: list[int] = []
@@ -291,6 +360,8 @@ def class_balanced(
     *,
     image_classes: Mapping[int, Sequence[int]] | None = None,
     key: str = "informativeness",
+    fusion_weights: Mapping[str, float] | None = None,
+    fusion_k: float = 60.0,
     **_: Any,
 ) -> list[dict]:
     """Quotas that favour rare predicted classes, each filled by informativeness.
@@ -305,7 +376,7 @@ def class_balanced(
     check_budget(budget, budget_boxes)
     if image_classes is None:
         raise InputError("the class-balanced strategy needs the predicted classes of each image (pseudo_labels.json)")
-    order = _priority(records, key)
+    order = _priority(records, key, fusion_weights, fusion_k)
     frequency: dict[int, int] = {}
     for r in records:
         for c in set(image_classes.get(int(r["image_id"]), ())):
@@ -342,11 +413,13 @@ STRATEGIES: dict[str, Strategy] = {
     "top": top,
     "diverse": diverse,
     "class-balanced": class_balanced,
+    "fused": fused,
 }
 
 
 def get_strategy(name_or_callable: str | Strategy) -> Strategy:
-    """A strategy by name (``"diverse"``, or ``"top:class"`` to rank by one field); a callable passes through."""
+    """A strategy by name (``"diverse"``, or ``"top:class"`` to rank by one field, ``"diverse:fused"``
+    to pre-filter by :func:`fusion_scores`); a callable passes through."""
     if callable(name_or_callable):
         return name_or_callable
     name, _, key = str(name_or_callable).partition(":")

@@ -134,13 +134,24 @@ def test_finalize_pool_value(value, position):
 
 def test_finalize_pool_all_empty_and_no_images():
     out = finalize_pool(records({2: None, 1: None}), ScoringConfig())
-    assert [(r["image_id"], r["informativeness"], r["rank"]) for r in out] == [(1, 0.5, 1), (2, 0.5, 2)]
+    assert sorted((r["image_id"], r["informativeness"]) for r in out) == [(1, 0.5), (2, 0.5)]
+    assert [r["rank"] for r in out] == [1, 2]
     assert finalize_pool([], ScoringConfig()) == []
 
 
-def test_finalize_pool_ties_by_image_id():
+def test_finalize_pool_ties_by_dense_then_a_seeded_hash_not_the_image_id():
+    from det_al.informativeness import tie_break
+
     out = finalize_pool(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig())
-    assert [r["image_id"] for r in out] == [2, 1, 3]
+    expected = sorted([1, 3], key=lambda i: tie_break(0, i))
+    assert [r["image_id"] for r in out] == [2, *expected]
+    # twenty tied empty images: a seed-dependent order, the same for the same seed
+    pool = records({i: None for i in range(20)})
+    orders = [[r["image_id"] for r in finalize_pool(pool, ScoringConfig(), seed=s)] for s in (0, 0, 1)]
+    assert orders[0] == orders[1] != orders[2] and orders[0] != list(range(20))
+    # a larger dense value wins a tie
+    pool = [{**r, "dense": 0.1 * (r["image_id"] == 7)} for r in pool]
+    assert finalize_pool(pool, ScoringConfig())[0]["image_id"] == 7
 
 
 def test_finalize_pool_empty_from_n_objects_and_kept_keys():
@@ -175,3 +186,37 @@ def test_min_score_filters_on_expected_score():
     values["expected_score"][2] = 0.01
     r = image_informativeness(values, ScoringConfig(reduction="max"), has_masks=True)
     assert r["n_objects"] == 1 and r["informativeness"] == pytest.approx(0.2)
+
+
+def test_rank_combination_by_hand_in_memory_and_streamed(tmp_path):
+    import json
+
+    from det_al.assemble import assemble_outputs
+    from det_al.config import config_from_dict
+
+    config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "scoring": {
+        "image_weights": {"objects": 1, "dense": 1}, "image_combination": "rank", "rank_k": 1}})
+    pool = [{"image_id": 1, "informativeness": 0.2, "objects": 0.2, "dense": 0.9, "n_objects": 1, "empty": False},
+            {"image_id": 2, "informativeness": 0.5, "objects": 0.5, "dense": 0.1, "n_objects": 1, "empty": False},
+            {"image_id": 3, "informativeness": 0.0, "objects": 0.0, "dense": 0.5, "n_objects": 0, "empty": True}]
+    # objects ranks 2 1 3, dense ranks 1 3 2; (k + 1) / (k + rank) = 2 / (1 + rank), mean of the two:
+    # image 1 (2/3 + 1) / 2, image 2 (1 + 1/2) / 2; image 3 is empty: the median of those two
+    out = finalize_pool(pool, config.scoring)
+    assert [r["image_id"] for r in out] == [1, 3, 2]
+    assert [r["informativeness"] for r in out] == pytest.approx([5 / 6, (5 / 6 + 3 / 4) / 2, 3 / 4])
+    lines = [{"image_id": r["image_id"], "file_name": f"{r['image_id']}.png",
+              "record": {k: v for k, v in r.items() if k != "image_id"}, "annotations": [], "passes": {},
+              "embedding": [0.0, 1.0]} for r in pool]
+    assemble_outputs(lambda: iter(lines), tmp_path, [{"id": 1, "name": "a"}], config)
+    streamed = [json.loads(s) for s in (tmp_path / "ranking.jsonl").read_text().splitlines()]
+    assert [(r["image_id"], r["informativeness"], r["rank"]) for r in streamed] == \
+        [(r["image_id"], pytest.approx(r["informativeness"]), r["rank"]) for r in out]
+
+
+def test_rank_combination_needs_weights():
+    from det_al.config import config_from_dict
+    from det_al.errors import InputError
+
+    with pytest.raises(InputError, match="rank needs scoring.image_weights"):
+        config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2},
+                          "scoring": {"image_combination": "rank"}})

@@ -207,3 +207,43 @@ def test_result_line_values_are_rounded_as_documented():
     row = json.dumps(line["passes"]["passes"][0], separators=(",", ":"))
     assert row == "[[10.2,20.5,30.5,40.0,3,0.1235]]" and line["passes"]["passes"][1] == line["passes"]["passes"][0]
     assert line["embedding"] == [0.12346, -2.5]
+
+
+def test_ranking_carries_dense_and_one_pass_fields(scored):
+    records = _ranking(scored)
+    for r in records:  # maskrcnn_tiny: an RPN, so rpn_gap too
+        assert r["n_candidates"] > 0
+        for name in ("dense", "miss", "rpn_gap", "least_confidence", "max_entropy"):
+            assert 0.0 <= r[name] <= 1.0, (name, r)
+        assert r["least_confidence"] == 0.0 or r["n_detections"] > 0
+
+
+def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpoint, scored, tmp_path, capsys):
+    from det_al.novelty import novelty
+    from det_al.strategies import fusion_scores
+
+    labelled = {**tiny_pool["coco"], "images": tiny_pool["coco"]["images"][:3]}
+    (tmp_path / "train.json").write_text(json.dumps(labelled))
+    out = tmp_path / "scores"
+    assert _score(tiny_pool, tiny_checkpoint, out, "--passes", "2", "--labelled", str(tmp_path / "train.json"),
+                  "--labelled-root", str(tiny_pool["root"])) == 0
+    records = _ranking(out)
+    emb, ids = np.load(out / "embeddings.npy"), json.loads((out / "embeddings_ids.json").read_text())
+    expected = novelty(emb.astype(np.float64), np.load(out / "labelled_embeddings.npy")).tolist()
+    by_id = dict(zip(ids, expected))
+    assert [r["novelty"] for r in records] == [pytest.approx(by_id[r["image_id"]], abs=2e-6) for r in records]
+
+    sel = tmp_path / "sel"
+    assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(sel),
+                 "--strategy", "fused", "--fusion-k", "1"]) == 0
+    fused = fusion_scores(records, k=1)
+    best = sorted(range(len(records)), key=lambda i: -fused[i])[:2]
+    chosen = json.loads((sel / "selection.json").read_text())["images"]
+    assert sorted(im["id"] for im in chosen) == sorted(records[i]["image_id"] for i in best)
+
+    capsys.readouterr()
+    assert main(["select", "--ranking", str(scored / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "no"),
+                 "--strategy", "fused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs 'novelty'" in err[0] and "--labelled" in err[0]
+    assert not (tmp_path / "no" / "selection.json").exists()

@@ -62,6 +62,19 @@ def test_top_unknown_key_is_an_input_error():
         top([rec(1, 0.5)], budget=1, key="novelty")
 
 
+def test_top_ranks_by_any_numeric_field_and_lists_the_valid_ones():
+    records = [rec(1, 0.9, least_confidence=0.1, n_detections=5, max_entropy=0.2, dense=0.3, file_name="a"),
+               rec(2, 0.1, least_confidence=0.7, n_detections=1, max_entropy=0.9, dense=0.8, file_name="b")]
+    assert ids(get_strategy("top:least_confidence")(records, budget=1)) == [2]
+    assert ids(get_strategy("top:n_detections")(records, budget=1)) == [1]
+    assert ids(get_strategy("top:max_entropy")(records, budget=1)) == [2]
+    assert ids(get_strategy("top:dense")(records, budget=1)) == [2]
+    with pytest.raises(InputError) as e:
+        top(records, budget=1, key="file_name")  # a string is not rankable
+    assert "valid: box, class, dense, informativeness, least_confidence, mask, max_entropy, " \
+        "n_detections, n_objects, presence" in str(e.value)
+
+
 def test_budget_larger_than_pool_takes_everything():
     records = [rec(1, 0.2), rec(2, 0.4)]
     assert ids(top(records, budget=10)) == [2, 1]
@@ -228,12 +241,47 @@ def test_classes_from_annotations():
 
 
 def test_registry_and_lookup():
-    assert set(STRATEGIES) == {"random", "top", "diverse", "class-balanced"}
+    assert set(STRATEGIES) == {"random", "top", "diverse", "class-balanced", "fused"}
     assert get_strategy("top") is top
     fn = get_strategy("top:box")
     records = [rec(1, 0.9, box=0.1), rec(2, 0.1, box=0.9)]
     assert ids(fn(records, 1)) == [2]
     custom = lambda records, budget, budget_boxes, **_: list(records[:budget])  # noqa: E731
     assert get_strategy(custom) is custom
-    with pytest.raises(ValueError, match="random, top, diverse, class-balanced"):
+    with pytest.raises(ValueError, match="random, top, diverse, class-balanced, fused"):
         get_strategy("best")
+
+
+# --------------------------------------------------------------------------- fused
+
+
+def test_fused_is_weighted_reciprocal_rank_fusion_by_hand():
+    from det_al.strategies import fused, fusion_scores
+
+    # informativeness ranks 1, 2, 3 and novelty ranks 3, 1, 2 (image ids 1, 2, 3)
+    records = [rec(1, 0.9, novelty=0.1), rec(2, 0.5, novelty=0.8), rec(3, 0.2, novelty=0.4)]
+    got = fusion_scores(records)  # k = 60, weights 1 and 1
+    expected = [1 / 61 + 1 / 63, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62]
+    assert got == pytest.approx(expected)
+    assert ids(fused(records, budget=2)) == [2, 1]
+    # novelty weighted 3, k = 0: image 1 gets 1/1 + 3/3 = 2, image 2 1/2 + 3/1 = 3.5, image 3 1/3 + 3/2
+    scores = fusion_scores(records, {"informativeness": 1, "novelty": 3}, k=0)
+    assert scores == pytest.approx([2.0, 3.5, 1 / 3 + 1.5])
+    assert ids(get_strategy("fused")(records, budget=3, fusion_weights={"informativeness": 1, "novelty": 3},
+                                     fusion_k=0)) == [2, 1, 3]
+    # never a gate: the image last by novelty is still first when informativeness is all that counts
+    assert ids(fused(records, budget=1, fusion_weights={"informativeness": 1, "novelty": 0})) == [1]
+
+
+def test_fused_without_novelty_is_one_clear_error():
+    with pytest.raises(InputError, match="needs 'novelty'.*--labelled"):
+        run_strategy("fused", [rec(1, 0.5), rec(2, 0.4)], budget=1)
+
+
+def test_diverse_prefilters_by_fusion():
+    # pre_factor 1, budget 1: the single candidate is the fused first, image 2 (not image 1)
+    records = [rec(1, 0.9, novelty=0.1), rec(2, 0.5, novelty=0.8), rec(3, 0.2, novelty=0.4)]
+    emb = np.eye(3)
+    kw = {"budget": 1, "embeddings": emb, "embedding_ids": [1, 2, 3], "pre_factor": 1}
+    assert ids(get_strategy("diverse:fused")(records, **kw)) == [2]
+    assert ids(get_strategy("diverse")(records, **kw)) == [1]

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard the results already in --out and start over")
     parser.add_argument("--num-shards", type=int, default=1, help="split the pool into N shards (job arrays); join them with det-al merge-shards")
     parser.add_argument("--shard-index", type=int, default=0, help="which shard this job scores, 0..N-1")
+    parser.add_argument("--labelled", help="COCO JSON of the labelled (training) set: each ranked image gets its novelty "
+                                           "(distance to it); enables --strategy fused in det-al select")
+    parser.add_argument("--labelled-root", help="folder the labelled set's file_name entries are relative to "
+                                                "(default: the labelled file's folder)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -114,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_sha = file_sha256(args.checkpoint)
     import torch
 
+    labelled = None
+    if args.labelled:
+        if world > 1 or args.num_shards > 1:
+            raise InputError("--labelled cannot be combined with --num-shards or torchrun yet: score without it, "
+                             "then run det-al select --strategy diverse with --labelled-embeddings")
+        labelled = labelled_embeddings(args.labelled, args.labelled_root, model, device)
+
     # Recorded because CPU results depend on it in the last bits (see README, "Large pools").
     info = {"checkpoint": os.fspath(args.checkpoint), "pool": os.fspath(args.pool),
             "device": device, "threads_per_process": torch.get_num_threads()}
@@ -126,8 +137,16 @@ def run(args: argparse.Namespace) -> int:
         model, config, categories, pool, image_root, out_dir, checkpoint_sha,
         resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
         device=device, amp=args.amp, progress=not args.no_progress,
-        assemble=args.num_shards == 1, run_info=info,
+        assemble=args.num_shards == 1, run_info={**info, **({"labelled": args.labelled} if labelled is not None else {})},
+        labelled_embeddings=labelled,
     )
+    if labelled is not None:  # beside the ranking, for det-al select --strategy diverse
+        import numpy as np
+
+        from det_al.files import atomic_open
+
+        with atomic_open(out_dir / "labelled_embeddings.npy", "wb") as f:
+            np.save(f, labelled)
     seconds = time.perf_counter() - start
     if args.num_shards > 1:
         print(f"scored shard {args.shard_index} of {args.num_shards} ({counts['n_shard']} images) in {seconds:.1f} s -> {out_dir}")
@@ -135,6 +154,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_summary(out_dir, counts, seconds)
     return 0
+
+
+def labelled_embeddings(path: str, root: str | None, model, device: str):
+    """The labelled set's embeddings ``[M, D]`` (:func:`det_al.novelty.embed_images`)."""
+    from det_al.coco import load_coco
+    from det_al.novelty import embed_images
+
+    coco = load_coco(path)
+    if not coco["images"]:
+        raise InputError("the labelled set has no images", path)
+    emb, ids = embed_images(model, coco, Path(root) if root else Path(path).parent, device=device)
+    if not len(ids):
+        raise InputError("none of the labelled set's images could be read (check --labelled-root)", path)
+    return emb
 
 
 def _print_summary(out_dir: Path, counts: dict, seconds: float) -> None:

@@ -19,11 +19,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "-o", required=True, help="output folder (selection.json is written there)")
     parser.add_argument(
         "--strategy", default="top",
-        help=f"one of {', '.join(STRATEGIES)}; top:KEY ranks by one component (top:class, top:box, top:novelty)",
+        help=f"one of {', '.join(STRATEGIES)}; top:KEY ranks by any numeric ranking field (top:class, top:dense, "
+             "top:least_confidence, top:novelty, ...); diverse:fused pre-filters by the fusion",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--pre-factor", type=float, default=3.0, help="diverse: uncertain candidates per budget slot")
     parser.add_argument("--labelled-embeddings", help="[M, D] .npy of the labelled set's embeddings (diverse)")
+    parser.add_argument("--fusion-weights", default="informativeness=1,novelty=1", metavar="FIELD=W,...",
+                        help="fused: ranking fields and their weights in the reciprocal-rank fusion")
+    parser.add_argument("--fusion-k", type=float, default=60.0, help="fused: the reciprocal-rank constant k in w / (k + rank)")
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"informativeness=1,novelty=0.5"`` -> ``{"informativeness": 1.0, "novelty": 0.5}``."""
+    weights = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise InputError(f"--fusion-weights expects FIELD=WEIGHT,..., got '{text}'")
+    return weights
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         chosen = run_strategy(
             args.strategy, ranking, args.budget, args.budget_boxes,
-            seed=args.seed, pre_factor=args.pre_factor, **context,
+            seed=args.seed, pre_factor=args.pre_factor, fusion_weights=parse_weights(args.fusion_weights),
+            fusion_k=args.fusion_k, **context,
         )
     except ValueError as e:
         raise InputError(str(e)) from e
