@@ -100,6 +100,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--epochs0", type=int, help="epochs of the round-0 training (from scratch)")
     parser.add_argument("--epochs", type=int, help="epochs of each fine-tuning round")
     parser.add_argument("--passes", type=int, help="MC-dropout passes when scoring")
+    parser.add_argument("--finetune-warmup", type=int, default=0, help="warm-up steps of each fine-tuning round (loop.finetune_warmup_iters)")
     parser.add_argument("--pseudo-threshold", type=float, default=0.7, help="self-training: score of a pseudo-label")
     parser.add_argument("--pseudo-ignore", type=float, default=0.2, help="self-training: uncertain from this score up")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"arms (default {','.join(STRATEGIES)})")
@@ -157,7 +158,8 @@ def make_scenario(out: Path, seed: int, sizes: dict) -> LoopData:
 
 def bench_config(sizes: dict, strategies: list[str], seed: int, args: argparse.Namespace):
     """Round 0 trains from scratch for ``epochs0`` epochs (warm-up 20 steps); later rounds
-    fine-tune for ``epochs`` at a quarter of the learning rate, no warm-up."""
+    fine-tune for ``epochs`` at a quarter of the learning rate, after ``--finetune-warmup``
+    steps of warm-up (default none)."""
     return config_from_dict(
         {
             "model": {"name": "fasterrcnn_tiny", "num_classes": 4, "options": {"min_size": 128, "max_size": 128}},
@@ -170,7 +172,7 @@ def bench_config(sizes: dict, strategies: list[str], seed: int, args: argparse.N
             "loop": {
                 "rounds": sizes["rounds"], "budget": sizes["budget"], "strategies": strategies,
                 "seeds": [seed], "retrain": "finetune", "finetune_epochs": sizes["epochs"],
-                "finetune_lr": 0.0005, "finetune_warmup_iters": 0,
+                "finetune_lr": 0.0005, "finetune_warmup_iters": args.finetune_warmup,
                 "pseudo_threshold": args.pseudo_threshold, "pseudo_ignore": args.pseudo_ignore,
             },
         },
