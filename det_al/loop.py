@@ -287,8 +287,9 @@ def _run_rounds(
                     if init is None:
                         logger.warning("no checkpoint of round %d to fine-tune from: training from scratch", r - 1)
                 labelled = run.labelled()
-                if loop.self_training and r > 0 and run.pseudo is None:
-                    run.pseudo = _pseudo_labels_for(run, folder, _round_checkpoint(out, strategy, seed, r - 1), _round_config(config, seed, r - 1), device)
+                if loop.self_training and r > 0 and run.pseudo is None:  # a resume: from the file, or scored again
+                    before = _round_checkpoint(out, strategy, seed, r - 1)
+                    run.pseudo = _pseudo_labels_for(run, folder, before, _round_config(config, seed, r - 1), device)
                 # a finished training is reused on --resume, and for the shared round 0
                 checkpoint = _train(round_config, run.training_set(), folder, init, data, device, progress, reuse=resume or folder in trained)
                 trained.add(folder)

@@ -83,3 +83,22 @@ def test_loop_self_training_trains_round_one_on_the_pseudo_labels(tmp_path):
     )
     assert len(trained["annotations"]) == len(data.labelled["annotations"]) + rows[0]["selected_boxes"] + len(pseudo["annotations"])
     assert rows[1]["labelled_images"] == 6  # pseudo-labelled images are not counted as labelled
+
+
+def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path):
+    import json
+
+    import pytest
+
+    from det_al.config import config_from_dict
+    from det_al.errors import InputError
+    from det_al.loop import PSEUDO_LABELS, _pseudo_labels_for
+
+    run = _Run("top", 0, tiny_data())
+    saved = pseudo_labelled(run.pool()["images"], [det(3, 0.9, 5)], 0.7, 0.2)
+    (tmp_path / "round1").mkdir()
+    (tmp_path / "round1" / PSEUDO_LABELS).write_text(json.dumps(saved))
+    config = config_from_dict({})
+    assert _pseudo_labels_for(run, tmp_path / "round1", None, config, "cpu") == saved
+    with pytest.raises(InputError, match="cannot resume self-training"):
+        _pseudo_labels_for(run, tmp_path / "round2", tmp_path / "missing.pt", config, "cpu")
