@@ -139,7 +139,7 @@ def _mixed(out: Path, n: int, drift: float, empty: float, seed: int, start_id: i
     ]
     images, annotations, start = [], [], start_id
     for domain, count, is_empty in parts:
-        part = generate(out, count, domain, seed, start, empty=is_empty)
+        part = generate(out, count, domain, seed, start, n_objects=0 if is_empty else None)
         images += part["images"]
         annotations += part["annotations"]
         start += count
@@ -329,9 +329,10 @@ def targets(comparison: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _kinds(out: Path, seeds: list[int]) -> dict[str, dict[int, set[int]]]:
     kinds: dict[str, dict[int, set[int]]] = {"drifted": {}, "empty": {}}
     for seed in seeds:
-        pool = read_json(out / f"seed{seed}" / "data" / "pool.json")["images"]
-        kinds["drifted"][seed] = {int(im["id"]) for im in pool if im.get("domain") == "drifted"}
-        kinds["empty"][seed] = {int(im["id"]) for im in pool if im.get("empty")}
+        oracle = read_json(out / f"seed{seed}" / "data" / "oracle.json")
+        annotated = {int(a["image_id"]) for a in oracle["annotations"]}
+        kinds["drifted"][seed] = {int(im["id"]) for im in oracle["images"] if im.get("domain") == "drifted"}
+        kinds["empty"][seed] = {int(im["id"]) for im in oracle["images"] if int(im["id"]) not in annotated}
     return kinds
 
 

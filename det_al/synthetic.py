@@ -107,11 +107,12 @@ def render_example(
     image_id: int,
     size: int = 128,
     category_ids: tuple[int, int, int] = (1, 2, 3),
-    empty: bool = False,
+    n_objects: int | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Render one image without writing anything (benchmarks generate pools on the fly).
 
-    ``empty``: the background alone (the same one, noise included), no object.
+    ``n_objects`` shapes are placed (fewer when they cannot all stay visible enough); ``None``
+    draws one to four, ``0`` gives a background-only image of the domain.
 
     Returns:
         image: ``[size, size, 3]`` uint8 RGB.
@@ -123,13 +124,16 @@ def render_example(
         raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
     if size < 32:
         raise ValueError(f"image size must be at least 32 px, got {size}")
+    if n_objects is not None and n_objects < 0:
+        raise ValueError(f"n_objects must be >= 0, got {n_objects}")
     rng = np.random.default_rng([int(seed), _DOMAIN_CODES[domain], int(image_id), int(size)])
     unit = size / 128.0
     r_lo, r_hi = (10, 20) if domain == "old" else (5, 11)
     image = _background(rng, domain, size)
 
     shapes: list[tuple[int, np.ndarray]] = []  # (class index, full mask), drawing order
-    n_objects = 0 if empty else int(rng.integers(1, 5))
+    if n_objects is None:
+        n_objects = int(rng.integers(1, 5))
     for _ in range(n_objects):
         for _ in range(_PLACEMENT_TRIES):
             cls = int(rng.integers(0, 3))
@@ -195,16 +199,17 @@ def generate(
     size: int = 128,
     image_format: str = "png",
     category_ids: tuple[int, int, int] = (1, 2, 3),
-    empty: bool = False,
+    n_objects: int | None = None,
 ) -> dict:
     """Write ``n_images`` images of one domain under ``out_dir/images`` and return their COCO dict.
+
+    ``n_objects`` as in :func:`render_example` (``0``: background-only images).
 
     Image ids are ``start_id .. start_id + n_images - 1``; file names
     (``images/{domain}_{id:06d}.png``) are relative to the image root ``out_dir``, so a COCO
     file saved in ``out_dir`` has its images beside it; annotation ids are ``10 * image_id + k``,
     so distinct image ids give distinct annotation ids across calls. Each image dict carries a
-    ``domain`` key. ``empty``: background-only images (no annotations; ``"empty": true`` in
-    each image dict).
+    ``domain`` key.
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"unknown image format {image_format!r}; expected one of {IMAGE_FORMATS}")
@@ -214,11 +219,12 @@ def generate(
     image_root.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for image_id in range(start_id, start_id + n_images):
-        pixels, objects = render_example(domain, seed, image_id, size, category_ids, empty)
+        pixels, objects = render_example(domain, seed, image_id, size, category_ids, n_objects)
         file_name = f"images/{domain}_{image_id:06d}.{image_format}"
         _write_image(Path(out_dir) / file_name, pixels)
-        image = {"id": image_id, "file_name": file_name, "width": size, "height": size, "domain": domain}
-        images.append({**image, "empty": True} if empty else image)
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": size, "height": size, "domain": domain}
+        )
         for k, obj in enumerate(objects):
             annotations.append(
                 {

@@ -124,3 +124,14 @@ def test_bad_arguments(tmp_path):
         generate(tmp_path, 1, "old", 0, image_format="gif")
     with pytest.raises(ValueError, match="drift_fraction"):
         make_demo_data(tmp_path, drift_fraction=1.5)
+
+
+def test_background_only_and_fixed_object_counts(tmp_path):
+    image, objects = render_example("drifted", seed=0, image_id=5, n_objects=0)
+    assert image.shape == (128, 128, 3) and objects == []
+    _, objects = render_example("old", seed=0, image_id=5, n_objects=2)
+    assert len(objects) == 2
+    coco = generate(tmp_path, 2, "old", seed=0, start_id=7, n_objects=0)
+    assert [im["id"] for im in coco["images"]] == [7, 8] and coco["annotations"] == []
+    with pytest.raises(ValueError, match="n_objects"):
+        render_example("old", seed=0, image_id=5, n_objects=-1)
