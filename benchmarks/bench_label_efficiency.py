@@ -1,77 +1,120 @@
-"""Label efficiency of the selection strategies in a drift scenario, on CPU.
+"""Label efficiency of the selection strategies in a drift scenario, on paired seeds, on CPU.
 
-The scenario, built with the synthetic generator (:mod:`det_al.synthetic`): the initial
-labelled set is old-domain only; the pool and the validation set mix the old domain with a
-drifted one (new colours, backgrounds and scales), half and half. A tiny Faster R-CNN is
-trained from scratch on the labelled set (round 0, shared by every strategy of a seed), then
-each round a fixed budget of pool images is selected, their true labels are revealed and the
-model is fine-tuned on the grown labelled set (``loop.retrain: finetune``; ``--retrain
-scratch`` retrains from scratch instead). Strategies: ``random``, ``top`` (combined
-informativeness), ``top:class``, ``top:box``, ``diverse``; three seeds.
+The scenario, drawn afresh for every seed with the synthetic generator (:mod:`det_al.synthetic`):
+the initial labelled set is old-domain only; the pool and the validation set mix the old domain
+with a drifted minority (new colours, backgrounds and scales; ``--drift``, default 25 %) and
+hold some background-only images (``--empty``, default 10 %). A tiny Faster R-CNN is trained
+from scratch on the labelled set (round 0, shared by every arm of a seed: the *paired* design,
+same seed set, pool and initial model per seed); then each round a fixed budget of pool images
+is selected, their true labels are revealed and the model is fine-tuned from the previous
+round's weights on the grown labelled set, for ``--epochs`` epochs at a quarter of round 0's
+learning rate with a cosine decay after a 3-step warm-up (``loop.finetune_warmup_iters: 3``,
+``--finetune-warmup``; round 0's 20-step warm-up would take most of a fine-tuning round, and
+none at all made the first fine-tuning round lose mAP: seed 1 of the README's medium run, random
+0.066 -> 0.059 and top 0.066 -> 0.039 after round 1 without, 0.090 and 0.072 with 3 steps).
 
-Printed: one table of bbox mAP mean ± std over seeds per round and strategy; the share of
-drifted images among each strategy's picks; the label-efficiency figure (labelled images at
-which each strategy's mean curve reaches random's final-round mean mAP, linearly interpolated,
-as a % of random's final labelled images; target: <= 70 % for ``diverse`` or ``top``) and the
-rounds where a strategy falls below random by more than one std. Writes ``results.csv``,
-``learning_curve.png`` and ``summary.json`` into ``--out``.
+Arms (``--strategies``): ``random``; ``top:oracle_error``, the positive control, which picks by
+the true error of each pool image (missed plus false detections at IoU 0.5 and score 0.5,
+against the pool's ground truth); ``top:least_confidence``, the peer baseline of the labelling
+tools (1 - mean score of the deterministic detections, an empty image 0); ``top``, det_al's
+default; and ``top+self_training``: ``top`` with the loop's self-training
+(``loop.self_training``; it reuses the seed's round 0). Any other strategy name of the loop
+(``top:presence``, ``diverse``, ``top:<field>`` of the ranking) can be added.
 
-    python benchmarks/bench_label_efficiency.py                # ~18 min on 2 idle cores (5.8 min a seed)
-    python benchmarks/bench_label_efficiency.py --quick        # smoke test, a few minutes
-    python benchmarks/bench_label_efficiency.py --resume       # continue after a crash
-    python benchmarks/bench_label_efficiency.py --report-only  # tables of what has run so far
+Reported per arm, over seeds: the labels it *adds* beyond the shared seed set to reach
+random's final mean mAP (on the mean curve, linearly interpolated, as a % of what random added:
+``added_pct_of_random``), and the area under its learning curve (AULC: mean mAP over the labels
+added, trapezoids) as paired differences against random and against ``top:least_confidence``:
+mean and 95 % t-interval over seeds. A difference whose interval holds 0 is reported as no
+difference. Also the share of drifted and of background-only images among its picks.
+
+Writes into ``--out``: ``summary.json`` (``"strategies": {NAME: {"added_pct_of_random",
+"aulc_diff_vs_random": {"mean", "ci95"}, "aulc_diff_vs_least_confidence": {...},
+"drifted_share", ...}}``), ``learning_curve.png``, ``results.csv`` (every seed's rows) and, per
+seed, ``seed<s>/`` (its data, its loop run and its self-training run).
+
+    python benchmarks/bench_label_efficiency.py                 # the full run (see the README for its time)
+    python benchmarks/bench_label_efficiency.py --quick         # smoke test, tiny sizes
+    python benchmarks/bench_label_efficiency.py --resume        # continue after a crash
+    python benchmarks/bench_label_efficiency.py --report-only   # the tables of what has run so far
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.files import write_json
+from det_al.files import read_json, write_json
 from det_al.loop import run_loop
 from det_al.loop_data import LoopData
-from det_al.loop_results import format_efficiency, label_efficiency, plot_learning_curves, read_rows, summarise
-from det_al.synthetic import make_demo_data
+from det_al.loop_results import (
+    RowsWriter,
+    aulc,
+    labels_to_reach,
+    mean_ci95,
+    plot_learning_curves,
+    read_rows,
+    summarise,
+)
+from det_al.synthetic import generate
 
-STRATEGIES = ("random", "top", "top:class", "top:box", "diverse")
-TARGET_PERCENT = 70.0
+RANDOM, PEER, DEFAULT, SELF_TRAINING = "random", "top:least_confidence", "top", "top+self_training"
+# the default arms; more (top:presence, diverse, ...) with --strategies, at about 2 min a seed each
+STRATEGIES = (RANDOM, "top:oracle_error", PEER, DEFAULT, SELF_TRAINING)
+TARGET_ADDED_PCT = 50.0
 
-# name -> sizes; "full" took 5.8 min per seed on two idle CPU cores (18 min for three)
 SIZES = {
-    "full": dict(labelled=48, pool=96, val=40, budget=8, rounds=3, epochs0=12, epochs=2, passes=6, seeds=(0, 1, 2)),
-    "quick": dict(labelled=8, pool=16, val=8, budget=4, rounds=1, epochs0=2, epochs=1, passes=2, seeds=(0, 1)),
+    "full": dict(
+        labelled=32, pool=160, val=200, drift=0.25, empty=0.10, budget=8, rounds=3, epochs0=30, epochs=4,
+        passes=4, seeds=(0, 1, 2, 3, 4),
+    ),
+    "quick": dict(
+        labelled=4, pool=8, val=4, drift=0.3, empty=0.2, budget=2, rounds=1, epochs0=1, epochs=1, passes=2,
+        seeds=(0, 1),
+    ),
 }
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="label-efficiency benchmark (drift scenario)", add_help=add_help)
+    parser = argparse.ArgumentParser(description="label-efficiency benchmark (drift scenario, paired seeds)", add_help=add_help)
     parser.add_argument("--out", default="bench_out/label_efficiency", help="output folder")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole benchmark")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2; quick: 0,1)")
+    parser.add_argument("--report-only", action="store_true", help="the tables of the results in --out (complete or not)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2,3,4; quick: 0,1)")
     parser.add_argument("--rounds", type=int, help="selection rounds")
     parser.add_argument("--budget", type=int, help="images selected per round")
     parser.add_argument("--labelled", type=int, help="initial labelled (old-domain) images")
-    parser.add_argument("--pool", type=int, help="pool images (half drifted)")
-    parser.add_argument("--val", type=int, help="validation images (half drifted)")
-    parser.add_argument("--epochs0", type=int, help="epochs of the round-0 training")
-    parser.add_argument("--epochs", type=int, help="epochs of each later round")
+    parser.add_argument("--pool", type=int, help="pool images")
+    parser.add_argument("--val", type=int, help="validation images")
+    parser.add_argument("--drift", type=float, help="drifted share of the pool and the validation set")
+    parser.add_argument("--empty", type=float, help="background-only share of the pool and the validation set")
+    parser.add_argument("--epochs0", type=int, help="epochs of the round-0 training (from scratch)")
+    parser.add_argument("--epochs", type=int, help="epochs of each fine-tuning round")
     parser.add_argument("--passes", type=int, help="MC-dropout passes when scoring")
-    parser.add_argument("--retrain", choices=("finetune", "scratch"), default="finetune")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument(
+        "--finetune-warmup", type=int, default=3, help="warm-up steps of each fine-tuning round (loop.finetune_warmup_iters)"
+    )
+    parser.add_argument("--pseudo-threshold", type=float, default=0.7, help="self-training: score of a pseudo-label")
+    parser.add_argument("--pseudo-ignore", type=float, default=0.2, help="self-training: uncertain from this score up")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"arms (default {','.join(STRATEGIES)})")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--report-only", action="store_true", help="print the tables of the results in --out (complete or not)")
     return parser
 
 
 def sizes_from(args: argparse.Namespace) -> dict:
     sizes = dict(SIZES["quick" if args.quick else "full"])
-    for key in ("rounds", "budget", "labelled", "pool", "val", "epochs0", "epochs", "passes"):
+    for key in ("rounds", "budget", "labelled", "pool", "val", "drift", "empty", "epochs0", "epochs", "passes"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     if args.seeds:
@@ -79,11 +122,48 @@ def sizes_from(args: argparse.Namespace) -> dict:
     return sizes
 
 
-def bench_config(sizes: dict, strategies: list[str], retrain: str):
-    """Round 0 trains from scratch for ``epochs0`` epochs; later rounds fine-tune for ``epochs``
-    at a quarter of the learning rate, with the same warm-up (a fresh AdamW at the full rate
-    knocks a trained model back: mAP 0.15 -> 0.05 in a first try), or, with ``retrain ==
-    "scratch"``, train ``epochs0`` from scratch."""
+# --------------------------------------------------------------------------- the scenario
+
+
+def _mixed(out: Path, n: int, drift: float, empty: float, seed: int, start_id: int) -> dict:
+    """``n`` images from ``start_id``: a ``drift`` share drifted, an ``empty`` share
+    background-only (split between the domains like the rest), in a seeded order."""
+    n_empty = int(round(n * empty))
+    n_empty_drifted = int(round(n_empty * drift))
+    n_drifted = int(round((n - n_empty) * drift))
+    parts = [
+        ("old", n - n_empty - n_drifted, False),
+        ("drifted", n_drifted, False),
+        ("old", n_empty - n_empty_drifted, True),
+        ("drifted", n_empty_drifted, True),
+    ]
+    images, annotations, start = [], [], start_id
+    for domain, count, is_empty in parts:
+        part = generate(out, count, domain, seed, start, n_objects=0 if is_empty else None)
+        images += part["images"]
+        annotations += part["annotations"]
+        start += count
+    order = np.random.default_rng([seed, 11, start_id]).permutation(len(images))
+    return {"images": [images[i] for i in order], "annotations": annotations, "categories": part["categories"]}
+
+
+def make_scenario(out: Path, seed: int, sizes: dict) -> LoopData:
+    """One seed's data (written once under ``out``, read back on a resume)."""
+    paths = {name: out / f"{name}.json" for name in ("labelled", "pool", "oracle", "val")}
+    if not paths["oracle"].exists():
+        labelled = generate(out, sizes["labelled"], "old", seed, 1)
+        val = _mixed(out, sizes["val"], sizes["drift"], sizes["empty"], seed, 1 + sizes["labelled"])
+        oracle = _mixed(out, sizes["pool"], sizes["drift"], sizes["empty"], seed, 1 + sizes["labelled"] + sizes["val"])
+        pool = {**oracle, "annotations": []}
+        for name, coco in (("labelled", labelled), ("val", val), ("pool", pool), ("oracle", oracle)):
+            write_json(paths[name], coco)
+    return LoopData.load(paths["labelled"], paths["pool"], paths["oracle"], paths["val"], out)
+
+
+def bench_config(sizes: dict, strategies: list[str], seed: int, args: argparse.Namespace):
+    """Round 0 trains from scratch for ``epochs0`` epochs (warm-up 20 steps); later rounds
+    fine-tune for ``epochs`` at a quarter of the learning rate, after ``--finetune-warmup``
+    steps of warm-up (default 3)."""
     return config_from_dict(
         {
             "model": {"name": "fasterrcnn_tiny", "num_classes": 4, "options": {"min_size": 128, "max_size": 128}},
@@ -95,47 +175,194 @@ def bench_config(sizes: dict, strategies: list[str], retrain: str):
             },
             "loop": {
                 "rounds": sizes["rounds"], "budget": sizes["budget"], "strategies": strategies,
-                "seeds": list(sizes["seeds"]), "retrain": retrain, "finetune_epochs": sizes["epochs"],
-                "finetune_lr": 0.0005,
+                "seeds": [seed], "retrain": "finetune", "finetune_epochs": sizes["epochs"],
+                "finetune_lr": 0.0005, "finetune_warmup_iters": args.finetune_warmup,
+                "pseudo_threshold": args.pseudo_threshold, "pseudo_ignore": args.pseudo_ignore,
             },
         },
         "bench_label_efficiency",
     )
 
 
-def format_table(rows: list[dict], strategies: list[str]) -> str:
-    """Rounds down, strategies across: mean ± std of bbox mAP over seeds."""
+def run_seed(out: Path, seed: int, sizes: dict, strategies: list[str], args: argparse.Namespace) -> list[dict]:
+    """Every arm on one seed's scenario; the rows, the self-training arm's renamed."""
+    data = make_scenario(out / "data", seed, sizes)
+    config = bench_config(sizes, [s for s in strategies if s != SELF_TRAINING], seed, args)
+    rows: list[dict] = []
+    if config.loop.strategies:
+        paths = run_loop(config, data, out, resume=args.resume, device=args.device, progress=False)
+        rows += read_rows(paths["results"])
+    if SELF_TRAINING in strategies:
+        st_out = out / "self_training"
+        shared = out / "runs" / f"seed{seed}" / "round0" / "train_summary.json"
+        if shared.exists():  # the same round 0 as the other arms: reused, not trained again
+            (st_out / "runs" / f"seed{seed}" / "round0").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shared, st_out / "runs" / f"seed{seed}" / "round0" / "train_summary.json")
+        st_config = dataclasses.replace(
+            config, loop=dataclasses.replace(config.loop, strategies=(DEFAULT,), self_training=True)
+        )
+        paths = run_loop(st_config, data, st_out, resume=True, device=args.device, progress=False)
+        rows += [{**r, "strategy": SELF_TRAINING} for r in read_rows(paths["results"])]
+    return rows
+
+
+# --------------------------------------------------------------------------- the comparison
+
+
+def _curves(rows: list[dict]) -> dict[str, dict[int, tuple[list[float], list[float]]]]:
+    """``{strategy: {seed: (labels added, mAP)}}`` by round."""
+    out: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        for seed in sorted({r["seed"] for r in rows if r["strategy"] == strategy}):
+            mine = sorted((r for r in rows if r["strategy"] == strategy and r["seed"] == seed), key=lambda r: r["round"])
+            start = mine[0]["labelled_images"]
+            out.setdefault(strategy, {})[seed] = ([r["labelled_images"] - start for r in mine], [r["map"] for r in mine])
+    return out
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
+    """Mean and 95 % CI of ``a - b`` over the seeds both have."""
+    seeds = sorted(set(a) & set(b))
+    return mean_ci95([a[s] - b[s] for s in seeds])
+
+
+def _share(rows: list[dict], strategy: str, picked: dict[int, set[int]]) -> float | None:
+    """Share of a strategy's picks (over every seed and round) that are in ``picked[seed]``."""
+    total = hits = 0
+    for r in rows:
+        if r["strategy"] == strategy:
+            for i in r["selected"]:
+                total += 1
+                hits += i in picked[r["seed"]]
+    return hits / total if total else None
+
+
+def compare(rows: list[dict], kinds: dict[str, dict[int, set[int]]]) -> dict[str, dict[str, Any]]:
+    """Per arm: labels added to reach random's final mean mAP, AULC and its paired
+    differences, final mAP, and the drifted and background-only shares of its picks.
+
+    ``kinds``: ``{"drifted": {seed: image ids}, "empty": {seed: image ids}}``.
+    """
+    curves = _curves(rows)
+    mean_curves = {
+        s: ([p["images"] for p in points], [p["map"] for p in points]) for s, points in summarise(rows).items()
+    }
+    start = {s: x[0] for s, (x, _) in mean_curves.items()}
+    areas = {s: {seed: aulc(*xy) for seed, xy in by_seed.items()} for s, by_seed in curves.items()}
+    out: dict[str, dict[str, Any]] = {}
+    random_added = random_final = None
+    if RANDOM in mean_curves:
+        x, y = mean_curves[RANDOM]
+        random_added, random_final = x[-1] - start[RANDOM], y[-1]
+    for s, (x, y) in mean_curves.items():
+        added = None if random_final is None else labels_to_reach([v - start[s] for v in x], y, random_final)
+        out[s] = {
+            "random_improved": random_final is not None and random_final > mean_curves[RANDOM][1][0],
+            "added_pct_of_random": None if added is None or not random_added else 100.0 * added / random_added,
+            "labels_added_to_reach_random": added,
+            "random_labels_added": random_added,
+            "final_map": mean_ci95([xy[1][-1] for xy in curves[s].values()]),
+            "aulc": mean_ci95(list(areas[s].values())),
+            "aulc_diff_vs_random": _paired(areas[s], areas.get(RANDOM, {})),
+            "aulc_diff_vs_least_confidence": _paired(areas[s], areas.get(PEER, {})),
+            "drifted_share": _share(rows, s, kinds["drifted"]),
+            "empty_share": _share(rows, s, kinds["empty"]),
+            "seeds": sorted(curves[s]),
+        }
+    return out
+
+
+def _verdict(diff: dict[str, Any]) -> str:
+    if diff["mean"] is None:
+        return "-"
+    if diff["ci95"] is None:
+        return f"{diff['mean']:+.4f} (one seed: no CI)"
+    lo, hi = diff["ci95"]
+    word = "better" if lo > 0 else "worse" if hi < 0 else "no difference"
+    return f"{diff['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] {word}"
+
+
+def format_report(rows: list[dict], strategies: list[str], comparison: dict[str, dict[str, Any]]) -> str:
     summary = summarise(rows)
     rounds = sorted({p["round"] for points in summary.values() for p in points})
-    width = 15
-    head = f"{'round':>5} {'labelled':>8} " + " ".join(f"{s:>{width}}" for s in strategies)
-    lines = [head, "-" * len(head)]
-    for r in rounds:
-        cells, labelled = [], ""
-        for s in strategies:
-            point = next((p for p in summary.get(s, []) if p["round"] == r), None)
-            if point is None:
-                cells.append(f"{'-':>{width}}")
-                continue
-            labelled = labelled or f"{point['images']:.0f}"
-            cells.append(f"{point['map']:.4f} ± {point['std']:.4f}".rjust(width))
-        lines.append(f"{r:>5} {labelled:>8} " + " ".join(cells))
+    lines = ["bbox mAP (COCO AP@[.5:.95]) on the validation set, mean ± std over seeds, by round (labels added)"]
+    head = f"{'arm':<22}" + "".join(f"{f'round {r}':>16}" for r in rounds)
+    lines += [head, "-" * len(head)]
+    for s in strategies:
+        points = {p["round"]: p for p in summary.get(s, [])}
+        cells = "".join(
+            f"{points[r]['map']:.4f} ± {points[r]['std']:.4f}".rjust(16) if r in points else f"{'-':>16}" for r in rounds
+        )
+        lines.append(f"{s:<22}{cells}")
+    lines += ["", "paired over seeds (mean [95 % CI]); a CI holding 0 is no difference"]
+    head = f"{'arm':<22}{'added to reach':>16}{'AULC':>9}  {'AULC - random':<42}{'AULC - least_conf.':<42}{'drifted':>8}{'empty':>7}"
+    lines += [head, "-" * len(head)]
+    for s in strategies:
+        c = comparison.get(s)
+        if c is None:
+            continue
+        reach = "never" if c["added_pct_of_random"] is None else f"{c['labels_added_to_reach_random']:.1f} ({c['added_pct_of_random']:.0f}%)"
+        share = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+        lines.append(
+            f"{s:<22}{reach:>16}{c['aulc']['mean']:>9.4f}  {_verdict(c['aulc_diff_vs_random']):<42}"
+            f"{_verdict(c['aulc_diff_vs_least_confidence']):<42}{share(c['drifted_share']):>8}{share(c['empty_share']):>7}"
+        )
     return "\n".join(lines)
 
 
-def drifted_share(rows: list[dict]) -> dict[str, float]:
-    """Per strategy: the share of drifted images among everything it selected."""
-    out = {}
-    for s in dict.fromkeys(r["strategy"] for r in rows):
-        counts = {"old": 0, "drifted": 0}
-        for r in rows:
-            if r["strategy"] == s:
-                for part in r["selected_domains"].split():
-                    domain, n = part.split(":")
-                    counts[domain] = counts.get(domain, 0) + int(n)
-        total = sum(counts.values())
-        out[s] = counts["drifted"] / total if total else float("nan")
-    return out
+def targets(comparison: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets for the default strategy; ``None`` where there is nothing to judge."""
+    d, r = comparison.get(DEFAULT), comparison.get(RANDOM)
+    if d is None or r is None:
+        return {}
+    vs_random, vs_peer = d["aulc_diff_vs_random"], d["aulc_diff_vs_least_confidence"]
+    return {
+        "added_le_50pct_of_random": d["added_pct_of_random"] is not None and d["added_pct_of_random"] <= TARGET_ADDED_PCT,
+        "aulc_ci_vs_random_above_0": None if vs_random["ci95"] is None else vs_random["ci95"][0] > 0,
+        "aulc_above_least_confidence": None if vs_peer["mean"] is None else vs_peer["mean"] > 0,
+        "aulc_ci_vs_least_confidence_above_0": None if vs_peer["ci95"] is None else vs_peer["ci95"][0] > 0,
+        "drifted_share_ge_random": None if d["drifted_share"] is None or r["drifted_share"] is None
+        else d["drifted_share"] >= r["drifted_share"],
+    }
+
+
+def _kinds(out: Path, seeds: list[int]) -> dict[str, dict[int, set[int]]]:
+    kinds: dict[str, dict[int, set[int]]] = {"drifted": {}, "empty": {}}
+    for seed in seeds:
+        oracle = read_json(out / f"seed{seed}" / "data" / "oracle.json")
+        annotated = {int(a["image_id"]) for a in oracle["annotations"]}
+        kinds["drifted"][seed] = {int(im["id"]) for im in oracle["images"] if im.get("domain") == "drifted"}
+        kinds["empty"][seed] = {int(im["id"]) for im in oracle["images"] if int(im["id"]) not in annotated}
+    return kinds
+
+
+def report(rows: list[dict], strategies: list[str], sizes: dict, out: Path, seconds: float, seed_minutes: dict) -> dict:
+    """Print the tables and the verdict; write ``summary.json``, ``results.csv`` and the plot."""
+    if not rows:
+        raise InputError("no results yet", out)
+    RowsWriter(out / "results.csv", rows)
+    plot_learning_curves(rows, out / "learning_curve.png", "drift scenario: mean ± std over paired seeds")
+    seeds = sorted({r["seed"] for r in rows})
+    comparison = compare(rows, _kinds(out, seeds))
+    met = targets(comparison)
+    print()
+    print(format_report(rows, strategies, comparison))
+    print()
+    if not comparison.get(RANDOM, {}).get("random_improved", True):
+        print("note: random's final mean mAP is not above its round 0: 'added to reach' says nothing here")
+    print("targets for the default strategy 'top': " + ", ".join(f"{k} {v}" for k, v in met.items()))
+    print(f"plot: {out / 'learning_curve.png'}; summary: {out / 'summary.json'}; {seconds / 60:.1f} min")
+    summary = {
+        "sizes": {**sizes, "seeds": list(sizes["seeds"])},
+        "seeds_run": seeds,
+        "strategies": comparison,
+        "curves": summarise(rows),
+        "targets": met,
+        "minutes": round(seconds / 60, 2),
+        "minutes_per_seed": seed_minutes,
+    }
+    write_json(out / "summary.json", summary, indent=1)
+    return summary
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -143,74 +370,28 @@ def main(args: argparse.Namespace) -> dict:
     strategies = [s for s in args.strategies.split(",") if s]
     out = Path(args.out)
     t0 = time.perf_counter()
-    if args.report_only:
-        paths = {"results": out / "results.csv", "plot": out / "learning_curve.png"}
-        return report(read_rows(paths["results"]), strategies, sizes, args.retrain, paths, out, 0.0)
-    data_dir = out / "data"
-    if not (data_dir / "oracle.json").exists():
-        make_demo_data(data_dir, seed=0, n_train=sizes["labelled"], n_val=sizes["val"], n_pool=sizes["pool"], drift_fraction=0.5)
-    data = LoopData.load(
-        data_dir / "train.json", data_dir / "pool.json", data_dir / "oracle.json", data_dir / "val.json", data_dir
-    )
-    print(
-        f"drift scenario: {sizes['labelled']} labelled (old domain), pool {sizes['pool']} and val {sizes['val']} "
-        f"(half drifted); {len(strategies)} strategies x seeds {list(sizes['seeds'])}; {sizes['rounds']} rounds of "
-        f"{sizes['budget']} images; round 0: {sizes['epochs0']} epochs from scratch, then {args.retrain} "
-        f"({sizes['epochs'] if args.retrain == 'finetune' else sizes['epochs0']} epochs); {sizes['passes']} passes",
-        flush=True,
-    )
-    config = bench_config(sizes, strategies, args.retrain)
-    paths = run_loop(config, data, out, resume=args.resume, device=args.device, progress=False)
-    rows = read_rows(paths["results"])
-    seconds = time.perf_counter() - t0
-    return report(rows, strategies, sizes, args.retrain, paths, out, seconds)
-
-
-def report(rows: list[dict], strategies: list[str], sizes: dict, retrain: str, paths: dict, out: Path, seconds: float) -> dict:
-    """Print the tables and the verdict; write ``summary.json``."""
-    if not rows:
-        raise InputError("no results yet", paths["results"])
-    plot_learning_curves(rows, paths["plot"], "drift scenario: mean ± std over seeds")
-    efficiency = label_efficiency(rows)
-    share = drifted_share(rows)
-    print()
-    print("bbox mAP (COCO AP@[.5:.95]) on the mixed validation set, mean ± std over seeds")
-    print(format_table(rows, strategies))
-    print()
-    print("drifted share of the selected images: " + ", ".join(f"{s} {v:.0%}" for s, v in share.items()))
-    print(format_efficiency(efficiency))
-    best = min(
-        (e["percent"] for s, e in efficiency.items() if s.split(":")[0] in ("top", "diverse") and e["reached"]),
-        default=None,
-    )
-    meaningful = all(e["meaningful"] for e in efficiency.values())
-    met = meaningful and best is not None and best <= TARGET_PERCENT
-    never_below = {s: not e["below_rounds"] for s, e in efficiency.items() if s != "random"}
-    start = min(r["labelled_images"] for r in rows)
-    final = max(r["labelled_images"] for r in rows)
-    print(
-        f"note: every strategy starts from the same {start} labelled images, so none can go below "
-        f"{100 * start / final:.0f}% of random's final {final}; 'acquired' compares the added images only"
-    )
-    print(
-        f"target (diverse or top reaches random's final mAP with <= {TARGET_PERCENT:.0f}% of its images): "
-        f"{'met' if met else 'NOT met'} (best: {'never' if best is None else f'{best:.0f}%'}"
-        f"{'' if meaningful else '; random did not improve over round 0, so no strategy can show an advantage'})"
-    )
-    print(f"plot: {paths['plot']}; results: {paths['results']}; {seconds / 60:.1f} min")
-    summary = {
-        "sizes": {**sizes, "seeds": list(sizes["seeds"])},
-        "retrain": retrain,
-        "strategies": strategies,
-        "summary": summarise(rows),
-        "efficiency": efficiency,
-        "drifted_share": share,
-        "target_met": met,
-        "never_below_random_by_one_std": never_below,
-        "minutes": round(seconds / 60, 2),
-    }
-    write_json(out / "summary.json", summary, indent=1)
-    return summary
+    seed_minutes: dict[int, float] = {}
+    if not args.report_only:
+        print(
+            f"drift scenario, drawn per seed: {sizes['labelled']} labelled (old domain); pool {sizes['pool']} and "
+            f"val {sizes['val']} ({sizes['drift']:.0%} drifted, {sizes['empty']:.0%} background only); arms "
+            f"{', '.join(strategies)}; seeds {list(sizes['seeds'])}; {sizes['rounds']} rounds of {sizes['budget']} "
+            f"images; round 0: {sizes['epochs0']} epochs from scratch, then {sizes['epochs']} fine-tuning epochs; "
+            f"{sizes['passes']} passes",
+            flush=True,
+        )
+        for seed in sizes["seeds"]:
+            t = time.perf_counter()
+            run_seed(out / f"seed{seed}", seed, sizes, strategies, args)
+            seed_minutes[seed] = round((time.perf_counter() - t) / 60, 2)
+            print(f"seed {seed}: {seed_minutes[seed]:.1f} min", flush=True)
+    rows: list[dict] = []
+    for seed in sizes["seeds"]:
+        folder = out / f"seed{seed}"
+        rows += read_rows(folder / "results.csv")
+        rows += [{**r, "strategy": SELF_TRAINING} for r in read_rows(folder / "self_training" / "results.csv")]
+    rows = [r for r in rows if r["strategy"] in strategies]
+    return report(rows, strategies, sizes, out, time.perf_counter() - t0, seed_minutes)
 
 
 if __name__ == "__main__":

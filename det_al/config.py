@@ -142,10 +142,17 @@ class LoopConfig:
     every strategy and seed in ``seeds`` starts from the same labelled set. ``retrain`` is
     ``scratch`` (a new model each round) or ``finetune`` (from the previous round's weights).
     ``finetune_epochs`` and ``finetune_lr``: epochs and learning rate of each fine-tuning round
-    (0: ``train.epochs`` / ``train.lr``; round 0 always trains from scratch with ``train``).
+    (0: ``train.epochs`` / ``train.lr``; round 0 always trains from scratch with ``train``);
+    ``finetune_warmup_iters``: the warm-up of a fine-tuning round, in its own optimiser steps
+    (default 0: none; ``train.warmup_iters`` is for training from scratch, and a fine-tuning
+    round of fewer steps than that would never leave it).
     ``pre_factor``: candidates per budget slot for the ``diverse`` strategy. ``fusion_weights``
     (ranking field -> weight; empty: informativeness 1, novelty 1) and ``fusion_k``: the
     reciprocal-rank fusion of the ``fused`` strategy (and of ``diverse:fused``'s pre-filter).
+    ``self_training``: train each round after the first on the labelled images plus the
+    unselected pool images' confident pseudo-labels (:mod:`det_al.self_training`):
+    detections scoring ``>= pseudo_threshold`` become labels, an image with a detection
+    scoring in ``[pseudo_ignore, pseudo_threshold)`` (or with no confident one) is left out.
     """
 
     rounds: int = 3
@@ -156,9 +163,13 @@ class LoopConfig:
     retrain: str = "scratch"
     finetune_epochs: int = 0
     finetune_lr: float = 0.0
+    finetune_warmup_iters: int = 0
     pre_factor: float = 3.0
     fusion_weights: Mapping[str, float] = field(default_factory=dict)
     fusion_k: float = 60.0
+    self_training: bool = False
+    pseudo_threshold: float = 0.7
+    pseudo_ignore: float = 0.2
 
 
 @dataclass(frozen=True)

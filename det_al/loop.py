@@ -3,12 +3,19 @@
 For every strategy and seed of ``config.loop`` the loop starts from the same labelled set:
 
 1. train on the labelled set: from scratch, or (``loop.retrain: finetune``) from the previous
-   round's weights for ``loop.finetune_epochs`` at ``loop.finetune_lr``; round 0 is the same
-   for every strategy of a seed, so it is trained, evaluated and scored once;
+   round's weights for ``loop.finetune_epochs`` at ``loop.finetune_lr`` after a warm-up of
+   ``loop.finetune_warmup_iters`` steps (default none); round 0 is the same for every strategy
+   of a seed, so it is trained, evaluated and scored once. With ``loop.self_training``, rounds
+   after the first also train on the unselected pool images' confident pseudo-labels from
+   the previous round's scoring (:mod:`det_al.self_training`);
 2. evaluate on the validation set (COCO bbox mAP);
 3. unless this was the last round: score the pool (:func:`det_al.score_images`), pick a
    batch with the strategy (:mod:`det_al.strategies`), reveal the selected images' labels from
-   the oracle file and move them from the pool to the labelled set.
+   the oracle file and move them from the pool to the labelled set. Two ranking fields exist
+   only here or may be missing from the ranking: ``top:oracle_error`` ranks by the true error
+   of each image against the oracle (the positive control), and ``least_confidence`` (the
+   one-pass peer score) is computed from the pseudo-labels when the ranking lacks it
+   (:mod:`det_al.loop_oracle`).
 
 Each round appends one row to ``results.csv`` (:mod:`det_al.loop_results`), flushed at once: the
 selected image ids are in the row, so after a crash ``resume=True`` skips completed rows and
@@ -39,13 +46,18 @@ from det_al.distributed import barrier, broadcast_from_main, fail_together, is_m
 from det_al.errors import InputError
 from det_al.files import read_json, write_json
 from det_al.loop_data import LoopData, budgets, check_loop_config, subset
+from det_al.loop_oracle import image_errors, least_confidence
 from det_al.loop_results import RowsWriter, plot_learning_curves, read_rows
 from det_al.strategies import get_strategy
 
 logger = logging.getLogger(__name__)
 
 # Settings that must not change when a run is resumed (rounds, strategies and seeds may grow).
-_FIXED_ON_RESUME = ("budget", "budget_boxes", "retrain", "finetune_epochs", "finetune_lr", "pre_factor")
+_FIXED_ON_RESUME = (
+    "budget", "budget_boxes", "retrain", "finetune_epochs", "finetune_lr", "finetune_warmup_iters", "pre_factor",
+    "self_training", "pseudo_threshold", "pseudo_ignore",
+)
+PSEUDO_LABELS = "pseudo_labels.json"  # in a round's folder: the pool's pseudo-labels it trains on
 
 
 # --------------------------------------------------------------------------- one round's parts
@@ -88,6 +100,7 @@ class _Run:
         self.labelled_ids = [int(im["id"]) for im in data.labelled["images"]]
         self.pool_ids = [int(im["id"]) for im in data.pool["images"]]
         self.added: list[int] = []
+        self.pseudo: dict | None = None  # self-training: the pool's pseudo-labelled images
 
     def reveal(self, image_ids: Sequence[int]) -> None:
         """Move ``image_ids`` from the pool to the labelled set."""
@@ -110,6 +123,17 @@ class _Run:
 
     def pool(self) -> dict:
         return {**subset(self.data.pool, self.pool_ids), "annotations": []}
+
+    def training_set(self) -> dict:
+        """What a round trains on: the labelled set, plus the pseudo-labelled pool images."""
+        labelled = self.labelled()
+        if not self.pseudo or not self.pseudo["images"]:
+            return labelled
+        return {
+            **labelled,
+            "images": labelled["images"] + self.pseudo["images"],
+            "annotations": labelled["annotations"] + _renumber(self.pseudo["annotations"], labelled),
+        }
 
 
 def _renumber(annotations: list[dict], base: Mapping[str, Any]) -> list[dict]:
@@ -264,8 +288,11 @@ def _run_rounds(
                     if init is None:
                         logger.warning("no checkpoint of round %d to fine-tune from: training from scratch", r - 1)
                 labelled = run.labelled()
+                if loop.self_training and r > 0 and run.pseudo is None:  # a resume: from the file, or scored again
+                    before = _round_checkpoint(out, strategy, seed, r - 1)
+                    run.pseudo = _pseudo_labels_for(run, folder, before, _round_config(config, seed, r - 1), device)
                 # a finished training is reused on --resume, and for the shared round 0
-                checkpoint = _train(round_config, labelled, folder, init, data, device, progress, reuse=resume or folder in trained)
+                checkpoint = _train(round_config, run.training_set(), folder, init, data, device, progress, reuse=resume or folder in trained)
                 trained.add(folder)
                 previous = checkpoint
                 if r == 0 and (seed, "metrics") in shared:
@@ -308,6 +335,8 @@ def _run_rounds(
                 writer.append(row)
                 rows.append(row)
                 run.reveal(selected)
+                if loop.self_training and chosen:
+                    run.pseudo = _pseudo_labels(run, scores, _round_folder(out, strategy, seed, r + 1), loop)
                 logger.info(
                     "%s seed %d round %d: %d labelled images, mAP %.4f; selected %d (%s)",
                     strategy, seed, r, row["labelled_images"], row["map"], len(selected), row["selected_domains"],
@@ -325,10 +354,12 @@ def _round_folder(out: Path, strategy: str, seed: int, r: int) -> Path:
 
 def _round_config(config: Config, seed: int, r: int) -> Config:
     """The config of one round: its own training seed, the run's dropout seed, and the
-    fine-tuning epochs and learning rate after round 0 when ``loop.retrain`` is ``finetune``."""
+    fine-tuning epochs, learning rate and warm-up after round 0 when ``loop.retrain`` is
+    ``finetune``."""
     loop = config.loop
     train = dataclasses.replace(config.train, seed=seed * 1000 + r)
     if loop.retrain == "finetune" and r > 0:
+        train = dataclasses.replace(train, warmup_iters=loop.finetune_warmup_iters)
         if loop.finetune_epochs > 0:
             train = dataclasses.replace(train, epochs=loop.finetune_epochs)
         if loop.finetune_lr > 0:
@@ -372,6 +403,14 @@ def _select(
     records = scores.ranking
     if not records:
         return []
+    _, _, key = strategy.partition(":")
+    ids = [int(r["image_id"]) for r in records]
+    if key == "least_confidence" and "least_confidence" not in records[0]:
+        values = least_confidence(ids, scores.pseudo_labels()["annotations"])
+        records = [{**r, "least_confidence": values[int(r["image_id"])]} for r in records]
+    if key == "oracle_error":
+        errors = image_errors(ids, scores.pseudo_labels()["annotations"], data.oracle.get("annotations", []))
+        records = [{**r, "oracle_error": errors[int(r["image_id"])]} for r in records]
     context: dict[str, Any] = {"seed": seed, "pre_factor": pre_factor, **scores.strategy_context(), **fusion}
     context.setdefault("embeddings", np.zeros((0, 0), np.float32))
     context.setdefault("embedding_ids", [])
@@ -379,3 +418,33 @@ def _select(
         context["labelled_embeddings"] = labelled_embeddings(model, labelled, data.image_root, device)
         records = add_novelty(records, context["embeddings"], context["embedding_ids"], context["labelled_embeddings"])
     return get_strategy(strategy)(records, budget, budget_boxes, **context)
+
+
+def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict:
+    """The still unselected pool images' pseudo-labels of ``scores`` (the round's scoring),
+    kept in the next round's folder for a resume."""
+    from det_al.self_training import pseudo_labelled
+
+    pool = run.pool()
+    pseudo = pseudo_labelled(pool["images"], scores.pseudo_labels()["annotations"], loop.pseudo_threshold, loop.pseudo_ignore, run.data.categories)
+    write_json(next_folder / PSEUDO_LABELS, pseudo)
+    logger.info(
+        "self-training: %d of %d pool images pseudo-labelled (%d boxes)",
+        len(pseudo["images"]), len(pool["images"]), len(pseudo["annotations"]),
+    )
+    return pseudo
+
+
+def _pseudo_labels_for(run: _Run, folder: Path, previous: Path | None, config: Config, device: str) -> dict:
+    """On a resume: the pseudo-labels a round trains on, from its folder, or by scoring the pool
+    again with the previous round's checkpoint."""
+    from det_al.checkpoint import load_checkpoint
+    from det_al.scoring import score_pool
+
+    if (folder / PSEUDO_LABELS).exists():
+        return read_json(folder / PSEUDO_LABELS)
+    if previous is None or not previous.exists():
+        raise InputError(f"cannot resume self-training: no {PSEUDO_LABELS} and no checkpoint of the round before", folder)
+    model, _, categories, _ = load_checkpoint(previous, config, device=device)
+    scores = score_pool(model, config, categories, run.pool(), run.data.image_root, device=device, progress=False)
+    return _pseudo_labels(run, scores, folder, config.loop)

@@ -44,8 +44,16 @@ def check_loop_config(config: Config) -> None:
             raise InputError(f"loop.strategies: {e}") from e
     if loop.finetune_epochs < 0 or loop.finetune_lr < 0:
         raise InputError("loop.finetune_epochs and loop.finetune_lr must be >= 0 (0: those of train)")
+    if loop.finetune_warmup_iters < 0:
+        raise InputError(f"loop.finetune_warmup_iters must be >= 0 (0: no warm-up), got {loop.finetune_warmup_iters}")
     if loop.pre_factor < 1:
         raise InputError(f"loop.pre_factor must be >= 1, got {loop.pre_factor}")
+    if not 0 < loop.pseudo_threshold <= 1:
+        raise InputError(f"loop.pseudo_threshold must be in (0, 1], got {loop.pseudo_threshold}")
+    if not 0 <= loop.pseudo_ignore <= loop.pseudo_threshold:
+        raise InputError(
+            f"loop.pseudo_ignore must be in [0, loop.pseudo_threshold={loop.pseudo_threshold}], got {loop.pseudo_ignore}"
+        )
 
 
 def budgets(config: Config) -> tuple[int | None, int | None]:

@@ -4,7 +4,10 @@
 one, :func:`read_rows` reads the complete ones back (a crash's torn last line is dropped), and
 :func:`summarise`, :func:`format_summary`, :func:`plot_learning_curves`,
 :func:`label_efficiency` and :func:`format_efficiency` turn rows into mean ± std learning
-curves and the labelled images each strategy needs to match the reference.
+curves and the labelled images each strategy needs to match the reference. The paired
+comparisons of the label-efficiency benchmark are built from :func:`labels_to_reach` (labels
+added until a curve reaches a target), :func:`aulc` (area under a learning curve) and
+:func:`mean_ci95` (mean and 95 % t-interval over seeds).
 """
 
 from __future__ import annotations
@@ -231,3 +234,59 @@ def format_efficiency(efficiency: Mapping[str, Mapping[str, Any]], reference: st
         below = ", ".join(str(r) for r in e["below_rounds"]) or "none"
         lines.append(f"  {strategy:<16} {reached}; rounds below {reference} by > 1 std: {below}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+def labels_to_reach(added: Sequence[float], maps: Sequence[float], target: float) -> float | None:
+    """Labels added when the curve ``maps`` over ``added`` (ascending) first reaches ``target``.
+
+    The crossing is interpolated linearly between the two points around it; ``None`` if the
+    curve never reaches it.
+
+    >>> labels_to_reach([0, 10, 20], [0.1, 0.2, 0.4], 0.3)
+    15.0
+    >>> labels_to_reach([0, 10], [0.1, 0.2], 0.3) is None
+    True
+    """
+    for k, (x, y) in enumerate(zip(added, maps)):
+        if y >= target:
+            if k == 0 or y == maps[k - 1]:
+                return float(x)
+            x0, y0 = added[k - 1], maps[k - 1]
+            return float(x0 + (target - y0) / (y - y0) * (x - x0))
+    return None
+
+
+def aulc(added: Sequence[float], maps: Sequence[float]) -> float:
+    """Area under the learning curve ``maps`` over ``added`` (trapezoids), divided by the
+    range of ``added``: the curve's mean mAP over the labelling budget (one point: its mAP).
+
+    >>> aulc([0, 10, 20], [0.1, 0.3, 0.3])
+    0.25
+    """
+    x, y = np.asarray(added, dtype=float), np.asarray(maps, dtype=float)
+    if len(x) == 1 or x[-1] == x[0]:
+        return float(y[0])
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "ci95": [lo, hi], "n"}``: the mean and its 95 % Student-t interval (``None``
+    for fewer than two values); for paired differences over seeds.
+
+    >>> r = mean_ci95([1.0, 3.0])  # std sqrt(2), t(0.975, df=1) = 12.7062: 2 +- 12.7062
+    >>> r["mean"], [round(x, 4) for x in r["ci95"]], r["n"]
+    (2.0, [-10.7062, 14.7062], 2)
+    """
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = float(v.mean())
+    if len(v) < 2:
+        return {"mean": mean, "ci95": None, "n": 1}
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(len(v))}

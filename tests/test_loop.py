@@ -133,13 +133,12 @@ def test_fused_strategy_gets_novelty_and_the_fusion_settings(monkeypatch):
     import numpy as np
 
     from det_al import loop
-    from det_al.scoring import PoolScores
+    from det_al.scores import Scores
 
-    results = [{"image_id": i, "file_name": f"{i}.png", "record": {}, "annotations": [], "embedding": e}
-               for i, e in ((2, [1.0, 0.0]), (3, [0.0, 1.0]))]
     records = [{"image_id": 2, "informativeness": 0.9, "n_objects": 1, "rank": 1},
                {"image_id": 3, "informativeness": 0.1, "n_objects": 1, "rank": 2}]
-    scores = PoolScores(results=results, records=records)
+    scores = Scores(records, {"categories": [], "images": [], "annotations": []},
+                    embeddings=np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), embedding_ids=[2, 3])
     # the labelled set sits on image 2: image 3 is novel (novelty 1/2 with one labelled image)
     monkeypatch.setattr(loop, "labelled_embeddings", lambda *a: np.array([[1.0, 0.0]]))
     pick = lambda weights: loop._select("fused", scores, None, {}, tiny_data(), 1, None, 0, 3.0, "cpu",  # noqa: E731
@@ -149,3 +148,38 @@ def test_fused_strategy_gets_novelty_and_the_fusion_settings(monkeypatch):
     # default weights 1 and 1: both images get 1/61 + 1/62, the tie keeps the ranking order
     (chosen,) = pick(None)
     assert chosen["image_id"] == 2 and chosen["novelty"] == 0.0
+
+
+def test_finetune_rounds_use_their_own_warmup_and_round_zero_the_train_one():
+    from det_al.loop import _round_config
+
+    config = config_from_dict(
+        {
+            "train": {"epochs": 12, "lr": 0.002, "warmup_iters": 20},
+            "loop": {"retrain": "finetune", "finetune_epochs": 5, "finetune_lr": 0.0005},
+        }
+    )
+    first, later = _round_config(config, 3, 0).train, _round_config(config, 3, 2).train
+    assert (first.epochs, first.lr, first.warmup_iters, first.seed) == (12, 0.002, 20, 3000)
+    assert (later.epochs, later.lr, later.warmup_iters, later.seed) == (5, 0.0005, 0, 3002)
+    custom = dataclasses_replace_loop(config, finetune_warmup_iters=4)
+    assert _round_config(custom, 3, 1).train.warmup_iters == 4
+
+
+def dataclasses_replace_loop(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, **changes))
+
+
+@pytest.mark.parametrize(
+    "loop, message",
+    [
+        ({"finetune_warmup_iters": -1}, "finetune_warmup_iters"),
+        ({"pseudo_threshold": 0}, "pseudo_threshold"),
+        ({"pseudo_threshold": 0.5, "pseudo_ignore": 0.6}, "pseudo_ignore"),
+    ],
+)
+def test_self_training_and_warmup_checks(loop, message):
+    with pytest.raises(InputError, match=message):
+        check_loop_config(config_from_dict({"loop": loop}))

@@ -68,3 +68,35 @@ def test_results_file_round_trip_drops_torn_line(tmp_path):
     with open(path) as f:
         assert list(csv.reader(f))[0] == list(CSV_FIELDS)
     assert len(read_rows(path)) == 2
+
+
+def test_labels_to_reach_interpolates_and_says_never():
+    from det_al.loop_results import labels_to_reach
+
+    # 0.30 lies a quarter of the way from 0.25 (8 labels) to 0.45 (16 labels): 8 + 0.25 * 8 = 10
+    assert labels_to_reach([0, 8, 16], [0.1, 0.25, 0.45], 0.30) == pytest.approx(10.0)
+    assert labels_to_reach([0, 8, 16], [0.3, 0.25, 0.45], 0.30) == 0.0  # reached at the start
+    assert labels_to_reach([0, 8, 16], [0.1, 0.3, 0.3], 0.30) == 8.0  # exactly on a point
+    assert labels_to_reach([0, 8, 16], [0.1, 0.2, 0.29], 0.30) is None
+
+
+def test_aulc_is_the_mean_height_of_the_trapezoids():
+    from det_al.loop_results import aulc
+
+    # trapezoids: 8 * (0.1 + 0.3) / 2 = 1.6 and 8 * (0.3 + 0.5) / 2 = 3.2; 4.8 / 16 = 0.3
+    assert aulc([0, 8, 16], [0.1, 0.3, 0.5]) == pytest.approx(0.3)
+    assert aulc([0, 4, 16], [0.2, 0.2, 0.2]) == pytest.approx(0.2)
+    assert aulc([0], [0.4]) == 0.4
+
+
+def test_mean_ci95_student_t():
+    from det_al.loop_results import mean_ci95
+
+    # values 1, 2, 3, 4, 5: mean 3, sample std sqrt(2.5) = 1.5811, t(0.975, df=4) = 2.7764
+    # half width 2.7764 * 1.5811 / sqrt(5) = 1.9633
+    r = mean_ci95([1, 2, 3, 4, 5])
+    assert r["mean"] == 3.0 and r["n"] == 5
+    assert r["ci95"] == pytest.approx([3 - 1.9633, 3 + 1.9633], abs=1e-4)
+    assert mean_ci95([0.5]) == {"mean": 0.5, "ci95": None, "n": 1}
+    assert mean_ci95([]) == {"mean": None, "ci95": None, "n": 0}
+    assert mean_ci95([0.2, 0.2, 0.2])["ci95"] == pytest.approx([0.2, 0.2])  # no spread, no width

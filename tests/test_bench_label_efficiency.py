@@ -1,0 +1,71 @@
+"""The label-efficiency benchmark: its --quick run writes summary.json in the documented shape,
+and its comparison reads paired seeds as it should (hand-made rows)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_label_efficiency.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_label_efficiency", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(strategy, seed, r, images, m, selected=()):
+    return {
+        "strategy": strategy, "seed": seed, "round": r, "labelled_images": images, "labelled_boxes": 0,
+        "map": m, "map50": m, "pool_images": 10, "selected_images": len(selected), "selected_boxes": 0,
+        "selected_domains": "", "seconds": 1.0, "selected": list(selected),
+    }
+
+
+def test_compare_hand_computed(bench):
+    # two seeds, 10 labelled at the start, 2 rounds of 5. AULC = mean of the trapezoids over 0..10 added:
+    # random seed 0: (0.1+0.2)/2 * 5 + (0.2+0.3)/2 * 5 = 2.0 -> 0.20; seed 1: 0.1,0.1,0.3 -> (0.5+1.0)/10 = 0.15
+    # top    seed 0: 0.1,0.3,0.3 -> (1.0+1.5)/10 = 0.25;         seed 1: 0.1,0.2,0.3 -> 0.20
+    rows = [
+        row("random", 0, 0, 10, 0.1, [1, 2]), row("random", 0, 1, 15, 0.2, [3]), row("random", 0, 2, 20, 0.3),
+        row("random", 1, 0, 10, 0.1, [1]), row("random", 1, 1, 15, 0.1), row("random", 1, 2, 20, 0.3),
+        row("top", 0, 0, 10, 0.1, [4]), row("top", 0, 1, 15, 0.3, [5]), row("top", 0, 2, 20, 0.3),
+        row("top", 1, 0, 10, 0.1), row("top", 1, 1, 15, 0.2), row("top", 1, 2, 20, 0.3),
+    ]
+    kinds = {"drifted": {0: {1, 4, 5}, 1: {1}}, "empty": {0: {2}, 1: set()}}
+    c = bench.compare(rows, kinds)
+    assert c["random"]["aulc"]["mean"] == pytest.approx(0.175)
+    assert c["top"]["aulc"]["mean"] == pytest.approx(0.225)
+    # paired differences 0.05 and 0.05: mean 0.05, no spread
+    assert c["top"]["aulc_diff_vs_random"]["mean"] == pytest.approx(0.05)
+    assert c["top"]["aulc_diff_vs_random"]["ci95"] == pytest.approx([0.05, 0.05])
+    # mean curves: random 0.1, 0.15, 0.3; top 0.1, 0.25, 0.3. Random's final 0.3 is reached by top
+    # at 10 added (0.25 -> 0.3 between 5 and 10 added): 10 of random's 10 = 100 %
+    assert c["top"]["labels_added_to_reach_random"] == pytest.approx(10.0)
+    assert c["top"]["added_pct_of_random"] == pytest.approx(100.0)
+    # picks: random chose 1, 2, 3 (seed 0) and 1 (seed 1): drifted 1 (seed 0), 1 (seed 1) -> 2 of 4
+    assert c["random"]["drifted_share"] == pytest.approx(0.5)
+    assert c["random"]["empty_share"] == pytest.approx(0.25)
+    assert c["top"]["drifted_share"] == pytest.approx(1.0)
+    assert c["top"]["aulc_diff_vs_least_confidence"] == {"mean": None, "ci95": None, "n": 0}  # no such arm here
+
+
+def test_quick_run_writes_the_summary(bench, tmp_path):
+    args = bench.get_args_parser().parse_args(["--quick", "--out", str(tmp_path / "out")])
+    bench.main(args)
+    import json
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 1000
+    assert list(summary["strategies"]) == list(bench.STRATEGIES)
+    for name, s in summary["strategies"].items():
+        assert s["seeds"] == [0, 1]
+        assert s["added_pct_of_random"] is None or isinstance(s["added_pct_of_random"], float)
+        for key in ("aulc_diff_vs_random", "aulc_diff_vs_least_confidence"):
+            assert isinstance(s[key]["mean"], float) and len(s[key]["ci95"]) == 2
+            assert s[key]["ci95"][0] <= s[key]["mean"] <= s[key]["ci95"][1]
+        assert 0.0 <= s["drifted_share"] <= 1.0
+    assert summary["strategies"]["random"]["aulc_diff_vs_random"]["mean"] == 0.0

@@ -1,0 +1,104 @@
+"""Self-training: which pool images become pseudo-labelled training data, and with what."""
+
+from det_al.loop import _Run
+from det_al.self_training import pseudo_labelled
+
+from tests.test_loop import tiny_data
+
+
+def det(image_id, score, category_id=1, bbox=(0, 0, 4, 5)):
+    return {"image_id": image_id, "category_id": category_id, "bbox": list(bbox), "score": score, "uncertainty": 0.3}
+
+
+def test_images_split_cleanly_or_are_left_out():
+    images = [{"id": i, "file_name": f"{i}.png"} for i in range(1, 7)]
+    dets = [
+        det(1, 0.9), det(1, 0.05),  # confident + below ignore (background): kept, one box
+        det(2, 0.9), det(2, 0.5),  # an uncertain box: left out, it could become background
+        det(3, 0.1),  # nothing confident: left out (maybe a blind spot)
+        det(4, 0.7, 2), det(4, 0.8, 3),  # exactly at the threshold counts as confident: both boxes
+        det(5, 0.2),  # exactly at ignore is uncertain... and nothing confident anyway
+        # image 6: no detection at all: left out
+    ]
+    out = pseudo_labelled(images, dets, threshold=0.7, ignore=0.2, categories=[{"id": 1, "name": "a"}])
+    assert [im["id"] for im in out["images"]] == [1, 4]
+    assert [(a["image_id"], a["category_id"]) for a in out["annotations"]] == [(1, 1), (4, 2), (4, 3)]
+    # COCO fields only: no score, no uncertainty; the area from the box
+    assert out["annotations"][0] == {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 5], "area": 20.0, "iscrowd": 0}
+    assert out["categories"] == [{"id": 1, "name": "a"}]
+
+
+def test_ignore_equal_to_threshold_keeps_every_image_with_a_confident_box():
+    images = [{"id": 1}, {"id": 2}]
+    out = pseudo_labelled(images, [det(1, 0.9), det(1, 0.6), det(2, 0.3)], threshold=0.7, ignore=0.7)
+    assert [im["id"] for im in out["images"]] == [1]
+    assert len(out["annotations"]) == 1  # the 0.6 box is treated as background
+
+
+def test_a_run_trains_on_labelled_plus_pseudo_labels_with_fresh_ids():
+    run = _Run("top", 0, tiny_data())
+    run.pseudo = pseudo_labelled(run.pool()["images"], [det(2, 0.95, 5)], 0.7, 0.2)
+    train = run.training_set()
+    assert [im["id"] for im in train["images"]] == [1, 2]
+    assert [(a["id"], a["image_id"]) for a in train["annotations"]] == [(9, 1), (10, 2)]
+    assert [im["id"] for im in run.labelled()["images"]] == [1]  # the labelled set counts no pseudo-labels
+
+
+def test_loop_self_training_trains_round_one_on_the_pseudo_labels(tmp_path):
+    """A quick loop with a threshold every detection passes: round 1 trains on the labelled
+    images, the revealed ones and the pseudo-labelled unselected pool images (kept beside it)."""
+    import json
+
+    from det_al.config import config_from_dict
+    from det_al.loop import run_loop
+    from det_al.loop_data import LoopData
+    from det_al.loop_results import read_rows
+    from det_al.synthetic import make_demo_data
+
+    paths = make_demo_data(tmp_path / "data", seed=0, n_train=4, n_val=2, n_pool=6)
+    data = LoopData.load(paths["train"], paths["pool"], paths["oracle"], paths["val"], paths["image_root"])
+    config = config_from_dict(
+        {
+            "model": {"name": "fasterrcnn_tiny", "num_classes": 4},
+            "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.002, "warmup_iters": 0, "eval_every": 0},
+            "passes": {"passes": 2, "dropout": 0.3, "batch_size": 6},
+            "loop": {
+                "rounds": 1, "budget": 2, "strategies": ["top:oracle_error"], "retrain": "finetune",
+                "self_training": True, "pseudo_threshold": 0.001, "pseudo_ignore": 0.0,
+            },
+        }
+    )
+    run_loop(config, data, tmp_path / "out", progress=False)
+    folder = tmp_path / "out" / "runs" / "top-oracle_error" / "seed0" / "round1"
+    pseudo = json.loads((folder / "pseudo_labels.json").read_text())
+    trained = json.loads((folder / "labelled.json").read_text())
+    rows = read_rows(tmp_path / "out" / "results.csv")
+    selected = rows[0]["selected"]
+    unselected = [im["id"] for im in data.pool["images"] if im["id"] not in selected]
+    assert {im["id"] for im in pseudo["images"]} <= set(unselected) and pseudo["images"]
+    assert [im["id"] for im in trained["images"]] == (
+        [im["id"] for im in data.labelled["images"]]
+        + [im["id"] for im in data.oracle["images"] if im["id"] in selected]
+        + [im["id"] for im in pseudo["images"]]
+    )
+    assert len(trained["annotations"]) == len(data.labelled["annotations"]) + rows[0]["selected_boxes"] + len(pseudo["annotations"])
+    assert rows[1]["labelled_images"] == 6  # pseudo-labelled images are not counted as labelled
+
+
+def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path):
+    import json
+
+    import pytest
+
+    from det_al.config import config_from_dict
+    from det_al.errors import InputError
+    from det_al.loop import PSEUDO_LABELS, _pseudo_labels_for
+
+    run = _Run("top", 0, tiny_data())
+    saved = pseudo_labelled(run.pool()["images"], [det(3, 0.9, 5)], 0.7, 0.2)
+    (tmp_path / "round1").mkdir()
+    (tmp_path / "round1" / PSEUDO_LABELS).write_text(json.dumps(saved))
+    config = config_from_dict({})
+    assert _pseudo_labels_for(run, tmp_path / "round1", None, config, "cpu") == saved
+    with pytest.raises(InputError, match="cannot resume self-training"):
+        _pseudo_labels_for(run, tmp_path / "round2", tmp_path / "missing.pt", config, "cpu")
