@@ -1,7 +1,7 @@
 """Error capture: which per-image score finds the images the model gets wrong?
 
 A trained detector scores a pool whose ground truth is known; each image's *error* is counted
-two ways (:mod:`det_al.error_capture`): the **count** of missed objects plus false detections
+two ways (:mod:`det_al.loop.error_capture`): the **count** of missed objects plus false detections
 (COCOeval matching at IoU 0.5, class-aware, among the deterministic pass's detections with
 score >= ``--score-threshold``, default 0.5: the pseudo-labels a user would accept) and the
 **normalised** error, that count over ground-truth objects + detections (0 when both are 0).
@@ -11,7 +11,7 @@ recall@10 % (the share of the worst 10 % images, by each error, in the score's t
 ties broken at random on both sides, the expected value reported) as the mean and 95 %
 t-interval over paired seeds: every score is measured on the same images with the same model.
 
-**Scenario** (no arguments): per seed, a fresh synthetic draw (:mod:`det_al.synthetic`): a tiny
+**Scenario** (no arguments): per seed, a fresh synthetic draw (:mod:`det_al.data.synthetic`): a tiny
 Faster R-CNN trained from scratch on old-domain images only; a pool of mostly old-domain
 images, a drifted minority (new colours, backgrounds and scales) and some background-only
 scenes of both domains. **Any labelled COCO data**: ``--checkpoint CK --pool-gt COCO
@@ -67,8 +67,8 @@ from typing import Any
 import numpy as np
 
 from det_al.errors import InputError
-from det_al.error_capture import MEASURES, capture_measures, image_errors, mean_ci, top_probability
-from det_al.files import read_json, write_json, write_jsonl
+from det_al.loop.error_capture import MEASURES, capture_measures, image_errors, mean_ci, top_probability
+from det_al.data.files import read_json, write_json, write_jsonl
 
 SCORES = (
     "random", "informativeness", "class", "box", "presence",
@@ -143,7 +143,7 @@ def make_scenario(out: Path, seed: int, sizes: dict) -> dict[str, Path]:
     """Write one seed's data under ``out``: ``train.json`` (old domain), ``pool_gt.json`` (the
     pool with its annotations, shuffled) and ``groups.json`` (image id -> old / drifted /
     background). Image ids are unique across the files."""
-    from det_al.synthetic import generate
+    from det_al.data.synthetic import generate
 
     n_train, n_old, n_drifted, n_bg = sizes["train"], sizes["old"], sizes["drifted"], sizes["background"]
     train = generate(out, n_train, "old", seed, 1)
@@ -193,7 +193,7 @@ def bench_config(sizes: dict, seed: int):
 
 def prepare_seed(cache: Path, seed: int, sizes: dict, device: str) -> dict[str, Path]:
     """One seed's data and trained checkpoint, made once and cached under ``cache``."""
-    from det_al.training import train_model
+    from det_al.loop.training import train_model
 
     data_sizes = {k: sizes[k] for k in ("train", "old", "drifted", "background")}
     folder = cache / f"seed{seed}-{_key({'data': data_sizes, 'epochs': sizes['epochs'], 'passes': sizes['passes']})}"
@@ -224,7 +224,7 @@ def score_folder(checkpoint: Path, pool_gt: Path, image_root: Path, out: Path, o
                  passes: int | None, seed: int | None, labelled: Path | None, device: str, reuse: bool) -> Path:
     """Run ``det-al score`` (in this process) on the images of ``pool_gt``; the scored folder.
     ``labelled`` (the model's training set) is passed as ``--labelled``: the ranking's novelty."""
-    from det_al.commands import score as score_command
+    from det_al.cli import score as score_command
 
     if reuse and (out / "ranking.jsonl").exists():
         return out
@@ -248,7 +248,7 @@ def score_folder(checkpoint: Path, pool_gt: Path, image_root: Path, out: Path, o
 def ranking_scores(records: list[dict], context: dict, seed: int) -> dict[int, dict[str, float]]:
     """Image id -> every score of :data:`SCORES` that ``records`` (ranking records) carry, and
     those of the strategies without a field (``fused``), by the order they pick the whole pool."""
-    from det_al.strategies import STRATEGIES, run_strategy
+    from det_al.selection.strategies import STRATEGIES, run_strategy
 
     out = {int(r["image_id"]): {} for r in records}
     for name in SCORES:
@@ -270,11 +270,11 @@ def recombine(records: list[dict], overrides: list[str], config: dict) -> list[d
     """The ranking that ``det-al score`` with the image-level ``overrides``
     (:data:`IMAGE_LEVEL_KEYS`) would write, from the ranking ``records`` of the same passes
     scored without them (``config``: that run's config): the engine's own
-    :func:`~det_al.informativeness.combine_image` and :func:`~det_al.informativeness.finalize_pool`
-    over the per-image fields, as :func:`det_al.scoring.score_image` applies them. The quick
+    :func:`~det_al.scoring.informativeness.combine_image` and :func:`~det_al.scoring.informativeness.finalize_pool`
+    over the per-image fields, as :func:`det_al.scoring.score_pool.score_image` applies them. The quick
     test checks it against a real rescoring."""
     from det_al.config import apply_overrides, config_from_dict
-    from det_al.informativeness import combine_image, finalize_pool
+    from det_al.scoring.informativeness import combine_image, finalize_pool
 
     cfg = config_from_dict(apply_overrides(config, overrides), "--candidate")
     weights = cfg.scoring.image_weights
@@ -298,7 +298,7 @@ def measure(scored: dict[str, Path], gt: dict, seed: int, args: argparse.Namespa
     base ranking (:func:`recombine`). A candidate ``NAME`` gives the scores ``NAME`` (its
     informativeness) and ``NAME+fused`` (the ``fused`` strategy over it and novelty).
     """
-    from det_al.selection import read_ranking, selection_context
+    from det_al.selection.files import read_ranking, selection_context
 
     base = scored[""]
     records = read_ranking(base / "ranking.jsonl")
@@ -496,7 +496,7 @@ def write_summary(out: Path, per_seed: dict, rows: list[dict], n_images: int, se
 
 
 def run_checkpoint(args: argparse.Namespace) -> dict:
-    from det_al.coco import load_coco
+    from det_al.data.coco import load_coco
 
     if not args.pool_gt:
         raise InputError("--checkpoint needs --pool-gt (a COCO file with the images' ground truth)")
@@ -541,7 +541,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def run_scenario(args: argparse.Namespace) -> dict:
-    from det_al.coco import load_coco
+    from det_al.data.coco import load_coco
 
     sizes = sizes_from(args)
     out = Path(args.out)

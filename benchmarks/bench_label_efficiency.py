@@ -1,6 +1,6 @@
 """Label efficiency of the selection strategies in a drift scenario, on paired seeds, on CPU.
 
-The scenario, drawn afresh for every seed with the synthetic generator (:mod:`det_al.synthetic`):
+The scenario, drawn afresh for every seed with the synthetic generator (:mod:`det_al.data.synthetic`):
 the initial labelled set is old-domain only; the pool and the validation set mix the old domain
 with a drifted minority (new colours, backgrounds and scales; ``--drift``, default 25 %) and
 hold some background-only images (``--empty``, default 10 %). A tiny Faster R-CNN is trained
@@ -54,10 +54,10 @@ import numpy as np
 
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.files import read_json, write_json
-from det_al.loop import run_loop
-from det_al.loop_data import LoopData
-from det_al.loop_results import (
+from det_al.data.files import read_json, write_json
+from det_al.loop.rounds import run_loop
+from det_al.loop.data import LoopData
+from det_al.loop.results import (
     RowsWriter,
     aulc,
     labels_to_reach,
@@ -66,7 +66,7 @@ from det_al.loop_results import (
     read_rows,
     summarise,
 )
-from det_al.synthetic import generate
+from det_al.data.synthetic import generate
 
 RANDOM, PEER, DEFAULT, SELF_TRAINING = "random", "top:least_confidence", "top", "top+self_training"
 # the default arms; more (top:presence, diverse, ...) with --strategies, at about 2 min a seed each
@@ -396,7 +396,7 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("det_al.loop").setLevel(logging.INFO)
+    logging.getLogger("det_al.loop.rounds").setLevel(logging.INFO)
     try:
         main(get_args_parser().parse_args())
     except InputError as e:

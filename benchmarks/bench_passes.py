@@ -12,8 +12,8 @@ pre-threshold candidates (issue 18: at most 10 % at T = 10 on Faster R-CNN): ``d
 time spent in their own work (accumulators, one-stage anchor gathering, ``dense_scores``; see
 :func:`dense_work`) as a share of (c); ``on-off %``, ``run_passes`` with against without them
 (``dense=False``, the engine before them), the least CPU time of ``--dense-repeats`` alternated
-runs each: the end-to-end check, which a loaded machine blurs by several percent. When det_al.matching and
-det_al.uncertainty exist, the time of ``match_passes`` + ``score_objects`` on the T = max
+runs each: the end-to-end check, which a loaded machine blurs by several percent. When det_al.scoring.matching and
+det_al.scoring.uncertainty exist, the time of ``match_passes`` + ``score_objects`` on the T = max
 passes of (c) is printed as a share of (c).
 
 Random weights (no download) give near-uniform R-CNN softmax scores (~1/C) and RetinaNet
@@ -55,10 +55,10 @@ import warnings
 import torch
 
 from det_al.config import ModelConfig, PassesConfig, ScoringConfig
-from det_al.dropout import Chunk, MCDropout
-from det_al.models import build_model
-from det_al.dense import dense_scores
-from det_al.passes import compute_prefix, run_passes, run_suffix, torchvision_forward
+from det_al.inference.dropout import Chunk, MCDropout
+from det_al.models.build import build_model
+from det_al.scoring.dense import dense_scores
+from det_al.inference.passes import compute_prefix, run_passes, run_suffix, torchvision_forward
 
 MODELS = {
     "fasterrcnn": "fasterrcnn_resnet50_fpn",
@@ -135,8 +135,8 @@ def dense_work(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, 
     accumulators (``DenseAccumulator.add`` / ``candidates``) and the one-stage anchor gathering
     (``_choose_one_stage`` / ``_add_one_stage``), timed by wrapping them, plus ``dense_scores``.
     On a loaded machine this resolves a few percent where a difference of two runs cannot."""
-    import det_al.passes as passes_module
-    from det_al.dense import DenseAccumulator
+    import det_al.inference.passes as passes_module
+    from det_al.scoring.dense import DenseAccumulator
 
     spent = [0.0]
 
@@ -183,10 +183,10 @@ def dense_cost(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, 
 
 def matching_share(result, seconds: float) -> str:
     try:
-        from det_al.matching import match_passes
-        from det_al.uncertainty import score_objects
+        from det_al.scoring.matching import match_passes
+        from det_al.scoring.uncertainty import score_objects
     except ImportError:
-        return "n/a (det_al.matching / det_al.uncertainty missing)"
+        return "n/a (det_al.scoring.matching / det_al.scoring.uncertainty missing)"
     anchor, passes = result.deterministic, result.passes
 
     def run():

@@ -8,7 +8,7 @@
     split into JSON-encoding the lines (which any streamed output needs), fsync and the rest
     (writes, key, hashes); the final assembly (external sort) is timed separately. Target: peak
     RSS at the largest N within 10% of the smallest, bookkeeping under 2%. The pool is held as
-    ``det-al score`` holds it (:class:`det_al.pool.PoolImages`).
+    ``det-al score`` holds it (:class:`det_al.data.pool.PoolImages`).
 (a') ``--stub-sizes``: the same with the model run once and its passes reused for every image
     (rendering, matching, scoring, results and assembly still run per image): the memory of the
     streaming machinery at pool sizes the real model would take hours to reach on a CPU.
@@ -58,9 +58,9 @@ COMPARED = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "skipped.json
 def make_checkpoint(path: Path, size: int) -> Path:
     import torch
 
-    from det_al.checkpoint import save_checkpoint
+    from det_al.models.checkpoint import save_checkpoint
     from det_al.config import config_from_dict
-    from det_al.models import build_model
+    from det_al.models.build import build_model
 
     config = config_from_dict({
         "model": {"name": "fasterrcnn_tiny", "num_classes": len(CATEGORIES) + 1,
@@ -76,7 +76,7 @@ class RenderedPool:
     """PoolDataset's items for images rendered from their id (nothing read from disk)."""
 
     def __init__(self, images, size: int = 64):
-        from det_al.pool import as_pool_images
+        from det_al.data.pool import as_pool_images
 
         self.ids = as_pool_images(images).ids
         self.size = size
@@ -85,8 +85,8 @@ class RenderedPool:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict:
-        from det_al.images import to_tensor
-        from det_al.synthetic import render_example
+        from det_al.data.images import to_tensor
+        from det_al.data.synthetic import render_example
 
         image_id = int(self.ids[index])
         image, _ = render_example("old" if image_id % 2 else "drifted", 0, image_id, self.size)
@@ -98,12 +98,12 @@ def child_stream(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    import det_al.results
-    import det_al.scoring
-    from det_al.checkpoint import load_checkpoint
+    import det_al.results.stream
+    import det_al.scoring.score_pool
+    from det_al.models.checkpoint import load_checkpoint
     from det_al.config import apply_overrides, config_from_dict, config_to_dict
-    from det_al.pool import PoolImages
-    from det_al.results import file_sha256
+    from det_al.data.pool import PoolImages
+    from det_al.results.stream import file_sha256
 
     torch.set_num_threads(args.threads)
     model, config, categories, _ = load_checkpoint(args.checkpoint)
@@ -125,7 +125,7 @@ def child_stream(args: argparse.Namespace) -> None:
                 book["inside"] = False
         return wrapper
 
-    W = det_al.results.ResultsWriter
+    W = det_al.results.stream.ResultsWriter
     for name in ("__init__", "write_batch", "mark_done", "close"):
         setattr(W, name, timed(getattr(W, name)))
     PoolImages.sha256 = timed(PoolImages.sha256)
@@ -141,7 +141,7 @@ def child_stream(args: argparse.Namespace) -> None:
 
     os.fsync = fsync
     encode = {"seconds": 0.0}
-    real_encode = det_al.results.encode_lines
+    real_encode = det_al.results.stream.encode_lines
 
     def encode_lines(lines):
         t = time.perf_counter()
@@ -150,9 +150,9 @@ def child_stream(args: argparse.Namespace) -> None:
         finally:
             encode["seconds"] += time.perf_counter() - t
 
-    det_al.results.encode_lines = encode_lines
+    det_al.results.stream.encode_lines = encode_lines
     assembly = {"seconds": 0.0, "rss_before_kib": 0}
-    real_assemble = det_al.scoring.assemble_outputs
+    real_assemble = det_al.scoring.score_pool.assemble_outputs
 
     def assemble(*a, **k):
         assembly["rss_before_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -162,14 +162,14 @@ def child_stream(args: argparse.Namespace) -> None:
         finally:
             assembly["seconds"] += time.perf_counter() - t
 
-    det_al.scoring.assemble_outputs = assemble
+    det_al.scoring.score_pool.assemble_outputs = assemble
 
     if args.stub:
         # Machinery only: every image gets the passes of the first one (the model runs once);
         # rendering, matching, scoring, results lines and assembly run for every image.
-        real_run_passes = det_al.scoring.run_passes
+        real_run_passes = det_al.scoring.score_pool.run_passes
         canned = real_run_passes(model, [RenderedPool([{"id": 1, "file_name": "1.png"}], size=args.image_size)[0]["image"]], config.passes, seeds=[1])[0]
-        det_al.scoring.run_passes = lambda model, images, *a, **k: [canned] * len(images)
+        det_al.scoring.score_pool.run_passes = lambda model, images, *a, **k: [canned] * len(images)
     # The pool as det-al score holds it after read_pool: compact arrays, no list of dicts.
     names = bytearray()
     for start in range(1, args.n + 1, 8192):
@@ -180,7 +180,7 @@ def child_stream(args: argparse.Namespace) -> None:
     del names
     t = time.perf_counter()
     sha = timed(file_sha256)(args.checkpoint)
-    counts = det_al.scoring.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha, progress=False,
+    counts = det_al.scoring.score_pool.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha, progress=False,
                                          make_dataset=lambda images: RenderedPool(images, size=args.image_size), overwrite=True)
     total = time.perf_counter() - t
     print(json.dumps({
@@ -214,8 +214,8 @@ def child_pool_load(path: str, how: str) -> None:
     The peak RSS of the import of torch would hide that of reading a small pool, so the
     kernel's peak (VmHWM) is reset to the current RSS first (``/proc/self/clear_refs``).
     """
-    from det_al.coco import load_coco
-    from det_al.pool import read_pool
+    from det_al.data.coco import load_coco
+    from det_al.data.pool import read_pool
 
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -268,7 +268,7 @@ def bench_stored(args, ckpt: Path, work: Path) -> list[tuple[str, str]]:
     """(b) torchrun vs one process and (c) kill-and-resume, on a pool stored as files."""
     rows: list[tuple[str, str]] = []
     # (b) torchrun 2 x 1 thread vs 1 process on a stored pool
-    from det_al.synthetic import generate
+    from det_al.data.synthetic import generate
 
     import cv2
 

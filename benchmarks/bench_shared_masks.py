@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from det_al.checkpoint import load_checkpoint
-from det_al.coco import load_coco
-from det_al.images import read_image, to_tensor
-from det_al.passes import run_passes
-from det_al.scoring import score_pool
+from det_al.models.checkpoint import load_checkpoint
+from det_al.data.coco import load_coco
+from det_al.data.images import read_image, to_tensor
+from det_al.inference.passes import run_passes
+from det_al.scoring.score_pool import score_pool
 
 
 def with_masks(config, mode: str):

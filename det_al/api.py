@@ -6,7 +6,7 @@
 >>> det_al.export_label_studio(batch, "ls/", url_prefix="https://host/pool")  # doctest: +SKIP
 
 The results are :class:`~det_al.scores.Scores` and :class:`~det_al.scores.Selection`; the
-exporters live in :mod:`det_al.export`; all are importable from here and from ``det_al``.
+exporters live in :mod:`det_al.annotation.export`; all are importable from here and from ``det_al``.
 ``det-al score``, ``select`` and ``export`` are thin layers over these functions. Every problem
 with the input (an unsupported model, categories that do not fit it, a bad image, a malformed
 file) is an :class:`~det_al.errors.InputError` raised before the first image is scored.
@@ -32,7 +32,7 @@ from torch import nn
 
 from det_al.config import Config, config_from_dict, load_config, override_config, passes_overrides
 from det_al.errors import InputError
-from det_al.export import CvatExport, LabelStudioExport, export_cvat, export_label_studio
+from det_al.annotation.export import CvatExport, LabelStudioExport, export_cvat, export_label_studio
 from det_al.scores import ImageScore, Scores, Selection
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ _HOOK_DICTS = (
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The detector inside ``DataParallel``/``DistributedDataParallel``/``torch.compile`` wrappers,
-    checked to be of a supported family (:func:`det_al.models.model_family`)."""
-    from det_al.models import model_family
+    checked to be of a supported family (:func:`det_al.models.build.model_family`)."""
+    from det_al.models.build import model_family
 
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -150,7 +150,7 @@ def load_model(checkpoint: str | os.PathLike, config: Config | Mapping | str | o
     Returns ``(model, config, categories)``; ``categories`` is ``None`` for a plain state dict
     (give them to :func:`score_images`, or they come from the pool).
     """
-    from det_al.checkpoint import load_checkpoint
+    from det_al.models.checkpoint import load_checkpoint
 
     model, config, categories, _ = load_checkpoint(checkpoint, None if config is None else as_config(config), device)
     return LoadedModel(model, config, categories or None)
@@ -162,15 +162,15 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
     """MC dropout on ``model`` for the ``with`` block, for your own loops; removed on exit.
 
     Dropout with probability ``rate`` is applied to the *input* of each module in ``sites``
-    (default: the family's heads, see :data:`det_al.dropout.DEFAULT_SITES`) while the model stays
+    (default: the family's heads, see :data:`det_al.inference.dropout.DEFAULT_SITES`) while the model stays
     in whatever mode it is in; weights are never changed. ``seed`` seeds the masks (default: the
-    global RNG). Yields the :class:`det_al.dropout.MCDropout` control.
+    global RNG). Yields the :class:`det_al.inference.dropout.MCDropout` control.
 
     >>> with det_al.mc_dropout(model, 0.2, seed=0):  # doctest: +SKIP
     ...     detections = model(images)
     """
-    from det_al import dropout
-    from det_al.models import model_family
+    from det_al.inference import dropout
+    from det_al.models.build import model_family
 
     model = unwrap_model(model)
     if sites is None:
@@ -209,7 +209,7 @@ def score_images(
             hooks, and its mode, hooks and device are restored afterwards.
         images: a folder, a COCO file or dict, a list of paths, of PIL images, of ``[H, W, 3]``
             uint8 arrays or of float ``[3, H, W]`` tensors in [0, 1], or a torch ``Dataset`` of
-            such images (see :func:`det_al.sources.pool_source`).
+            such images (see :func:`det_al.data.sources.pool_source`).
         categories: one per class of the model (label ``l`` is ``categories[l - 1]``), COCO dicts
             or names; default: the COCO input's, else ``class_1`` ... ``class_{C-1}``.
         passes, dropout, tta, seed, batch_size: shortcuts for the ``passes`` section of the
@@ -232,9 +232,9 @@ def score_images(
         InputError: before anything is scored, for an unsupported model, categories that do not
             fit it, a malformed config or pool, or an in-memory image of the wrong kind.
     """
-    from det_al.models import model_num_classes
-    from det_al.scoring import iter_results, score_to_dir
-    from det_al.sources import load_pool, pool_source, resolve_categories
+    from det_al.models.build import model_num_classes
+    from det_al.scoring.score_pool import iter_results, score_to_dir
+    from det_al.data.sources import load_pool, pool_source, resolve_categories
 
     if resume and out_dir is None:
         raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
@@ -246,7 +246,7 @@ def score_images(
         "score_images",
     )
     if out_dir is not None and not resume:
-        from det_al.results import refuse_existing_results
+        from det_al.results.stream import refuse_existing_results
 
         refuse_existing_results(out_dir)
     if out_dir is not None and isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
@@ -295,7 +295,7 @@ def select(
     ``class-balanced``, or a callable ``strategy(records, budget, budget_boxes, **context)``.
     ``budget`` caps images, ``budget_boxes`` predicted boxes; give at least one.
     """
-    from det_al.selection import select_batch
+    from det_al.selection.files import select_batch
 
     if not isinstance(scores, Scores):
         scores = Scores.load(scores)

@@ -26,7 +26,7 @@ from det_al.errors import InputError
 class ModelConfig:
     """Which torchvision detector to build.
 
-    ``name`` is a builder name from :data:`det_al.models.BUILDERS`; ``num_classes`` counts the
+    ``name`` is a builder name from :data:`det_al.models.build.BUILDERS`; ``num_classes`` counts the
     background (torchvision's convention), ``None`` meaning "from the data" (the training
     file's categories + 1, or the checkpoint's); ``options`` are passed to the builder
     (``min_size``, ``max_size``, ``box_score_thresh``, ``box_detections_per_img``, ...).
@@ -51,12 +51,12 @@ class PassesConfig:
 
     ``masks`` (Mask R-CNN, fast path): ``exact`` runs the mask branch on every pass's own boxes
     (what T whole-model passes give); ``shared`` runs it once on the deterministic boxes and
-    derives each pass's masks from those features (see :mod:`det_al.passes`), so T passes cost
+    derives each pass's masks from those features (see :mod:`det_al.inference.passes`), so T passes cost
     about one mask branch instead of T.
 
     ``dense_candidates`` (RetinaNet, FCOS): how many anchors, those the deterministic pass
     gives the highest foreground probability, are the pre-threshold candidates of the dense
-    signals (:mod:`det_al.dense`; 0: every anchor).
+    signals (:mod:`det_al.scoring.dense`; 0: every anchor).
     """
 
     passes: int = 10
@@ -80,7 +80,7 @@ class PassesConfig:
 
 @dataclass(frozen=True)
 class MatchingConfig:
-    """Matching detections of the passes into objects (see :mod:`det_al.matching`)."""
+    """Matching detections of the passes into objects (see :mod:`det_al.scoring.matching`)."""
 
     iou_threshold: float = 0.5
     class_aware: bool = False
@@ -88,7 +88,7 @@ class MatchingConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """Per-object uncertainty and per-image informativeness (see :mod:`det_al.informativeness`)."""
+    """Per-object uncertainty and per-image informativeness (see :mod:`det_al.scoring.informativeness`)."""
 
     class_term: str = "variance"
     weights: Mapping[str, float] = field(
@@ -134,11 +134,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """The simulated active-learning loop (``det-al loop``, see :mod:`det_al.loop`).
+    """The simulated active-learning loop (``det-al loop``, see :mod:`det_al.loop.rounds`).
 
     ``rounds`` selections follow the first training; each picks ``budget`` images, or images
     whose predicted boxes add up to at most ``budget_boxes`` when that is > 0. ``strategies``
-    are names of :data:`det_al.strategies.STRATEGIES` (``top:class`` ranks by one component);
+    are names of :data:`det_al.selection.strategies.STRATEGIES` (``top:class`` ranks by one component);
     every strategy and seed in ``seeds`` starts from the same labelled set. ``retrain`` is
     ``scratch`` (a new model each round) or ``finetune`` (from the previous round's weights).
     ``finetune_epochs`` and ``finetune_lr``: epochs and learning rate of each fine-tuning round
@@ -150,7 +150,7 @@ class LoopConfig:
     (ranking field -> weight; empty: informativeness 1, novelty 1) and ``fusion_k``: the
     reciprocal-rank fusion of the ``fused`` strategy (and of ``diverse:fused``'s pre-filter).
     ``self_training``: train each round after the first on the labelled images plus the
-    unselected pool images' confident pseudo-labels (:mod:`det_al.self_training`):
+    unselected pool images' confident pseudo-labels (:mod:`det_al.loop.self_training`):
     detections scoring ``>= pseudo_threshold`` become labels, an image with a detection
     scoring in ``[pseudo_ignore, pseudo_threshold)`` (or with no confident one) is left out.
     """

@@ -18,7 +18,7 @@ import numpy as np
 
 from det_al.config import Config
 from det_al.errors import InputError
-from det_al.files import atomic_open, read_json, write_json, write_jsonl
+from det_al.data.files import atomic_open, read_json, write_json, write_jsonl
 
 #: Ranking fields an :class:`ImageScore` lists as its components (those a record has).
 COMPONENT_FIELDS = ("class", "box", "mask", "presence", "novelty")
@@ -130,8 +130,8 @@ class Scores(SequenceABC):
         return list(self._pseudo_labels.get("categories", []))
 
     def strategy_context(self, labelled_embeddings: Any = None) -> dict[str, Any]:
-        """What the selection strategies may use (see :mod:`det_al.strategies`)."""
-        from det_al.strategies import classes_from_annotations
+        """What the selection strategies may use (see :mod:`det_al.selection.strategies`)."""
+        from det_al.selection.strategies import classes_from_annotations
 
         context: dict[str, Any] = {"image_classes": classes_from_annotations(self._pseudo_labels.get("annotations", []))}
         if len(self.embedding_ids):
@@ -157,10 +157,10 @@ class Scores(SequenceABC):
 
     @classmethod
     def from_results(cls, results: list[dict], categories: list[dict], config: Config) -> "Scores":
-        """Scores from in-memory result lines (:func:`det_al.scoring.iter_results`), holding what
-        :func:`det_al.assemble.assemble_outputs` would write for them."""
+        """Scores from in-memory result lines (:func:`det_al.scoring.score_pool.iter_results`), holding what
+        :func:`det_al.results.assemble.assemble_outputs` would write for them."""
         from det_al import __version__
-        from det_al.scoring import records_from_results
+        from det_al.scoring.score_pool import records_from_results
 
         images, annotations, passes, skipped, rows, ids = [], [], [], [], [], []
         for line in results:
@@ -192,7 +192,7 @@ class Scores(SequenceABC):
     def load(cls, path: str | os.PathLike) -> "Scores":
         """Read the outputs of ``det-al score`` (or :meth:`save`): a folder, or its ``ranking.jsonl``
         (the other files are read beside it). ``passes.jsonl`` is not read (large)."""
-        from det_al.selection import read_ranking, selection_context
+        from det_al.selection.files import read_ranking, selection_context
 
         path = Path(path)
         ranking_path = path / "ranking.jsonl" if path.is_dir() else path
@@ -264,6 +264,6 @@ class Selection:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Selection":
-        from det_al.coco import load_coco
+        from det_al.data.coco import load_coco
 
         return cls(load_coco(path))

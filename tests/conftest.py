@@ -12,7 +12,7 @@ import torch
 @pytest.fixture(scope="session")
 def tiny_pool(tmp_path_factory) -> dict:
     """Six synthetic 96-px images (three old, three drifted) and a COCO pool file for them."""
-    from det_al.synthetic import generate
+    from det_al.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("pool")
     old = generate(root, 3, "old", seed=1, start_id=1, size=96)
@@ -27,9 +27,9 @@ def tiny_pool(tmp_path_factory) -> dict:
 
 
 def _tiny_checkpoint(path: Path, name: str, categories: list[dict]) -> Path:
-    from det_al.checkpoint import save_checkpoint
+    from det_al.models.checkpoint import save_checkpoint
     from det_al.config import config_from_dict
-    from det_al.models import build_model
+    from det_al.models.build import build_model
 
     config = config_from_dict(
         {
@@ -57,7 +57,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_pool) -> Path:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """Four 64-px training images and two validation images, synthetic, with masks."""
-    from det_al.synthetic import generate
+    from det_al.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("data")
     train = generate(root, 4, "old", seed=3, start_id=1, size=64)

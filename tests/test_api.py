@@ -18,7 +18,7 @@ from torch import nn
 import det_al
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.models import fasterrcnn_tiny
+from det_al.models.build import fasterrcnn_tiny
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -176,7 +176,7 @@ def test_every_kind_of_input_gives_the_same_scores(folder, tmp_path):
 
 
 def test_paths_are_named_relative_to_their_common_folder(tmp_path):
-    from det_al.sources import pool_source
+    from det_al.data.sources import pool_source
 
     source = pool_source([tmp_path / "a" / "x.png", str(tmp_path / "a" / "b" / "y.png")])
     assert source.image_root == tmp_path / "a"
@@ -207,7 +207,7 @@ def test_bad_input_is_refused_before_scoring(images, categories, message):
 
 
 def test_cli_score_categories_as_the_api_resolves_them(folder, tmp_path, capsys):
-    from det_al.checkpoint import save_checkpoint
+    from det_al.models.checkpoint import save_checkpoint
     from det_al.config import config_from_dict
 
     config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 4,
@@ -371,7 +371,7 @@ def test_mc_dropout_context_manager():
 def test_untrained_torchvision_model_end_to_end(folder, tmp_path):
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
-    from det_al.label_studio import tasks_to_coco, validate_percent_value
+    from det_al.annotation.label_studio import tasks_to_coco, validate_percent_value
 
     torch.manual_seed(0)
     model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3,

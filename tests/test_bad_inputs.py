@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-import det_al.scoring
+import det_al.scoring.score_pool
 from det_al.cli import main
 from det_al.errors import InputError
 
@@ -429,26 +429,26 @@ def test_the_table_covers_every_command_and_enough_inputs():
 
 
 # --------------------------------------------------------------------------- the library's own checks
-# det_al.scoring checks what it is given whoever calls it (the CLI, the Python API, the loop).
+# det_al.scoring.score_pool checks what it is given whoever calls it (the CLI, the Python API, the loop).
 
 
 @pytest.fixture(scope="module")
 def model_and_categories(tiny_checkpoint):
-    from det_al.checkpoint import load_checkpoint
+    from det_al.models.checkpoint import load_checkpoint
 
     model, config, categories, _ = load_checkpoint(tiny_checkpoint)
     return model, config, categories
 
 
 def _score_pool(model, config, categories, pool, root):
-    from det_al.scoring import score_pool
+    from det_al.scoring.score_pool import score_pool
 
     return score_pool(model, config, categories, pool, root, progress=False)
 
 
 def test_a_model_in_train_mode_is_refused_before_any_image(model_and_categories, tiny_pool, monkeypatch):
     model, config, categories = model_and_categories
-    monkeypatch.setattr(det_al.scoring, "PoolDataset", None)  # never reached
+    monkeypatch.setattr(det_al.scoring.score_pool, "PoolDataset", None)  # never reached
     model.train()
     try:
         with pytest.raises(InputError, match=r"^cannot score with a model in train mode: call model.eval\(\) first"):
@@ -480,8 +480,8 @@ def test_categories_must_name_every_model_label_once(model_and_categories, tiny_
 
 
 def test_library_refuses_a_missing_root_and_escaping_names_unless_allowed(model_and_categories, tiny_pool, tmp_path):
-    from det_al.scoring import check_pool
-    from det_al.pool import PoolImages
+    from det_al.scoring.score_pool import check_pool
+    from det_al.data.pool import PoolImages
 
     model, config, categories = model_and_categories
     with pytest.raises(InputError, match="image root not found"):
@@ -491,7 +491,7 @@ def test_library_refuses_a_missing_root_and_escaping_names_unless_allowed(model_
     images[1]["file_name"] = absolute
     with pytest.raises(InputError, match=r"images\[1\] \(id 2\): file_name '.*' is outside the image root"):
         _score_pool(model, config, categories, {"images": images}, tmp_path)
-    scores = det_al.scoring.score_pool(model, config, categories, {"images": images}, tmp_path, progress=False,
+    scores = det_al.scoring.score_pool.score_pool(model, config, categories, {"images": images}, tmp_path, progress=False,
                                        allow_outside_root=True)
     assert [s["file_name"] for s in scores.skipped] == [images[0]["file_name"]]  # not under tmp_path
     assert [r["file_name"] for r in scores.records] == [absolute]
@@ -515,7 +515,7 @@ def _failing_passes(errors: list[str]):
 
 
 def test_first_images_failing_with_one_model_error_stop_the_run(tiny_pool, tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(det_al.scoring, "run_passes", _failing_passes(["expected a CUDA tensor"] * 6))
+    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", _failing_passes(["expected a CUDA tensor"] * 6))
     out = tmp_path / "out"
     code, _, err = _run(["score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out), *SCORE], capsys)
     assert code == 2
@@ -528,11 +528,11 @@ def test_first_images_failing_with_one_model_error_stop_the_run(tiny_pool, tiny_
 
 
 def test_model_errors_that_differ_or_come_after_a_success_skip_images(model_and_categories, tiny_pool, monkeypatch):
-    from det_al.passes import run_passes
+    from det_al.inference.passes import run_passes
 
     model, config, categories = model_and_categories
     # three different errors: image faults, not a model fault
-    monkeypatch.setattr(det_al.scoring, "run_passes", _failing_passes(["a", "b", "c"]))
+    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", _failing_passes(["a", "b", "c"]))
     scores = _score_pool(model, config, categories, {"images": tiny_pool["coco"]["images"][:3]}, tiny_pool["root"])
     assert [s["reason"] for s in scores.skipped] == ["model failed: RuntimeError: a", "model failed: RuntimeError: b",
                                                      "model failed: RuntimeError: c"]
@@ -545,7 +545,7 @@ def test_model_errors_that_differ_or_come_after_a_success_skip_images(model_and_
             return run_passes(model, images, *args, **kwargs)
         raise RuntimeError("same")
 
-    monkeypatch.setattr(det_al.scoring, "run_passes", second_and_later_fail)
+    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", second_and_later_fail)
     scores = _score_pool(model, config, categories, {"images": tiny_pool["coco"]["images"][:4]}, tiny_pool["root"])
     assert len(scores.records) == 1 and len(scores.skipped) == 3
 
@@ -560,7 +560,7 @@ def test_image_read_errors_never_stop_the_run(model_and_categories, tiny_pool, t
 def test_train_takes_num_classes_from_the_training_file(tiny_data, tmp_path, capsys):
     import yaml
 
-    from det_al.checkpoint import load_checkpoint
+    from det_al.models.checkpoint import load_checkpoint
 
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model": {"name": "fasterrcnn_tiny", "options": {"min_size": 64, "max_size": 64}},

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from det_al.batchnorm import freeze_batchnorm, prepare_batchnorm, resolve_batchnorm
-from det_al.checkpoint import load_checkpoint, save_checkpoint
+from det_al.models.batchnorm import freeze_batchnorm, prepare_batchnorm, resolve_batchnorm
+from det_al.models.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.models import build_model
-from det_al.training import train_model
+from det_al.models.build import build_model
+from det_al.loop.training import train_model
 
 
 def _bn(channels, mean, var, weight=None, bias=None, eps=0.0, **kwargs):
@@ -138,7 +138,7 @@ def test_from_scratch_trains_batchnorm_and_warns_when_frozen(tiny_data, tmp_path
     # sync with one process is plain train, and is recorded so
     summary = train_model(_config(batchnorm="sync"), tiny_data["train"], tiny_data["root"], tmp_path / "s", progress=False)
     assert summary["batchnorm"] == "train"
-    with caplog.at_level("WARNING", logger="det_al.batchnorm"):
+    with caplog.at_level("WARNING", logger="det_al.models.batchnorm"):
         summary = train_model(_config(batchnorm="frozen"), tiny_data["train"], tiny_data["root"], tmp_path / "b",
                               progress=False)
     assert summary["batchnorm"] == "frozen"

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from det_al.checkpoint import (
+from det_al.models.checkpoint import (
     FORMAT,
     category_id_to_label,
     label_to_category_id,
@@ -16,7 +16,7 @@ from det_al.checkpoint import (
 )
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.models import build_model
+from det_al.models.build import build_model
 
 CATEGORIES = [{"id": 7, "name": "circle"}, {"id": 3, "name": "square"}, {"id": 12, "name": "triangle"}]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from det_al.coco import (
+from det_al.data.coco import (
     categories_by_name,
     category_ids_to_labels,
     list_images,
@@ -20,7 +20,7 @@ from det_al.coco import (
     xyxy_to_xywh,
 )
 from det_al.errors import InputError
-from det_al.segmentation import mask_to_rle
+from det_al.data.segmentation import mask_to_rle
 
 CATEGORIES = [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}]
 
@@ -86,7 +86,7 @@ def test_validation_errors_name_file_and_problem(tmp_path, name, edit, message):
 
 @pytest.mark.parametrize("name,edit,message", BAD, ids=[b[0] for b in BAD])
 def test_streamed_pool_reader_gives_the_same_errors(tmp_path, name, edit, message):
-    from det_al.pool import read_pool
+    from det_al.data.pool import read_pool
 
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([] if name == "list" else _break(edit), indent=1))

@@ -11,7 +11,7 @@ import pytest
 from test_selection import CATEGORIES, make_selection, mask_b, write_score_outputs
 
 from det_al.cli import main
-from det_al.cvat import (
+from det_al.annotation.cvat import (
     cvat_coco_to_coco,
     cvat_rle_to_mask,
     cvat_xml_to_coco,
@@ -22,7 +22,7 @@ from det_al.cvat import (
     selection_to_cvat_xml,
 )
 from det_al.errors import InputError
-from det_al.segmentation import segmentation_to_mask
+from det_al.data.segmentation import segmentation_to_mask
 
 POLYGON_B = [[10, 5], [10, 14], [19, 14], [19, 10], [20, 9], [29, 9], [29, 5]]
 

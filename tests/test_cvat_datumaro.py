@@ -22,8 +22,8 @@ import pytest
 from test_selection import make_selection, mask_b, write_score_outputs
 
 from det_al.cli import main
-from det_al.cvat import frame_names, mask_to_cvat_rle
-from det_al.segmentation import segmentation_to_mask
+from det_al.annotation.cvat import frame_names, mask_to_cvat_rle
+from det_al.data.segmentation import segmentation_to_mask
 
 TOOL_SCRIPT = r"""
 import json, os, sys

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from det_al.datasets import CocoDetectionDataset, PoolDataset, pool_collate
+from det_al.data.datasets import CocoDetectionDataset, PoolDataset, pool_collate
 from det_al.errors import InputError
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from det_al.checkpoint import load_checkpoint, save_checkpoint
+from det_al.models.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import config_from_dict
-from det_al.distributed import (
+from det_al.scoring.distributed import (
     any_rank,
     broadcast_from_main,
     fail_together,
@@ -24,8 +24,8 @@ from det_al.distributed import (
     rank_sampler,
 )
 from det_al.errors import InputError
-from det_al.models import build_model
-from det_al.training import seed_everything, train_model
+from det_al.models.build import build_model
+from det_al.loop.training import seed_everything, train_model
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 MODEL = {"name": "fasterrcnn_tiny", "num_classes": 4, "options": {"min_size": 64, "max_size": 64}}
@@ -104,7 +104,7 @@ def test_world_size_without_torchrun_is_a_clear_error(monkeypatch):
 
 COLLECTIVES = """
 import json, pathlib, sys
-from det_al.distributed import any_rank, broadcast_from_main, fail_together, gather, mean_over_ranks, process_group, rank
+from det_al.scoring.distributed import any_rank, broadcast_from_main, fail_together, gather, mean_over_ranks, process_group, rank
 from det_al.errors import InputError
 
 with process_group("cpu"):
@@ -159,10 +159,10 @@ def tiny_data(tiny_data, tmp_path_factory):
 # `det-al train` under torchrun, plus (test only) every rank saving its weights after each epoch.
 KEEP_WEIGHTS = """
 import os, sys, torch
-import det_al.training
+import det_al.loop.training
 from det_al.cli import main
 
-train_one_epoch = det_al.training.train_one_epoch
+train_one_epoch = det_al.loop.training.train_one_epoch
 
 def train_and_keep_weights(model, *args, **kwargs):
     stats = train_one_epoch(model, *args, **kwargs)
@@ -170,7 +170,7 @@ def train_and_keep_weights(model, *args, **kwargs):
     torch.save(model.module.state_dict(), path)  # model.module: DDP wraps the model
     return stats
 
-det_al.training.train_one_epoch = train_and_keep_weights
+det_al.loop.training.train_one_epoch = train_and_keep_weights
 raise SystemExit(main(sys.argv[1:]))
 """
 
@@ -187,7 +187,7 @@ def test_torchrun_train_on_two_processes(tiny_data, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert result.stdout.count("trained 1 epochs, 2 iterations") == 1  # rank 0 prints; 4 images / (2 x 1) per step
-    assert result.stderr.count("det_al.training: epoch 1/1") == 1  # rank 0 logs
+    assert result.stderr.count("det_al.loop.training: epoch 1/1") == 1  # rank 0 logs
     assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "metrics.jsonl", "summary.json"}
 
     # the checkpoint loads with weights_only into a fresh model, with a single process's keys
@@ -269,8 +269,8 @@ def test_torchrun_bad_input_is_one_line_on_every_rank(tiny_data, tmp_path):
 
 @linux_only
 def test_torchrun_loop_finetunes_on_two_processes(tmp_path):
-    from det_al.loop_results import read_rows
-    from det_al.synthetic import make_demo_data
+    from det_al.loop.results import read_rows
+    from det_al.data.synthetic import make_demo_data
 
     paths = make_demo_data(tmp_path / "data", seed=0, n_train=4, n_val=4, n_pool=8)
     config = tmp_path / "config.yaml"

@@ -1,4 +1,4 @@
-"""Dense, pre-threshold candidates (det_al.dense, det_al.passes): hand-computed values, and on
+"""Dense, pre-threshold candidates (det_al.scoring.dense, det_al.inference.passes): hand-computed values, and on
 each family's tiny model the candidates against torchvision's own head outputs."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torchvision.models.detection.transform import resize_boxes
 
 from det_al.config import PassesConfig, ScoringConfig, config_from_dict
-from det_al.dense import Candidates, DenseAccumulator, dense_scores, topk_mean
-from det_al.passes import run_passes
-from det_al.scoring import score_image
+from det_al.scoring.dense import Candidates, DenseAccumulator, dense_scores, topk_mean
+from det_al.inference.passes import run_passes
+from det_al.scoring.score_pool import score_image
 
 from test_passes import FAMILIES, image, model_for
 
@@ -149,8 +149,8 @@ def test_dropout_passes_give_dense_values_and_ranking_fields(key):
 
 
 def _image_passes(n_detections: int):
-    from det_al.detections import Detections
-    from det_al.passes import ImagePasses
+    from det_al.inference.detections import Detections
+    from det_al.inference.passes import ImagePasses
 
     det = Detections(BOXES[:n_detections], torch.full((n_detections,), 0.8), torch.ones(n_detections, dtype=torch.int64),
                      torch.tensor([[0.2, 0.8]]).repeat(n_detections, 1))

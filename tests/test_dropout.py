@@ -1,4 +1,4 @@
-"""det_al.dropout: pre-hook MC dropout, reversible, reproducible per pass."""
+"""det_al.inference.dropout: pre-hook MC dropout, reversible, reproducible per pass."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from det_al.config import ModelConfig
-from det_al.dropout import Chunk, chunk_rows, default_sites, drop_rows, make_generators, mc_dropout
-from det_al.models import build_model
+from det_al.inference.dropout import Chunk, chunk_rows, default_sites, drop_rows, make_generators, mc_dropout
+from det_al.models.build import build_model
 
 
 def net() -> nn.Module:
@@ -115,7 +115,7 @@ def test_list_inputs_are_dropped_map_by_map():
     maps = [torch.ones(2, 3, 4, 4), torch.ones(2, 5, 2, 2)]
     out = drop_rows(maps[0], [Chunk(torch.Generator().manual_seed(0), 0.5)])
     assert out.shape == maps[0].shape
-    from det_al.dropout import MCDropout
+    from det_al.inference.dropout import MCDropout
 
     control = MCDropout(("head",), [Chunk(torch.Generator().manual_seed(0), 0.5)])
     (dropped,) = control.hook(nn.Identity(), (maps,))

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from det_al.error_capture import (
+from det_al.loop.error_capture import (
     MEASURES,
     auroc,
     capture_measures,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from det_al.errors import InputError
-from det_al.evaluation import METRIC_NAMES, evaluate_coco, format_table, outputs_to_results, predict
-from det_al.segmentation import mask_to_rle, segmentation_to_mask
+from det_al.loop.evaluation import METRIC_NAMES, evaluate_coco, format_table, outputs_to_results, predict
+from det_al.data.segmentation import mask_to_rle, segmentation_to_mask
 
 # Category ids are deliberately not contiguous: 7 and 3.
 CATEGORIES = [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}]
@@ -158,7 +158,7 @@ def test_predict_with_a_tiny_model(tmp_path):
     from PIL import Image
 
     from det_al.config import ModelConfig
-    from det_al.models import build_model
+    from det_al.models.build import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig("maskrcnn_tiny", 3, {"min_size": 64, "max_size": 64, "box_score_thresh": 0.0,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import det_al.scoring
+import det_al.scoring.score_pool
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.results import RESULTS, ResultsWriter, repair_and_read_ids, run_key
+from det_al.results.stream import RESULTS, ResultsWriter, repair_and_read_ids, run_key
 
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "skipped.json", "embeddings_ids.json", "embeddings.npy")
 
@@ -92,7 +92,7 @@ def test_bad_images_are_skipped_with_a_reason_and_nothing_is_dropped(tiny_pool, 
 
 def test_an_image_with_non_finite_scores_is_skipped_not_ranked(tiny_pool, tiny_checkpoint, tmp_path, monkeypatch):
     # A model can give NaN scores (a diverged checkpoint); such an image cannot be ranked.
-    real = det_al.scoring.score_image
+    real = det_al.scoring.score_pool.score_image
 
     def nan_for_image_2(image_passes, *args, **kwargs):
         out = real(image_passes, *args, **kwargs)
@@ -101,7 +101,7 @@ def test_an_image_with_non_finite_scores_is_skipped_not_ranked(tiny_pool, tiny_c
         return out
 
     calls: list[int] = []
-    monkeypatch.setattr(det_al.scoring, "score_image", nan_for_image_2)
+    monkeypatch.setattr(det_al.scoring.score_pool, "score_image", nan_for_image_2)
     out = tmp_path / "out"
     assert _score(tiny_pool["pool"], tiny_checkpoint, out) == 0
     skipped = json.loads((out / "skipped.json").read_text())
@@ -112,8 +112,8 @@ def test_an_image_with_non_finite_scores_is_skipped_not_ranked(tiny_pool, tiny_c
 
 
 @pytest.mark.skipif(
-    not hasattr(det_al.scoring, "_run_or_skip"),
-    reason="needs the per-image fallback of det_al/scoring.py iter_results (issue 6 report diff)",
+    not hasattr(det_al.scoring.score_pool, "_run_or_skip"),
+    reason="needs the per-image fallback of det_al/scoring/score_pool.py iter_results (issue 6 report diff)",
 )
 def test_images_of_extreme_aspect_are_skipped_not_fatal(tiny_pool, tiny_checkpoint, tmp_path):
     # 1 x 20000 pixels: resizing to the model's 96-px size gives a 0-px side, which makes the
@@ -204,9 +204,9 @@ def test_disk_full_while_scoring_keeps_results_for_resume(reference, tiny_pool, 
 
 
 def test_disk_full_while_assembling_keeps_results_for_resume(reference, tiny_pool, tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    import det_al.assemble
+    import det_al.results.assemble
 
-    real_sorted_run = det_al.assemble._sorted_run
+    real_sorted_run = det_al.results.assemble._sorted_run
     out = tmp_path / "out"
     out.mkdir()
     for name in (RESULTS, "key.json", "done.json"):  # a run that scored every image
@@ -215,15 +215,15 @@ def test_disk_full_while_assembling_keeps_results_for_resume(reference, tiny_poo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(det_al.assemble, "_sorted_run", full)
-    monkeypatch.setattr(det_al.scoring, "run_passes", full)
+    monkeypatch.setattr(det_al.results.assemble, "_sorted_run", full)
+    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", full)
     assert _score(tiny_pool["pool"], tiny_checkpoint, out, "--resume") == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" in err
     assert (out / RESULTS).read_bytes() == (reference / RESULTS).read_bytes()
     assert not (out / "ranking.jsonl").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    monkeypatch.setattr(det_al.assemble, "_sorted_run", real_sorted_run)
+    monkeypatch.setattr(det_al.results.assemble, "_sorted_run", real_sorted_run)
     # resuming a finished run scores nothing (run_passes still fails) and only assembles
     assert _score(tiny_pool["pool"], tiny_checkpoint, out, "--resume") == 0
     _same_outputs(reference, out)

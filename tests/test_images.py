@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from det_al.images import ImageReadError, image_size, read_image, to_tensor
+from det_al.data.images import ImageReadError, image_size, read_image, to_tensor
 
 
 def _pattern(h: int = 6, w: int = 10) -> np.ndarray:

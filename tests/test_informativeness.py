@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from det_al.config import ScoringConfig
-from det_al.informativeness import (
+from det_al.scoring.informativeness import (
     empty_informativeness,
     finalize_pool,
     image_informativeness,
@@ -140,7 +140,7 @@ def test_finalize_pool_all_empty_and_no_images():
 
 
 def test_finalize_pool_ties_by_dense_then_a_seeded_hash_not_the_image_id():
-    from det_al.informativeness import tie_break
+    from det_al.scoring.informativeness import tie_break
 
     out = finalize_pool(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig())
     expected = sorted([1, 3], key=lambda i: tie_break(0, i))
@@ -191,7 +191,7 @@ def test_min_score_filters_on_expected_score():
 def test_rank_combination_by_hand_in_memory_and_streamed(tmp_path):
     import json
 
-    from det_al.assemble import assemble_outputs
+    from det_al.results.assemble import assemble_outputs
     from det_al.config import config_from_dict
 
     config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "scoring": {

@@ -14,7 +14,7 @@ from test_selection import CATEGORIES, make_selection, mask_b, write_score_outpu
 
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.label_studio import (
+from det_al.annotation.label_studio import (
     box_to_percent,
     labeling_config,
     local_files_url,
@@ -26,7 +26,7 @@ from det_al.label_studio import (
     tasks_to_coco,
     validate_percent_value,
 )
-from det_al.segmentation import segmentation_to_mask
+from det_al.data.segmentation import segmentation_to_mask
 
 # mask_b traced by findContours: boundary pixel centres, (x, y) pixels
 POLYGON_B = [[10, 5], [10, 14], [19, 14], [19, 10], [20, 9], [29, 9], [29, 5]]

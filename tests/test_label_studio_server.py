@@ -33,7 +33,7 @@ import pytest
 from test_selection import CATEGORIES, mask_b, write_score_outputs
 
 from det_al.cli import main
-from det_al.label_studio import brush_rle_to_mask
+from det_al.annotation.label_studio import brush_rle_to_mask
 
 START_TIMEOUT_S = 420
 

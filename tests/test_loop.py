@@ -4,9 +4,9 @@ import pytest
 
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.loop import _Run
-from det_al.loop_data import LoopData, check_loop_config
-from det_al.loop_results import read_rows
+from det_al.loop.rounds import _Run
+from det_al.loop.data import LoopData, check_loop_config
+from det_al.loop.results import read_rows
 
 
 def tiny_data():
@@ -48,7 +48,7 @@ def test_loop_config_checks(loop, message):
 
 
 def test_bad_train_section_stops_the_loop_before_it_writes(tmp_path):
-    from det_al.loop import run_loop
+    from det_al.loop.rounds import run_loop
 
     config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "train": {"batchnorm": "bogus"}})
     with pytest.raises(InputError, match="train.batchnorm must be one of auto, train, frozen, sync, got 'bogus'"):
@@ -59,7 +59,7 @@ def test_bad_train_section_stops_the_loop_before_it_writes(tmp_path):
 def test_loop_quick_end_to_end_and_resume(tmp_path, capsys):
     """`det-al loop --quick` on synthetic drift data, then a resume after a simulated crash."""
     from det_al.cli import main
-    from det_al.synthetic import make_demo_data
+    from det_al.data.synthetic import make_demo_data
 
     paths = make_demo_data(tmp_path / "data", seed=0, n_train=4, n_val=4, n_pool=8)
     config = tmp_path / "config.yaml"
@@ -108,9 +108,9 @@ def test_loop_quick_end_to_end_and_resume(tmp_path, capsys):
 def test_command_options_become_loop_settings(tmp_path):
     import argparse
 
-    from det_al.commands.loop import add_arguments, overrides
+    from det_al.cli.loop import add_arguments, overrides
     from det_al.config import load_config
-    from det_al.loop_data import budgets, quick_config
+    from det_al.loop.data import budgets, quick_config
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -132,7 +132,7 @@ def test_command_options_become_loop_settings(tmp_path):
 def test_fused_strategy_gets_novelty_and_the_fusion_settings(monkeypatch):
     import numpy as np
 
-    from det_al import loop
+    from det_al.loop import rounds as loop
     from det_al.scores import Scores
 
     records = [{"image_id": 2, "informativeness": 0.9, "n_objects": 1, "rank": 1},
@@ -151,7 +151,7 @@ def test_fused_strategy_gets_novelty_and_the_fusion_settings(monkeypatch):
 
 
 def test_finetune_rounds_use_their_own_warmup_and_round_zero_the_train_one():
-    from det_al.loop import _round_config
+    from det_al.loop.rounds import _round_config
 
     config = config_from_dict(
         {

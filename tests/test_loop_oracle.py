@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from det_al.loop_oracle import count_errors, image_errors, least_confidence
+from det_al.loop.oracle import count_errors, image_errors, least_confidence
 
 
 def t(rows):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from det_al.loop_results import CSV_FIELDS, RowsWriter, label_efficiency, read_rows, summarise
+from det_al.loop.results import CSV_FIELDS, RowsWriter, label_efficiency, read_rows, summarise
 
 
 def row(strategy, seed, r, images, m, selected=()):
@@ -71,7 +71,7 @@ def test_results_file_round_trip_drops_torn_line(tmp_path):
 
 
 def test_labels_to_reach_interpolates_and_says_never():
-    from det_al.loop_results import labels_to_reach
+    from det_al.loop.results import labels_to_reach
 
     # 0.30 lies a quarter of the way from 0.25 (8 labels) to 0.45 (16 labels): 8 + 0.25 * 8 = 10
     assert labels_to_reach([0, 8, 16], [0.1, 0.25, 0.45], 0.30) == pytest.approx(10.0)
@@ -81,7 +81,7 @@ def test_labels_to_reach_interpolates_and_says_never():
 
 
 def test_aulc_is_the_mean_height_of_the_trapezoids():
-    from det_al.loop_results import aulc
+    from det_al.loop.results import aulc
 
     # trapezoids: 8 * (0.1 + 0.3) / 2 = 1.6 and 8 * (0.3 + 0.5) / 2 = 3.2; 4.8 / 16 = 0.3
     assert aulc([0, 8, 16], [0.1, 0.3, 0.5]) == pytest.approx(0.3)
@@ -90,7 +90,7 @@ def test_aulc_is_the_mean_height_of_the_trapezoids():
 
 
 def test_mean_ci95_student_t():
-    from det_al.loop_results import mean_ci95
+    from det_al.loop.results import mean_ci95
 
     # values 1, 2, 3, 4, 5: mean 3, sample std sqrt(2.5) = 1.5811, t(0.975, df=4) = 2.7764
     # half width 2.7764 * 1.5811 / sqrt(5) = 1.9633

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from det_al.detections import Detections
-from det_al.matching import Objects, assign, match_passes
+from det_al.inference.detections import Detections
+from det_al.scoring.matching import Objects, assign, match_passes
 
 
 def dets(boxes: list[list[float]], labels: list[int] | None = None, num_classes: int = 3) -> Detections:

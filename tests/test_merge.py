@@ -9,7 +9,7 @@ import pytest
 
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.merge import labels_coco, merge_labels
+from det_al.annotation.merge import labels_coco, merge_labels
 
 
 def train_set() -> dict:

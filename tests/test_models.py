@@ -10,7 +10,7 @@ import torchvision
 
 from det_al.config import ModelConfig, load_config
 from det_al.errors import InputError
-from det_al.models import (
+from det_al.models.build import (
     BUILDERS,
     build_model,
     count_parameters,
@@ -165,7 +165,7 @@ def test_every_builder_family_has_a_config():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_config_loads_and_names_valid_options(path):
-    from det_al.models import valid_options
+    from det_al.models.build import valid_options
 
     config = load_config(path)
     assert config.model.name in BUILDERS

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from det_al.errors import InputError
-from det_al.novelty import add_novelty, labelled_spacing, nearest_distance, novelty
+from det_al.scoring.novelty import add_novelty, labelled_spacing, nearest_distance, novelty
 
 
 def test_novelty_hand_computed():
@@ -83,11 +83,11 @@ def test_add_novelty_by_id_keeps_order_and_inputs():
 
 def test_embed_images_matches_the_scoring_embedding(tiny_pool, tiny_checkpoint):
     """The labelled-set embeddings are the ones run_passes gives the pool (same model, same image)."""
-    from det_al.checkpoint import load_checkpoint
+    from det_al.models.checkpoint import load_checkpoint
     from det_al.config import PassesConfig
-    from det_al.images import read_image
-    from det_al.novelty import embed_images
-    from det_al.passes import run_passes
+    from det_al.data.images import read_image
+    from det_al.scoring.novelty import embed_images
+    from det_al.inference.passes import run_passes
     from torchvision.transforms.functional import to_tensor
 
     model, _, _, _ = load_checkpoint(tiny_checkpoint)

@@ -1,4 +1,4 @@
-"""One-pass baselines (det_al.one_pass) with hand-computed values, on each family's tiny model."""
+"""One-pass baselines (det_al.scoring.one_pass) with hand-computed values, on each family's tiny model."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from det_al.detections import Detections
-from det_al.one_pass import one_pass_scores
+from det_al.inference.detections import Detections
+from det_al.scoring.one_pass import one_pass_scores
 
 
 def dets(scores, probs, kind="softmax"):

@@ -1,4 +1,4 @@
-"""det_al.passes on tiny images for every model family.
+"""det_al.inference.passes on tiny images for every model family.
 
 Untrained models (weights=None), 64-96 px inputs, score thresholds 0 so there are detections.
 The references are torchvision's own ``model(images)`` (deterministic pass, and one dropout
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from det_al.config import ModelConfig, PassesConfig
-from det_al.detections import Detections
+from det_al.inference.detections import Detections
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead
 
-from det_al.models import TinyBackbone, build_model
-from det_al.passes import pass_seed, resolve_sites, run_passes, torchvision_forward
+from det_al.models.build import TinyBackbone, build_model
+from det_al.inference.passes import pass_seed, resolve_sites, run_passes, torchvision_forward
 
 SMALL = {"min_size": 64, "max_size": 96}
 MODELS = {
@@ -217,9 +217,9 @@ def test_shared_mask_logits_are_the_partner_features_through_channel_dropout():
     """By hand: sigmoid(sum_d W[c, d] keep_d / (1 - r) F_d + b_c) pasted into the pass's box."""
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-    from det_al.dropout import Chunk, mc_dropout
-    from det_al.passes import _mask_features, _shared_masks, compute_prefix, run_suffix
-    from det_al.postprocess import Raw
+    from det_al.inference.dropout import Chunk, mc_dropout
+    from det_al.inference.passes import _mask_features, _shared_masks, compute_prefix, run_suffix
+    from det_al.inference.postprocess import Raw
 
     model = model_for("mask")
     im = image(64, 80, 10)

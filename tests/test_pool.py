@@ -11,9 +11,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from det_al.coco import load_coco
+from det_al.data.coco import load_coco
 from det_al.errors import InputError
-from det_al.pool import PoolImages, read_pool
+from det_al.data.pool import PoolImages, read_pool
 
 IMAGES = [
     {"id": 1, "file_name": "a.png", "width": 10, "height": 8},

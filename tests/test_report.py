@@ -14,9 +14,9 @@ from pycocotools import mask as mask_utils
 
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.report import components_of, scan_ranking, write_report
-from det_al.report_draw import DrawnObject, draw_objects, fit_size, uncertainty_colour
-from det_al.report_plots import curve_columns, read_loop_csv
+from det_al.report.write import components_of, scan_ranking, write_report
+from det_al.report.draw import DrawnObject, draw_objects, fit_size, uncertainty_colour
+from det_al.report.plots import curve_columns, read_loop_csv
 
 XSS = "<script>alert(1)</script>"
 DOG = 'dog & "friends"'

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from det_al.report import write_report
+from det_al.report.write import write_report
 
 sys.path.insert(0, str(Path(__file__).parent))  # the fixture pool of test_report.py, any import mode
 from test_report import BROKEN, BY_CLASS, DOG, POOL, WEIRD, XSS, make_scores  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.results import RESULTS, ResultsWriter, repair_and_read_ids, run_key
+from det_al.results.stream import RESULTS, ResultsWriter, repair_and_read_ids, run_key
 
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "skipped.json", "embeddings_ids.json")
 
@@ -60,7 +60,7 @@ def test_resume_refuses_results_of_another_run(reference, tiny_pool, tiny_checkp
     with pytest.raises(InputError, match="different config"):
         main_args = ["score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out),
                      "--passes", "3", "--seed", "3", "--no-progress", "--resume"]
-        from det_al.commands import score
+        from det_al.cli import score
         import argparse
         p = argparse.ArgumentParser()
         score.add_arguments(p)
@@ -306,7 +306,7 @@ def test_a_failed_fsync_cuts_back_to_what_was_synced(tmp_path, monkeypatch):
 
 WRITER_CHILD = """
 import sys, time
-from det_al.results import ResultsWriter, run_key
+from det_al.results.stream import ResultsWriter, run_key
 writer = ResultsWriter(sys.argv[1], run_key("a", {}, "b", 1, 0), sync_seconds=3600)
 for batch in range(3):
     writer.write_batch([{"image_id": 10 * batch + i, "x": "y" * 1000} for i in range(4)])
@@ -330,9 +330,9 @@ def test_sigkill_keeps_every_batch_written_without_fsync(tmp_path):
 @pytest.mark.parametrize("chunk", [1, 4])
 def test_ranking_sorted_in_small_chunks_is_the_same(reference, tmp_path, chunk):
     # 6 results in runs of 1 or 4 records, merged: the same outputs as one in-memory sort.
-    from det_al.assemble import assemble_outputs
+    from det_al.results.assemble import assemble_outputs
     from det_al.config import config_from_dict
-    from det_al.results import read_key, read_results
+    from det_al.results.stream import read_key, read_results
 
     meta = read_key(reference)["meta"]
     out = tmp_path / "out"
@@ -352,7 +352,7 @@ MIXED_SHAPES = [(96, 96), (96, 64), (64, 96), (96, 48), (80, 96), (96, 72), (56,
 def mixed_pool(tmp_path_factory) -> dict:
     import cv2
 
-    from det_al.synthetic import generate
+    from det_al.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("mixed")
     coco = generate(root, len(MIXED_SHAPES), "old", seed=5, start_id=1, size=96)
@@ -373,7 +373,7 @@ def mixed_reference(mixed_pool, tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 def test_shard_positions_deal_whole_batches():
-    from det_al.scoring import shard_positions
+    from det_al.scoring.score_pool import shard_positions
 
     # 10 images in batches of 2: [0 1] [2 3] [4 5] [6 7] [8 9] dealt to shards 0 1 2 0 1.
     assert [shard_positions(10, 3, i, 2).tolist() for i in range(3)] == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5]]
@@ -465,7 +465,7 @@ def test_torchrun_an_error_on_one_rank_stops_the_job_with_its_line(tiny_pool, ti
 
 
 def test_result_lines_round_trip_nan_and_names_that_are_not_utf8():
-    from det_al.results import decode_line, encode_lines
+    from det_al.results.stream import decode_line, encode_lines
 
     lines = [
         {"image_id": 1, "file_name": "a.png", "record": {"informativeness": 0.25}, "embedding": [0.5, -1e-05, 3.0]},

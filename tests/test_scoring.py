@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from det_al.cli import main
-from det_al.coco import quiet_coco
+from det_al.data.coco import quiet_coco
 
 
 def _score(tiny_pool, ckpt, out, *extra) -> int:
@@ -188,9 +188,9 @@ def test_result_line_values_are_rounded_as_documented():
     import torch
 
     from det_al.config import config_from_dict
-    from det_al.detections import Detections
-    from det_al.passes import ImagePasses
-    from det_al.scoring import score_image
+    from det_al.inference.detections import Detections
+    from det_al.inference.passes import ImagePasses
+    from det_al.scoring.score_pool import score_image
 
     det = Detections(boxes=torch.tensor([[10.25, 20.5, 40.75, 60.5]]), scores=torch.tensor([0.123456789]),
                      labels=torch.tensor([2]), probs=torch.tensor([[0.1, 0.2, 0.7]]))
@@ -222,8 +222,8 @@ def test_ranking_carries_dense_and_one_pass_fields(scored):
 
 
 def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpoint, scored, tmp_path, capsys):
-    from det_al.novelty import novelty
-    from det_al.strategies import fusion_scores
+    from det_al.scoring.novelty import novelty
+    from det_al.selection.strategies import fusion_scores
 
     labelled = {**tiny_pool["coco"], "images": tiny_pool["coco"]["images"][:3]}
     (tmp_path / "train.json").write_text(json.dumps(labelled))

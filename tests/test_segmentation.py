@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from det_al.segmentation import mask_to_rle, masks_to_rles, rle_to_mask, segmentation_to_mask
+from det_al.data.segmentation import mask_to_rle, masks_to_rles, rle_to_mask, segmentation_to_mask
 
 
 def test_mask_rle_round_trips():

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.selection import read_ranking, select_batch
+from det_al.selection.files import read_ranking, select_batch
 
 CATEGORIES = [{"id": 3, "name": "cat", "supercategory": ""}, {"id": 7, "name": "dog", "supercategory": ""}]
 # id -> (file_name, width, height)
@@ -95,10 +95,10 @@ def test_top_takes_the_most_informative_whatever_the_order():
 
 
 def test_one_strategy_registry():
-    import det_al.selection
-    from det_al import strategies
+    import det_al.selection.files
+    from det_al.selection import strategies
 
-    assert not hasattr(det_al.selection, "STRATEGIES")  # the registry lives in det_al.strategies only
+    assert not hasattr(det_al.selection.files, "STRATEGIES")  # the registry lives in det_al.selection.strategies only
     by_class = select_batch(RANKING, pseudo_labels(), 1, "top:class")
     assert [im["id"] for im in by_class["images"]] == [11]
     assert select_batch(RANKING, pseudo_labels(), 1, strategies.random, seed=0)["images"][0]["id"] in IMAGES

@@ -1,7 +1,7 @@
 """Self-training: which pool images become pseudo-labelled training data, and with what."""
 
-from det_al.loop import _Run
-from det_al.self_training import pseudo_labelled
+from det_al.loop.rounds import _Run
+from det_al.loop.self_training import pseudo_labelled
 
 from tests.test_loop import tiny_data
 
@@ -50,10 +50,10 @@ def test_loop_self_training_trains_round_one_on_the_pseudo_labels(tmp_path):
     import json
 
     from det_al.config import config_from_dict
-    from det_al.loop import run_loop
-    from det_al.loop_data import LoopData
-    from det_al.loop_results import read_rows
-    from det_al.synthetic import make_demo_data
+    from det_al.loop.rounds import run_loop
+    from det_al.loop.data import LoopData
+    from det_al.loop.results import read_rows
+    from det_al.data.synthetic import make_demo_data
 
     paths = make_demo_data(tmp_path / "data", seed=0, n_train=4, n_val=2, n_pool=6)
     data = LoopData.load(paths["train"], paths["pool"], paths["oracle"], paths["val"], paths["image_root"])
@@ -92,7 +92,7 @@ def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path)
 
     from det_al.config import config_from_dict
     from det_al.errors import InputError
-    from det_al.loop import PSEUDO_LABELS, _pseudo_labels_for
+    from det_al.loop.rounds import PSEUDO_LABELS, _pseudo_labels_for
 
     run = _Run("top", 0, tiny_data())
     saved = pseudo_labelled(run.pool()["images"], [det(3, 0.9, 5)], 0.7, 0.2)

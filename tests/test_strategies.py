@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from det_al.errors import InputError
-from det_al.strategies import (
+from det_al.selection.strategies import (
     STRATEGIES,
     box_cost,
     class_balanced,
@@ -256,7 +256,7 @@ def test_registry_and_lookup():
 
 
 def test_fused_is_weighted_reciprocal_rank_fusion_by_hand():
-    from det_al.strategies import fused, fusion_scores
+    from det_al.selection.strategies import fused, fusion_scores
 
     # informativeness ranks 1, 2, 3 and novelty ranks 3, 1, 2 (image ids 1, 2, 3)
     records = [rec(1, 0.9, novelty=0.1), rec(2, 0.5, novelty=0.8), rec(3, 0.2, novelty=0.4)]

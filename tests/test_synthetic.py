@@ -7,8 +7,8 @@ import pycocotools.mask as mask_utils
 import pytest
 from pycocotools.coco import COCO
 
-from det_al.images import read_image
-from det_al.synthetic import CLASS_NAMES, categories, generate, make_demo_data, render_example
+from det_al.data.images import read_image
+from det_al.data.synthetic import CLASS_NAMES, categories, generate, make_demo_data, render_example
 
 
 def test_render_is_deterministic_and_independent_of_batch():

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from det_al.augment import apply_augment, build_augment
-from det_al.checkpoint import load_checkpoint, save_checkpoint
+from det_al.loop.augment import apply_augment, build_augment
+from det_al.models.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import TrainConfig, config_from_dict
 from det_al.errors import InputError
-from det_al.training import check_train_config, lr_factor, train_model
+from det_al.loop.training import check_train_config, lr_factor, train_model
 
 
 # --------------------------------------------------------------------------- augment
@@ -166,7 +166,7 @@ def test_time_cap_stops_cleanly_and_resumes_mid_epoch(tiny_data, tmp_path):
 def test_init_checkpoint_is_the_starting_point(tiny_data, tmp_path):
     config = _config(tiny_data, epochs=1, lr=1e-12)
     torch.manual_seed(123)
-    from det_al.models import build_model
+    from det_al.models.build import build_model
 
     start = build_model(config.model)
     save_checkpoint(tmp_path / "start.pt", start, config, tiny_data["coco"]["categories"])

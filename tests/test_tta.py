@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from det_al.errors import InputError
-from det_al.tta import View, apply_view, parse_views, scaled_transform_sizes, unapply_view, view_size
+from det_al.inference.tta import View, apply_view, parse_views, scaled_transform_sizes, unapply_view, view_size
 
 
 def test_parse_views():
@@ -126,7 +126,7 @@ def test_scaled_transform_sizes():
 def test_scale_view_end_to_end_on_tiny_model():
     """A model run on the scaled image, mapped back, lands in original pixel coordinates."""
     from det_al.config import ModelConfig
-    from det_al.models import build_model
+    from det_al.models.build import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig("fasterrcnn_tiny", 3, {"min_size": 64, "max_size": 200, "box_score_thresh": 0.0}))

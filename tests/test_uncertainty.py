@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from det_al.config import ScoringConfig
-from det_al.detections import Detections, background_probs
-from det_al.matching import Objects, match_passes
-from det_al.uncertainty import (
+from det_al.inference.detections import Detections, background_probs
+from det_al.scoring.matching import Objects, match_passes
+from det_al.scoring.uncertainty import (
     box_components,
     class_components,
     combine_terms,
@@ -375,8 +375,8 @@ def test_score_objects_mismatched_passes():
 def test_expected_score_counts_misses_as_zero():
     # One anchored object (anchor score .9) found in 1 of 2 passes at .7, missed in the other:
     # score = (.9 + .7) / 2 = .8; expected_score = (.9 + .7 + 0) / 3 = .5333
-    from det_al.detections import Detections
-    from det_al.matching import match_passes
+    from det_al.inference.detections import Detections
+    from det_al.scoring.matching import match_passes
 
     def det(scores):
         n = len(scores)

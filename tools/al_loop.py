@@ -20,12 +20,12 @@ import logging
 import sys
 from pathlib import Path
 
-from det_al.commands.loop import add_arguments, overrides
+from det_al.cli.loop import add_arguments, overrides
 from det_al.config import load_config
 from det_al.errors import InputError, print_error
-from det_al.loop import run_loop
-from det_al.loop_data import LoopData, quick_config
-from det_al.loop_results import format_efficiency, format_summary, label_efficiency, read_rows
+from det_al.loop.rounds import run_loop
+from det_al.loop.data import LoopData, quick_config
+from det_al.loop.results import format_efficiency, format_summary, label_efficiency, read_rows
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

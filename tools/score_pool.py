@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 import det_al
-from det_al.coco import load_coco
+from det_al.data.coco import load_coco
 from det_al.config import override_config, passes_overrides
 from det_al.errors import InputError, print_error
-from det_al.novelty import add_novelty, embed_images
+from det_al.scoring.novelty import add_novelty, embed_images
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

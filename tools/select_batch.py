@@ -10,7 +10,7 @@ In the style of torchvision's ``references/detection/train.py``::
 ``embeddings.npy`` (and ``labelled_embeddings.npy``, when scored with ``--labelled``) feed the
 ``diverse`` strategy, its ``pseudo_labels.json`` the predicted classes of ``class-balanced``
 and the selection file. Writes ``selection.json`` (COCO: the chosen images in rank order with
-their pseudo-labels) into ``--out``. Strategies: see :mod:`det_al.strategies`.
+their pseudo-labels) into ``--out``. Strategies: see :mod:`det_al.selection.strategies`.
 
 (Not named ``select.py``: Python puts a script's folder first on ``sys.path``, and a
 ``tools/select.py`` would shadow the standard library's ``select`` module for every script in
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import det_al
 from det_al.errors import InputError, print_error
-from det_al.strategies import STRATEGIES
+from det_al.selection.strategies import STRATEGIES
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

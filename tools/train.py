@@ -25,15 +25,15 @@ import logging
 import sys
 from pathlib import Path
 
-from det_al.checkpoint import load_checkpoint
-from det_al.coco import load_coco
-from det_al.distributed import is_main
+from det_al.models.checkpoint import load_checkpoint
+from det_al.data.coco import load_coco
+from det_al.scoring.distributed import is_main
 from det_al.config import load_config
 from det_al.errors import InputError, print_error
-from det_al.evaluation import evaluate_coco, format_table, predict
-from det_al.files import write_json, write_text
-from det_al.models import has_masks
-from det_al.training import train_model
+from det_al.loop.evaluation import evaluate_coco, format_table, predict
+from det_al.data.files import write_json, write_text
+from det_al.models.build import has_masks
+from det_al.loop.training import train_model
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -1,0 +1,47 @@
+"""``det-al import``: read finished Label Studio or CVAT annotations back into a COCO labels file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from det_al.annotation import cvat
+from det_al.annotation import label_studio
+from det_al.data.coco import load_coco
+from det_al.data.files import read_json, write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    ls = tools.add_parser("label-studio", help="Label Studio's JSON export (not its COCO export)")
+    ls.add_argument("export", help="the JSON export file")
+    cv = tools.add_parser("cvat", help="CVAT's 'CVAT for images 1.1' or 'COCO 1.0' export")
+    cv.add_argument("export", help="the export zip CVAT downloads, or the annotations.xml / COCO JSON in it")
+    cv.add_argument("--frame-names", choices=cvat.FRAME_NAME_MODES, default="basename",
+                    help="how the export named the frames (as given to det-al export cvat)")
+    for p in (ls, cv):
+        p.add_argument("--selection", "-s", required=True,
+                       help="the selection.json the export was made from (images and categories)")
+        p.add_argument("--out", "-o", required=True, help="output folder: labels.json and import_report.json")
+        p.add_argument("--keep-empty", action="store_true",
+                       help="keep images labelled with no object (default: skip them as unfinished)")
+
+
+def run(args: argparse.Namespace) -> int:
+    selection = load_coco(args.selection)
+    path = Path(args.export)
+    if args.tool == "label-studio":
+        labels, report = label_studio.tasks_to_coco(read_json(path), selection, args.keep_empty, path)
+    else:
+        labels, report = cvat.cvat_export_to_coco(path, selection, args.frame_names, args.keep_empty)
+    out = Path(args.out)
+    write_json(out / "labels.json", labels)
+    write_json(out / "import_report.json", report.to_dict(), indent=1)
+    print(report.summary())
+    for s in report.skipped[:20]:
+        print("  skipped " + json.dumps(s))
+    if len(report.skipped) > 20:
+        print(f"  ... {len(report.skipped) - 20} more in {out / 'import_report.json'}")
+    print(f"-> {out / 'labels.json'}")
+    return 0

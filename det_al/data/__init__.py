@@ -1,0 +1,1 @@
+"""Inputs: COCO files, pools, images, torch datasets, segmentations, the synthetic generator, atomic files."""

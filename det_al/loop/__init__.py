@@ -1,0 +1,1 @@
+"""Training, COCO evaluation, and the simulated train -> select -> label loop with its tables."""

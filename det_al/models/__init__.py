@@ -1,0 +1,1 @@
+"""Building torchvision detectors from configs, their checkpoints, family detection, BatchNorm at train time."""

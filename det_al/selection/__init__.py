@@ -1,0 +1,1 @@
+"""Picking a batch from a ranking: the strategy registry and the selection files."""
