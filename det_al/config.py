@@ -104,8 +104,13 @@ class ScoringConfig:
     dense_term: str = "mutual_information"
     dense_topk: int = 10
     miss_iou: float = 0.5
-    image_weights: Mapping[str, float] = field(default_factory=dict)
-    image_combination: str = "weighted"
+    # The default informativeness: presence, least_confidence and rpn_gap fused by rank, the
+    # combination that found the model's errors best in benchmarks/bench_error_capture.py
+    # (README, "does the score find the model's errors?"). {} gives the per-object reduction alone.
+    image_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"presence": 1.0, "least_confidence": 1.0, "rpn_gap": 1.0}
+    )
+    image_combination: str = "rank"
     rank_k: float = 60.0
 
 
@@ -428,8 +433,6 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError("scoring.image_weights must give at least one field a positive weight", source)
     if s.image_combination not in ("weighted", "rank"):
         raise InputError(f"scoring.image_combination must be weighted or rank, got '{s.image_combination}'", source)
-    if s.image_combination == "rank" and not s.image_weights:
-        raise InputError("scoring.image_combination: rank needs scoring.image_weights (the fields to fuse)", source)
     if s.rank_k < 0:
         raise InputError(f"scoring.rank_k must be >= 0, got {s.rank_k}", source)
     if s.dense_term not in ("mutual_information", "entropy"):

@@ -51,7 +51,7 @@ def test_candidates_that_change_between_passes_give_none():
     acc.add(torch.full((3, 1, 2), 0.5), BOXES)
     acc.add(torch.full((3, 1, 2), 0.5), BOXES + 1)
     assert acc.candidates() is None
-    assert dense_scores(None, BOXES, torch.ones(3), ScoringConfig()) == {"dense": 0.0, "miss": 0.0, "n_candidates": 0}
+    assert dense_scores(None, BOXES, torch.ones(3), ScoringConfig(image_weights={})) == {"dense": 0.0, "miss": 0.0, "n_candidates": 0}
 
 
 def test_dense_miss_and_rpn_gap_by_hand():
@@ -60,13 +60,13 @@ def test_dense_miss_and_rpn_gap_by_hand():
     # detection 0 explains candidates 0 and 2 (IoU 1 and 100/110); detection 1 scores below
     # min_score 0.05 and explains nothing, so candidate 1 is a miss
     dets, scores = BOXES[:2].clone(), torch.tensor([0.9, 0.01])
-    out = dense_scores(c, dets, scores, ScoringConfig(dense_topk=2))
+    out = dense_scores(c, dets, scores, ScoringConfig(image_weights={}, dense_topk=2))
     assert out == {"dense": pytest.approx(0.3), "miss": pytest.approx(0.6),
                    "rpn_gap": pytest.approx(0.45), "n_candidates": 3}  # gap = o (1 - f) = .08, .2, .7
-    out = dense_scores(c, dets, scores, ScoringConfig(dense_topk=1, dense_term="entropy", min_score=0.0))
+    out = dense_scores(c, dets, scores, ScoringConfig(image_weights={}, dense_topk=1, dense_term="entropy", min_score=0.0))
     assert out["dense"] == pytest.approx(0.9) and out["miss"] == 0.0 and out["rpn_gap"] == pytest.approx(0.7)
     # no detection at all: every candidate is unexplained
-    assert dense_scores(c, BOXES[:0], torch.zeros(0), ScoringConfig(dense_topk=3))["miss"] == pytest.approx(0.6)
+    assert dense_scores(c, BOXES[:0], torch.zeros(0), ScoringConfig(image_weights={}, dense_topk=3))["miss"] == pytest.approx(0.6)
     assert topk_mean(torch.zeros(0), 3) == 0.0
 
 
@@ -162,7 +162,7 @@ def _image_passes(n_detections: int):
 def test_image_weights_combine_image_fields_and_empty_means_no_candidate():
     base = {"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "scoring": {"dense_topk": 2}}
     weighted = config_from_dict({**base, "scoring": {"dense_topk": 2, "image_weights": {"objects": 1, "dense": 3}}})
-    default = config_from_dict(base)
+    default = config_from_dict({**base, "scoring": {"dense_topk": 2, "image_weights": {}}})  # objects alone
     cats = [{"id": 1}]
     # one detection, found by both passes: every per-object term 0 except the class term
     plain = score_image(_image_passes(1), default, cats, False)["record"]
@@ -170,7 +170,7 @@ def test_image_weights_combine_image_fields_and_empty_means_no_candidate():
     assert record["objects"] == plain["informativeness"] and "objects" not in plain
     assert record["dense"] == pytest.approx(0.3)  # top-2 of MI .1 .4 .2
     assert record["informativeness"] == pytest.approx((plain["informativeness"] + 3 * 0.3) / 4, abs=1e-6)
-    # nothing detected: default = empty (the median fill); weighted: scored by its candidates
+    # nothing detected: objects alone = empty (the median fill); weighted: scored by its candidates
     plain = score_image(_image_passes(0), default, cats, False)["record"]
     record = score_image(_image_passes(0), weighted, cats, False)["record"]
     assert plain["empty"] and plain["miss"] == pytest.approx(0.75)  # top-2 foreground .9 .6

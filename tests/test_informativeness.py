@@ -58,7 +58,7 @@ def object_values() -> dict[str, torch.Tensor]:
 
 
 def test_image_informativeness_max():
-    r = image_informativeness(object_values(), ScoringConfig(reduction="max"), has_masks=True)
+    r = image_informativeness(object_values(), ScoringConfig(image_weights={}, reduction="max"), has_masks=True)
     # Kept objects 0 and 2: max of (.2, .6) etc.
     assert r == pytest.approx(
         {"informativeness": 0.6, "class": 0.3, "box": 0.3, "mask": 0.4, "presence": 0.75,
@@ -67,7 +67,7 @@ def test_image_informativeness_max():
 
 
 def test_image_informativeness_mean_entropy_no_masks():
-    scoring = ScoringConfig(reduction="mean", class_term="entropy")
+    scoring = ScoringConfig(image_weights={}, reduction="mean", class_term="entropy")
     r = image_informativeness(object_values(), scoring, has_masks=False)
     # mean over objects 0 and 2: uncertainty (.2 + .6) / 2 = .4; entropy (.7 + .5) / 2 = .6;
     # box (.3 + .1) / 2 = .2; presence (0 + .75) / 2 = .375; mask 0 (no masks).
@@ -78,18 +78,18 @@ def test_image_informativeness_mean_entropy_no_masks():
 
 
 def test_image_informativeness_min_score_zero_keeps_all():
-    r = image_informativeness(object_values(), ScoringConfig(min_score=0.0, reduction="sum"), False)
+    r = image_informativeness(object_values(), ScoringConfig(image_weights={}, min_score=0.0, reduction="sum"), False)
     assert r["n_objects"] == 3
     assert r["informativeness"] == pytest.approx(1.79)  # .2 + .99 + .6
 
 
 def test_image_informativeness_empty():
     values = object_values()
-    r = image_informativeness(values, ScoringConfig(min_score=0.95), has_masks=True)
+    r = image_informativeness(values, ScoringConfig(image_weights={}, min_score=0.95), has_masks=True)
     assert r["empty"] is True and r["n_objects"] == 0
     assert r["informativeness"] == 0.0 and r["class"] == 0.0
     none = {name: v[:0] for name, v in values.items()}
-    r = image_informativeness(none, ScoringConfig(), has_masks=False)
+    r = image_informativeness(none, ScoringConfig(image_weights={}), has_masks=False)
     assert r["empty"] is True and r["n_objects"] == 0
 
 
@@ -106,7 +106,7 @@ def test_finalize_pool_quantile_median():
     # Non-empty: .1, .4, .3, .9 -> sorted .1 .3 .4 .9, median (.3 + .4) / 2 = .35 for image 5.
     # certain_threshold .2: only image 1 (.1) is certain; the empty image never is.
     pool = records({1: 0.1, 2: 0.4, 3: 0.3, 4: 0.9, 5: None})
-    out = finalize_pool(pool, ScoringConfig(certain_threshold=0.2))
+    out = finalize_pool(pool, ScoringConfig(image_weights={}, certain_threshold=0.2))
     assert [r["image_id"] for r in out] == [4, 2, 5, 3, 1]
     assert [r["rank"] for r in out] == [1, 2, 3, 4, 5]
     assert out[2]["informativeness"] == pytest.approx(0.35)
@@ -118,14 +118,14 @@ def test_finalize_pool_quantile_median():
 def test_finalize_pool_quantile_q():
     # q = .25 over .1 .3 .4 .9 (linear): position .25 * 3 = .75 -> .1 + .75 * (.3 - .1) = .25.
     pool = records({1: 0.1, 2: 0.4, 3: 0.3, 4: 0.9, 5: None})
-    out = finalize_pool(pool, ScoringConfig(empty_value=0.25))
+    out = finalize_pool(pool, ScoringConfig(image_weights={}, empty_value=0.25))
     assert {r["image_id"]: r["informativeness"] for r in out}[5] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("value, position", [(1.0, 0), (0.0, 2)])
 def test_finalize_pool_value(value, position):
     # Empty image 9 at a fixed value: first with 1.0, last with 0.0 (never certain, even at 0).
-    scoring = ScoringConfig(empty_policy="value", empty_value=value)
+    scoring = ScoringConfig(image_weights={}, empty_policy="value", empty_value=value)
     out = finalize_pool(records({1: 0.5, 2: 0.2, 9: None}), scoring)
     assert out[position]["image_id"] == 9
     assert out[position]["informativeness"] == value
@@ -133,31 +133,31 @@ def test_finalize_pool_value(value, position):
 
 
 def test_finalize_pool_all_empty_and_no_images():
-    out = finalize_pool(records({2: None, 1: None}), ScoringConfig())
+    out = finalize_pool(records({2: None, 1: None}), ScoringConfig(image_weights={}))
     assert sorted((r["image_id"], r["informativeness"]) for r in out) == [(1, 0.5), (2, 0.5)]
     assert [r["rank"] for r in out] == [1, 2]
-    assert finalize_pool([], ScoringConfig()) == []
+    assert finalize_pool([], ScoringConfig(image_weights={})) == []
 
 
 def test_finalize_pool_ties_by_dense_then_a_seeded_hash_not_the_image_id():
     from det_al.scoring.informativeness import tie_break
 
-    out = finalize_pool(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig())
+    out = finalize_pool(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig(image_weights={}))
     expected = sorted([1, 3], key=lambda i: tie_break(0, i))
     assert [r["image_id"] for r in out] == [2, *expected]
     # twenty tied empty images: a seed-dependent order, the same for the same seed
     pool = records({i: None for i in range(20)})
-    orders = [[r["image_id"] for r in finalize_pool(pool, ScoringConfig(), seed=s)] for s in (0, 0, 1)]
+    orders = [[r["image_id"] for r in finalize_pool(pool, ScoringConfig(image_weights={}), seed=s)] for s in (0, 0, 1)]
     assert orders[0] == orders[1] != orders[2] and orders[0] != list(range(20))
     # a larger dense value wins a tie
     pool = [{**r, "dense": 0.1 * (r["image_id"] == 7)} for r in pool]
-    assert finalize_pool(pool, ScoringConfig())[0]["image_id"] == 7
+    assert finalize_pool(pool, ScoringConfig(image_weights={}))[0]["image_id"] == 7
 
 
 def test_finalize_pool_empty_from_n_objects_and_kept_keys():
     pool = [{"image_id": 1, "informativeness": 0.0, "n_objects": 0, "file_name": "a.jpg"},
             {"image_id": 2, "informativeness": 0.02, "n_objects": 3, "file_name": "b.jpg"}]
-    out = finalize_pool(pool, ScoringConfig())
+    out = finalize_pool(pool, ScoringConfig(image_weights={}))
     # Only one non-empty image (.02): the median is .02, tie broken by image_id; .02 < .05 certain.
     assert [(r["image_id"], r["empty"], r["certain"], r["file_name"]) for r in out] == [
         (1, True, False, "a.jpg"), (2, False, True, "b.jpg")]
@@ -165,7 +165,7 @@ def test_finalize_pool_empty_from_n_objects_and_kept_keys():
 
 def test_empty_informativeness_bad_quantile():
     with pytest.raises(ValueError, match="quantile"):
-        empty_informativeness([0.1], ScoringConfig(empty_value=1.5))
+        empty_informativeness([0.1], ScoringConfig(image_weights={}, empty_value=1.5))
 
 
 def test_only_anchored_objects_count_by_default():
@@ -173,9 +173,9 @@ def test_only_anchored_objects_count_by_default():
     values["anchored"] = torch.tensor([True, True, False])
     values["expected_score"] = values["score"]
     # object 2 (uncertainty .6) is not anchored: only object 0 (.2) is kept by default
-    r = image_informativeness(values, ScoringConfig(reduction="max"), has_masks=True)
+    r = image_informativeness(values, ScoringConfig(image_weights={}, reduction="max"), has_masks=True)
     assert r["n_objects"] == 1 and r["informativeness"] == pytest.approx(0.2)
-    r = image_informativeness(values, ScoringConfig(reduction="max", objects="all"), has_masks=True)
+    r = image_informativeness(values, ScoringConfig(image_weights={}, reduction="max", objects="all"), has_masks=True)
     assert r["n_objects"] == 2 and r["informativeness"] == pytest.approx(0.6)
 
 
@@ -184,7 +184,7 @@ def test_min_score_filters_on_expected_score():
     # object 2 has mean found score above min_score but flickers: expected .01 < .05
     values["expected_score"] = values["score"].clone()
     values["expected_score"][2] = 0.01
-    r = image_informativeness(values, ScoringConfig(reduction="max"), has_masks=True)
+    r = image_informativeness(values, ScoringConfig(image_weights={}, reduction="max"), has_masks=True)
     assert r["n_objects"] == 1 and r["informativeness"] == pytest.approx(0.2)
 
 
@@ -213,10 +213,30 @@ def test_rank_combination_by_hand_in_memory_and_streamed(tmp_path):
         [(r["image_id"], pytest.approx(r["informativeness"]), r["rank"]) for r in out]
 
 
-def test_rank_combination_needs_weights():
+def test_rank_combination_without_weights_is_the_object_level_informativeness():
     from det_al.config import config_from_dict
-    from det_al.errors import InputError
 
-    with pytest.raises(InputError, match="rank needs scoring.image_weights"):
-        config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2},
-                          "scoring": {"image_combination": "rank"}})
+    config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2},
+                               "scoring": {"image_combination": "rank", "image_weights": {}}})
+    pool = [{"image_id": 1, "informativeness": 0.2, "n_objects": 1}, {"image_id": 2, "informativeness": 0.5, "n_objects": 1}]
+    assert [(r["image_id"], r["informativeness"]) for r in finalize_pool(pool, config.scoring)] == [(2, 0.5), (1, 0.2)]
+
+
+def test_default_informativeness_fuses_presence_least_confidence_and_rpn_gap_by_rank():
+    scoring = ScoringConfig()
+    assert dict(scoring.image_weights) == {"presence": 1.0, "least_confidence": 1.0, "rpn_gap": 1.0}
+    assert scoring.image_combination == "rank" and scoring.rank_k == 60.0
+    pool = [{"image_id": 1, "informativeness": 0.0, "presence": 0.30, "least_confidence": 0.10, "rpn_gap": 0.01,
+             "n_objects": 1, "empty": False},
+            {"image_id": 2, "informativeness": 0.0, "presence": 0.01, "least_confidence": 0.02, "rpn_gap": 0.03,
+             "n_objects": 1, "empty": False},
+            {"image_id": 3, "informativeness": 0.0, "presence": 0.20, "least_confidence": 0.60, "rpn_gap": 0.00,
+             "n_objects": 1, "empty": False}]
+    # ranks: presence 1 3 2, least_confidence 2 3 1, rpn_gap 2 1 3; value = mean over fields of 61 / (60 + rank)
+    out = {r["image_id"]: r for r in finalize_pool(pool, scoring)}
+    expected = {1: (1 + 61 / 62 + 61 / 62) / 3, 2: (61 / 63 + 61 / 63 + 1) / 3, 3: (61 / 62 + 1 + 61 / 63) / 3}
+    assert {i: r["informativeness"] for i, r in out.items()} == pytest.approx(expected, abs=1e-9)
+    assert [out[i]["rank"] for i in (1, 3, 2)] == [1, 2, 3]
+    # certain compares the fields' weighted mean, not the pool-relative fused value:
+    # image 2: (.01 + .02 + .03) / 3 = .02 < .05; image 1: .41 / 3 = .137
+    assert (out[1]["certain"], out[2]["certain"], out[3]["certain"]) == (False, True, False)

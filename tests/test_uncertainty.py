@@ -297,7 +297,7 @@ def scene(kind: str) -> tuple[Detections, list[Detections], Objects]:
 def test_score_objects_scene(kind):
     anchor, passes, objects = scene(kind)
     assert objects.index.tolist() == [[1, 0, -1, -1], [0, 1, 0, -1]]
-    v = score_objects(anchor, passes, objects, ScoringConfig())
+    v = score_objects(anchor, passes, objects, ScoringConfig(image_weights={}))
     # presence: 2/4 = .5 -> 4 * .5 * .5 = 1; 3/4 -> 4 * .75 * .25 = .75.
     assert v["presence"].tolist() == pytest.approx([0.5, 0.75])
     assert v["presence_uncertainty"].tolist() == pytest.approx([1.0, 0.75])
@@ -333,15 +333,15 @@ def test_uncertainty_weights_and_class_term():
     anchor, passes, objects = scene("softmax")
     # object 0: entropy of mean [.5, .5, 0] = ln 2 / ln 3 = .630930; presence_uncertainty 1.
     # weights class 2, presence 1, box missing (0): (2 * .630930 + 1) / 3 = .753953.
-    scoring = ScoringConfig(class_term="entropy", weights={"class": 2.0, "presence": 1.0})
+    scoring = ScoringConfig(image_weights={}, class_term="entropy", weights={"class": 2.0, "presence": 1.0})
     v = score_objects(anchor, passes, objects, scoring)
     assert v["entropy"][0].item() == pytest.approx(LN2 / LN3, abs=1e-6)
     assert v["uncertainty"][0].item() == pytest.approx((2 * LN2 / LN3 + 1) / 3, abs=1e-6)
     # masks=True brings the mask term (0 here) into the mean: (.75 + 2/11 + 0 + 1) / 4.
-    v = score_objects(anchor, passes, objects, ScoringConfig(), masks=True)
+    v = score_objects(anchor, passes, objects, ScoringConfig(image_weights={}), masks=True)
     assert v["uncertainty"][0].item() == pytest.approx((0.75 + 2 / 11 + 1.0) / 4, abs=1e-6)
     # No weight applies -> 0.
-    v = score_objects(anchor, passes, objects, ScoringConfig(weights={"mask": 1.0}))
+    v = score_objects(anchor, passes, objects, ScoringConfig(image_weights={}, weights={"mask": 1.0}))
     assert v["uncertainty"].tolist() == [0.0, 0.0]
 
 
@@ -354,11 +354,11 @@ def test_combine_terms():
 def test_score_objects_empty_and_no_passes():
     anchor = Detections.empty(3)
     objects = match_passes(anchor, [Detections.empty(3)] * 2)
-    v = score_objects(anchor, [Detections.empty(3)] * 2, objects, ScoringConfig())
+    v = score_objects(anchor, [Detections.empty(3)] * 2, objects, ScoringConfig(image_weights={}))
     assert all(t.shape == (0,) for t in v.values())
     # T = 0: no stochastic pass, every disagreement 0, score/label from the anchor.
     anchor, _, _ = scene("softmax")
-    v = score_objects(anchor, [], match_passes(anchor, []), ScoringConfig())
+    v = score_objects(anchor, [], match_passes(anchor, []), ScoringConfig(image_weights={}))
     assert v["uncertainty"].tolist() == [0.0] and v["presence"].tolist() == [0.0]
     assert v["score"].tolist() == pytest.approx([0.9]) and v["label"].tolist() == [1]
 
@@ -366,10 +366,10 @@ def test_score_objects_empty_and_no_passes():
 def test_score_objects_mismatched_passes():
     anchor, passes, objects = scene("softmax")
     with pytest.raises(ValueError, match="passes"):
-        score_objects(anchor, passes[:2], objects, ScoringConfig())
+        score_objects(anchor, passes[:2], objects, ScoringConfig(image_weights={}))
     bad = passes[:3] + [Detections.empty(5)]
     with pytest.raises(ValueError, match="probabilities"):
-        score_objects(anchor, bad, objects, ScoringConfig())
+        score_objects(anchor, bad, objects, ScoringConfig(image_weights={}))
 
 
 def test_expected_score_counts_misses_as_zero():
@@ -386,7 +386,7 @@ def test_expected_score_counts_misses_as_zero():
         )
 
     anchor, passes = det([0.9]), [det([0.7]), det([])]
-    v = score_objects(anchor, passes, match_passes(anchor, passes), ScoringConfig())
+    v = score_objects(anchor, passes, match_passes(anchor, passes), ScoringConfig(image_weights={}))
     assert float(v["score"][0]) == pytest.approx(0.8)
     assert float(v["expected_score"][0]) == pytest.approx(1.6 / 3)
     assert bool(v["anchored"][0])

@@ -170,7 +170,7 @@ def fuse_ranks(columns: Mapping[str, Any], weights: Mapping[str, float], k: floa
 
 def fused_informativeness(records: list[Mapping[str, Any]], scoring: ScoringConfig) -> np.ndarray | None:
     """``[N]`` the rank-fused informativeness of ``records`` (``image_combination: rank``), else None."""
-    if scoring.image_combination != "rank":
+    if scoring.image_combination != "rank" or not scoring.image_weights:
         return None
     columns = {name: [float(r.get(name, 0.0) or 0.0) for r in records] for name in scoring.image_weights}
     return fuse_ranks(columns, scoring.image_weights, scoring.rank_k)
@@ -197,13 +197,22 @@ def empty_informativeness(values: list[float], scoring: ScoringConfig) -> float:
 
 
 def apply_empty_policy(record: dict[str, Any], fill: float, scoring: ScoringConfig) -> None:
-    """Set ``informativeness`` (``fill`` for an empty image) and ``certain`` of one record, in place."""
+    """Set ``informativeness`` (``fill`` for an empty image) and ``certain`` of one record, in place.
+
+    ``certain`` compares a value of the image alone with ``certain_threshold``: its
+    informativeness, or with ``image_combination: rank`` the weighted mean of the fused fields
+    (:func:`combine_image`), since a rank-fused value depends on the pool's size (in a pool of a
+    million every image but the first few would fall below any fixed threshold).
+    """
     if record["empty"]:
         record["informativeness"] = fill
         record["certain"] = False
-    else:
-        record["informativeness"] = float(record["informativeness"])
-        record["certain"] = bool(record["informativeness"] < scoring.certain_threshold)
+        return
+    record["informativeness"] = float(record["informativeness"])
+    value = record["informativeness"]
+    if scoring.image_combination == "rank" and scoring.image_weights:
+        value = combine_image(record, scoring.image_weights)
+    record["certain"] = bool(value < scoring.certain_threshold)
 
 
 def tie_break(seed: int, image_id: Any) -> int:
