@@ -78,10 +78,12 @@ def run(args: argparse.Namespace) -> int:
     domain = {im["id"]: im.get("domain", "?") for im in pool["images"]}
     top = scores.ranking[:10]
     print(f"\ntop {len(top)} of {len(scores.ranking)} pool images (most informative first):")
-    print(f"  {'rank':>4}  {'inform.':>7}  {'class':>6}  {'box':>6}  {'objs':>4}  {'domain':<8} file")
+    # the fields the default informativeness fuses by rank (scoring.image_weights)
+    print(f"  {'rank':>4}  {'inform.':>7}  {'presence':>8}  {'1-conf':>6}  {'rpn_gap':>7}  {'objs':>4}  {'domain':<8} file")
     for r in top:
         print(
-            f"  {r['rank']:>4}  {r['informativeness']:7.3f}  {r['class']:6.3f}  {r['box']:6.3f}  "
+            f"  {r['rank']:>4}  {r['informativeness']:7.3f}  {r.get('presence', 0.0):8.3f}  "
+            f"{r.get('least_confidence', 0.0):6.3f}  {r.get('rpn_gap', 0.0):7.3f}  "
             f"{r['n_objects']:>4}  {domain.get(r['image_id'], '?'):<8} {r['file_name']}"
         )
     n_top = max(1, len(scores.ranking) // 4)
