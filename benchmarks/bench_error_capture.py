@@ -281,10 +281,15 @@ def recombine(records: list[dict], overrides: list[str], config: dict) -> list[d
     raw = []
     for r in records:
         x = {k: v for k, v in r.items() if k not in ("rank", "certain")}
-        x["objects"] = 0.0 if r["empty"] else float(r["informativeness"])  # before the empty fill
+        if "objects" in r:  # the base scoring had image weights (the default): its per-object value
+            x["objects"], object_empty = float(r["objects"]), int(r.get("n_objects", 0)) == 0
+        else:
+            x["objects"], object_empty = 0.0 if r["empty"] else float(r["informativeness"]), bool(r["empty"])
         if weights:
             x["informativeness"] = round(combine_image(x, weights), 6)
-            x["empty"] = bool(r["empty"] and not r.get("n_candidates", 0))
+            x["empty"] = bool(object_empty and not r.get("n_candidates", 0))
+        else:
+            x["informativeness"], x["empty"] = x["objects"], object_empty
         raw.append(x)
     return finalize_pool(raw, cfg.scoring, seed=cfg.passes.seed)
 

@@ -19,7 +19,7 @@ def bench():
 
 
 def test_quick_run_writes_the_documented_json(bench, tmp_path, capsys):
-    candidate = "od=scoring.image_weights={objects: 1, dense: 1}"
+    candidate = "od=scoring.image_weights={objects: 1, dense: 1};scoring.image_combination=weighted"
     args = bench.get_args_parser().parse_args(["--quick", "--out", str(tmp_path / "out"), "--candidate", candidate])
     bench.main(args)
     result = json.loads((tmp_path / "out" / "error_capture.json").read_text())
