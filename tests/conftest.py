@@ -66,3 +66,14 @@ def tiny_data(tmp_path_factory):
     (root / "val.json").write_text(json.dumps(val))
     image_root = root if (root / train["images"][0]["file_name"]).exists() else root / "images"
     return {"root": image_root, "train": root / "train.json", "val": root / "val.json", "coco": train}
+
+
+def load_benchmark(name: str):
+    """The module of ``benchmarks/NAME.py`` (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,15 @@
 """``benchmarks/bench_error_capture.py --quick`` in this process: the JSON's shape, no timing."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_error_capture.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_error_capture", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_error_capture")
 
 
 def test_quick_run_writes_the_documented_json(bench, tmp_path, capsys):

@@ -1,20 +1,13 @@
 """The label-efficiency benchmark: its --quick run writes summary.json in the documented shape,
 and its comparison reads paired seeds as it should (hand-made rows)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_label_efficiency.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_label_efficiency", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_label_efficiency")
 
 
 def row(strategy, seed, r, images, m, selected=()):

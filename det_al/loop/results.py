@@ -280,13 +280,10 @@ def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
     >>> r["mean"], [round(x, 4) for x in r["ci95"]], r["n"]
     (2.0, [-10.7062, 14.7062], 2)
     """
-    from scipy import stats
+    from det_al.loop.error_capture import mean_ci
 
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
+    n = len(values)
+    if n == 0:
         return {"mean": None, "ci95": None, "n": 0}
-    mean = float(v.mean())
-    if len(v) < 2:
-        return {"mean": mean, "ci95": None, "n": 1}
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(len(v))}
+    mean, low, high = mean_ci(np.asarray(values, dtype=float))
+    return {"mean": mean, "ci95": None if n < 2 else [low, high], "n": n}
