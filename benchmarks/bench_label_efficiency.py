@@ -60,11 +60,13 @@ from det_al.loop.data import LoopData
 from det_al.loop.results import (
     RowsWriter,
     aulc,
-    labels_to_reach,
+    label_efficiency,
     mean_ci95,
     plot_learning_curves,
     read_rows,
+    seed_curves,
     summarise,
+    verdict,
 )
 from det_al.data.synthetic import generate
 
@@ -209,23 +211,6 @@ def run_seed(out: Path, seed: int, sizes: dict, strategies: list[str], args: arg
 # --------------------------------------------------------------------------- the comparison
 
 
-def _curves(rows: list[dict]) -> dict[str, dict[int, tuple[list[float], list[float]]]]:
-    """``{strategy: {seed: (labels added, mAP)}}`` by round."""
-    out: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
-    for strategy in dict.fromkeys(r["strategy"] for r in rows):
-        for seed in sorted({r["seed"] for r in rows if r["strategy"] == strategy}):
-            mine = sorted((r for r in rows if r["strategy"] == strategy and r["seed"] == seed), key=lambda r: r["round"])
-            start = mine[0]["labelled_images"]
-            out.setdefault(strategy, {})[seed] = ([r["labelled_images"] - start for r in mine], [r["map"] for r in mine])
-    return out
-
-
-def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
-    """Mean and 95 % CI of ``a - b`` over the seeds both have."""
-    seeds = sorted(set(a) & set(b))
-    return mean_ci95([a[s] - b[s] for s in seeds])
-
-
 def _share(rows: list[dict], strategy: str, picked: dict[int, set[int]]) -> float | None:
     """Share of a strategy's picks (over every seed and round) that are in ``picked[seed]``."""
     total = hits = 0
@@ -243,43 +228,26 @@ def compare(rows: list[dict], kinds: dict[str, dict[int, set[int]]]) -> dict[str
 
     ``kinds``: ``{"drifted": {seed: image ids}, "empty": {seed: image ids}}``.
     """
-    curves = _curves(rows)
-    mean_curves = {
-        s: ([p["images"] for p in points], [p["map"] for p in points]) for s, points in summarise(rows).items()
-    }
-    start = {s: x[0] for s, (x, _) in mean_curves.items()}
-    areas = {s: {seed: aulc(*xy) for seed, xy in by_seed.items()} for s, by_seed in curves.items()}
+    curves = seed_curves(rows)
+    vs_random, vs_peer = label_efficiency(rows, RANDOM), label_efficiency(rows, PEER)
+    random_curve = summarise(rows).get(RANDOM, [])
     out: dict[str, dict[str, Any]] = {}
-    random_added = random_final = None
-    if RANDOM in mean_curves:
-        x, y = mean_curves[RANDOM]
-        random_added, random_final = x[-1] - start[RANDOM], y[-1]
-    for s, (x, y) in mean_curves.items():
-        added = None if random_final is None else labels_to_reach([v - start[s] for v in x], y, random_final)
+    for s in curves:
+        e = vs_random.get(s, {})
         out[s] = {
-            "random_improved": random_final is not None and random_final > mean_curves[RANDOM][1][0],
-            "added_pct_of_random": None if added is None or not random_added else 100.0 * added / random_added,
-            "labels_added_to_reach_random": added,
-            "random_labels_added": random_added,
+            "random_improved": bool(e.get("meaningful")),
+            "added_pct_of_random": e.get("percent"),
+            "labels_added_to_reach_random": e.get("added"),
+            "random_labels_added": random_curve[-1]["images"] - random_curve[0]["images"] if random_curve else None,
             "final_map": mean_ci95([xy[1][-1] for xy in curves[s].values()]),
-            "aulc": mean_ci95(list(areas[s].values())),
-            "aulc_diff_vs_random": _paired(areas[s], areas.get(RANDOM, {})),
-            "aulc_diff_vs_least_confidence": _paired(areas[s], areas.get(PEER, {})),
+            "aulc": mean_ci95([aulc(*xy) for xy in curves[s].values()]),
+            "aulc_diff_vs_random": e.get("aulc_diff", mean_ci95([])),
+            "aulc_diff_vs_least_confidence": vs_peer.get(s, {}).get("aulc_diff", mean_ci95([])),
             "drifted_share": _share(rows, s, kinds["drifted"]),
             "empty_share": _share(rows, s, kinds["empty"]),
             "seeds": sorted(curves[s]),
         }
     return out
-
-
-def _verdict(diff: dict[str, Any]) -> str:
-    if diff["mean"] is None:
-        return "-"
-    if diff["ci95"] is None:
-        return f"{diff['mean']:+.4f} (one seed: no CI)"
-    lo, hi = diff["ci95"]
-    word = "better" if lo > 0 else "worse" if hi < 0 else "no difference"
-    return f"{diff['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] {word}"
 
 
 def format_report(rows: list[dict], strategies: list[str], comparison: dict[str, dict[str, Any]]) -> str:
@@ -304,8 +272,8 @@ def format_report(rows: list[dict], strategies: list[str], comparison: dict[str,
         reach = "never" if c["added_pct_of_random"] is None else f"{c['labels_added_to_reach_random']:.1f} ({c['added_pct_of_random']:.0f}%)"
         share = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
         lines.append(
-            f"{s:<22}{reach:>16}{c['aulc']['mean']:>9.4f}  {_verdict(c['aulc_diff_vs_random']):<42}"
-            f"{_verdict(c['aulc_diff_vs_least_confidence']):<42}{share(c['drifted_share']):>8}{share(c['empty_share']):>7}"
+            f"{s:<22}{reach:>16}{c['aulc']['mean']:>9.4f}  {verdict(c['aulc_diff_vs_random']):<42}"
+            f"{verdict(c['aulc_diff_vs_least_confidence']):<42}{share(c['drifted_share']):>8}{share(c['empty_share']):>7}"
         )
     return "\n".join(lines)
 

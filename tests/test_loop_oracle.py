@@ -1,13 +1,18 @@
 """The simulated loop's oracle error and the one-pass least-confidence score, by hand."""
 
 import pytest
-import torch
 
-from det_al.loop.oracle import count_errors, image_errors, least_confidence
+from det_al.loop.oracle import image_errors, least_confidence
 
 
-def t(rows):
-    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+def coco(image_id, boxes, labels, score=None):
+    """COCO annotations (or detections, with a score) of ``xyxy`` boxes."""
+    out = []
+    for (x0, y0, x1, y1), label in zip(boxes, labels):
+        out.append({"image_id": image_id, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0]})
+        if score is not None:
+            out[-1]["score"] = score
+    return out
 
 
 @pytest.mark.parametrize(
@@ -21,14 +26,15 @@ def t(rows):
         # IoU of [0,0,10,10] and [0,0,10,20] is 100/200 = 0.5: a hit; [0,0,10,21] gives 100/210 < 0.5
         ([[0, 0, 10, 10]], [1], [[0, 0, 10, 20]], [1], 0),
         ([[0, 0, 10, 10]], [1], [[0, 0, 10, 21]], [1], 2),
-        # det A overlaps both truths, det B only the first: the assignment A-2nd, B-1st matches both
-        # (A-1st IoU 100/100 = 1, A-2nd IoU 50/100 = 0.5, B-1st IoU 50/100 = 0.5)
-        ([[0, 0, 10, 10], [0, 5, 10, 10]], [1, 1], [[0, 0, 10, 10], [0, 0, 10, 5]], [1, 1], 0),
+        # COCO evaluation matches greedily, each detection to its best free truth: A takes the 1st
+        # truth (IoU 1 over 0.5 with the 2nd), so B (IoU 0 with the 2nd) is false and the 2nd
+        # missed; a one-to-one assignment would have matched both, but mAP counts it this way
+        ([[0, 0, 10, 10], [0, 5, 10, 10]], [1, 1], [[0, 0, 10, 10], [0, 0, 10, 5]], [1, 1], 2),
     ],
 )
-def test_count_errors(dets, det_labels, gts, gt_labels, expected):
-    got = count_errors(t(dets), torch.tensor(det_labels), t(gts), torch.tensor(gt_labels))
-    assert got == expected
+def test_errors_count_misses_and_false_detections(dets, det_labels, gts, gt_labels, expected):
+    got = image_errors([7], coco(7, dets, det_labels, score=0.9), coco(7, gts, gt_labels))
+    assert got == {7: expected}
 
 
 def test_image_errors_skip_low_scores_and_crowds():

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from det_al.loop.results import CSV_FIELDS, RowsWriter, label_efficiency, read_rows, summarise
+from det_al.loop.results import CSV_FIELDS, RowsWriter, format_efficiency, label_efficiency, read_rows, summarise
 
 
 def row(strategy, seed, r, images, m, selected=()):
@@ -33,26 +33,39 @@ def test_summarise_and_label_efficiency_hand_computed():
     # sample std of (0.1, 0.2) = sqrt(0.005)
     assert math.isclose(s["random"][0]["std"], math.sqrt(0.005))
     e = label_efficiency(rows)
-    # random's final mean is 0.35; top's mean goes 0.15 -> 0.35 at 20 images: reached at 20
-    assert e["top"]["images"] == pytest.approx(20.0)
-    assert e["top"]["percent"] == pytest.approx(100 * 20 / 30)
-    assert e["top"]["acquired_percent"] == pytest.approx(100 * (20 - 10) / (30 - 10))
-    assert e["random"]["images"] == pytest.approx(30.0)
-    assert e["bad"]["reached"] is False
+    # labels added count from each strategy's round 0 (10 images): random adds 20.
+    # random's final mean is 0.35; top's mean goes 0.15 -> 0.35 at 10 added: reached at 10
+    assert e["top"]["added"] == pytest.approx(10.0)
+    assert e["top"]["percent"] == pytest.approx(100 * 10 / 20)
+    assert e["random"]["added"] == pytest.approx(20.0) and e["random"]["percent"] == pytest.approx(100.0)
+    assert e["bad"]["reached"] is False and e["bad"]["added"] is None
     # bad at round 1: 0.0 < 0.25 - 0.0707 -> below; at round 0: 0.15 == random
     assert e["bad"]["below_rounds"] == [1]
     assert e["top"]["below_rounds"] == []
     assert e["top"]["meaningful"] is True
+    # AULC over 0..20 added, trapezoids / 20: random seed 0 (0.1, 0.2, 0.3) -> 0.2, seed 1 -> 0.3;
+    # top seed 0 (0.1, 0.3, 0.4) -> (0.2 + 0.35) / 2 = 0.275, seed 1 (0.2, 0.4, 0.4) -> 0.35
+    assert e["random"]["aulc"]["mean"] == pytest.approx(0.25)
+    assert e["top"]["aulc"]["mean"] == pytest.approx(0.3125)
+    # paired differences 0.075 and 0.05: mean 0.0625, std 0.0176777, t(0.975, 1) = 12.7062
+    assert e["top"]["aulc_diff"]["mean"] == pytest.approx(0.0625)
+    half = 12.7062047 * 0.025 / math.sqrt(2) / math.sqrt(2)
+    assert e["top"]["aulc_diff"]["ci95"] == pytest.approx([0.0625 - half, 0.0625 + half], abs=1e-6)
+    # bad ran one round (10 added): seed 0 (0.15, 0.0) -> 0.075, seed 1 the same; random's first
+    # 10 added are not what bad is compared on: AULC is each curve's own mean over its labels
+    assert e["bad"]["aulc"]["mean"] == pytest.approx(0.075)
     flat = [row("random", 0, 0, 10, 0.3), row("random", 0, 1, 20, 0.2), row("top", 0, 0, 10, 0.3), row("top", 0, 1, 20, 0.1)]
-    assert label_efficiency(flat)["top"] == {
-        "images": 10, "percent": 50.0, "acquired_percent": 0.0, "reached": True, "below_rounds": [1], "meaningful": False
-    }
+    got = label_efficiency(flat)["top"]
+    assert (got["added"], got["percent"], got["reached"], got["below_rounds"], got["meaningful"]) == (0.0, 0.0, True, [1], False)
+    assert got["aulc_diff"]["ci95"] is None  # one seed: no interval
+    text = format_efficiency(label_efficiency(rows))
+    assert "10.0 (50%)" in text and "+0.0625 [" in text and "never" in text
 
 
 def test_label_efficiency_interpolates():
     rows = [row("random", 0, 0, 10, 0.1), row("random", 0, 1, 30, 0.4), row("x", 0, 0, 10, 0.2), row("x", 0, 1, 30, 0.6)]
-    # target 0.4 between (10, 0.2) and (30, 0.6): 10 + (0.2 / 0.4) * 20 = 20
-    assert label_efficiency(rows)["x"]["images"] == pytest.approx(20.0)
+    # target 0.4 between (0 added, 0.2) and (20 added, 0.6): (0.2 / 0.4) * 20 = 10 added
+    assert label_efficiency(rows)["x"]["added"] == pytest.approx(10.0)
 
 
 def test_results_file_round_trip_drops_torn_line(tmp_path):

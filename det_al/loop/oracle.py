@@ -16,36 +16,11 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import torch
-from scipy.optimize import linear_sum_assignment
-from torch import Tensor
-from torchvision.ops import box_iou
 
-from det_al.data.coco import xywh_to_xyxy
+from det_al.loop.error_capture import image_errors as capture_errors
 
 IOU_THRESHOLD = 0.5
 SCORE_THRESHOLD = 0.5  # detections below it are not reported to the user, so they are no error
-
-
-def count_errors(
-    det_boxes: Tensor, det_labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou_threshold: float = IOU_THRESHOLD
-) -> int:
-    """Missed objects plus false detections of one image.
-
-    Boxes are ``[N, 4]`` / ``[M, 4]`` ``xyxy``; labels ``[N]`` / ``[M]``. A detection and a
-    ground-truth box of the same label are a match at IoU ``>= iou_threshold``; the matches are
-    one-to-one assignment with the most matches (ties: the larger summed IoU). Returns
-    ``(M - matches) + (N - matches)``.
-    """
-    n, m = len(det_boxes), len(gt_boxes)
-    if n == 0 or m == 0:
-        return n + m
-    iou = box_iou(det_boxes.double(), gt_boxes.double())
-    iou[det_labels[:, None] != gt_labels[None, :]] = 0.0
-    hit = iou >= iou_threshold
-    rows, cols = linear_sum_assignment((hit.double() + 1e-3 * iou).numpy(), maximize=True)
-    matches = int(hit[rows, cols].sum())
-    return n + m - 2 * matches
 
 
 def image_errors(
@@ -55,25 +30,24 @@ def image_errors(
     score_threshold: float = SCORE_THRESHOLD,
     iou_threshold: float = IOU_THRESHOLD,
 ) -> dict[int, int]:
-    """``{image_id: errors}`` (:func:`count_errors`) of COCO detections (with ``score``;
-    those below ``score_threshold`` are left out) against COCO ground truth, for ``image_ids``."""
-    dets: dict[int, list] = defaultdict(list)
-    for d in detections:
-        if float(d["score"]) >= score_threshold:
-            dets[int(d["image_id"])].append(d)
-    gts: dict[int, list] = defaultdict(list)
-    for a in truth:
-        if not a.get("iscrowd", 0):
-            gts[int(a["image_id"])].append(a)
+    """``{image_id: missed objects + false detections}`` of COCO detections (with ``score``;
+    those below ``score_threshold`` are left out) against COCO ground truth, for ``image_ids``.
 
-    def boxes_labels(anns: list) -> tuple[Tensor, Tensor]:
-        boxes = xywh_to_xyxy([a["bbox"] for a in anns]) if anns else torch.zeros((0, 4))
-        return boxes.reshape(-1, 4), torch.tensor([int(a["category_id"]) for a in anns], dtype=torch.int64)
-
-    out = {}
-    for i in image_ids:
-        out[int(i)] = count_errors(*boxes_labels(dets[int(i)]), *boxes_labels(gts[int(i)]), iou_threshold)
-    return out
+    The error of the error-capture benchmark (:func:`det_al.loop.error_capture.image_errors`'s
+    ``count``): matched by COCOeval at ``iou_threshold``, class-aware and greedy by score, as COCO
+    evaluation matches; crowd annotations are neither missed nor counted.
+    """
+    ids = [int(i) for i in image_ids]
+    wanted = set(ids)
+    truth, detections = list(truth), list(detections)
+    categories = sorted({int(a["category_id"]) for a in truth} | {int(d["category_id"]) for d in detections})
+    gt = {
+        "images": [{"id": i} for i in ids],
+        "annotations": [a for a in truth if int(a["image_id"]) in wanted],
+        "categories": [{"id": c, "name": str(c)} for c in categories],
+    }
+    errors = capture_errors(gt, [d for d in detections if int(d["image_id"]) in wanted], score_threshold, iou_threshold)
+    return {i: int(errors[i]["count"]) for i in ids}
 
 
 def least_confidence(image_ids: Iterable[int], detections: Iterable[Mapping[str, Any]]) -> dict[int, float]:

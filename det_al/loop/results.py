@@ -4,7 +4,7 @@
 one, :func:`read_rows` reads the complete ones back (a crash's torn last line is dropped), and
 :func:`summarise`, :func:`format_summary`, :func:`plot_learning_curves`,
 :func:`label_efficiency` and :func:`format_efficiency` turn rows into mean ± std learning
-curves and the labelled images each strategy needs to match the reference. The paired
+curves, the labels each strategy *adds* to match the reference and its paired AULC difference. The paired
 comparisons of the label-efficiency benchmark are built from :func:`labels_to_reach` (labels
 added until a curve reaches a target), :func:`aulc` (area under a learning curve) and
 :func:`mean_ci95` (mean and 95 % t-interval over seeds).
@@ -171,35 +171,32 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def label_efficiency(rows: Sequence[Mapping[str, Any]], reference: str = "random") -> dict[str, dict[str, Any]]:
-    """How many labelled images each strategy needs to reach the reference's final mAP.
+    """What each strategy's labels bought, on the base a user pays for: the labels *added*
+    beyond the labelled set every strategy starts from.
 
-    For each strategy, the mean curve (labelled images -> mean mAP) is walked until it first
-    reaches the reference strategy's final-round mean mAP; the crossing is linearly interpolated
-    between the two rounds around it. Returns ``{strategy: {"images", "percent" (of the
-    reference's final labelled images), "reached", "below_rounds" (rounds where the strategy's
-    mean is below the reference's by more than one std: the larger of the two strategies' stds
-    over seeds at that round), "meaningful"}}``; ``images`` is None when the target is never
-    reached. ``acquired_percent`` counts only the images added after round 0 (the initial
-    labelled set is the same for everyone). ``meaningful`` is False when the reference's final mean mAP is not above its first
-    round's: then every curve "reaches" the target at once and the percentages say nothing.
+    For each strategy, the mean curve over seeds (labels added -> mean mAP) is walked until it
+    first reaches the reference strategy's final-round mean mAP (:func:`labels_to_reach`,
+    linearly interpolated). Returns ``{strategy: {"added" (None: never reached), "percent" (of
+    the labels the reference added), "reached", "aulc" (:func:`mean_ci95` of each seed's
+    :func:`aulc`), "aulc_diff" (paired over the seeds both ran: this strategy's AULC minus the
+    reference's, :func:`mean_ci95`), "below_rounds" (rounds where the strategy's mean is below
+    the reference's by more than one std: the larger of the two strategies' stds over seeds at
+    that round), "meaningful"}}``. ``meaningful`` is False when the reference's final mean mAP
+    is not above its first round's: then every curve "reaches" the target at once and the
+    percentages say nothing.
     """
     summary = summarise(rows)
     if reference not in summary:
         return {}
     ref = summary[reference]
-    target, ref_images, start = ref[-1]["map"], ref[-1]["images"], ref[0]["images"]
+    start = {s: points[0]["images"] for s, points in summary.items()}
+    target, ref_added = ref[-1]["map"], ref[-1]["images"] - start[reference]
     meaningful = len(ref) > 1 and target > ref[0]["map"]
     ref_by_round = {p["round"]: p for p in ref}
+    areas = {s: {seed: aulc(*xy) for seed, xy in by_seed.items()} for s, by_seed in seed_curves(rows).items()}
     out: dict[str, dict[str, Any]] = {}
     for strategy, points in summary.items():
-        images = None
-        for a, b in zip([None] + points[:-1], points):
-            if b["map"] >= target:
-                if a is None or b["map"] == a["map"]:
-                    images = b["images"]
-                else:
-                    images = a["images"] + (target - a["map"]) / (b["map"] - a["map"]) * (b["images"] - a["images"])
-                break
+        added = labels_to_reach([p["images"] - start[strategy] for p in points], [p["map"] for p in points], target)
         below = [
             p["round"]
             for p in points
@@ -207,32 +204,45 @@ def label_efficiency(rows: Sequence[Mapping[str, Any]], reference: str = "random
             and p["map"] < ref_by_round[p["round"]]["map"] - max(ref_by_round[p["round"]]["std"], p["std"])
         ]
         out[strategy] = {
-            "images": images,
-            "percent": None if images is None or ref_images == 0 else 100.0 * images / ref_images,
-            "acquired_percent": None
-            if images is None or ref_images == start
-            else 100.0 * (images - start) / (ref_images - start),
-            "reached": images is not None,
+            "added": added,
+            "percent": None if added is None or ref_added == 0 else 100.0 * added / ref_added,
+            "reached": added is not None,
+            "aulc": mean_ci95(list(areas[strategy].values())),
+            "aulc_diff": paired_diff(areas[strategy], areas[reference]),
             "below_rounds": below,
             "meaningful": meaningful,
         }
     return out
 
 
+def verdict(diff: Mapping[str, Any]) -> str:
+    """``+0.0123 [-0.0010, +0.0256] no difference`` (better / worse when the CI excludes 0)."""
+    if diff["mean"] is None:
+        return "-"
+    if diff["ci95"] is None:
+        return f"{diff['mean']:+.4f} (one seed: no CI)"
+    lo, hi = diff["ci95"]
+    word = "better" if lo > 0 else "worse" if hi < 0 else "no difference"
+    return f"{diff['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] {word}"
+
+
 def format_efficiency(efficiency: Mapping[str, Mapping[str, Any]], reference: str = "random") -> str:
-    lines = [f"label efficiency: labelled images to reach {reference}'s final-round mAP"]
+    """The table of :func:`label_efficiency`: labels added to reach the reference's final mAP,
+    and the paired AULC difference against it (mean [95 % CI] over seeds)."""
+    lines = [f"label efficiency against {reference} (labels added beyond the shared start; AULC = mean mAP over them)"]
     if efficiency and not next(iter(efficiency.values()))["meaningful"]:
-        lines[0] += f" (not meaningful: {reference}'s final mAP is not above its first round's)"
+        lines.append(f"  (added-to-reach is not meaningful: {reference}'s final mAP is not above its first round's)")
+    lines.append(f"  {'strategy':<20} {'added to reach':>16} {'AULC':>8}  AULC - {reference} (paired, 95 % CI)")
     for strategy, e in efficiency.items():
-        percent = "n/a" if e["percent"] is None else f"{e['percent']:.0f}%"
-        acquired = "n/a" if e["acquired_percent"] is None else f"{e['acquired_percent']:.0f}%"
-        reached = (
-            f"{e['images']:.1f} images ({percent} of {reference}'s; {acquired} of its acquired images)"
-            if e["reached"]
-            else "never"
+        reach = "never" if e["added"] is None else f"{e['added']:.1f}"
+        if e["percent"] is not None:
+            reach += f" ({e['percent']:.0f}%)"
+        diff = "0 (reference)" if strategy == reference else verdict(e["aulc_diff"])
+        below = ", ".join(str(r) for r in e["below_rounds"])
+        lines.append(
+            f"  {strategy:<20} {reach:>16} {e['aulc']['mean']:>8.4f}  {diff}"
+            + (f"; below {reference} by > 1 std in round {below}" if below else "")
         )
-        below = ", ".join(str(r) for r in e["below_rounds"]) or "none"
-        lines.append(f"  {strategy:<16} {reached}; rounds below {reference} by > 1 std: {below}")
     return "\n".join(lines)
 
 
@@ -287,3 +297,25 @@ def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
         return {"mean": None, "ci95": None, "n": 0}
     mean, low, high = mean_ci(np.asarray(values, dtype=float))
     return {"mean": mean, "ci95": None if n < 2 else [low, high], "n": n}
+
+
+def seed_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, tuple[list[float], list[float]]]]:
+    """``{strategy: {seed: (labels added, mAP)}}`` by round; labels added count from the
+    strategy's round 0 of that seed."""
+    out: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        for seed in sorted({r["seed"] for r in rows if r["strategy"] == strategy}):
+            mine = sorted((r for r in rows if r["strategy"] == strategy and r["seed"] == seed), key=lambda r: r["round"])
+            start = mine[0]["labelled_images"]
+            out.setdefault(strategy, {})[seed] = ([r["labelled_images"] - start for r in mine], [r["map"] for r in mine])
+    return out
+
+
+def paired_diff(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any]:
+    """:func:`mean_ci95` of ``a[seed] - b[seed]`` over the seeds both have.
+
+    >>> round(paired_diff({0: 0.3, 1: 0.5, 2: 0.9}, {0: 0.2, 1: 0.2})["mean"], 6)  # (0.1 + 0.3) / 2
+    0.2
+    """
+    seeds = sorted(set(a) & set(b))
+    return mean_ci95([a[s] - b[s] for s in seeds])

@@ -42,8 +42,10 @@ tie-break by id would always send the same end of a camera's footage to the anno
 (:func:`ranking_key`). :func:`apply_empty_policy` is the one place that places empty images,
 for the in-memory ranking (:func:`finalize_pool`) and the streamed one (:mod:`det_al.results.assemble`).
 
-**Image-level combination.** ``ScoringConfig.image_weights`` (default empty: the
-informativeness above) replaces the image's informativeness by a weighted mean of image fields
+**Image-level combination.** ``ScoringConfig.image_weights`` (empty: the informativeness
+above; the default fuses ``presence``, ``least_confidence`` and ``rpn_gap`` by rank, the
+combination that found the model's errors best in ``benchmarks/bench_error_capture.py``)
+replaces the image's informativeness by a weighted mean of image fields
 (:data:`IMAGE_COMPONENTS`): ``objects`` (the per-object reduction above), ``class``, ``box``,
 ``mask``, ``presence``, ``dense``, ``miss``, ``rpn_gap`` (0 without an RPN),
 ``least_confidence``, ``max_entropy``; ``sum_c w_c x_c / sum_c w_c``, all in [0, 1]. Then an
