@@ -76,6 +76,14 @@ def test_loop_quick_end_to_end_and_resume(tmp_path, capsys):
         "--out", str(out), "--quick", "--no-progress",
     ]
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    # labels are counted as added beyond the shared start (2 per strategy here), not as labelled
+    assert "label efficiency against random (labels added beyond the shared start" in printed
+    random_row = [line.split() for line in printed.splitlines() if line.strip().startswith("random ")][-1]
+    if "not meaningful" in printed:  # one epoch's model may stay at mAP 0: nothing to reach
+        assert random_row[:2] == ["random", "-"]
+    else:  # random reaches its own final mAP with the 2 labels it added
+        assert random_row[:3] == ["random", "2.0", "(100%)"]
     rows = read_rows(out / "results.csv")
     assert [(r["strategy"], r["round"]) for r in rows] == [("random", 0), ("random", 1), ("diverse", 0), ("diverse", 1)]
     assert (out / "learning_curve.png").stat().st_size > 1000

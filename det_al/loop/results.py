@@ -234,8 +234,8 @@ def format_efficiency(efficiency: Mapping[str, Mapping[str, Any]], reference: st
         lines.append(f"  (added-to-reach is not meaningful: {reference}'s final mAP is not above its first round's)")
     lines.append(f"  {'strategy':<20} {'added to reach':>16} {'AULC':>8}  AULC - {reference} (paired, 95 % CI)")
     for strategy, e in efficiency.items():
-        reach = "never" if e["added"] is None else f"{e['added']:.1f}"
-        if e["percent"] is not None:
+        reach = "-" if not e["meaningful"] else "never" if e["added"] is None else f"{e['added']:.1f}"
+        if e["meaningful"] and e["percent"] is not None:
             reach += f" ({e['percent']:.0f}%)"
         diff = "0 (reference)" if strategy == reference else verdict(e["aulc_diff"])
         below = ", ".join(str(r) for r in e["below_rounds"])
