@@ -195,7 +195,7 @@ def test_paths_are_named_relative_to_their_common_folder(tmp_path):
     ({"images": [{"id": 1}]}, None, "images \\(COCO dict\\)"),
     (None, None, "expected a folder"),
     ([np.zeros((8, 8, 3), np.uint8)], ["cat", "dog"], "2 categories for a model of 3 classes"),
-    ([np.zeros((8, 8, 3), np.uint8)], ["N/A", "dog", "N/A"], "duplicate category name 'N/A'"),
+    ([np.zeros((8, 8, 3), np.uint8)], ["N/A", "dog", "N/A"], "category names must be unique, got 'N/A' more than once"),
 ])
 def test_bad_input_is_refused_before_scoring(images, categories, message):
     model = tiny_model()

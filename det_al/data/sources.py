@@ -241,6 +241,35 @@ def generic_categories(num_classes: int) -> list[dict]:
     return [{"id": i, "name": f"class_{i}"} for i in range(1, num_classes)]
 
 
+def check_categories(categories: Any, num_labels: int, source: str | os.PathLike | None = None) -> None:
+    """Refuse categories that do not name each of a model's ``num_labels`` labels (background
+    not counted) exactly once: label ``l`` (>= 1) is ``categories[l - 1]``, so there is one
+    category per label, with distinct integer ids and distinct names (Label Studio and CVAT
+    match labels by name). A missing category would make its detections unexportable.
+    :class:`InputError` naming ``source`` otherwise."""
+    if not isinstance(categories, (list, tuple)):
+        raise InputError(f"categories must be a list of dicts, got {type(categories).__name__}", source)
+    for i, c in enumerate(categories):
+        if not isinstance(c, Mapping) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
+            raise InputError(f"categories[{i}] must be a dict with an integer 'id', got {c!r}", source)
+    n = num_labels
+    if len(categories) < n:
+        missing = list(range(len(categories) + 1, n + 1))
+        raise InputError(
+            f"no category for model label{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}: "
+            f"{len(categories)} categories for a model of {n} classes (the checkpoint or the pool file "
+            "must list one category per class)", source
+        )
+    if len(categories) > n:
+        extra = [c.get("name", c["id"]) for c in categories[n:]]
+        raise InputError(f"{len(categories)} categories for a model of {n} classes: no model label for {extra}", source)
+    for key in ("id", "name"):
+        values = [c.get(key) for c in categories if c.get(key) is not None]
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+        if repeated:
+            raise InputError(f"category {key}s must be unique, got {repeated[0]!r} more than once", source)
+
+
 def resolve_categories(
     categories: Sequence[dict | str] | None,
     num_classes: int,
@@ -252,7 +281,8 @@ def resolve_categories(
     ``categories`` (COCO category dicts, or names that get ids 1, 2, ...) win; else
     ``fallback`` (a pool's categories) if it has any; else :func:`generic_categories`. Label
     ``l`` of the model is category ``l - 1``. Raises :class:`InputError` (naming ``source``)
-    unless there is one category per class with distinct integer ids and distinct names.
+    unless there is one category per class with distinct integer ids and distinct names
+    (:func:`check_categories`).
     """
     chosen = categories if categories is not None else (fallback or None)
     if chosen is None:
@@ -264,14 +294,5 @@ def resolve_categories(
         if not isinstance(c, Mapping) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
             raise InputError(f"category {i} must be a name or a dict with an integer 'id', got {c!r}", source)
         out.append({**c, "name": str(c.get("name", f"class_{c['id']}"))})
-    if len(out) != num_classes - 1:
-        raise InputError(f"{len(out)} categories for a model of {num_classes - 1} classes "
-                         f"({num_classes} counting background)", source)
-    for key in ("id", "name"):
-        seen: set = set()
-        for c in out:
-            if c[key] in seen:
-                raise InputError(f"duplicate category {key} {c[key]!r} (one category per model class, with "
-                                 "distinct ids and names: Label Studio and CVAT match labels by name)", source)
-            seen.add(c[key])
+    check_categories(out, num_classes - 1, source)
     return out

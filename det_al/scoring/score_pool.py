@@ -28,6 +28,7 @@ from det_al.data.datasets import PoolDataset, pool_collate
 from det_al.errors import InputError
 from det_al.data.images import check_image_root, outside_root, outside_root_error
 from det_al.data.pool import PoolImages, as_pool_images
+from det_al.data.sources import check_categories as check_model_categories
 from det_al.results.stream import KEY, RESULTS, ResultsWriter, read_results, run_key
 from det_al.results.assemble import assemble_outputs
 from det_al.scoring.dense import dense_scores
@@ -111,30 +112,9 @@ def check_model(model: nn.Module) -> None:
 
 
 def check_categories(categories: list[dict], model: nn.Module) -> None:
-    """Refuse categories that do not name each of the model's labels exactly once: label ``l``
-    (>= 1) is ``categories[l - 1]``, so there is one category per class, with distinct integer
-    ids and distinct names. A missing category would make its detections unexportable."""
-    n = model_num_classes(model) - 1
-    if not isinstance(categories, (list, tuple)):
-        raise InputError(f"categories must be a list of dicts, got {type(categories).__name__}")
-    for i, c in enumerate(categories):
-        if not isinstance(c, dict) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
-            raise InputError(f"categories[{i}] must be a dict with an integer 'id', got {c!r}")
-    if len(categories) < n:
-        missing = list(range(len(categories) + 1, n + 1))
-        raise InputError(
-            f"no category for model label{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}: "
-            f"{len(categories)} categories for a model of {n} classes (the checkpoint or the pool file "
-            "must list one category per class)"
-        )
-    if len(categories) > n:
-        extra = [c.get("name", c["id"]) for c in categories[n:]]
-        raise InputError(f"{len(categories)} categories for a model of {n} classes: no model label for {extra}")
-    for key in ("id", "name"):
-        values = [c.get(key) for c in categories if c.get(key) is not None]
-        repeated = sorted({v for v in values if values.count(v) > 1}, key=values.index)
-        if repeated:
-            raise InputError(f"category {key}s must be unique, got {repeated[0]!r} more than once")
+    """Refuse categories that do not name each of the model's labels exactly once
+    (:func:`det_al.data.sources.check_categories`)."""
+    check_model_categories(categories, model_num_classes(model) - 1)
 
 
 def check_pool(
