@@ -62,3 +62,15 @@ def test_quick_run_writes_the_summary(bench, tmp_path):
             assert s[key]["ci95"][0] <= s[key]["mean"] <= s[key]["ci95"][1]
         assert 0.0 <= s["drifted_share"] <= 1.0
     assert summary["strategies"]["random"]["aulc_diff_vs_random"]["mean"] == 0.0
+
+
+def test_targets_judge_nothing_when_random_did_not_improve(bench):
+    # random ends where it began (0.2): every curve "reaches" it at 0 added, which says nothing
+    flat = [row("random", s, r, 10 + 5 * r, 0.2) for s in (0, 1) for r in (0, 1)]
+    flat += [row("top", s, r, 10 + 5 * r, 0.2 - 0.05 * r) for s in (0, 1) for r in (0, 1)]
+    kinds = {"drifted": {0: set(), 1: set()}, "empty": {0: set(), 1: set()}}
+    c = bench.compare(flat, kinds)
+    assert c["top"]["random_improved"] is False
+    assert bench.targets(c)["added_le_50pct_of_random"] is None
+    rising = [dict(r, map=r["map"] + 0.1 * r["round"]) for r in flat]  # random 0.2 -> 0.3, top 0.2 -> 0.25
+    assert bench.targets(bench.compare(rising, kinds))["added_le_50pct_of_random"] is False
