@@ -184,7 +184,7 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
 
 
 def score_images(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     images: Any,
     *,
     categories: Sequence[dict | str] | None = None,
@@ -206,7 +206,9 @@ def score_images(
     Args:
         model: a torchvision Faster/Mask R-CNN, RetinaNet, FCOS or SSD (wrappers such as
             ``DataParallel`` are unwrapped), in any mode: it runs in ``eval()`` with MC dropout
-            hooks, and its mode, hooks and device are restored afterwards.
+            hooks, and its mode, hooks and device are restored afterwards. Or what
+            :func:`load_model` returns: then its config and categories are used unless
+            ``config`` / ``categories`` are given (as ``det-al score --checkpoint`` uses them).
         images: a folder, a COCO file or dict, a list of paths, of PIL images, of ``[H, W, 3]``
             uint8 arrays or of float ``[3, H, W]`` tensors in [0, 1], or a torch ``Dataset`` of
             such images (see :func:`det_al.data.sources.pool_source`).
@@ -238,6 +240,10 @@ def score_images(
 
     if resume and out_dir is None:
         raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
+    if isinstance(model, LoadedModel):  # load_model's result: its config and categories unless given
+        config = model.config if config is None else config
+        categories = model.categories if categories is None else categories
+        model = model.model
     model = unwrap_model(model)
     num_classes = model_num_classes(model)
     config = override_config(

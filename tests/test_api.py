@@ -86,6 +86,10 @@ def test_api_and_cli_give_the_same_ranking_and_pseudo_labels(tiny_pool, tiny_che
     on_disk = det_al.score_images(model, pool, image_root=tiny_pool["root"], passes=2, seed=3, config=config,
                                   progress=False, out_dir=tmp_path / "api")
     assert on_disk.ranking == cli_ranking
+    # load_model's result as it is: the checkpoint's config and categories, like det-al score
+    loaded = det_al.score_images(det_al.load_model(tiny_checkpoint), pool, image_root=tiny_pool["root"], passes=2,
+                                 seed=3, progress=False)
+    assert loaded.ranking == cli_ranking
     assert (tmp_path / "api" / "pseudo_labels.json").read_text() == (out / "pseudo_labels.json").read_text()
     # save() writes files that det-al select reads like det-al score's
     scores.save(tmp_path / "saved")
