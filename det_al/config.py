@@ -156,8 +156,9 @@ class LoopConfig:
     reciprocal-rank fusion of the ``fused`` strategy (and of ``diverse:fused``'s pre-filter).
     ``self_training``: train each round after the first on the labelled images plus the
     unselected pool images' confident pseudo-labels (:mod:`det_al.loop.self_training`):
-    detections scoring ``>= pseudo_threshold`` become labels, an image with a detection
-    scoring in ``[pseudo_ignore, pseudo_threshold)`` (or with no confident one) is left out.
+    detections scoring ``>= pseudo_threshold`` become labels, those scoring in
+    ``[pseudo_ignore, pseudo_threshold)`` ignore regions (painted over in training), and an image
+    with no confident detection is left out.
     """
 
     rounds: int = 3

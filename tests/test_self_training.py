@@ -10,29 +10,61 @@ def det(image_id, score, category_id=1, bbox=(0, 0, 4, 5)):
     return {"image_id": image_id, "category_id": category_id, "bbox": list(bbox), "score": score, "uncertainty": 0.3}
 
 
-def test_images_split_cleanly_or_are_left_out():
+def test_confident_boxes_are_labels_uncertain_ones_ignore_regions():
     images = [{"id": i, "file_name": f"{i}.png"} for i in range(1, 7)]
     dets = [
         det(1, 0.9), det(1, 0.05),  # confident + below ignore (background): kept, one box
-        det(2, 0.9), det(2, 0.5),  # an uncertain box: left out, it could become background
+        det(2, 0.9), det(2, 0.5, bbox=(10, 10, 3, 3)),  # an uncertain box: an ignore region, not background
         det(3, 0.1),  # nothing confident: left out (maybe a blind spot)
         det(4, 0.7, 2), det(4, 0.8, 3),  # exactly at the threshold counts as confident: both boxes
-        det(5, 0.2),  # exactly at ignore is uncertain... and nothing confident anyway
+        det(5, 0.2),  # exactly at ignore is uncertain... and nothing confident anyway: left out
         # image 6: no detection at all: left out
     ]
     out = pseudo_labelled(images, dets, threshold=0.7, ignore=0.2, categories=[{"id": 1, "name": "a"}])
-    assert [im["id"] for im in out["images"]] == [1, 4]
-    assert [(a["image_id"], a["category_id"]) for a in out["annotations"]] == [(1, 1), (4, 2), (4, 3)]
+    assert [im["id"] for im in out["images"]] == [1, 2, 4]
+    assert [(a["image_id"], a["category_id"], a["iscrowd"]) for a in out["annotations"]] == [
+        (1, 1, 0), (2, 1, 0), (2, 1, 1), (4, 2, 0), (4, 3, 0)
+    ]
     # COCO fields only: no score, no uncertainty; the area from the box
     assert out["annotations"][0] == {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 5], "area": 20.0, "iscrowd": 0}
+    assert out["annotations"][2] == {
+        "image_id": 2, "category_id": 1, "bbox": [10, 10, 3, 3], "area": 9.0, "iscrowd": 1, "ignore": 1
+    }
     assert out["categories"] == [{"id": 1, "name": "a"}]
 
 
-def test_ignore_equal_to_threshold_keeps_every_image_with_a_confident_box():
+def test_ignore_equal_to_threshold_has_no_ignore_regions():
     images = [{"id": 1}, {"id": 2}]
     out = pseudo_labelled(images, [det(1, 0.9), det(1, 0.6), det(2, 0.3)], threshold=0.7, ignore=0.7)
     assert [im["id"] for im in out["images"]] == [1]
     assert len(out["annotations"]) == 1  # the 0.6 box is treated as background
+
+
+def test_training_erases_ignore_regions_and_gives_them_no_target(tmp_path):
+    """An ignore annotation is painted with the image's mean colour before augmentation and is
+    not a target; an ordinary crowd annotation is only skipped, as before."""
+    import numpy as np
+    from PIL import Image
+
+    from det_al.data.datasets import CocoDetectionDataset
+
+    pixels = np.zeros((8, 10, 3), np.uint8)
+    pixels[:, 5:] = 200  # mean per channel: 100
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 8}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [6, 2, 2.5, 3], "iscrowd": 1, "ignore": 1},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [2, 5, 2, 2], "iscrowd": 1},
+        ],
+    }
+    image, target = CocoDetectionDataset(coco, tmp_path, [{"id": 1, "name": "a"}])[0]
+    got = (image * 255).round().to(int).permute(1, 2, 0).numpy()
+    expected = pixels.astype(int)
+    expected[2:5, 6:9] = 100  # x 6..8.5 -> columns 6, 7, 8; y 2..5 -> rows 2, 3, 4
+    assert (got == expected).all()
+    assert target["boxes"].tolist() == [[0.0, 0.0, 2.0, 2.0]] and target["labels"].tolist() == [1]
 
 
 def test_a_run_trains_on_labelled_plus_pseudo_labels_with_fresh_ids():

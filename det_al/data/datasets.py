@@ -87,6 +87,25 @@ def pool_collate(batch: list[dict]) -> list[dict]:
     return list(batch)
 
 
+def erase_boxes(pixels: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """A copy of ``pixels`` ``[H, W, C]`` with each ``xywh`` box (clipped to the image, widened
+    to whole pixels) filled with the image's per-channel mean colour, rounded.
+
+    >>> img = np.array([[[0], [4]], [[8], [12]]], dtype=np.uint8)  # mean 6
+    >>> erase_boxes(img, [[0.5, 0, 0.2, 1]])[..., 0].tolist()  # column 0, row 0
+    [[6, 4], [8, 12]]
+    """
+    out = pixels.copy()
+    height, width = pixels.shape[:2]
+    mean = np.round(pixels.reshape(-1, pixels.shape[-1]).mean(axis=0)).astype(pixels.dtype)
+    for x, y, w, h in boxes:
+        x0, y0 = max(0, int(math.floor(x))), max(0, int(math.floor(y)))
+        x1, y1 = min(width, int(math.ceil(x + w))), min(height, int(math.ceil(y + h)))
+        if x1 > x0 and y1 > y0:
+            out[y0:y1, x0:x1] = mean
+    return out
+
+
 class CocoDetectionDataset(Dataset):
     """The images of a COCO dict as torchvision detection training pairs.
 
@@ -97,6 +116,10 @@ class CocoDetectionDataset(Dataset):
     without annotations gives empty targets (a pure-background example). An annotation without
     a ``segmentation`` gets its box as mask. ``transform`` is an albumentations pipeline from
     :func:`det_al.loop.augment.build_augment`.
+
+    An annotation with ``"ignore": 1`` (self-training's uncertain pseudo-labels) is an ignore
+    region: torchvision's detectors have none, so its box is painted over with the image's mean
+    colour (:func:`erase_boxes`) before augmentation and gives no target.
 
     Raises :class:`InputError` for an annotation whose category is not in ``categories`` (at
     construction) and for an image that cannot be read (when the item is loaded).
@@ -116,7 +139,11 @@ class CocoDetectionDataset(Dataset):
         self.with_masks = with_masks
         self.label_of = {int(c["id"]): label for label, c in enumerate(categories, start=1)}
         self.annotations: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+        self.ignored: dict[Any, list[Sequence[float]]] = defaultdict(list)
         for ann in coco.get("annotations", []):
+            if ann.get("ignore", 0):
+                self.ignored[ann["image_id"]].append(ann["bbox"])
+                continue
             if ann.get("iscrowd", 0):
                 continue
             if int(ann["category_id"]) not in self.label_of:
@@ -138,6 +165,8 @@ class CocoDetectionDataset(Dataset):
         except ImageReadError as e:
             raise InputError(f"cannot read training image: {e.reason}", e.path) from None
         height, width = pixels.shape[:2]
+        if self.ignored.get(info["id"]):
+            pixels = erase_boxes(pixels, self.ignored[info["id"]])
         anns = self.annotations.get(info["id"], [])
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes = clip_boxes_to_image(box_convert(boxes, "xywh", "xyxy"), (height, width))

@@ -2,13 +2,17 @@
 
 torchvision's detectors have no "ignore" region in their targets: every pixel that no target
 box covers is background to the RPN and the box head. A pseudo-labelled image whose uncertain
-detections were dropped would teach the model that those (possibly real) objects are
-background. So :func:`pseudo_labelled` keeps an image only when its detections split cleanly:
+detections were simply dropped would teach the model that those (possibly real) objects are
+background. The closest the framework allows is to take them out of the image: they are kept
+as *ignore* annotations (``"iscrowd": 1, "ignore": 1``, so COCO tools see ignore regions too),
+and :class:`det_al.data.datasets.CocoDetectionDataset` paints each one over with the image's
+mean colour before augmentation and trains on no box there. So :func:`pseudo_labelled`, per
+pool image:
 
 - detections scoring ``>= threshold`` become its labels (at least one is needed: an image
   where the model sees nothing may be one it is blind on, and would teach "all background");
-- one detection scoring in ``[ignore, threshold)`` leaves the whole image out (uncertain: it
-  may be a real object that would become background);
+- detections scoring in ``[ignore, threshold)`` become ignore annotations (erased, neither
+  object nor background);
 - detections below ``ignore`` are treated as background, as the model's own unreported
   candidates are.
 
@@ -41,8 +45,8 @@ def pseudo_labelled(
     ...         {"image_id": 2, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.95},
     ...         {"image_id": 2, "category_id": 1, "bbox": [8, 8, 4, 4], "score": 0.5}]
     >>> out = pseudo_labelled(images, dets, threshold=0.8, ignore=0.3)
-    >>> [im["id"] for im in out["images"]], [a["category_id"] for a in out["annotations"]]
-    ([1], [1])
+    >>> [im["id"] for im in out["images"]], [(a["image_id"], a["iscrowd"]) for a in out["annotations"]]
+    ([1, 2], [(1, 0), (2, 0), (2, 1)])
     """
     by_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for d in detections:
@@ -52,12 +56,14 @@ def pseudo_labelled(
         dets = by_image.get(int(im["id"]), [])
         confident = [d for d in dets if float(d["score"]) >= threshold and int(d["category_id"]) >= 0]
         uncertain = [d for d in dets if ignore <= float(d["score"]) < threshold or int(d["category_id"]) < 0]
-        if not confident or uncertain:
+        if not confident:
             continue
         kept_images.append(dict(im))
-        for d in confident:
-            ann = {k: d[k] for k in _KEEP if k in d}
+        for d, ignored in [(d, False) for d in confident] + [(d, True) for d in uncertain]:
+            ann = {k: d[k] for k in _KEEP if k in d and not (ignored and k == "segmentation")}
             ann.setdefault("area", float(d["bbox"][2]) * float(d["bbox"][3]))
-            ann["iscrowd"] = 0
+            ann["iscrowd"] = int(ignored)
+            if ignored:
+                ann["ignore"] = 1
             annotations.append(ann)
     return {"images": kept_images, "annotations": annotations, "categories": list(categories)}
