@@ -55,13 +55,14 @@ import numpy as np
 from det_al.config import config_from_dict
 from det_al.errors import InputError
 from det_al.data.files import read_json, write_json
-from det_al.loop.rounds import run_loop
+from det_al.loop.rounds import round_folder, run_loop
 from det_al.loop.data import LoopData
 from det_al.loop.results import (
     RowsWriter,
     aulc,
     label_efficiency,
     mean_ci95,
+    paired_diff,
     plot_learning_curves,
     read_rows,
     seed_curves,
@@ -208,6 +209,38 @@ def run_seed(out: Path, seed: int, sizes: dict, strategies: list[str], args: arg
     return rows
 
 
+def domain_maps(folder: Path, seed: int, strategy: str, rounds: int, device: str = "cpu") -> dict[str, float]:
+    """bbox mAP of an arm's final model (round ``rounds``) on each domain of the seed's
+    validation set (``old`` and ``drifted``, each with its own background-only images), and of
+    the seed's round-0 model as ``round0_<domain>``; cached in ``folder/domain_maps.json``."""
+    cache_path = folder / "domain_maps.json"
+    cache = read_json(cache_path) if cache_path.exists() else {}
+    if strategy not in cache:
+        runs = folder / "self_training" if strategy == SELF_TRAINING else folder
+        arm = DEFAULT if strategy == SELF_TRAINING else strategy
+        if "round 0" not in cache:
+            cache["round 0"] = _maps_by_domain(round_folder(folder, arm, seed, 0) / "last.pt", folder, device)
+        cache[strategy] = _maps_by_domain(round_folder(runs, arm, seed, rounds) / "last.pt", folder, device)
+        write_json(cache_path, cache, indent=1)
+    return {**cache[strategy], **{f"round0_{k}": v for k, v in cache["round 0"].items()}}
+
+
+def _maps_by_domain(checkpoint: Path, folder: Path, device: str) -> dict[str, float]:
+    from det_al.loop.evaluation import evaluate_coco, predict
+    from det_al.models.checkpoint import load_checkpoint
+
+    val = read_json(folder / "data" / "val.json")
+    model, _, categories, _ = load_checkpoint(checkpoint, device=device)
+    results = predict(model, val, folder / "data", categories, device=device, batch_size=8)
+    out = {}
+    for domain in ("old", "drifted"):
+        ids = {int(im["id"]) for im in val["images"] if im.get("domain") == domain}
+        gt = {**val, "images": [im for im in val["images"] if int(im["id"]) in ids],
+              "annotations": [a for a in val["annotations"] if int(a["image_id"]) in ids]}
+        out[domain] = max(evaluate_coco(gt, [r for r in results if int(r["image_id"]) in ids], ("bbox",))["bbox"]["AP"], 0.0)
+    return out
+
+
 # --------------------------------------------------------------------------- the comparison
 
 
@@ -222,9 +255,13 @@ def _share(rows: list[dict], strategy: str, picked: dict[int, set[int]]) -> floa
     return hits / total if total else None
 
 
-def compare(rows: list[dict], kinds: dict[str, dict[int, set[int]]]) -> dict[str, dict[str, Any]]:
+def compare(
+    rows: list[dict], kinds: dict[str, dict[int, set[int]]], domains: dict[str, dict[int, dict]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per arm: labels added to reach random's final mean mAP, AULC and its paired
-    differences, final mAP, and the drifted and background-only shares of its picks.
+    differences, final mAP, and the drifted and background-only shares of its picks; with
+    ``domains`` (``{arm: {seed: domain_maps(...)}}``) also the final model's mAP on each
+    domain of the validation set and the paired difference on the drifted one.
 
     ``kinds``: ``{"drifted": {seed: image ids}, "empty": {seed: image ids}}``.
     """
@@ -247,6 +284,18 @@ def compare(rows: list[dict], kinds: dict[str, dict[int, set[int]]]) -> dict[str
             "empty_share": _share(rows, s, kinds["empty"]),
             "seeds": sorted(curves[s]),
         }
+        if domains and s in domains:
+            mine = domains[s]
+            drifted = {seed: m["drifted"] for seed, m in mine.items()}
+            out[s].update({
+                "final_map_old": mean_ci95([m["old"] for m in mine.values()]),
+                "final_map_drifted": mean_ci95(list(drifted.values())),
+                "round0_map_drifted": mean_ci95([m["round0_drifted"] for m in mine.values()]),
+                "drifted_map_diff_vs_random": paired_diff(
+                    drifted, {seed: m["drifted"] for seed, m in domains.get(RANDOM, {}).items()}),
+                "drifted_map_diff_vs_least_confidence": paired_diff(
+                    drifted, {seed: m["drifted"] for seed, m in domains.get(PEER, {}).items()}),
+            })
     return out
 
 
@@ -279,6 +328,19 @@ def format_report(rows: list[dict], strategies: list[str], comparison: dict[str,
             f"{s:<22}{reach:>16}{c['aulc']['mean']:>9.4f}  {verdict(c['aulc_diff_vs_random']):<42}"
             f"{verdict(c['aulc_diff_vs_least_confidence']):<42}{share(c['drifted_share']):>8}{share(c['empty_share']):>7}"
         )
+    if any("final_map_drifted" in c for c in comparison.values()):
+        lines += ["", "the final model on each domain of the validation set (bbox mAP, mean over seeds; paired [95 % CI])"]
+        head = f"{'arm':<22}{'old':>8}{'drifted':>9}  {'drifted - random':<42}{'drifted - least_conf.':<42}"
+        lines += [head, "-" * len(head)]
+        for s in strategies:
+            c = comparison.get(s, {})
+            if "final_map_drifted" in c:
+                lines.append(
+                    f"{s:<22}{c['final_map_old']['mean']:>8.4f}{c['final_map_drifted']['mean']:>9.4f}  "
+                    f"{verdict(c['drifted_map_diff_vs_random']):<42}{verdict(c['drifted_map_diff_vs_least_confidence']):<42}"
+                )
+        r0 = next(c["round0_map_drifted"]["mean"] for c in comparison.values() if "round0_map_drifted" in c)
+        lines.append(f"(round 0, before any selection: drifted {r0:.4f})")
     return "\n".join(lines)
 
 
@@ -310,14 +372,23 @@ def _kinds(out: Path, seeds: list[int]) -> dict[str, dict[int, set[int]]]:
     return kinds
 
 
-def report(rows: list[dict], strategies: list[str], sizes: dict, out: Path, seconds: float, seed_minutes: dict) -> dict:
+def report(
+    rows: list[dict], strategies: list[str], sizes: dict, out: Path, seconds: float, seed_minutes: dict,
+    device: str = "cpu",
+) -> dict:
     """Print the tables and the verdict; write ``summary.json``, ``results.csv`` and the plot."""
     if not rows:
         raise InputError("no results yet", out)
     RowsWriter(out / "results.csv", rows)
     plot_learning_curves(rows, out / "learning_curve.png", "drift scenario: mean ± std over paired seeds")
     seeds = sorted({r["seed"] for r in rows})
-    comparison = compare(rows, _kinds(out, seeds))
+    domains: dict[str, dict[int, dict]] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        for seed in seeds:
+            last = max((r["round"] for r in rows if r["strategy"] == strategy and r["seed"] == seed), default=0)
+            if last == sizes["rounds"]:  # a finished arm: its final model on each validation domain
+                domains.setdefault(strategy, {})[seed] = domain_maps(out / f"seed{seed}", seed, strategy, last, device)
+    comparison = compare(rows, _kinds(out, seeds), domains)
     met = targets(comparison)
     print()
     print(format_report(rows, strategies, comparison))
@@ -365,7 +436,7 @@ def main(args: argparse.Namespace) -> dict:
         rows += read_rows(folder / "results.csv")
         rows += [{**r, "strategy": SELF_TRAINING} for r in read_rows(folder / "self_training" / "results.csv")]
     rows = [r for r in rows if r["strategy"] in strategies]
-    return report(rows, strategies, sizes, out, time.perf_counter() - t0, seed_minutes)
+    return report(rows, strategies, sizes, out, time.perf_counter() - t0, seed_minutes, args.device)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,13 @@ def test_quick_run_writes_the_summary(bench, tmp_path):
             assert isinstance(s[key]["mean"], float) and len(s[key]["ci95"]) == 2
             assert s[key]["ci95"][0] <= s[key]["mean"] <= s[key]["ci95"][1]
         assert 0.0 <= s["drifted_share"] <= 1.0
+        # the final model on each validation domain, and the paired difference on the drifted one
+        assert 0.0 <= s["final_map_old"]["mean"] <= 1.0 and 0.0 <= s["final_map_drifted"]["mean"] <= 1.0
+        assert isinstance(s["drifted_map_diff_vs_random"]["mean"], float)
     assert summary["strategies"]["random"]["aulc_diff_vs_random"]["mean"] == 0.0
+    assert summary["strategies"]["random"]["drifted_map_diff_vs_random"]["mean"] == 0.0
+    cached = json.loads((tmp_path / "out" / "seed0" / "domain_maps.json").read_text())
+    assert set(cached) == {"round 0", *bench.STRATEGIES}
 
 
 def test_targets_judge_nothing_when_random_did_not_improve(bench):

@@ -279,7 +279,7 @@ def _run_rounds(
                     run.reveal(done[(strategy, seed, r)]["selected"])
                     continue
                 t0 = time.monotonic()
-                folder = _round_folder(out, strategy, seed, r)
+                folder = round_folder(out, strategy, seed, r)
                 round_config = _round_config(config, seed, r)
                 init = None
                 if loop.retrain == "finetune" and r > 0:
@@ -336,7 +336,7 @@ def _run_rounds(
                 rows.append(row)
                 run.reveal(selected)
                 if loop.self_training and chosen:
-                    run.pseudo = _pseudo_labels(run, scores, _round_folder(out, strategy, seed, r + 1), loop)
+                    run.pseudo = _pseudo_labels(run, scores, round_folder(out, strategy, seed, r + 1), loop)
                 logger.info(
                     "%s seed %d round %d: %d labelled images, mAP %.4f; selected %d (%s)",
                     strategy, seed, r, row["labelled_images"], row["map"], len(selected), row["selected_domains"],
@@ -345,7 +345,7 @@ def _run_rounds(
     plot_learning_curves(rows, paths["plot"])
 
 
-def _round_folder(out: Path, strategy: str, seed: int, r: int) -> Path:
+def round_folder(out: Path, strategy: str, seed: int, r: int) -> Path:
     """The training folder of a round; round 0 is the same for every strategy of a seed."""
     if r == 0:
         return out / "runs" / f"seed{seed}" / "round0"
@@ -368,7 +368,7 @@ def _round_config(config: Config, seed: int, r: int) -> Config:
 
 
 def _round_checkpoint(out: Path, strategy: str, seed: int, r: int) -> Path | None:
-    folder = _round_folder(out, strategy, seed, r)
+    folder = round_folder(out, strategy, seed, r)
     done = folder / "train_summary.json"
     if done.exists():
         return Path(read_json(done).get("last", folder / "last.pt"))
