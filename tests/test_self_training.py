@@ -59,10 +59,13 @@ def test_training_erases_ignore_regions_and_gives_them_no_target(tmp_path):
             {"id": 3, "image_id": 1, "category_id": 1, "bbox": [2, 5, 2, 2], "iscrowd": 1},
         ],
     }
+    coco["annotations"].append(  # an uncertain duplicate over the labelled box: it keeps its pixels
+        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 3, 1], "iscrowd": 1, "ignore": 1})
     image, target = CocoDetectionDataset(coco, tmp_path, [{"id": 1, "name": "a"}])[0]
     got = (image * 255).round().to(int).permute(1, 2, 0).numpy()
     expected = pixels.astype(int)
     expected[2:5, 6:9] = 100  # x 6..8.5 -> columns 6, 7, 8; y 2..5 -> rows 2, 3, 4
+    expected[0, 2] = 100  # of the duplicate [0, 3) x [0, 1) only column 2 lies outside the label [0, 2) x [0, 2)
     assert (got == expected).all()
     assert target["boxes"].tolist() == [[0.0, 0.0, 2.0, 2.0]] and target["labels"].tolist() == [1]
 

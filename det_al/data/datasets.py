@@ -87,22 +87,34 @@ def pool_collate(batch: list[dict]) -> list[dict]:
     return list(batch)
 
 
-def erase_boxes(pixels: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-    """A copy of ``pixels`` ``[H, W, C]`` with each ``xywh`` box (clipped to the image, widened
-    to whole pixels) filled with the image's per-channel mean colour, rounded.
+def erase_boxes(
+    pixels: np.ndarray, boxes: Sequence[Sequence[float]], keep: Sequence[Sequence[float]] = ()
+) -> np.ndarray:
+    """A copy of ``pixels`` ``[H, W, C]`` with each ``xywh`` box of ``boxes`` (clipped to the
+    image, widened to whole pixels) filled with the image's per-channel mean colour, rounded,
+    except where an ``xywh`` box of ``keep`` (the image's labelled objects) lies.
 
     >>> img = np.array([[[0], [4]], [[8], [12]]], dtype=np.uint8)  # mean 6
     >>> erase_boxes(img, [[0.5, 0, 0.2, 1]])[..., 0].tolist()  # column 0, row 0
     [[6, 4], [8, 12]]
+    >>> erase_boxes(img, [[0, 0, 2, 2]], keep=[[1, 1, 1, 1]])[..., 0].tolist()  # all but (1, 1)
+    [[6, 6], [6, 12]]
     """
-    out = pixels.copy()
     height, width = pixels.shape[:2]
-    mean = np.round(pixels.reshape(-1, pixels.shape[-1]).mean(axis=0)).astype(pixels.dtype)
-    for x, y, w, h in boxes:
+
+    def region(box: Sequence[float]) -> tuple[slice, slice]:
+        x, y, w, h = (float(v) for v in box)
         x0, y0 = max(0, int(math.floor(x))), max(0, int(math.floor(y)))
         x1, y1 = min(width, int(math.ceil(x + w))), min(height, int(math.ceil(y + h)))
-        if x1 > x0 and y1 > y0:
-            out[y0:y1, x0:x1] = mean
+        return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
+
+    erase = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        erase[region(box)] = True
+    for box in keep:
+        erase[region(box)] = False
+    out = pixels.copy()
+    out[erase] = np.round(pixels.reshape(-1, pixels.shape[-1]).mean(axis=0)).astype(pixels.dtype)
     return out
 
 
@@ -119,7 +131,8 @@ class CocoDetectionDataset(Dataset):
 
     An annotation with ``"ignore": 1`` (self-training's uncertain pseudo-labels) is an ignore
     region: torchvision's detectors have none, so its box is painted over with the image's mean
-    colour (:func:`erase_boxes`) before augmentation and gives no target.
+    colour (:func:`erase_boxes`; never inside the image's labelled boxes) before augmentation and
+    gives no target.
 
     Raises :class:`InputError` for an annotation whose category is not in ``categories`` (at
     construction) and for an image that cannot be read (when the item is loaded).
@@ -165,9 +178,9 @@ class CocoDetectionDataset(Dataset):
         except ImageReadError as e:
             raise InputError(f"cannot read training image: {e.reason}", e.path) from None
         height, width = pixels.shape[:2]
-        if self.ignored.get(info["id"]):
-            pixels = erase_boxes(pixels, self.ignored[info["id"]])
         anns = self.annotations.get(info["id"], [])
+        if self.ignored.get(info["id"]):
+            pixels = erase_boxes(pixels, self.ignored[info["id"]], keep=[a["bbox"] for a in anns])
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes = clip_boxes_to_image(box_convert(boxes, "xywh", "xyxy"), (height, width))
         valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).tolist()
