@@ -428,9 +428,10 @@ def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict
     pool = run.pool()
     pseudo = pseudo_labelled(pool["images"], scores.pseudo_labels()["annotations"], loop.pseudo_threshold, loop.pseudo_ignore, run.data.categories)
     write_json(next_folder / PSEUDO_LABELS, pseudo)
+    ignored = sum(1 for a in pseudo["annotations"] if a.get("ignore"))
     logger.info(
-        "self-training: %d of %d pool images pseudo-labelled (%d boxes)",
-        len(pseudo["images"]), len(pool["images"]), len(pseudo["annotations"]),
+        "self-training: %d of %d pool images pseudo-labelled (%d boxes, %d ignore regions)",
+        len(pseudo["images"]), len(pool["images"]), len(pseudo["annotations"]) - ignored, ignored,
     )
     return pseudo
 
