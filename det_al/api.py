@@ -284,7 +284,7 @@ def score_images(
 
 def select(
     scores: Scores | str | os.PathLike,
-    strategy: Any = "top",
+    strategy: Any = None,
     *,
     budget: int | None = None,
     budget_boxes: int | None = None,
@@ -296,15 +296,21 @@ def select(
     """Choose a batch to label from ``scores`` (:class:`Scores` or a ``det-al score`` folder).
 
     ``strategy``: ``top`` (most informative), ``top:KEY`` (by one ranking field, e.g.
-    ``top:box``), ``random``, ``diverse`` (k-center over embeddings among the ``pre_factor x
-    budget`` most informative; ``labelled_embeddings`` ``[L, D]`` counts as already covered),
-    ``class-balanced``, or a callable ``strategy(records, budget, budget_boxes, **context)``.
-    ``budget`` caps images, ``budget_boxes`` predicted boxes; give at least one.
+    ``top:box``), ``random``, ``fused`` (reciprocal-rank fusion of informativeness and
+    novelty), ``diverse`` (k-center over embeddings among the ``pre_factor x budget`` most
+    informative; ``labelled_embeddings`` ``[L, D]`` counts as already covered),
+    ``class-balanced``, or a callable ``strategy(records, budget, budget_boxes, **context)``;
+    ``None``: ``fused`` when the scores carry novelty (scored with ``labelled=``), else ``top``
+    (:func:`det_al.selection.strategies.default_strategy`). ``budget`` caps images,
+    ``budget_boxes`` predicted boxes; give at least one.
     """
     from det_al.selection.files import select_batch
+    from det_al.selection.strategies import default_strategy
 
     if not isinstance(scores, Scores):
         scores = Scores.load(scores)
+    if strategy is None:
+        strategy = default_strategy(scores.ranking)
     where = scores.source / "pseudo_labels.json" if scores.source else None
     coco = select_batch(
         scores.ranking, scores._pseudo_labels, budget, strategy, where, budget_boxes=budget_boxes,

@@ -244,6 +244,17 @@ def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpo
     chosen = json.loads((sel / "selection.json").read_text())["images"]
     assert sorted(im["id"] for im in chosen) == sorted(records[i]["image_id"] for i in best)
 
+    # no --strategy: a ranking with novelty is selected from by fused, one without by top
+    capsys.readouterr()
+    assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "d1"),
+                 "--fusion-k", "1"]) == 0
+    assert capsys.readouterr().out.startswith("fused: selected 2")
+    assert json.loads((tmp_path / "d1" / "selection.json").read_text())["images"] == chosen
+    assert main(["select", "--ranking", str(scored / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "d2")]) == 0
+    assert capsys.readouterr().out.startswith("top: selected 2")
+    top_two = [r["image_id"] for r in _ranking(scored)[:2]]
+    assert [im["id"] for im in json.loads((tmp_path / "d2" / "selection.json").read_text())["images"]] == top_two
+
     capsys.readouterr()
     assert main(["select", "--ranking", str(scored / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "no"),
                  "--strategy", "fused"]) == 2

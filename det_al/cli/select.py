@@ -16,9 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--budget-boxes", type=int, help="at most this many predicted boxes (annotation cost grows with objects)")
     parser.add_argument("--out", "-o", required=True, help="output folder (selection.json is written there)")
     parser.add_argument(
-        "--strategy", default="top",
+        "--strategy",
         help=f"one of {', '.join(STRATEGIES)}; top:KEY ranks by any numeric ranking field (top:class, top:dense, "
-             "top:least_confidence, top:novelty, ...); diverse:fused pre-filters by the fusion",
+             "top:least_confidence, top:novelty, ...); diverse:fused pre-filters by the fusion (default: fused "
+             "when the ranking has novelty, from det-al score --labelled; else top)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--pre-factor", type=float, default=3.0, help="diverse: uncertain candidates per budget slot")
@@ -49,15 +50,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--budget must be at least 1, got {args.budget}")
     if args.budget_boxes is not None and args.budget_boxes < 1:
         raise InputError(f"--budget-boxes must be at least 1, got {args.budget_boxes}")
+    from det_al.selection.strategies import default_strategy
+
     scores = Scores.load(args.ranking)
+    strategy = args.strategy or default_strategy(scores.ranking)
     selection = select(
-        scores, args.strategy, budget=args.budget, budget_boxes=args.budget_boxes, seed=args.seed,
+        scores, strategy, budget=args.budget, budget_boxes=args.budget_boxes, seed=args.seed,
         pre_factor=args.pre_factor, labelled_embeddings=args.labelled_embeddings,
         fusion_weights=parse_weights(args.fusion_weights), fusion_k=args.fusion_k,
     )
     out = selection.save(Path(args.out) / "selection.json")
     print(
-        f"{args.strategy}: selected {len(selection)} of {len(scores)} images "
+        f"{strategy}: selected {len(selection)} of {len(scores)} images "
         f"({selection.n_annotations} pseudo-labels) -> {out}"
     )
     return 0
