@@ -215,17 +215,25 @@ def run_seed(out: Path, seed: int, sizes: dict, strategies: list[str], args: arg
 def domain_maps(folder: Path, seed: int, strategy: str, rounds: int, device: str = "cpu") -> dict[str, float]:
     """bbox mAP of an arm's final model (round ``rounds``) on each domain of the seed's
     validation set (``old`` and ``drifted``, each with its own background-only images), and of
-    the seed's round-0 model as ``round0_<domain>``; cached in ``folder/domain_maps.json``."""
+    the seed's round-0 model as ``round0_<domain>``; cached in ``folder/domain_maps.json`` with
+    the checkpoint's path, size and modification time (an arm trained again is evaluated again)."""
     cache_path = folder / "domain_maps.json"
     cache = read_json(cache_path) if cache_path.exists() else {}
-    if strategy not in cache:
-        runs = folder / "self_training" if strategy == SELF_TRAINING else folder
-        arm = DEFAULT if strategy == SELF_TRAINING else strategy
-        if "round 0" not in cache:
-            cache["round 0"] = _maps_by_domain(round_folder(folder, arm, seed, 0) / "last.pt", folder, device)
-        cache[strategy] = _maps_by_domain(round_folder(runs, arm, seed, rounds) / "last.pt", folder, device)
+    runs = folder / "self_training" if strategy == SELF_TRAINING else folder
+    arm = DEFAULT if strategy == SELF_TRAINING else strategy
+    round0 = round_folder(folder, arm, seed, 0) / "last.pt"
+    if not round0.exists():  # the self-training arm run alone trained its own round 0
+        round0 = round_folder(runs, arm, seed, 0) / "last.pt"
+    changed = False
+    for key, checkpoint in (("round 0", round0), (strategy, round_folder(runs, arm, seed, rounds) / "last.pt")):
+        stat = checkpoint.stat()
+        stamp = [str(checkpoint), stat.st_size, stat.st_mtime_ns]
+        if cache.get(key, {}).get("checkpoint") != stamp:
+            cache[key] = {"checkpoint": stamp, "maps": _maps_by_domain(checkpoint, folder, device)}
+            changed = True
+    if changed:
         write_json(cache_path, cache, indent=1)
-    return {**cache[strategy], **{f"round0_{k}": v for k, v in cache["round 0"].items()}}
+    return {**cache[strategy]["maps"], **{f"round0_{k}": v for k, v in cache["round 0"]["maps"].items()}}
 
 
 def _maps_by_domain(checkpoint: Path, folder: Path, device: str) -> dict[str, float]:
@@ -375,6 +383,18 @@ def _kinds(out: Path, seeds: list[int]) -> dict[str, dict[int, set[int]]]:
     return kinds
 
 
+def finished_seeds(rows: list[dict]) -> tuple[list[int], list[int]]:
+    """``(seeds, dropped)``: the seeds every arm has finished (reached the last round of any
+    row), and the others. Paired seeds: a partial seed would compare the arms over different
+    seeds, and random's final mAP over fewer of them."""
+    last_round = max((r["round"] for r in rows), default=0)
+    arms = set(r["strategy"] for r in rows)
+    finished = {(r["strategy"], r["seed"]) for r in rows if r["round"] == last_round}
+    all_seeds = {r["seed"] for r in rows}
+    seeds = sorted(s for s in all_seeds if all((a, s) in finished for a in arms))
+    return seeds, sorted(all_seeds - set(seeds))
+
+
 def report(
     rows: list[dict], strategies: list[str], sizes: dict, out: Path, seconds: float, seed_minutes: dict,
     device: str = "cpu",
@@ -384,12 +404,18 @@ def report(
         raise InputError("no results yet", out)
     RowsWriter(out / "results.csv", rows)
     plot_learning_curves(rows, out / "learning_curve.png", "drift scenario: mean ± std over paired seeds")
-    seeds = sorted({r["seed"] for r in rows})
+    seeds, dropped = finished_seeds(rows)
+    last_round = max(r["round"] for r in rows)
+    if dropped:
+        print(f"not counted: seed{'s' if len(dropped) > 1 else ''} {', '.join(map(str, dropped))} (not every arm finished)")
+    if not seeds:
+        raise InputError("no seed has finished every arm yet", out)
+    rows = [r for r in rows if r["seed"] in seeds]
     domains: dict[str, dict[int, dict]] = {}
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         for seed in seeds:
             last = max((r["round"] for r in rows if r["strategy"] == strategy and r["seed"] == seed), default=0)
-            if last == sizes["rounds"]:  # a finished arm: its final model on each validation domain
+            if last == last_round:  # its final model on each validation domain
                 domains.setdefault(strategy, {})[seed] = domain_maps(out / f"seed{seed}", seed, strategy, last, device)
     comparison = compare(rows, _kinds(out, seeds), domains)
     met = targets(comparison)

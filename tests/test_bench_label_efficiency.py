@@ -80,3 +80,10 @@ def test_targets_judge_nothing_when_random_did_not_improve(bench):
     assert bench.targets(c)["added_le_50pct_of_random"] is None
     rising = [dict(r, map=r["map"] + 0.1 * r["round"]) for r in flat]  # random 0.2 -> 0.3, top 0.2 -> 0.25
     assert bench.targets(bench.compare(rising, kinds))["added_le_50pct_of_random"] is False
+
+
+def test_a_seed_counts_only_when_every_arm_finished_it(bench):
+    rows = [row(a, s, r, 10 + 5 * r, 0.1) for a in ("random", "top") for s in (0, 1, 2) for r in (0, 1, 2)]
+    rows = [r for r in rows if not (r["strategy"] == "random" and r["seed"] == 2 and r["round"] == 2)]  # crashed
+    assert bench.finished_seeds(rows) == ([0, 1], [2])
+    assert bench.finished_seeds([]) == ([], [])

@@ -33,6 +33,16 @@ def test_confident_boxes_are_labels_uncertain_ones_ignore_regions():
     assert out["categories"] == [{"id": 1, "name": "a"}]
 
 
+def test_a_detection_without_category_is_never_an_annotation():
+    # category -1 (a label the model has no category for) cannot be a label or an ignore region:
+    # at or above ignore it leaves the image out, below it it is background like any other
+    images = [{"id": 1}, {"id": 2}]
+    dets = [det(1, 0.9), det(1, 0.3, -1), det(2, 0.9), det(2, 0.1, -1)]
+    out = pseudo_labelled(images, dets, threshold=0.7, ignore=0.2)
+    assert [im["id"] for im in out["images"]] == [2]
+    assert [(a["image_id"], a["category_id"]) for a in out["annotations"]] == [(2, 1)]
+
+
 def test_ignore_equal_to_threshold_has_no_ignore_regions():
     images = [{"id": 1}, {"id": 2}]
     out = pseudo_labelled(images, [det(1, 0.9), det(1, 0.6), det(2, 0.3)], threshold=0.7, ignore=0.7)
@@ -61,13 +71,16 @@ def test_training_erases_ignore_regions_and_gives_them_no_target(tmp_path):
     }
     coco["annotations"].append(  # an uncertain duplicate over the labelled box: it keeps its pixels
         {"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 3, 1], "iscrowd": 1, "ignore": 1})
+    coco["annotations"].append(  # "ignore" without iscrowd is an ordinary object (a user's own flag)
+        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 6, 2, 2], "iscrowd": 0, "ignore": 1})
     image, target = CocoDetectionDataset(coco, tmp_path, [{"id": 1, "name": "a"}])[0]
     got = (image * 255).round().to(int).permute(1, 2, 0).numpy()
     expected = pixels.astype(int)
     expected[2:5, 6:9] = 100  # x 6..8.5 -> columns 6, 7, 8; y 2..5 -> rows 2, 3, 4
     expected[0, 2] = 100  # of the duplicate [0, 3) x [0, 1) only column 2 lies outside the label [0, 2) x [0, 2)
     assert (got == expected).all()
-    assert target["boxes"].tolist() == [[0.0, 0.0, 2.0, 2.0]] and target["labels"].tolist() == [1]
+    assert target["boxes"].tolist() == [[0.0, 0.0, 2.0, 2.0], [0.0, 6.0, 2.0, 8.0]]
+    assert target["labels"].tolist() == [1, 1]
 
 
 def test_a_run_trains_on_labelled_plus_pseudo_labels_with_fresh_ids():

@@ -34,7 +34,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="det_al batch selection", add_help=add_help)
     parser.add_argument("--scores", required=True, help="output folder of det-al score")
     parser.add_argument("--out", "--work-dir", dest="out", required=True, help="output folder (selection.json)")
-    parser.add_argument("--strategy", default="top", help=f"one of {', '.join(STRATEGIES)}; NAME:KEY ranks by KEY (top:class, top:novelty)")
+    parser.add_argument("--strategy", help=f"one of {', '.join(STRATEGIES)}; NAME:KEY ranks by KEY (top:class, top:novelty); "
+                        "default: fused when the scores have novelty, else top")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget", "-n", type=int, help="images to select")
     budget.add_argument("--budget-boxes", type=int, help="predicted boxes to select at most")
@@ -53,7 +54,7 @@ def main(args: argparse.Namespace) -> dict:
     out = selection.save(Path(args.out) / "selection.json")
     by_id = {r["image_id"]: r for r in scores.ranking}
     boxes = sum(int(by_id[i].get("n_objects", 0)) for i in selection.image_ids)
-    print(f"{args.strategy}: selected {len(selection)} of {len(scores)} images ({boxes} predicted objects) -> {out}")
+    print(f"{selection.strategy}: selected {len(selection)} of {len(scores)} images ({boxes} predicted objects) -> {out}")
     return selection.coco
 
 

@@ -129,8 +129,8 @@ class CocoDetectionDataset(Dataset):
     a ``segmentation`` gets its box as mask. ``transform`` is an albumentations pipeline from
     :func:`det_al.loop.augment.build_augment`.
 
-    An annotation with ``"ignore": 1`` (self-training's uncertain pseudo-labels) is an ignore
-    region: torchvision's detectors have none, so its box is painted over with the image's mean
+    An annotation with ``"iscrowd": 1`` and ``"ignore": 1`` (self-training's uncertain
+    pseudo-labels) is an ignore region: torchvision's detectors have none, so its box is painted over with the image's mean
     colour (:func:`erase_boxes`; never inside the image's labelled boxes) before augmentation and
     gives no target.
 
@@ -154,7 +154,7 @@ class CocoDetectionDataset(Dataset):
         self.annotations: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
         self.ignored: dict[Any, list[Sequence[float]]] = defaultdict(list)
         for ann in coco.get("annotations", []):
-            if ann.get("ignore", 0):
+            if ann.get("ignore", 0) and ann.get("iscrowd", 0):
                 self.ignored[ann["image_id"]].append(ann["bbox"])
                 continue
             if ann.get("iscrowd", 0):

@@ -35,9 +35,12 @@ def pseudo_labelled(
     ignore: float,
     categories: Sequence[Mapping[str, Any]] = (),
 ) -> dict:
-    """The images of ``images`` whose ``detections`` (COCO, with ``score``) split cleanly at
-    ``threshold`` and ``ignore`` (see the module docstring), with their confident detections
-    as annotations (without ids), as a COCO dict; ``categories`` are copied into it.
+    """The images of ``images`` with at least one confident detection (COCO, with ``score``):
+    their detections scoring ``>= threshold`` as annotations, those in ``[ignore, threshold)``
+    as ignore annotations (``iscrowd: 1, ignore: 1``), both without ids, as a COCO dict;
+    ``categories`` are copied into it. A detection without a category (``category_id < 0``)
+    cannot be a label or an ignore region: one scoring ``>= ignore`` leaves its image out (it
+    may be a real object), one below ``ignore`` is background like the rest.
 
     >>> images = [{"id": 1}, {"id": 2}, {"id": 3}]
     >>> dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.9},
@@ -55,8 +58,9 @@ def pseudo_labelled(
     for im in images:
         dets = by_image.get(int(im["id"]), [])
         confident = [d for d in dets if float(d["score"]) >= threshold and int(d["category_id"]) >= 0]
-        uncertain = [d for d in dets if ignore <= float(d["score"]) < threshold or int(d["category_id"]) < 0]
-        if not confident:
+        uncertain = [d for d in dets if ignore <= float(d["score"]) < threshold and int(d["category_id"]) >= 0]
+        unnamed = [d for d in dets if float(d["score"]) >= ignore and int(d["category_id"]) < 0]
+        if not confident or unnamed:
             continue
         kept_images.append(dict(im))
         for d, ignored in [(d, False) for d in confident] + [(d, True) for d in uncertain]:
