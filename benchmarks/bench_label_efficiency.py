@@ -224,25 +224,24 @@ def domain_maps(folder: Path, seed: int, strategy: str, rounds: int, device: str
     round0 = round_folder(folder, arm, seed, 0) / "last.pt"
     if not round0.exists():  # the self-training arm run alone trained its own round 0
         round0 = round_folder(runs, arm, seed, 0) / "last.pt"
-    changed = False
+    changed, val = False, read_json(folder / "data" / "val.json")
     for key, checkpoint in (("round 0", round0), (strategy, round_folder(runs, arm, seed, rounds) / "last.pt")):
         stat = checkpoint.stat()
         stamp = [str(checkpoint), stat.st_size, stat.st_mtime_ns]
         if cache.get(key, {}).get("checkpoint") != stamp:
-            cache[key] = {"checkpoint": stamp, "maps": _maps_by_domain(checkpoint, folder, device)}
+            cache[key] = {"checkpoint": stamp, "maps": _maps_by_domain(checkpoint, val, folder / "data", device)}
             changed = True
     if changed:
         write_json(cache_path, cache, indent=1)
     return {**cache[strategy]["maps"], **{f"round0_{k}": v for k, v in cache["round 0"]["maps"].items()}}
 
 
-def _maps_by_domain(checkpoint: Path, folder: Path, device: str) -> dict[str, float]:
+def _maps_by_domain(checkpoint: Path, val: dict, image_root: Path, device: str) -> dict[str, float]:
     from det_al.loop.evaluation import evaluate_coco, predict
     from det_al.models.checkpoint import load_checkpoint
 
-    val = read_json(folder / "data" / "val.json")
     model, _, categories, _ = load_checkpoint(checkpoint, device=device)
-    results = predict(model, val, folder / "data", categories, device=device, batch_size=8)
+    results = predict(model, val, image_root, categories, device=device, batch_size=8)
     out = {}
     for domain in ("old", "drifted"):
         ids = {int(im["id"]) for im in val["images"] if im.get("domain") == domain}

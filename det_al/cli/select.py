@@ -50,18 +50,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--budget must be at least 1, got {args.budget}")
     if args.budget_boxes is not None and args.budget_boxes < 1:
         raise InputError(f"--budget-boxes must be at least 1, got {args.budget_boxes}")
-    from det_al.selection.strategies import default_strategy
-
     scores = Scores.load(args.ranking)
-    strategy = args.strategy or default_strategy(scores.ranking)
-    selection = select(
-        scores, strategy, budget=args.budget, budget_boxes=args.budget_boxes, seed=args.seed,
+    selection = select(  # strategy None: select's default for this ranking
+        scores, args.strategy, budget=args.budget, budget_boxes=args.budget_boxes, seed=args.seed,
         pre_factor=args.pre_factor, labelled_embeddings=args.labelled_embeddings,
         fusion_weights=parse_weights(args.fusion_weights), fusion_k=args.fusion_k,
     )
     out = selection.save(Path(args.out) / "selection.json")
     print(
-        f"{strategy}: selected {len(selection)} of {len(scores)} images "
+        f"{selection.strategy}: selected {len(selection)} of {len(scores)} images "
         f"({selection.n_annotations} pseudo-labels) -> {out}"
     )
     return 0

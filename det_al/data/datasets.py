@@ -130,9 +130,9 @@ class CocoDetectionDataset(Dataset):
     :func:`det_al.loop.augment.build_augment`.
 
     An annotation with ``"iscrowd": 1`` and ``"ignore": 1`` (self-training's uncertain
-    pseudo-labels) is an ignore region: torchvision's detectors have none, so its box is painted over with the image's mean
-    colour (:func:`erase_boxes`; never inside the image's labelled boxes) before augmentation and
-    gives no target.
+    pseudo-labels) is an ignore region: torchvision's detectors have none, so its box is painted
+    over with the image's mean colour (:func:`erase_boxes`; never inside the image's labelled
+    boxes) before augmentation and gives no target.
 
     Raises :class:`InputError` for an annotation whose category is not in ``categories`` (at
     construction) and for an image that cannot be read (when the item is loaded).
