@@ -14,7 +14,9 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 LS_VENV=${DET_AL_LS_VENV:-/tmp/ls-venv}
 DM_VENV=${DET_AL_DM_VENV:-/tmp/dm-venv}
-LS_SPEC=${DET_AL_LS_SPEC:-label-studio==1.23.2}
+# label-studio 1.23.2 allows any sentry-sdk>=2.16, but every label-studio command fails at start
+# with sentry-sdk 3 ("Unknown option 'send_default_pii'"): pin the last 2.x it works with.
+LS_SPEC=${DET_AL_LS_SPEC:-label-studio==1.23.2 sentry-sdk==2.76.0}
 DM_SPECS=${DET_AL_DM_SPECS:-datumaro==1.13.12 cvat-sdk==2.80.0}
 
 # venv_with DIR SPEC...: make DIR a virtual environment holding every SPEC (name==version)
@@ -45,12 +47,16 @@ template="$LS_VENV/det_al-data-template"
 if [ ! -f "$template/label_studio.sqlite3" ]; then
     echo "  migrating a template database into $template"
     rm -rf "$template.tmp"
+    # Sentry off (empty DSNs), as Label Studio's maintainers advise for offline use.
     LABEL_STUDIO_BASE_DATA_DIR="$template.tmp" LABEL_STUDIO_LATEST_VERSION_CHECK=false \
+        SENTRY_DSN= FRONTEND_SENTRY_DSN= \
         "$LS_VENV/bin/label-studio" version > /dev/null
     mv "$template.tmp" "$template"
 else
     echo "  template database already in $template"
 fi
+
+"$LS_VENV/bin/python" -c "import sentry_sdk; print('  sentry-sdk', sentry_sdk.VERSION)"
 
 echo "datumaro + cvat-sdk:"
 # shellcheck disable=SC2086

@@ -95,6 +95,10 @@ def label_studio(tmp_path_factory):
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(documents),
         "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
         "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+        # Sentry off: an offline server has nowhere to report to, and the SDK is the part of
+        # Label Studio's dependencies that breaks it at start (sentry-sdk 3 rejects its options).
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
     }
     env.pop("HOST", None)
     log_path = root / "server.log"
