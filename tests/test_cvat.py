@@ -106,7 +106,7 @@ def test_xml_export_polygons_and_boxes():
 
 def test_xml_round_trip_gives_the_same_boxes_and_masks():
     selection, xml = export_xml()
-    labels, report = cvat_xml_to_coco(xml, selection)
+    labels, report = cvat_xml_to_coco(xml, selection, finished="all")
     assert report.skipped == [] and report.n_annotations == 4
     assert [im["id"] for im in labels["images"]] == [11, 10, 12] and "rank" not in labels["images"][0]
     originals = {a["id"]: a for a in selection["annotations"]}
@@ -121,7 +121,7 @@ def test_xml_round_trip_gives_the_same_boxes_and_masks():
 
 def test_xml_polygon_round_trip():
     selection, xml = export_xml("polygon", 1)
-    labels, _ = cvat_xml_to_coco(xml, selection)
+    labels, _ = cvat_xml_to_coco(xml, selection, finished="all")
     polygon = labels["annotations"][1]
     assert polygon["segmentation"] == [[float(v) for p in POLYGON_B for v in p]]
     assert polygon["bbox"] == [10.0, 5.0, 19.0, 9.0]
@@ -139,12 +139,13 @@ def test_xml_import_skips_frames_without_shapes_and_reads_edits():
     ET.SubElement(frames[1], "points", label="dog", points="1,1")
     ET.SubElement(frames[1], "tag", label="dog")
     labels, report = cvat_xml_to_coco(ET.tostring(root), selection)
-    assert [(s["image_id"], s["frame"], s["reason"]) for s in report.skipped] == [(12, "c.png", "no shapes")]
+    assert [(s["image_id"], s["frame"], s["reason"]) for s in report.skipped] == [
+        (11, "b.png", "untouched pre-annotations"), (12, "c.png", "no shapes")]
     assert report.ignored_regions == {"points": 1, "tag": 1}
     a = [ann for ann in labels["annotations"] if ann["image_id"] == 10]
     assert a[0]["bbox"] == pytest.approx([5.0, 3.25, 7.5, 8.0])
     assert a[1]["bbox"] == pytest.approx([1.0, 2.0, 2.0, 2.0])  # a square turned 90 degrees is itself
-    labels, _ = cvat_xml_to_coco(ET.tostring(root), selection, keep_empty=True)
+    labels, _ = cvat_xml_to_coco(ET.tostring(root), selection, keep_empty=True, finished=["b.png"])
     assert [im["id"] for im in labels["images"]] == [11, 10, 12]
 
 
@@ -185,7 +186,7 @@ def test_coco_export_for_cvat():
 def test_coco_round_trip_and_cvat_style_export():
     selection = make_selection(3)
     coco = selection_to_cvat_coco(selection, frame_names(selection["images"]))
-    labels, report = cvat_coco_to_coco(coco, selection)
+    labels, report = cvat_coco_to_coco(coco, selection, finished="all")
     assert report.n_annotations == 4 and [im["id"] for im in labels["images"]] == [11, 10, 12]
     assert np.array_equal(segmentation_to_mask(labels["annotations"][1]["segmentation"], 40, 50), mask_b())
     # what CVAT's COCO 1.0 export looks like: categories renumbered, masks as uncompressed RLE
@@ -234,14 +235,25 @@ def test_export_and_import_commands(tmp_path, capsys):
         capsys.readouterr()
         assert main(["import", "cvat", str(out / export), "--selection", str(sel / "selection.json"),
                      "--out", str(tmp_path / export)]) == 0
+        printed = capsys.readouterr().out
+        assert "imported 0 annotations on 0 of 3 images; skipped 3 untouched pre-annotations" in printed
+        assert "note: 3 frame(s) hold only the model's pre-annotations" in printed
+        assert main(["import", "cvat", str(out / export), "--selection", str(sel / "selection.json"),
+                     "--out", str(tmp_path / export), "--all-finished"]) == 0
         assert "imported 4 annotations on 3 of 3 images" in capsys.readouterr().out
         labels = json.loads((tmp_path / export / "labels.json").read_text())
         assert [a["category_id"] for a in labels["annotations"]] == [7, 3, 3, 7]
     with zipfile.ZipFile(tmp_path / "export.zip", "w") as archive:  # what CVAT downloads
         archive.write(out / "annotations.xml", "annotations.xml")
+    (tmp_path / "done.txt").write_text("# frames finished\nb.png\n\na.png\nc.png\n")
     assert main(["import", "cvat", str(tmp_path / "export.zip"), "--selection", str(sel / "selection.json"),
-                 "--out", str(tmp_path / "zip")]) == 0
+                 "--out", str(tmp_path / "zip"), "--finished", str(tmp_path / "done.txt")]) == 0
     assert json.loads((tmp_path / "zip" / "labels.json").read_text()) == labels
+    (tmp_path / "typo.txt").write_text("b.png\nzz.png\n")
+    assert main(["import", "cvat", str(tmp_path / "export.zip"), "--selection", str(sel / "selection.json"),
+                 "--out", str(tmp_path / "typo"), "--finished", str(tmp_path / "typo.txt")]) == 2
+    assert "finished frame 'zz.png' is not an image of the selection" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
     assert main(["import", "cvat", str(out / "coco.zip"), "--selection", str(sel / "selection.json"),
                  "--out", str(tmp_path / "zip")]) == 0
     with zipfile.ZipFile(tmp_path / "export.zip", "a") as archive:
@@ -253,5 +265,63 @@ def test_export_and_import_commands(tmp_path, capsys):
                  "--frame-names", "path", "--shapes", "polygon"]) == 0
     assert ET.parse(out / "annotations.xml").getroot().findall("image")[2].get("name") == "sub/c.png"
     assert main(["import", "cvat", str(out / "annotations.xml"), "--selection", str(sel / "selection.json"),
-                 "--frame-names", "path", "--out", str(tmp_path / "p")]) == 0
+                 "--frame-names", "path", "--out", str(tmp_path / "p"), "--all-finished"]) == 0
     assert CATEGORIES[0]["name"] == "cat"
+
+
+def test_untouched_frames_are_never_imported_as_labels():
+    """A frame holding exactly the uploaded pre-annotations is nobody's work: left out unless named
+    finished. A moved, relabelled, added or deleted shape, or a person's ``source``, makes it a label."""
+    selection, xml = export_xml()  # b.png: dog box + cat mask; a.png: cat box; c.png: dog box
+    labels, report = cvat_xml_to_coco(xml, selection)
+    assert labels["images"] == [] and report.n_items == 3
+    assert [s["reason"] for s in report.skipped] == ["untouched pre-annotations"] * 3
+    assert report.notes[0].startswith("3 frame(s) hold only the model's pre-annotations")
+
+    def imported(edit, **kw):
+        root = ET.fromstring(xml)
+        edit(root.findall("image"))
+        return [im["file_name"] for im in cvat_xml_to_coco(ET.tostring(root), selection, **kw)[0]["images"]]
+
+    assert imported(lambda f: f[1].find("box").set("xtl", "4.10")) == ["a.png"]   # 1.60 px: a person's edit
+    assert imported(lambda f: f[1].find("box").set("xtl", "3.90")) == []          # 1.40 px: unchanged
+    assert imported(lambda f: f[1].find("box").set("label", "dog")) == ["a.png"]  # relabelled, box kept
+    assert imported(lambda f: f[0].remove(f[0].find("box"))) == ["b.png"]        # a false positive deleted
+    assert imported(lambda f: ET.SubElement(f[2], "box", label="cat", xtl="1", ytl="1", xbr="5", ybr="5")) == ["sub/c.png"]
+    assert imported(lambda f: f[2].find("box").set("source", "manual")) == ["sub/c.png"]
+    assert imported(lambda f: f[2].find("box").set("source", "file")) == []
+    assert imported(lambda f: None, finished=["a.png", "c.png"]) == ["a.png", "sub/c.png"]
+    with pytest.raises(InputError, match="finished frame 'nope.png' is not an image of the selection"):
+        imported(lambda f: None, finished=["nope.png"])
+
+
+def test_untouched_polygons_and_coco_masks_are_recognised():
+    # a traced polygon's box is 1 px smaller than its mask's: still the pre-annotation
+    selection, xml = export_xml("polygon", 1)
+    assert cvat_xml_to_coco(xml, selection)[0]["images"] == []
+    selection = make_selection(3)
+    coco = selection_to_cvat_coco(selection, frame_names(selection["images"]))
+    assert cvat_coco_to_coco(coco, selection)[1].n_images == 0
+    coco["annotations"][0]["bbox"][0] += 2.0  # the dog box on b.png moved by 2 px
+    labels, report = cvat_coco_to_coco(coco, selection)
+    assert [im["file_name"] for im in labels["images"]] == ["b.png"]
+    assert [s["frame"] for s in report.skipped] == ["a.png", "c.png"]
+
+
+@pytest.mark.parametrize("annotations, pre, expected", [
+    ([], [], False),
+    ([{"category_id": 1, "bbox": [0, 0, 10, 10]}], [], False),
+    ([], [(1, [[0, 0, 10, 10]])], False),
+    ([{"category_id": 1, "bbox": [1.5, 0, 10, 10]}], [(1, [[0, 0, 10, 10]])], True),    # corners 1.5 px off
+    ([{"category_id": 1, "bbox": [0, 0, 11.6, 10]}], [(1, [[0, 0, 10, 10]])], False),   # x2 1.6 px off
+    ([{"category_id": 1, "bbox": [0, 0, 9, 9]}], [(1, [[0, 0, 10, 10], [0, 0, 9, 9]])], True),  # the mask's box
+    # two boxes swapped in order still pair one to one
+    ([{"category_id": 2, "bbox": [20, 20, 5, 5]}, {"category_id": 1, "bbox": [0, 0, 10, 10]}],
+     [(1, [[0, 0, 10, 10]]), (2, [[20, 20, 25, 25]])], True),
+    # two same-label boxes: one pre-annotation each, so a duplicate of one is a change
+    ([{"category_id": 1, "bbox": [0, 0, 10, 10]}, {"category_id": 1, "bbox": [0, 0, 10, 10]}],
+     [(1, [[0, 0, 10, 10]]), (1, [[30, 30, 40, 40]])], False),
+])
+def test_unchanged(annotations, pre, expected):
+    from det_al.annotation.cvat import unchanged
+    assert unchanged(annotations, pre) is expected

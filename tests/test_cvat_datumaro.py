@@ -165,8 +165,14 @@ def test_round_trip_through_datumaro_exports(parsed, export, tmp_path):
     root = parsed["root"]
     files = sorted((root / export).rglob("*.xml")) + sorted((root / export).rglob("*.json"))
     assert len(files) == 1, files
+    # nobody edited the frames: after the real tool's re-export they are still the model's
+    # pre-annotations, and are not imported as labels unless a person says the frames are finished
     assert main(["import", "cvat", str(files[0]), "--selection", str(parsed["selection_path"]),
-                 "--out", str(tmp_path)]) == 0
+                 "--out", str(tmp_path / "untouched")]) == 0
+    report = json.loads((tmp_path / "untouched" / "import_report.json").read_text())
+    assert report["n_images"] == 0 and [s["reason"] for s in report["skipped"]] == ["untouched pre-annotations"] * 3
+    assert main(["import", "cvat", str(files[0]), "--selection", str(parsed["selection_path"]),
+                 "--out", str(tmp_path), "--all-finished"]) == 0
     labels = json.loads((tmp_path / "labels.json").read_text())
     selection = parsed["selection"]
     assert sorted(im["id"] for im in labels["images"]) == [10, 11, 12]

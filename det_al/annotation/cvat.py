@@ -16,6 +16,16 @@ Export:
 Import (:func:`cvat_xml_to_coco`, :func:`cvat_coco_to_coco`): frames matched back to the
 selection's images by the same frame names, labels to the user's category ids by name; boxes,
 polygons and masks become COCO annotations; frames without shapes are skipped and reported.
+
+A model's guess never becomes a label without a person. CVAT exports every frame of a task,
+finished or not, and a frame nobody opened still holds the pre-annotations det_al uploaded. A
+frame is imported only when a person worked on it: one of its shapes has a person's ``source``
+(``manual``, ``semi-auto``: the XML says so, the COCO export does not), or its shapes differ from
+the selection's pre-annotations (a shape added, deleted, relabelled or moved by more than
+:data:`UNCHANGED_TOLERANCE` pixels), or the user names it finished (``finished``: frame names, or
+``"all"`` when every frame was reviewed, e.g. the job is *completed*: accepting a model's boxes
+unchanged is then a person's decision). The other frames are skipped as "untouched
+pre-annotations" and counted in the report.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from scipy.optimize import linear_sum_assignment
 
 from det_al.errors import InputError
 from det_al.data.files import read_json
@@ -41,6 +52,14 @@ logger = logging.getLogger(__name__)
 
 FRAME_NAME_MODES = ("basename", "path")
 SHAPES = ("mask", "polygon", "box")
+#: A shape whose box corners all lie within this many pixels of a pre-annotation's (same label)
+#: is that pre-annotation unchanged: the export rounds to 0.01 px and a traced polygon's box is up
+#: to 1 px smaller than its mask's.
+UNCHANGED_TOLERANCE = 1.5
+#: Shape sources that CVAT gives to what the model or a file put there; any other source
+#: (``manual``, ``semi-auto``, ``consensus``) means a person drew or edited the shape.
+MACHINE_SOURCES = ("auto", "file", "")
+UNTOUCHED = "untouched pre-annotations"
 
 
 # --------------------------------------------------------------------------- names
@@ -318,11 +337,101 @@ def _shape_to_annotation(element: ET.Element, width: int, height: int) -> tuple[
     return None, tag
 
 
+def _xyxy(bbox: list[float], width: int, height: int) -> list[float]:
+    x, y, w, h = (float(v) for v in bbox)
+    return [min(max(x, 0.0), width), min(max(y, 0.0), height), min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)]
+
+
+def pre_annotation_boxes(selection: dict) -> dict:
+    """``{image_id: [(category_id, [xyxy, ...]), ...]}``: the boxes each exported pre-annotation can
+    come back as (its box clipped to the image, and its mask's box when it has a mask); annotations
+    the export drops (empty after clipping) are left out."""
+    sizes = {im["id"]: (int(im["width"]), int(im["height"])) for im in selection["images"]}
+    boxes: dict = {}
+    for ann in selection.get("annotations", []):
+        if ann["image_id"] not in sizes:
+            continue
+        width, height = sizes[ann["image_id"]]
+        box = _xyxy(ann["bbox"], width, height)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue
+        candidates = [box]
+        if ann.get("segmentation"):
+            try:
+                mask = segmentation_to_mask(ann["segmentation"], height, width)
+            except ValueError:
+                mask = None
+            if mask is not None and mask.any():
+                candidates.append(_xyxy(mask_utils.toBbox(mask_to_rle(mask)).tolist(), width, height))
+        boxes.setdefault(ann["image_id"], []).append((ann["category_id"], candidates))
+    return boxes
+
+
+def unchanged(annotations: list[dict], pre_annotations: list[tuple[int, list[list[float]]]],
+              tolerance: float = UNCHANGED_TOLERANCE) -> bool:
+    """True when a frame's imported ``annotations`` are its ``pre_annotations`` one to one: same
+    count, and a pairing (scipy's assignment) where each pair has the same category and box corners
+    within ``tolerance`` pixels. A frame with neither is not "unchanged" (it has nothing to keep).
+
+    >>> pre = [(1, [[0.0, 0.0, 10.0, 10.0]])]
+    >>> unchanged([{"category_id": 1, "bbox": [0.5, 0.0, 10.0, 10.0]}], pre)
+    True
+    >>> unchanged([{"category_id": 1, "bbox": [3.0, 0.0, 10.0, 10.0]}], pre)  # moved 3 px
+    False
+    >>> unchanged([{"category_id": 2, "bbox": [0.0, 0.0, 10.0, 10.0]}], pre)  # relabelled
+    False
+    """
+    if len(annotations) != len(pre_annotations) or not annotations:
+        return False
+    cost = np.full((len(annotations), len(pre_annotations)), np.inf)
+    for i, ann in enumerate(annotations):
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        mine = np.array([x, y, x + w, y + h])
+        for j, (category_id, candidates) in enumerate(pre_annotations):
+            if category_id == ann["category_id"]:  # the largest corner offset to the nearest candidate box
+                cost[i, j] = float(np.abs(np.asarray(candidates) - mine).max(axis=1).min())
+    finite = np.where(np.isfinite(cost), cost, 1e9)
+    rows, cols = linear_sum_assignment(finite)
+    return bool(np.all(finite[rows, cols] <= tolerance))
+
+
+class _Reviewed:
+    """Decides whether a frame was worked on by a person (see the module docstring)."""
+
+    def __init__(self, selection: dict, finished, matcher: "_FrameMatcher", path):
+        self.pre = pre_annotation_boxes(selection)
+        self.all = finished == "all"
+        self.names: set = set()
+        if finished is not None and not self.all:
+            for name in finished:
+                try:
+                    self.names.add(matcher.image(str(name), None, None)["id"])
+                except InputError as e:
+                    raise InputError(f"finished frame {name!r} is not an image of the selection", path) from e
+
+    def __call__(self, image: dict, annotations: list[dict], person_source: bool) -> bool:
+        if self.all or person_source or image["id"] in self.names:
+            return True
+        return not unchanged(annotations, self.pre.get(image["id"], []))
+
+
+def _note_untouched(report: ImportReport) -> None:
+    n = sum(1 for s in report.skipped if s["reason"] == UNTOUCHED)
+    if n:
+        report.notes.append(
+            f"{n} frame(s) hold only the model's pre-annotations, unchanged, and were not imported: nobody "
+            "has worked on them. Name the frames a person finished (--finished FILE, one frame name a "
+            "line), or --all-finished when every frame was reviewed and accepted as it is.")
+
+
 def cvat_xml_to_coco(
     xml_text: str | bytes, selection: dict, frame_name_mode: str = "basename", keep_empty: bool = False,
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None, finished=None,
 ) -> tuple[dict, ImportReport]:
-    """"CVAT for images 1.1" XML (a task or job export) -> (COCO labels file, report)."""
+    """"CVAT for images 1.1" XML (a task or job export) -> (COCO labels file, report).
+
+    ``finished``: frame names a person finished, or ``"all"``; frames with only unchanged
+    pre-annotations are skipped otherwise (see the module docstring)."""
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as e:
@@ -332,6 +441,7 @@ def cvat_xml_to_coco(
     if root.find("track") is not None:
         raise InputError("this is a CVAT for video export (tracks): export 'CVAT for images 1.1'", path)
     matcher = _FrameMatcher(selection, frame_name_mode, path)
+    reviewed = _Reviewed(selection, finished, matcher, path)
     category_ids = category_ids_by_name(selection.get("categories", []))
     frames = root.findall("image")
     report = ImportReport(n_items=len(frames))
@@ -342,11 +452,12 @@ def cvat_xml_to_coco(
         if image["id"] in seen:
             raise InputError(f"frame {name!r} appears twice", path)
         width, height = int(image["width"]), int(image["height"])
-        anns = []
+        anns, person_source = [], False
         for element in frame:
             if element.tag in ("tag", "attribute"):
                 report.ignore(element.tag)
                 continue
+            person_source |= element.get("source", "") not in MACHINE_SOURCES
             label = element.get("label")
             if label not in category_ids:
                 raise InputError(f"frame {name!r}: label {label!r} is not one of the categories "
@@ -362,20 +473,28 @@ def cvat_xml_to_coco(
         if not anns and not keep_empty:
             report.skip("no shapes", file_name=image["file_name"], image_id=image["id"], frame=name)
             continue
+        if anns and not reviewed(image, anns, person_source):
+            report.skip(UNTOUCHED, file_name=image["file_name"], image_id=image["id"], frame=name)
+            continue
         seen.add(image["id"])
         images.append(image)
         annotations.append(anns)
+    _note_untouched(report)
     return report.finish(images, selection.get("categories", []), annotations)
 
 
 def cvat_coco_to_coco(
     data: dict, selection: dict, frame_name_mode: str = "basename", keep_empty: bool = False,
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None, finished=None,
 ) -> tuple[dict, ImportReport]:
-    """CVAT's "COCO 1.0" export (images renumbered, categories renumbered) -> (COCO labels file, report)."""
+    """CVAT's "COCO 1.0" export (images renumbered, categories renumbered) -> (COCO labels file, report).
+
+    ``finished`` as for :func:`cvat_xml_to_coco`; this format carries no shape source, so only
+    changed shapes or ``finished`` tell a person's frame."""
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise InputError("expected a COCO JSON object with 'images' and 'annotations'", path)
     matcher = _FrameMatcher(selection, frame_name_mode, path)
+    reviewed = _Reviewed(selection, finished, matcher, path)
     category_ids = category_ids_by_name(selection.get("categories", []))
     their_names = {c["id"]: c["name"] for c in data.get("categories", [])}
     by_image: dict = {}
@@ -414,17 +533,23 @@ def cvat_coco_to_coco(
         if not anns and not keep_empty:
             report.skip("no shapes", file_name=image["file_name"], image_id=image["id"], frame=frame["file_name"])
             continue
+        if anns and not reviewed(image, anns, False):
+            report.skip(UNTOUCHED, file_name=image["file_name"], image_id=image["id"], frame=frame["file_name"])
+            continue
         seen.add(image["id"])
         images.append(image)
         annotations.append(anns)
+    _note_untouched(report)
     return report.finish(images, selection.get("categories", []), annotations)
 
 
 def cvat_export_to_coco(
     path: str | os.PathLike, selection: dict, frame_name_mode: str = "basename", keep_empty: bool = False,
+    finished=None,
 ) -> tuple[dict, ImportReport]:
     """Read a CVAT export: ``annotations.xml`` (CVAT for images 1.1), a COCO JSON, or the zip CVAT
-    downloads holding either one -> (COCO labels file, report)."""
+    downloads holding either one -> (COCO labels file, report). ``finished``: frame names a person
+    finished, or ``"all"`` (see the module docstring)."""
     path = Path(path)
     if path.suffix.lower() == ".zip":
         try:
@@ -439,22 +564,23 @@ def cvat_export_to_coco(
         except (zipfile.BadZipFile, OSError) as e:
             raise InputError(f"cannot read the zip: {e}", path) from e
         if xmls:
-            return cvat_xml_to_coco(content, selection, frame_name_mode, keep_empty, path)
+            return cvat_xml_to_coco(content, selection, frame_name_mode, keep_empty, path, finished)
         try:
             data = json.loads(content)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{jsons[0]} is not valid JSON: {e}", path) from e
-        return cvat_coco_to_coco(data, selection, frame_name_mode, keep_empty, path)
+        return cvat_coco_to_coco(data, selection, frame_name_mode, keep_empty, path, finished)
     if path.suffix.lower() == ".xml":
         try:
             content = path.read_bytes()
         except OSError as e:
             raise InputError(f"cannot read: {e.strerror}", path) from e
-        return cvat_xml_to_coco(content, selection, frame_name_mode, keep_empty, path)
-    return cvat_coco_to_coco(read_json(path), selection, frame_name_mode, keep_empty, path)
+        return cvat_xml_to_coco(content, selection, frame_name_mode, keep_empty, path, finished)
+    return cvat_coco_to_coco(read_json(path), selection, frame_name_mode, keep_empty, path, finished)
 
 
 __all__ = [
     "frame_name", "frame_names", "mask_to_cvat_rle", "cvat_rle_to_mask", "selection_to_cvat_xml", "cvat_labels_spec",
     "selection_to_cvat_coco", "cvat_xml_to_coco", "cvat_coco_to_coco", "cvat_export_to_coco",
+    "pre_annotation_boxes", "unchanged", "UNCHANGED_TOLERANCE",
 ]

@@ -10,6 +10,7 @@ from det_al.annotation import cvat
 from det_al.annotation import label_studio
 from det_al.data.coco import load_coco
 from det_al.data.files import read_json, write_json
+from det_al.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cv.add_argument("export", help="the export zip CVAT downloads, or the annotations.xml / COCO JSON in it")
     cv.add_argument("--frame-names", choices=cvat.FRAME_NAME_MODES, default="basename",
                     help="how the export named the frames (as given to det-al export cvat)")
+    done = cv.add_mutually_exclusive_group()
+    done.add_argument("--finished", metavar="FILE",
+                      help="text file naming the frames a person finished, one a line: their unchanged "
+                           "pre-annotations are imported too (default: frames whose shapes are exactly the "
+                           "model's pre-annotations are skipped as nobody's work)")
+    done.add_argument("--all-finished", action="store_true",
+                      help="every frame of the export was reviewed by a person (e.g. the job is completed): "
+                           "import unchanged pre-annotations as labels too")
     for p in (ls, cv):
         p.add_argument("--selection", "-s", required=True,
                        help="the selection.json the export was made from (images and categories)")
@@ -28,17 +37,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep images labelled with no object (default: skip them as unfinished)")
 
 
+def _frame_list(path: str | None) -> list[str] | None:
+    """Frame names from a text file, one a line (blank lines and ``#`` comments ignored)."""
+    if path is None:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the list of finished frames: {e}", path) from e
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
 def run(args: argparse.Namespace) -> int:
     selection = load_coco(args.selection)
     path = Path(args.export)
     if args.tool == "label-studio":
         labels, report = label_studio.tasks_to_coco(read_json(path), selection, args.keep_empty, path)
     else:
-        labels, report = cvat.cvat_export_to_coco(path, selection, args.frame_names, args.keep_empty)
+        finished = "all" if args.all_finished else _frame_list(args.finished)
+        labels, report = cvat.cvat_export_to_coco(path, selection, args.frame_names, args.keep_empty, finished)
     out = Path(args.out)
     write_json(out / "labels.json", labels)
     write_json(out / "import_report.json", report.to_dict(), indent=1)
     print(report.summary())
+    for note in report.notes:
+        print("  note: " + note)
     for s in report.skipped[:20]:
         print("  skipped " + json.dumps(s))
     if len(report.skipped) > 20:
