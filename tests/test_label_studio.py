@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import json
 import random
 import xml.etree.ElementTree as ET
@@ -212,6 +213,39 @@ def test_region_conversion_details():
         region_to_annotation({**rotated, "value": {**rotated["value"], "rectanglelabels": ["cow"]}}, 100, 50, ids)
     with pytest.raises(InputError, match="100x50 image, but the selection says 50x100"):
         region_to_annotation(rotated, 50, 100, ids)
+
+
+@pytest.mark.parametrize("value, reason", [
+    ({"x": float("nan"), "y": 1, "width": 5, "height": 5}, "rectangle coordinates missing or not finite numbers"),
+    ({"x": 1, "y": 1, "width": float("inf"), "height": 5}, "rectangle coordinates missing or not finite numbers"),
+    ({"x": 1, "y": 1, "width": 5}, "rectangle coordinates missing or not finite numbers"),
+    ({"x": "1", "y": 1, "width": 5, "height": 5}, "rectangle coordinates missing or not finite numbers"),
+    ({"x": 1, "y": 1, "width": 5, "height": 5, "rotation": float("nan")},
+     "rectangle coordinates missing or not finite numbers"),
+    ({"x": 50, "y": 1, "width": -5, "height": 5}, "rectangle of negative or zero size"),
+    ({"x": 50, "y": 1, "width": 5, "height": 0}, "rectangle of negative or zero size"),
+])
+def test_a_task_with_a_broken_region_is_skipped_whole(value, reason):
+    """Never written as a box, and never imported without it (its object would become background)."""
+    selection = make_selection(3)
+    export = finished(selection_to_tasks(selection, url, "v"))
+    for task in export[:2]:  # image b's box (beside its mask's polygon), and image a's one box
+        region = next(r for r in task["annotations"][0]["result"] if r["type"] == "rectanglelabels")
+        region["value"] = {**value, "rectanglelabels": region["value"]["rectanglelabels"]}
+    labels, report = tasks_to_coco(export, selection)
+    assert [im["id"] for im in labels["images"]] == [12]
+    assert [(s["image_id"], s["reason"]) for s in report.skipped] == [(11, f"bad region: {reason}"),
+                                                                      (10, f"bad region: {reason}")]
+    assert all(math.isfinite(v) and v >= 0 for a in labels["annotations"] for v in a["bbox"])
+
+
+def test_a_polygon_with_a_non_finite_point_skips_its_task():
+    selection = make_selection(1)
+    export = finished(selection_to_tasks(selection, url, "v"))
+    polygon = next(r for r in export[0]["annotations"][0]["result"] if r["type"] == "polygonlabels")
+    polygon["value"]["points"][1] = [float("nan"), 3.0]
+    labels, report = tasks_to_coco(export, selection)
+    assert labels["images"] == [] and report.skipped[0]["reason"] == "bad region: polygon points missing or not finite numbers"
 
 
 def test_unknown_image_is_an_error():

@@ -360,6 +360,32 @@ def _polygon_annotation(flat: list[float], width: int, height: int) -> dict:
     }
 
 
+class BadRegion(ValueError):
+    """A region whose coordinates cannot be a label (not numbers, not finite, negative or zero size).
+
+    Its task is skipped whole: importing the task without the region would make its object
+    background in the training set."""
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _broken_geometry(kind: str, value: dict) -> str:
+    """Why a region's coordinates cannot be a label, or ``""``."""
+    if kind == "rectanglelabels":
+        numbers = [value.get(k) for k in ("x", "y", "width", "height")] + [value.get("rotation", 0) or 0]
+        if not all(_number(v) for v in numbers):
+            return "rectangle coordinates missing or not finite numbers"
+        if value["width"] <= 0 or value["height"] <= 0:
+            return "rectangle of negative or zero size"
+    elif kind == "polygonlabels":
+        points = value.get("points") or []
+        if not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(_number(v) for v in p) for p in points):
+            return "polygon points missing or not finite numbers"
+    return ""
+
+
 def region_to_annotation(
     region: dict, width: int, height: int, category_ids: dict[str, int]
 ) -> tuple[dict | None, str]:
@@ -367,7 +393,8 @@ def region_to_annotation(
 
     Coordinates are converted with the image size from the selection; a region whose
     ``original_width``/``original_height`` differ is an error (the image was resized or
-    EXIF-rotated differently).
+    EXIF-rotated differently). Coordinates that are not finite numbers, or a rectangle of
+    negative or zero size, raise :class:`BadRegion` (the caller skips the task).
     """
     kind = region.get("type")
     value = region.get("value", {})
@@ -383,6 +410,9 @@ def region_to_annotation(
         raise InputError(f"region on a {size[0]}x{size[1]} image, but the selection says {width}x{height}")
     ann: dict = {"category_id": category_ids[labels[0]]}
     sx, sy = width / 100.0, height / 100.0
+    broken = _broken_geometry(kind, value)
+    if broken:
+        raise BadRegion(broken)
     if kind == "rectanglelabels":
         x, y, w, h = value["x"] * sx, value["y"] * sy, value["width"] * sx, value["height"] * sy
         x1, y1, x2, y2 = _rotated_box(x, y, w, h, float(value.get("rotation", 0) or 0))
@@ -452,15 +482,18 @@ def tasks_to_coco(
             report.skip(why, **where)
             continue
         anns = []
-        for region in annotation.get("result") or []:
-            try:
+        try:
+            for region in annotation.get("result") or []:
                 ann, why = region_to_annotation(region, int(image["width"]), int(image["height"]), category_ids)
-            except InputError as e:
-                raise InputError(f"task {task.get('id')} (image {image['file_name']!r}): {e}", path) from e
-            if ann is None:
-                report.ignore(why)
-            else:
-                anns.append(ann)
+                if ann is None:
+                    report.ignore(why)
+                else:
+                    anns.append(ann)
+        except InputError as e:
+            raise InputError(f"task {task.get('id')} (image {image['file_name']!r}): {e}", path) from e
+        except BadRegion as e:
+            report.skip(f"bad region: {e}", **where)
+            continue
         if not anns and not keep_empty:
             report.skip("empty result", **where)
             continue
