@@ -295,6 +295,18 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
     "export/image-size-differs": lambda c: Row(
         _export(c, _selection_edit(c, lambda s: s["images"][0].update(width=95)), "--image-root", str(c.pool["root"])),
         "but the selection says 95x", [".png"]),
+    "export/url-prefix-not-http": lambda c: Row(
+        _export(c, c.selection, "--image-root", str(c.pool["root"]), "--url-prefix", "javascript:alert(1)//",
+                tool="label-studio"),
+        "is not an http(s)://host/... URL", ["--url-prefix"]),
+    "export/url-prefix-file-scheme": lambda c: Row(
+        _export(c, c.selection, "--image-root", str(c.pool["root"]), "--url-prefix", "file:///data/pool",
+                tool="label-studio"),
+        "is not an http(s)://host/... URL", ["--url-prefix"]),
+    "export/url-prefix-bucket": lambda c: Row(
+        _export(c, c.selection, "--image-root", str(c.pool["root"]), "--url-prefix", "s3://bucket/pool",
+                tool="label-studio"),
+        "is a bucket URI: use --cloud-prefix", ["--url-prefix"]),
     "export/image-root-missing": lambda c: Row(
         _export(c, c.selection, "--image-root", str(c.tmp / "no_such_dir"), "--url-prefix", "http://h/", tool="label-studio"),
         "image root not found", ["no_such_dir"]),

@@ -27,7 +27,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from typing import Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import cv2
 import numpy as np
@@ -84,6 +84,25 @@ def prefixed_url(file_name: str, prefix: str) -> str:
     return prefix.rstrip("/") + "/" + path
 
 
+def check_url_prefix(prefix: str) -> None:
+    """Raise :class:`InputError` unless ``prefix`` is an ``http(s)://host/...`` URL: the only links an
+    annotator's browser opens (``javascript:``, ``file:``, ``ftp:``, a bare path, a typo would give
+    tasks whose images never load; buckets go through ``cloud_prefix``).
+
+    >>> check_url_prefix("https://host/images")
+    >>> check_url_prefix("s3://bucket/pool")
+    Traceback (most recent call last):
+    det_al.errors.InputError: --url-prefix 's3://bucket/pool' is a bucket URI: use --cloud-prefix (and connect the bucket as the project's cloud storage)
+    """
+    if prefix.startswith(CLOUD_SCHEMES):
+        raise InputError(f"--url-prefix {prefix!r} is a bucket URI: use --cloud-prefix (and connect the bucket "
+                         "as the project's cloud storage)")
+    parts = urlsplit(prefix)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise InputError(f"--url-prefix {prefix!r} is not an http(s)://host/... URL (an annotator's browser opens "
+                         f"only those; for buckets use --cloud-prefix with {', '.join(CLOUD_SCHEMES)})")
+
+
 def image_url_function(
     *,
     local_files_root: str | os.PathLike | None = None,
@@ -112,6 +131,8 @@ def image_url_function(
         return lambda image: local_files_url(os.path.join(root, image["file_name"]), document_root)
     if cloud_prefix is not None and not cloud_prefix.startswith(CLOUD_SCHEMES):
         raise InputError(f"--cloud-prefix must start with one of {', '.join(CLOUD_SCHEMES)}")
+    if url_prefix is not None:
+        check_url_prefix(url_prefix)
     prefix = url_prefix if url_prefix is not None else cloud_prefix
     return lambda image: prefixed_url(image["file_name"], prefix)
 
