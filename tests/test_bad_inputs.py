@@ -257,6 +257,12 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
         "1 categories but model.num_classes is 4", ["model.pt"]),
     "score/checkpoint-config-without-num-classes": lambda c: Row(
         c.score(c.pool["pool"], checkpoint=_checkpoint_without_num_classes(c)), "config has no model.num_classes", ["model.pt"]),
+    "score/tta-unknown-view": lambda c: Row(
+        c.score(c.pool["pool"], "--tta", "hflip,vflip"), "passes.tta: unknown view 'vflip'", ["vflip"]),
+    "score/dropout-site-typo": lambda c: Row(
+        c.score(c.pool["pool"], "--set", "passes.sites=[roi_heads.box_predictorr]"),
+        "passes.sites: 'roi_heads.box_predictorr' is not a module of the MaskRCNN (did you mean "
+        "'roi_heads.box_predictor'", ["passes.sites"]),
     "score/config-unknown-key": lambda c: Row(
         c.score(c.pool["pool"], "--config", str(c.write("c.yaml", "passes:\n  pases: 3\n"))),
         "unknown config key 'passes.pases'", ["c.yaml"]),

@@ -24,6 +24,7 @@ is only the order of the draws *per generator*, which both paths keep.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from det_al.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,27 @@ def default_sites(family: str, model: nn.Module | None = None) -> tuple[str, ...
         return sites
     names = {name for name, _ in model.named_modules()}
     return tuple(s for s in sites if s in names)
+
+
+def check_sites(model: nn.Module, sites: Sequence[str]) -> None:
+    """Raise :class:`InputError` when a configured dropout site (``passes.sites``) is not a module
+    of ``model``: a typo would otherwise give a whole run of identical passes (every component 0).
+    Empty ``sites`` (the family's defaults) is always valid.
+
+    >>> check_sites(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), ["2"])
+    Traceback (most recent call last):
+    det_al.errors.InputError: passes.sites: '2' is not a module of the Sequential (its modules include '0', '1')
+    """
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [s for s in sites if s not in set(names)]
+    if not missing:
+        return
+    site = missing[0]
+    close = difflib.get_close_matches(site, names, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(map(repr, close))}?" if close else (
+        f"its modules include {', '.join(map(repr, names[:5]))}")
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise InputError(f"passes.sites: {site!r}{more} is not a module of the {type(model).__name__} ({hint})")
 
 
 def chunk_rows(total: int, chunks: Sequence[Chunk]) -> list[int]:

@@ -36,6 +36,7 @@ from det_al.scoring.informativeness import combine_image, finalize_pool, image_i
 from det_al.scoring.matching import match_passes
 from det_al.models.build import has_masks, model_family, model_num_classes
 from det_al.scoring.one_pass import one_pass_scores
+from det_al.inference.dropout import check_sites
 from det_al.inference.passes import ImagePasses, run_passes
 from det_al.data.segmentation import mask_to_rle
 from det_al.scoring.uncertainty import score_objects
@@ -276,6 +277,7 @@ def iter_results(
     """
     images = as_pool_images(images)
     check_model(model)
+    check_sites(model, config.passes.sites)
     check_categories(categories, model)
     if len(images) and make_dataset is None:
         check_pool(images, image_root, allow_outside_root)
@@ -484,6 +486,7 @@ def score_to_dir(
     """
     pool_images = as_pool_images(pool["images"])
     check_model(model)
+    check_sites(model, config.passes.sites)
     check_categories(categories, model)
     check_pool(pool_images, None if make_dataset else image_root, allow_outside_root)
     block = config.passes.batch_size
