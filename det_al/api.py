@@ -32,6 +32,7 @@ from torch import nn
 
 from det_al.config import Config, config_from_dict, load_config, override_config, passes_overrides
 from det_al.errors import InputError
+from det_al.models.device import check_device
 from det_al.annotation.export import CvatExport, LabelStudioExport, export_cvat, export_label_studio
 from det_al.scores import ImageScore, Scores, Selection
 
@@ -231,8 +232,9 @@ def score_images(
         :class:`Scores`, most informative first. Images that cannot be read are in ``.skipped``.
 
     Raises:
-        InputError: before anything is scored, for an unsupported model, categories that do not
-            fit it, a malformed config or pool, or an in-memory image of the wrong kind.
+        InputError: before anything is scored or written, for a device this machine does not
+            have, an unsupported model, categories that do not fit it, a malformed config or
+            pool, or an in-memory image of the wrong kind.
     """
     from det_al.models.build import model_num_classes
     from det_al.scoring.score_pool import iter_results, score_to_dir
@@ -240,6 +242,8 @@ def score_images(
 
     if resume and out_dir is None:
         raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
+    if device is not None:
+        check_device(device)
     if isinstance(model, LoadedModel):  # load_model's result: its config and categories unless given
         config = model.config if config is None else config
         categories = model.categories if categories is None else categories
@@ -261,7 +265,7 @@ def score_images(
     else:
         source = pool_source(images, image_root, allow_outside_root)
     categories = resolve_categories(categories, num_classes, source.pool.get("categories"), "categories")
-    run_device = model_device(model) if device is None else torch.device(device)
+    run_device = model_device(model) if device is None else check_device(device)
     with preserved_model(model):
         if out_dir is not None:
             info = {"device": str(run_device), "threads_per_process": torch.get_num_threads()}

@@ -18,6 +18,7 @@ from torch import nn
 import det_al
 from det_al.cli import main
 from det_al.errors import InputError
+from det_al.data.synthetic import generate
 from det_al.models.build import fasterrcnn_tiny
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -459,3 +460,18 @@ def test_import_det_al_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "InputError"
+
+
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """Not after three images and a pool.json (issue 26): checked first, in one line."""
+    import det_al.models.device as device_module
+
+    monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: False)
+    images = tmp_path / "pool"
+    generate(images, 2, "drifted", seed=0, size=64)
+    model = fasterrcnn_tiny(num_classes=4).eval()
+    with pytest.raises(InputError, match=r"^--device cuda: this machine has no CUDA device"):
+        det_al.score_images(model, images, passes=2, device="cuda", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="'gpu' is not a device name torch knows"):
+        det_al.score_images(model, images, passes=2, device="gpu")

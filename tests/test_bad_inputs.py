@@ -257,6 +257,14 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
         "1 categories but model.num_classes is 4", ["model.pt"]),
     "score/checkpoint-config-without-num-classes": lambda c: Row(
         c.score(c.pool["pool"], checkpoint=_checkpoint_without_num_classes(c)), "config has no model.num_classes", ["model.pt"]),
+    "score/device-cuda-without-gpu": lambda c: Row(
+        c.score(c.pool["pool"], "--device", "cuda"), "cuda: this machine has no CUDA device", ["--device"]),
+    "score/device-unknown-name": lambda c: Row(
+        c.score(c.pool["pool"], "--device", "gpu"), "'gpu' is not a device name torch knows", ["--device"]),
+    "train/device-cuda-without-gpu": lambda c: Row(
+        ["train", str(c.train_config()), "-t", str(c.data["train"]), "-r", str(c.data["root"]), "-o", str(c.tmp / "out"),
+         "--device", "cuda"],
+        "no CUDA device", ["--device"]),
     "score/tta-unknown-view": lambda c: Row(
         c.score(c.pool["pool"], "--tta", "hflip,vflip"), "passes.tta: unknown view 'vflip'", ["vflip"]),
     "score/dropout-site-typo": lambda c: Row(

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from det_al.errors import InputError, print_error
+from det_al.models.device import check_device
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None) is not None:  # a device this machine lacks: before anything is written
+            check_device(args.device)
         return int(modules[args.command].run(args) or 0)
     except InputError as e:
         print_error(f"det-al {args.command}", e)
