@@ -114,3 +114,28 @@ def test_merge_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "labels.json: category 'lion' (id 3) is not a category of the training set (cat, dog)" in err
     assert not (tmp_path / "out2" / "train.json").exists()
+
+
+def test_a_folder_pool_written_by_score_merges(tmp_path):
+    """``det-al score --pool FOLDER`` writes a pool.json without sizes; merge must accept what det_al
+    writes (issue 26: it refused 'NonexNone in the pool')."""
+    from PIL import Image
+
+    from det_al.data.sources import load_pool
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, size in (("p2.png", (20, 10)), ("p5.png", (20, 10)), ("p6.png", (30, 10))):
+        Image.new("RGB", size).save(folder / name)
+    load_pool(folder, save_folder_pool=tmp_path / "pool.json")  # exactly what det-al score writes
+    pool = json.loads((tmp_path / "pool.json").read_text())
+    assert all("width" not in im or im["width"] is None for im in pool["images"])
+    for name, data in (("train", train_set()), ("labels", labels_set())):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    assert main(["merge", "--train", str(tmp_path / "train.json"), "--labels", str(tmp_path / "labels.json"),
+                 "--pool", str(tmp_path / "pool.json"), "--out", str(tmp_path / "out")]) == 0
+    merged_pool = json.loads((tmp_path / "out" / "pool.json").read_text())
+    assert [im["file_name"] for im in merged_pool["images"]] == ["p6.png"]
+    merged_train = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert [(im["file_name"], im["width"], im["height"]) for im in merged_train["images"][2:]] == [
+        ("p2.png", 20, 10), ("p5.png", 20, 10)]  # the sizes the labels carry

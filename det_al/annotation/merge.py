@@ -114,6 +114,10 @@ class MergeResult:
     renumbered_images: dict[int, int]
 
 
+def _has_size(image: dict) -> bool:
+    return image.get("width") is not None and image.get("height") is not None
+
+
 def merge_labels(
     train: dict, labels: dict, pool: dict | None = None,
     paths: tuple[str | None, str | None, str | None] = (None, None, None),
@@ -122,7 +126,8 @@ def merge_labels(
 
     - Images are matched by ``file_name``. A labelled image already in ``train`` is an error (it
       would be duplicated); one whose size differs from the pool's entry of the same name is an
-      error. Labelled images keep their id unless ``train`` already uses it (then they get the
+      error (a pool entry without a size, as in the ``pool.json`` that ``det-al score`` writes
+      for a folder, has none to differ). Labelled images keep their id unless ``train`` already uses it (then they get the
       next id above every id of the three files; ``renumbered_images`` maps old to new).
     - Categories are matched by name to ``train``'s; a labels category whose name ``train``
       lacks is an error. Annotations get ``train``'s category ids and new unique ids after
@@ -165,7 +170,7 @@ def merge_labels(
         pooled = pool_by_name.get(name)
         if pooled is None:
             not_in_pool.append(name)
-        elif (pooled.get("width"), pooled.get("height")) != (image.get("width"), image.get("height")):
+        elif _has_size(pooled) and (pooled["width"], pooled["height"]) != (image.get("width"), image.get("height")):
             raise InputError(
                 f"image {name!r} is {image.get('width')}x{image.get('height')} here but "
                 f"{pooled.get('width')}x{pooled.get('height')} in the pool {pool_path or ''}".rstrip(),
