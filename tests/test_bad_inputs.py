@@ -10,6 +10,7 @@ but harmless file name) asserts success and what came out.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,8 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
         ["train", str(c.train_config()), "-t", str(c.data["train"]), "-r", str(c.data["root"]), "-o", str(c.tmp / "out"),
          "--device", "cuda"],
         "no CUDA device", ["--device"]),
+    "score/image-root-without-the-files": lambda c: Row(
+        c.score(c.pool["pool"], "--image-root", str(c.tmp)), "are not under the image root", ["--image-root"]),
     "score/tta-unknown-view": lambda c: Row(
         c.score(c.pool["pool"], "--tta", "hflip,vflip"), "passes.tta: unknown view 'vflip'", ["vflip"]),
     "score/dropout-site-typo": lambda c: Row(
@@ -529,7 +532,29 @@ def test_library_refuses_a_missing_root_and_escaping_names_unless_allowed(model_
         check_pool(pool, tmp_path)
     with pytest.raises(InputError, match=r"^images\[3\] \(id 4\): file_name '\.\.' is outside"):
         check_pool(pool[np.array([0, 1, 2, 4, 5])], tmp_path)
-    check_pool(pool[np.array([0, 1, 2, 5])], tmp_path)
+    # accepted as names; (none of these files exists, which is the next check)
+    with pytest.raises(InputError, match=r"^4 of 4 pool images looked for \(e.g. 'a..b.png'\) are not under"):
+        check_pool(pool[np.array([0, 1, 2, 5])], tmp_path)
+
+
+def test_a_root_without_the_pool_files_is_refused_naming_where_they_are(tiny_pool, tmp_path, capsys):
+    """An image root that exists but holds none of the files: one line, no output, and the folder
+    that does hold them (issue 26: exit 0 with every image skipped)."""
+    from det_al.data.locate import check_images_found, probe_names
+
+    root = tiny_pool["root"]  # the files are images/*.png under it
+    names = probe_names(len(tiny_pool["coco"]["images"]), lambda i: tiny_pool["coco"]["images"][i]["file_name"])
+    check_images_found(names, root)
+    n = len(names)
+    with pytest.raises(InputError, match=rf"^{n} of {n} pool images looked for .* are not under the image root "
+                                         rf".*images; {n} are under {re.escape(str(root))}: is that the image root"):
+        check_images_found(names, root / "images")  # a child folder: the files are in its parent
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(InputError, match=r"are not under the image root .*elsewhere: is the image root right \(--image-root\)\?$"):
+        check_images_found(names, elsewhere)
+    missing_one = [*names[:-1], "images/gone.png"]  # a few missing files are skipped later, not refused
+    check_images_found(missing_one, root)
 
 
 def _failing_passes(errors: list[str]):
@@ -577,10 +602,20 @@ def test_model_errors_that_differ_or_come_after_a_success_skip_images(model_and_
 
 
 def test_image_read_errors_never_stop_the_run(model_and_categories, tiny_pool, tmp_path):
-    # every image missing: each one skipped with its reason (the root exists), no stop
+    # every image unreadable: each one skipped with its reason, no stop (the files are there; a root
+    # holding none of them is refused up front, see the test above)
     model, config, categories = model_and_categories
-    scores = _score_pool(model, config, categories, tiny_pool["coco"], tmp_path)
-    assert [s["reason"] for s in scores.skipped] == ["file not found"] * 6
+    root = tmp_path / "root"
+    shutil.copytree(tiny_pool["root"], root)
+    images = tiny_pool["coco"]["images"]
+    for image in images[:5]:
+        (root / image["file_name"]).write_bytes(b"not an image at all")
+    (root / images[5]["file_name"]).unlink()
+    scores = _score_pool(model, config, categories, tiny_pool["coco"], root)
+    reasons = [s["reason"] for s in scores.skipped]
+    assert len(reasons) == 6 and reasons[5] == "file not found" and all("corrupt" in r or "not an image" in r for r in reasons[:5]), reasons
+    with pytest.raises(InputError, match="6 of 6 pool images looked for"):
+        _score_pool(model, config, categories, tiny_pool["coco"], tmp_path)
 
 
 def test_train_takes_num_classes_from_the_training_file(tiny_data, tmp_path, capsys):

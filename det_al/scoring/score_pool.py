@@ -37,6 +37,7 @@ from det_al.scoring.matching import match_passes
 from det_al.models.build import has_masks, model_family, model_num_classes
 from det_al.scoring.one_pass import one_pass_scores
 from det_al.inference.dropout import check_sites
+from det_al.data.locate import check_images_found, probe_names
 from det_al.inference.passes import ImagePasses, run_passes
 from det_al.data.segmentation import mask_to_rle
 from det_al.scoring.uncertainty import score_objects
@@ -123,7 +124,8 @@ def check_pool(
     source: str | os.PathLike | None = None,
 ) -> None:
     """Refuse a pool that cannot give a useful run: no images, an image root that is not a
-    folder, or (unless ``allow_outside_root``) a ``file_name`` that escapes the image root.
+    folder, (unless ``allow_outside_root``) a ``file_name`` that escapes the image root, or a
+    root that holds most of the pool's files nowhere (:func:`det_al.data.locate.check_images_found`).
     ``image_root=None``: the images do not come from files (only emptiness is checked)."""
     if not len(images):
         raise InputError("the pool has no images", source)
@@ -131,8 +133,12 @@ def check_pool(
         return
     root = Path(image_root)
     check_image_root(root)
-    if allow_outside_root:
-        return
+    if not allow_outside_root:
+        _check_names_inside(images, root, source)
+    check_images_found(probe_names(len(images), images.file_name), root, source)
+
+
+def _check_names_inside(images: PoolImages, root: Path, source: str | os.PathLike | None) -> None:
     for start, stop, names, offsets in images._name_chunks():
         # Only an absolute name or one with a ".." component can escape: find the candidates with
         # numpy and a scan of the chunk's bytes (0.2 s for a million plain names).
