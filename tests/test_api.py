@@ -475,3 +475,55 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
     assert not (tmp_path / "out").exists()
     with pytest.raises(InputError, match="'gpu' is not a device name torch knows"):
         det_al.score_images(model, images, passes=2, device="gpu")
+
+
+class _OwnPredictor(nn.Module):
+    """A user's own box predictor: no ``cls_score``, other layer names."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.classifier = nn.Linear(in_features, num_classes)
+        self.regressor = nn.Linear(in_features, 4 * num_classes)
+
+    def forward(self, x):
+        x = x.flatten(start_dim=1)
+        return self.classifier(x), self.regressor(x)
+
+
+class _WrappedPredictor(nn.Module):
+    """``cls_score`` with dropout in front: a Sequential, without ``out_features``."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Sequential(nn.Dropout(0.1), nn.Linear(in_features, num_classes))
+        self.bbox_pred = nn.Linear(in_features, 4 * num_classes)
+
+    def forward(self, x):
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+@pytest.mark.parametrize("predictor", [_OwnPredictor, _WrappedPredictor])
+def test_common_custom_box_predictors_are_scored(predictor, tmp_path):
+    """Issue 26: a user's own predictor crashed with a raw traceback before any check."""
+    generate(tmp_path / "pool", 2, "drifted", seed=0, size=64)
+    model = fasterrcnn_tiny(num_classes=4, box_score_thresh=0.0)
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = predictor(in_features, 4)
+    scores = det_al.score_images(model.eval(), tmp_path / "pool", passes=2, seed=0)
+    assert len(scores) == 2 and all(s.detections for s in scores)
+    assert {d["category_id"] for s in scores for d in s.detections} <= {1, 2, 3}
+
+
+def test_a_box_predictor_det_al_cannot_read_and_keypoint_rcnn_are_refused_in_one_line(tmp_path):
+    from torchvision.models.detection import keypointrcnn_resnet50_fpn
+
+    generate(tmp_path / "pool", 1, "drifted", seed=0, size=64)
+    model = fasterrcnn_tiny(num_classes=4)
+    model.roi_heads.box_predictor = nn.Sequential(nn.Flatten(), nn.Linear(8, 3))  # no (n, 4n) pair
+    with pytest.raises(InputError, match=r"^cannot tell how many classes the box predictor Sequential has: det_al reads"):
+        det_al.score_images(model.eval(), tmp_path / "pool", passes=2)
+    keypoints = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_keypoints=3, min_size=64, max_size=64)
+    with pytest.raises(InputError, match=r"unsupported detector class KeypointRCNN: det_al scores boxes and masks, "
+                                         r"and would silently drop the keypoints"):
+        det_al.score_images(keypoints.eval(), tmp_path / "pool", passes=2)

@@ -26,6 +26,7 @@ from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOS
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
@@ -275,6 +276,11 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 def model_family(model: nn.Module) -> str:
     """``"rcnn"`` (Faster/Mask R-CNN), ``"retinanet"``, ``"fcos"`` or ``"ssd"``, by torchvision class."""
+    if isinstance(model, KeypointRCNN) or getattr(getattr(model, "roi_heads", None), "has_keypoint", lambda: False)():
+        raise ValueError(
+            f"unsupported detector class {type(model).__name__}: det_al scores boxes and masks, and would "
+            "silently drop the keypoints (expected FasterRCNN, MaskRCNN, RetinaNet, FCOS or SSD)"
+        )
     if isinstance(model, FasterRCNN):  # MaskRCNN subclasses FasterRCNN
         return "rcnn"
     if isinstance(model, RetinaNet):
@@ -305,11 +311,41 @@ def prob_kind(family: str) -> str:
     raise ValueError(f"unknown model family '{family}' (valid: {', '.join(FAMILIES)})")
 
 
+def box_predictor_classes(predictor: nn.Module) -> int | None:
+    """The class count (background included) of an R-CNN box predictor, or None when it cannot be told.
+
+    torchvision's ``FastRCNNPredictor`` has ``cls_score`` (an ``nn.Linear``); a user's own predictor
+    may wrap it (``nn.Sequential(nn.Dropout(), nn.Linear(...))``: its last Linear counts), or name
+    its layers otherwise (one Linear of ``n`` outputs beside one of ``4 n``, the class scores and
+    the per-class boxes).
+
+    >>> box_predictor_classes(nn.Sequential(nn.Linear(8, 5), nn.Linear(8, 20)))
+    5
+    """
+    cls_score = getattr(predictor, "cls_score", None)
+    if isinstance(cls_score, nn.Module):
+        linears = [m for m in cls_score.modules() if isinstance(m, nn.Linear)]
+        return linears[-1].out_features if linears else None
+    outs = {m.out_features for m in predictor.modules() if isinstance(m, nn.Linear)}
+    counts = [n for n in outs if 4 * n in outs]
+    return counts[0] if len(counts) == 1 else None
+
+
 def model_num_classes(model: nn.Module) -> int:
-    """The class count including background, read from the model's classification layer."""
+    """The class count including background, read from the model's classification layer.
+
+    Raises :class:`~det_al.errors.InputError` for an R-CNN box predictor whose class count
+    cannot be told (see :func:`box_predictor_classes`)."""
     family = model_family(model)
     if family == "rcnn":
-        return model.roi_heads.box_predictor.cls_score.out_features
+        predictor = model.roi_heads.box_predictor
+        n = box_predictor_classes(predictor)
+        if n is None:
+            raise InputError(
+                f"cannot tell how many classes the box predictor {type(predictor).__name__} has: det_al reads "
+                "roi_heads.box_predictor.cls_score (an nn.Linear, or a module ending in one, as in torchvision's "
+                "FastRCNNPredictor), or a predictor with one Linear of n outputs and one of 4n")
+        return n
     if family in ("retinanet", "fcos"):
         return model.head.classification_head.num_classes
     return model.head.classification_head.num_columns
