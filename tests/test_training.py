@@ -250,3 +250,40 @@ def test_tools_train_script(tiny_data, tmp_path):
     )
     summary = module.main(args)
     assert summary["iterations"] == 1 and (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_full_disk_while_saving_says_resume_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+    """Issue 26: a traceback before; now one line naming the last good checkpoint, and --resume continues."""
+    import yaml
+
+    import det_al.models.checkpoint as checkpoint_module
+    from det_al.cli import main
+
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second epoch's last.pt: what torch.save raises on ENOSPC
+            f.write(b"half a checkpoint")
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing "
+                               "file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "fasterrcnn_tiny", "num_classes": 4,
+                                                "options": {"min_size": 64, "max_size": 64}},
+                                      "train": {"epochs": 3, "batch_size": 4, "warmup_iters": 0, "eval_every": 0}}))
+    argv = ["train", str(config), "-t", str(tiny_data["train"]), "-r", str(tiny_data["root"]), "-o", str(tmp_path / "out"),
+            "--no-progress"]
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_fills)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "last.pt: cannot write the checkpoint (PytorchStreamWriter failed writing file data/0: file write failed)" in err
+    assert f"The last good checkpoint, {tmp_path / 'out' / 'last.pt'} (epoch 1), is kept" in err and "--resume" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last.pt", "metrics.jsonl"]  # no temporary file left
+    assert load_checkpoint(tmp_path / "out" / "last.pt")[3]["epoch"] == 1
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)  # space freed
+    assert main(argv + ["--resume"]) == 0
+    assert load_checkpoint(tmp_path / "out" / "last.pt")[3]["epoch"] == 3

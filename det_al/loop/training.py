@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from det_al.loop.augment import build_augment
 from det_al.models.batchnorm import BATCHNORM_MODES, prepare_batchnorm, resolve_batchnorm
-from det_al.models.checkpoint import load_checkpoint, save_checkpoint
+from det_al.models.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from det_al.data.coco import load_coco
 from det_al.config import Config, TrainConfig
 from det_al.data.datasets import CocoDetectionDataset, collate_detection
@@ -291,6 +291,14 @@ def train_model(
         )
 
 
+def _resume_hint(last_path: Path, saved_epoch) -> str:
+    """What a user does after a checkpoint could not be written."""
+    if saved_epoch is not None and last_path.exists():
+        return (f"The last good checkpoint, {last_path} (epoch {saved_epoch}), is kept: free space and run the "
+                "same command with --resume to continue from it")
+    return "No checkpoint of this run was written yet: free space and run the same command again"
+
+
 def _train_in_group(
     config: Config,
     train_json: str | os.PathLike,
@@ -333,6 +341,7 @@ def _train_in_group(
                         config.model.num_classes, len(given), "the given categories" if categories is not None else train_json)
 
         seed_everything(train_cfg.seed)
+        saved_epoch = None  # the epoch of the last checkpoint written (for the message of a failed write)
         if resume:
             if not last_path.exists():
                 raise InputError("cannot resume: no last.pt in the output folder", out)
@@ -345,6 +354,7 @@ def _train_in_group(
                     last_path,
                 )
             logger.info("resuming from %s (epoch %s, iteration %s)", last_path, extra.get("epoch"), extra.get("iteration"))
+            saved_epoch = extra.get("epoch")
         elif init_checkpoint is not None:
             if categories is None:  # used only by a plain torchvision state dict, which has none
                 given = list(train["categories"])
@@ -482,9 +492,13 @@ def _train_in_group(
             state["torch_rng_ranks"] = gather(torch.get_rng_state())
         records.append(record)
         if main:
-            save_checkpoint(last_path, model, config, categories, extra=state)
-            if improved:
-                save_checkpoint(best_path, model, config, categories, extra={"epoch": best_epoch, "iteration": iteration, "metrics": last_metrics})
+            try:
+                save_checkpoint(last_path, model, config, categories, extra=state)
+                if improved:
+                    save_checkpoint(best_path, model, config, categories, extra={"epoch": best_epoch, "iteration": iteration, "metrics": last_metrics})
+            except CheckpointWriteError as e:
+                raise CheckpointWriteError(f"{e}. {_resume_hint(last_path, saved_epoch)}") from e
+            saved_epoch = epoch
             write_jsonl(log_path, records)
         barrier()  # the others wait for rank 0's writes
         logger.info(

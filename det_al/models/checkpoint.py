@@ -101,6 +101,11 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
+class CheckpointWriteError(InputError):
+    """Writing a checkpoint failed (a full disk, a folder that cannot be written): the file at the
+    path, if any, is the previous one, whole (the write goes to a temporary name)."""
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -114,6 +119,7 @@ def save_checkpoint(
     ``categories[l - 1]``); ``extra`` is plain data (tensors, numbers, strings, lists, dicts:
     an optimizer's ``state_dict()`` qualifies) returned as is by :func:`load_checkpoint`;
     anything else in ``extra`` is a ``TypeError`` naming it, raised before anything is written.
+    A failed write (a full disk) is a :class:`CheckpointWriteError`, and any previous ``path`` is kept.
     """
     categories = _check_categories(categories, config.model.num_classes, os.fspath(path), "save_checkpoint:")
     _check_plain(dict(extra or {}), "extra")
@@ -125,8 +131,12 @@ def save_checkpoint(
         "categories": categories,
         "extra": dict(extra or {}),
     }
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(payload, f)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as RuntimeError
+        reason = getattr(e, "strerror", None) or re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(e).splitlines()[0])
+        raise CheckpointWriteError(f"cannot write the checkpoint ({reason}); nothing half-written is left", path) from e
 
 
 def _torch_load(path: str) -> Any:
