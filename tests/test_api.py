@@ -527,3 +527,20 @@ def test_a_box_predictor_det_al_cannot_read_and_keypoint_rcnn_are_refused_in_one
     with pytest.raises(InputError, match=r"unsupported detector class KeypointRCNN: det_al scores boxes and masks, "
                                          r"and would silently drop the keypoints"):
         det_al.score_images(keypoints.eval(), tmp_path / "pool", passes=2)
+
+
+def test_in_memory_images_are_refused_by_the_exports(tmp_path):
+    """Issue 26: PIL images scored from memory reached Label Studio as URLs like images%5B1%5D."""
+    model = fasterrcnn_tiny(num_classes=4, box_score_thresh=0.0).eval()
+    pictures = [Image.new("RGB", (64, 48), (30 * i, 90, 200)) for i in range(2)]
+    scores = det_al.score_images(model, pictures, passes=2, seed=0)
+    batch = det_al.select(scores, "top", budget=2)
+    message = r"is 'images\[\d\]', an in-memory image det_al scored: an annotation tool needs image files"
+    with pytest.raises(InputError, match=message):
+        det_al.export_label_studio(batch, tmp_path / "ls", url_prefix="https://host/pool")
+    with pytest.raises(InputError, match=message):
+        det_al.export_cvat(batch, tmp_path / "cvat")
+    assert not (tmp_path / "ls").exists() and not (tmp_path / "cvat").exists()
+    # the user says where each image is served: accepted
+    export = det_al.export_label_studio(batch, image_url=lambda image: f"https://host/{image['id']}.png")
+    assert sorted(t["data"]["image"] for t in export.tasks) == ["https://host/1.png", "https://host/2.png"]

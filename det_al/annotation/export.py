@@ -9,6 +9,7 @@ function returns what it wrote, in memory too.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -32,6 +33,23 @@ def _selection_coco(selection: Selection | Mapping | str | os.PathLike) -> tuple
         if "width" not in image or "height" not in image:
             raise InputError(f"image {image['id']} has no width/height", where)
     return coco, where
+
+
+_MEMORY_NAME = re.compile(r"images\[\d+\]")
+
+
+def refuse_memory_images(coco: dict, image_root: str | os.PathLike | None, where: str | None = None) -> None:
+    """Refuse a selection of in-memory images (``det_al.score_images`` names PIL images, arrays and
+    dataset items ``images[i]``): an annotation tool needs image files, and such a name would reach
+    it as a URL of nothing (``images%5B1%5D``). A file that is really named so is accepted."""
+    root = Path(image_root) if image_root is not None else Path(".")
+    for image in coco["images"]:
+        name = str(image["file_name"])
+        if _MEMORY_NAME.fullmatch(name) and not (root / name).is_file():
+            raise InputError(
+                f"image {image['id']} is {name!r}, an in-memory image det_al scored: an annotation tool needs "
+                "image files. Save the images (e.g. image.save(f'pool/{i}.png')) and score that folder, or give "
+                "image_url=... to say where each image is served", where)
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,8 @@ def export_label_studio(
     from det_al.selection.files import check_image_sizes
 
     coco, where = _selection_coco(selection)
+    if image_url is None:
+        refuse_memory_images(coco, image_root, where)
     url = label_studio.image_url_function(local_files_root=local_files_root, url_prefix=url_prefix,
                                           cloud_prefix=cloud_prefix, image_url=image_url, image_root=image_root)
     if shapes not in ("polygons", "boxes"):
@@ -134,6 +154,7 @@ def export_cvat(
     from det_al.selection.files import check_image_sizes
 
     coco, where = _selection_coco(selection)
+    refuse_memory_images(coco, image_root, where)
     check_image_sizes(coco, image_root, where, allow_outside_root)
     try:
         names = cvat.frame_names(coco["images"], frame_names)
