@@ -196,6 +196,9 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
     "score/duplicate-category-names": lambda c: Row(
         c.score(c.pool_with(_coco_images(c), [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}])),
         "duplicate category name 'a'", ["pool.json"]),
+    "score/pool-without-categories": lambda c: Row(  # optional in a pool: accepted (issue 26)
+        c.score(c.write("pool.json", {"images": _coco_images(c)}), "--image-root", str(c.pool["root"])),
+        check=_ranked(len(c.pool["coco"]["images"]))),
     "score/empty-pool": lambda c: Row(c.score(c.pool_with([])), "the pool has no images", ["pool.json"]),
     "score/empty-image-folder": lambda c: Row(
         c.score(_folder(c, "folder")), "no image files found", ["folder"]),

@@ -227,12 +227,22 @@ def read_pool(path: str | os.PathLike, chunk: int = 1 << 20) -> dict:
     except NotStreamable:
         # Not valid JSON, not an object, or a key given twice: the plain reader finds the
         # error (and its line and column) or, for a valid file, json.load's meaning of it.
-        pool = validate_coco(read_json(path), path)
+        pool = validate_coco(_categories_optional(read_json(path)), path)
         pool = {"images": PoolImages.from_dicts(pool["images"]), "categories": pool["categories"]}
     duplicates = pool["images"].duplicate_file_names()
     if duplicates:
         logger.warning("%s: %d file names appear more than once (first: %r)", path, len(duplicates), duplicates[0])
     return pool
+
+
+def _categories_optional(data, has_annotations: bool | None = None):
+    """A pool needs no ``categories`` (its images are unlabelled; the model's checkpoint names the
+    classes): a missing key stands for ``[]`` unless the file has annotations, which refer to them."""
+    if has_annotations is None:
+        has_annotations = isinstance(data, dict) and bool(data.get("annotations"))
+    if isinstance(data, dict) and "categories" not in data and not has_annotations:
+        data["categories"] = []
+    return data
 
 
 def _read_stream(stream: JSONStream, path: str | os.PathLike) -> dict:
@@ -257,6 +267,7 @@ def _read_stream(stream: JSONStream, path: str | os.PathLike) -> dict:
         else:
             values[key] = stream.value()
     stream.end()
+    _categories_optional(values, has_annotations=len(annotations.ids) > 0)
     # The keys and categories (streamed arrays stand as empty lists), then what needs every
     # entry: duplicate ids and references.
     validate_coco(values, path)
