@@ -7,6 +7,8 @@ import torch
 
 from det_al.config import ScoringConfig
 from det_al.scoring.informativeness import (
+    fuse_ranks,
+    rank_reference,
     empty_informativeness,
     finalize_pool,
     image_informativeness,
@@ -240,3 +242,44 @@ def test_default_informativeness_fuses_presence_least_confidence_and_rpn_gap_by_
     # certain compares the fields' weighted mean, not the pool-relative fused value:
     # image 2: (.01 + .02 + .03) / 3 = .02 < .05; image 1: .41 / 3 = .137
     assert (out[1]["certain"], out[2]["certain"], out[3]["certain"]) == (False, True, False)
+
+
+# --------------------------------------------------------------------------- ranks against a reference
+
+
+def test_fuse_ranks_by_hand():
+    # a: ranks 1, 2, 2 (ties share the best); b: ranks 3, 1, 2; k = 1: (k + 1) / (k + rank)
+    # image 0: (2/2 + 2/4) / 2 = 0.75; image 1: (2/3 + 2/2) / 2 = 0.8333; image 2: (2/3 + 2/3) / 2 = 0.6667
+    fused = fuse_ranks({"a": [0.9, 0.1, 0.1], "b": [0.0, 0.5, 0.2]}, {"a": 1, "b": 1}, k=1)
+    assert fused.tolist() == pytest.approx([0.75, 5 / 6, 2 / 3], abs=1e-9)
+    # one image alone is always first by every field: 1, whatever it holds (issue 26)
+    assert fuse_ranks({"a": [0.0], "b": [0.0]}, {"a": 1, "b": 1}, k=1).tolist() == [1.0]
+
+
+def test_ranks_against_a_reference_pool():
+    columns = {"a": [0.9, 0.1, 0.1, 0.4], "b": [0.0, 0.5, 0.2, 0.3]}
+    reference = rank_reference(columns)
+    assert reference == {"n": 4, "fields": {"a": [0.9, 0.4, 0.1, 0.1], "b": [0.5, 0.3, 0.2, 0.0]}}
+    # the pool against itself: the plain ranks, the same values
+    assert fuse_ranks(columns, {"a": 1, "b": 2}, 60.0, reference).tolist() == fuse_ranks(columns, {"a": 1, "b": 2}).tolist()
+    # one new image (a 0.5, b 0.25): 1 value of a above it -> rank 2; 2 of b above it -> rank 3
+    # k = 1: (2/3 + 2/4) / 2 = 0.583333; alone, without the reference, it would score 1
+    one = fuse_ranks({"a": [0.5], "b": [0.25]}, {"a": 1, "b": 1}, k=1, reference=reference)
+    assert one.tolist() == pytest.approx([(2 / 3 + 2 / 4) / 2], abs=1e-9)
+    # scored in a batch or alone, an image gets the same value against the reference
+    batch = fuse_ranks({"a": [0.5, 0.0], "b": [0.25, 0.9]}, {"a": 1, "b": 1}, k=1, reference=reference)
+    assert batch[0] == one[0]
+    # b 0.9 is above every reference value: rank 1; a 0.0 is below all 4: rank 5 -> (2/6 + 2/2) / 2
+    assert batch[1] == pytest.approx((2 / 6 + 1.0) / 2, abs=1e-9)
+
+
+def test_a_large_reference_keeps_quantiles_and_scales_ranks_to_the_pool():
+    values = list(range(100_000))  # 100,000 distinct values
+    reference = rank_reference({"a": values}, max_values=1_000)
+    assert reference["n"] == 100_000 and len(reference["fields"]["a"]) == 1_000
+    assert reference["fields"]["a"][0] == 99_999 and reference["fields"]["a"][-1] == 0
+    # the value 89,999.5 has 10,000 values above it in the pool: rank 10,001, up to the quantile step (100)
+    k = 60.0
+    fused = fuse_ranks({"a": [89_999.5]}, {"a": 1}, k, reference)[0]
+    rank = (k + 1) / fused - k
+    assert abs(rank - 10_001) <= 101

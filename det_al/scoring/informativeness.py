@@ -147,7 +147,42 @@ def combine_image(values: Mapping[str, float], weights: Mapping[str, float]) -> 
     return round(sum(float(w) * float(values.get(name, 0.0)) for name, w in weights.items()) / total, 12)
 
 
-def fuse_ranks(columns: Mapping[str, Any], weights: Mapping[str, float], k: float = 60.0) -> np.ndarray:
+#: Values of each field a rank reference keeps (quantiles of a larger pool): ranks against it are
+#: exact to 1/10,000 of the pool.
+REFERENCE_SIZE = 10_000
+
+
+def rank_reference(columns: Mapping[str, Any], max_values: int = REFERENCE_SIZE) -> dict:
+    """What :func:`fuse_ranks` needs to rank images of another call as if they were in this pool:
+    ``{"n": N, "fields": {name: values sorted highest first}}``, each field kept whole up to
+    ``max_values`` values, else as that many evenly spaced quantiles (plain lists: JSON-ready).
+
+    >>> rank_reference({"a": [0.2, 0.9, 0.5]})
+    {'n': 3, 'fields': {'a': [0.9, 0.5, 0.2]}}
+    """
+    fields, n = {}, 0
+    for name, values in columns.items():
+        x = np.sort(np.asarray(values, dtype=np.float64))[::-1]
+        n = max(n, len(x))
+        if len(x) > max_values:
+            x = np.quantile(x, np.linspace(1.0, 0.0, max_values), method="inverted_cdf")
+        fields[name] = [float(v) for v in x]
+    return {"n": n, "fields": fields}
+
+
+def _ranks(x: np.ndarray, reference: Mapping[str, Any] | None, name: str) -> np.ndarray:
+    """``1 + #{values above x}``: in ``x`` itself, or in the reference pool (scaled to its size)."""
+    if reference is None:
+        return np.searchsorted(np.sort(-x), -x, side="left") + 1.0
+    values = np.asarray(reference["fields"].get(name, ()), dtype=np.float64)
+    if not len(values):
+        return np.ones_like(x)
+    above = np.searchsorted(np.sort(-values), -x, side="left")
+    return 1.0 + above * (float(reference["n"]) / len(values))
+
+
+def fuse_ranks(columns: Mapping[str, Any], weights: Mapping[str, float], k: float = 60.0,
+               reference: Mapping[str, Any] | None = None) -> np.ndarray:
     """``[N]`` weighted reciprocal-rank fusion of image fields, scaled so that 1 is "first by all".
 
     ``rank_c(i) = 1 + #{j : x_c(j) > x_c(i)}`` (ties share the best rank, so the result does
@@ -155,8 +190,17 @@ def fuse_ranks(columns: Mapping[str, Any], weights: Mapping[str, float], k: floa
     ``sum_c w_c (k + 1) / (k + rank_c) / sum_c w_c``. A field missing from ``columns`` counts 0
     for every image.
 
+    The ``j`` run over the images of ``columns``, so a value means something only inside one
+    call (one image alone always scores 1). With a ``reference`` (:func:`rank_reference` of a
+    scored pool), they run over that pool instead: ``rank_c(i)`` is the rank image ``i`` would
+    have had in it, so images scored tomorrow, or one at a time by a server, get values
+    comparable with the pool's own. A pool's reference to itself gives the plain ranks.
+
     >>> fuse_ranks({"a": [0.9, 0.1, 0.1], "b": [0.0, 0.5, 0.2]}, {"a": 1, "b": 1}, k=1).round(4).tolist()
     [0.75, 0.8333, 0.6667]
+    >>> pool = rank_reference({"a": [0.9, 0.1, 0.1], "b": [0.0, 0.5, 0.2]})
+    >>> fuse_ranks({"a": [0.1], "b": [0.5]}, {"a": 1, "b": 1}, k=1, reference=pool).round(4).tolist()
+    [0.8333]
     """
     n = max((len(v) for v in columns.values()), default=0)
     total = sum(float(w) for w in weights.values())
@@ -165,17 +209,18 @@ def fuse_ranks(columns: Mapping[str, Any], weights: Mapping[str, float], k: floa
         return out
     for name, weight in weights.items():
         x = np.asarray(columns.get(name, np.zeros(n)), dtype=np.float64)
-        rank = np.searchsorted(np.sort(-x), -x, side="left") + 1
-        out += float(weight) * (k + 1.0) / (k + rank)
+        out += float(weight) * (k + 1.0) / (k + _ranks(x, reference, name))
     return np.round(out / total, 9)
 
 
-def fused_informativeness(records: list[Mapping[str, Any]], scoring: ScoringConfig) -> np.ndarray | None:
-    """``[N]`` the rank-fused informativeness of ``records`` (``image_combination: rank``), else None."""
+def fused_informativeness(records: list[Mapping[str, Any]], scoring: ScoringConfig,
+                          reference: Mapping[str, Any] | None = None) -> np.ndarray | None:
+    """``[N]`` the rank-fused informativeness of ``records`` (``image_combination: rank``), else None;
+    ranked against ``reference`` (:func:`rank_reference`) when given, else among themselves."""
     if scoring.image_combination != "rank" or not scoring.image_weights:
         return None
     columns = {name: [float(r.get(name, 0.0) or 0.0) for r in records] for name in scoring.image_weights}
-    return fuse_ranks(columns, scoring.image_weights, scoring.rank_k)
+    return fuse_ranks(columns, scoring.image_weights, scoring.rank_k, reference)
 
 
 def empty_informativeness(values: list[float], scoring: ScoringConfig) -> float:
