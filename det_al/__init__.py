@@ -37,6 +37,8 @@ _EXPORTS = {
     "Config": "det_al.config",
     "load_config": "det_al.config",
     "InputError": "det_al.errors",
+    "serve_backend": "det_al.serve.server",
+    "make_backend_app": "det_al.serve.server",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,94 @@
+"""Run the backend: load the model once, then serve the WSGI app with the standard library.
+
+The HTTP server is :mod:`wsgiref`'s with :class:`socketserver.ThreadingMixIn` (one thread per
+request, daemon threads): no dependency, enough for the handful of clients a Label Studio
+project has (the server itself, a few annotators opening tasks), and inference is serialised by
+the backend's lock anyway. Behind a production WSGI server, mount :func:`make_backend_app`'s app.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socketserver
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from det_al.serve.app import MAX_BODY, make_app
+from det_al.serve.paths import ImageRoots
+from det_al.serve.predict import Backend
+
+logger = logging.getLogger(__name__)
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    """Request lines go to the log (debug), not to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+
+def checkpoint_version(checkpoint: str | os.PathLike) -> str:
+    """``det_al-`` and the first 12 hex digits of the checkpoint file's SHA-256: a retrained
+    checkpoint gets a new model version by itself."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "det_al-" + h.hexdigest()[:12]
+
+
+def make_backend_app(checkpoint: str | os.PathLike, *, config: Any = None, image_root: Any = None,
+                     local_files_root: Any = None, url_prefix: str | None = None, scores: Any = None,
+                     passes: int | None = None, seed: int | None = None, model_version: str | None = None,
+                     journal: Any = None, auth: tuple[str, str] | None = None, max_body: int = MAX_BODY,
+                     min_score: float = 0.0, device: str = "cpu"):
+    """Load the checkpoint and return the WSGI app (``app.backend`` is the :class:`Backend`).
+
+    ``journal`` defaults to ``journal.jsonl`` beside the scores folder, else in the working
+    folder. The arguments are those of :func:`serve_backend`.
+    """
+    import det_al
+
+    roots = ImageRoots.make(image_root, local_files_root, url_prefix)
+    if not Path(checkpoint).is_file():
+        raise det_al.InputError("checkpoint not found", checkpoint)
+    model = det_al.load_model(checkpoint, config, device=device)
+    version = model_version or checkpoint_version(checkpoint)
+    backend = Backend(model, roots, version, scores=scores, passes=passes, seed=seed, min_score=min_score)
+    if journal is None:
+        journal = Path(scores) / "journal.jsonl" if isinstance(scores, (str, os.PathLike)) else Path("journal.jsonl")
+    return make_app(backend, journal, auth=auth, max_body=max_body)
+
+
+def serve_backend(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 9090, ready: Any = None,
+          **options: Any) -> None:
+    """Serve ``checkpoint`` as a Label Studio ML backend on ``host:port`` until interrupted.
+
+    ``options`` are those of :func:`make_backend_app`: ``config``, ``image_root`` /
+    ``local_files_root`` / ``url_prefix`` (where task images are, see
+    :class:`det_al.serve.paths.ImageRoots`), ``scores`` (a ``det-al score`` folder answered
+    without a model run), ``passes``, ``seed``, ``model_version`` (default: from the checkpoint's
+    hash), ``journal``, ``auth`` (``(user, password)`` for HTTP Basic), ``max_body``,
+    ``min_score``, ``device``. ``ready(url, app)`` is called once the socket listens.
+
+    >>> import det_al                                                        # doctest: +SKIP
+    >>> det_al.serve_backend("model.pt", local_files_root="/data", scores="scores/")  # doctest: +SKIP
+    """
+    app = make_backend_app(checkpoint, **options)
+    with make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler) as server:
+        url = f"http://{host}:{server.server_port}"
+        if ready is not None:
+            ready(url, app)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
