@@ -1,0 +1,164 @@
+"""``det-al serve`` connected to a real Label Studio server as its ML backend, end to end.
+
+A project with det_al's labeling config and "Uncertainty sampling", tasks whose images are
+Label Studio local files, a ``det-al score`` folder for five of the six images; ``det-al serve``
+runs as its own process and is connected through Label Studio's API. Checked: one prediction
+per task with the backend's model version, regions Label Studio's own validator accepts and
+that stay inside the image, the task order by prediction score equals det_al's ranking, the
+label stream serves det_al's top image first, an annotation posted through the API reaches the
+journal within the webhook's 1 s, and a second "Retrieve predictions" asks the backend nothing.
+
+The server is the ``label_studio`` fixture (conftest.py): skipped without it unless
+``DET_AL_REQUIRE_ANNOTATION_TOOLS=1``. With ``DET_AL_SERVE_SCREENSHOT=PATH`` (and Chromium, see
+``.ci/setup_browser.sh``) it also saves a screenshot of the labelling view to PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from det_al.annotation.label_studio import labeling_config, local_files_url
+from det_al.cli import main
+
+MODEL_VERSION = "det_al-e2e"
+
+VALIDATE = """
+import json, sys
+from label_studio_sdk.label_interface import LabelInterface
+payload = json.load(sys.stdin)
+interface = LabelInterface(payload["config"])
+print(json.dumps([interface.validate_prediction(p, return_errors=True) or [] for p in payload["predictions"]]))
+"""
+
+
+def _start_backend(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    """``det-al serve ARGS --port 0`` as a process; returns it and its URL (from its first line)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "det_al", "serve", *args, "--port", "0"], env=env,
+                               stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, start_new_session=True)
+    line = process.stdout.readline()  # printed once the model is loaded and the socket listens
+    if " on http://" not in line:
+        process.kill()
+        pytest.fail(f"det-al serve did not start: {line!r}\n{log.read_text()[-3000:]}")
+    return process, line.split(" on ", 1)[1].split()[0]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _tasks_by_score(server, project: int) -> list[dict]:
+    query = urllib.parse.quote(json.dumps({"ordering": ["tasks:predictions_score"]}))
+    return server.call("GET", f"/api/tasks?project={project}&fields=all&page_size=100&query={query}")["tasks"]
+
+
+def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoint, tmp_path):
+    server = label_studio
+    images = server.documents / "serve_pool"
+    shutil.copytree(tiny_pool["root"] / "images", images / "images")
+    coco = tiny_pool["coco"]
+    on_demand = coco["images"][3]  # not in the scores folder: scored when Label Studio asks
+    scored_pool = dict(coco, images=[im for im in coco["images"] if im is not on_demand])
+    (tmp_path / "pool.json").write_text(json.dumps(scored_pool))
+    assert main(["score", "--checkpoint", str(tiny_checkpoint), "--pool", str(tmp_path / "pool.json"),
+                 "--image-root", str(images), "--out", str(tmp_path / "scores"), "--passes", "2", "--seed", "0",
+                 "--no-progress"]) == 0
+    ranking = [json.loads(line) for line in (tmp_path / "scores" / "ranking.jsonl").read_text().splitlines()]
+
+    config = labeling_config(coco["categories"], polygons=True)
+    project = server.call("POST", "/api/projects", {
+        "title": "det_al serve", "label_config": config, "sampling": "Uncertainty sampling"})["id"]
+    server.call("POST", "/api/storages/localfiles", {
+        "project": project, "path": str(images), "title": "pool", "use_blob_urls": False})
+    tasks = [{"data": {"image": local_files_url(images / im["file_name"], server.documents)}}
+             for im in coco["images"]]
+    server.call("POST", f"/api/projects/{project}/import", tasks)
+
+    journal = tmp_path / "journal.jsonl"
+    backend, url = _start_backend(
+        ["--checkpoint", str(tiny_checkpoint), "--local-files-root", str(server.documents), "--image-root",
+         str(images), "--scores", str(tmp_path / "scores"), "--passes", "2", "--seed", "0", "--model-version",
+         MODEL_VERSION, "--journal", str(journal)], tmp_path / "serve.log")
+    try:
+        assert _get(url + "/health")["model_version"] == MODEL_VERSION
+        ml = server.call("POST", "/api/ml", {"url": url, "project": project, "title": MODEL_VERSION})
+        assert server.call("GET", f"/api/projects/{project}")["model_version"] == MODEL_VERSION
+
+        started = time.monotonic()
+        done = server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+                           {"selectedItems": {"all": True, "excluded": []}})
+        took = time.monotonic() - started
+        health = _get(url + "/health")
+        assert (health["tasks"], health["from_scores"], health["scored"], health["unreadable"]) == (6, 5, 1, 0), done
+
+        listed = _tasks_by_score(server, project)
+        assert len(listed) == 6
+        for task in listed:
+            assert [p["model_version"] for p in task["predictions"]] == [MODEL_VERSION]
+        predictions = [t["predictions"][0] for t in listed]
+        errors = server.sdk(VALIDATE, {"config": config, "predictions": predictions})
+        assert errors == [[]] * 6
+        regions = [r for p in predictions for r in p["result"]]
+        # a Mask R-CNN: masks as polygons (a box where the mask is empty), all inside the image
+        assert "polygonlabels" in {r["type"] for r in regions} <= {"polygonlabels", "rectanglelabels"}
+        for r in regions:
+            if r["type"] == "polygonlabels":
+                assert all(0.0 <= v <= 100.0 for point in r["value"]["points"] for v in point)
+            else:
+                v = r["value"]
+                assert min(v["x"], v["y"]) >= 0 and v["x"] + v["width"] <= 100 and v["y"] + v["height"] <= 100
+
+        # the order by prediction score is det_al's ranking; the on-demand image sits where its score puts it
+        name_of = {local_files_url(images / im["file_name"], server.documents): im["file_name"] for im in coco["images"]}
+        order = [name_of[t["data"]["image"]] for t in listed]
+        assert [name for name in order if name != on_demand["file_name"]] == [r["file_name"] for r in ranking]
+        scores = [t["predictions_score"] for t in listed]
+        assert scores == sorted(scores) and len(set(scores)) == 6
+
+        served = server.call("GET", f"/api/projects/{project}/next")
+        assert served["id"] == listed[0]["id"]
+        if order[0] != on_demand["file_name"]:
+            assert order[0] == ranking[0]["file_name"]
+
+        # an annotation posted through the API reaches the journal within the webhook's 1 s
+        result = predictions[0]["result"][:1]
+        before = time.monotonic()
+        annotation = server.call("POST", f"/api/tasks/{listed[0]['id']}/annotations/", {"result": result})
+        while time.monotonic() - before < 1.0 and not (journal.exists() and journal.read_text()):
+            time.sleep(0.05)
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert [(x["action"], x["annotation"]["id"], x["task"]["id"]) for x in lines] == [
+            ("ANNOTATION_CREATED", annotation["id"], listed[0]["id"])]
+
+        # a second "Retrieve predictions" asks for nothing: every task has this version's prediction
+        server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+                    {"selectedItems": {"all": True, "excluded": []}})
+        assert _get(url + "/health")["tasks"] == 6
+        assert sum(len(t["predictions"]) for t in _tasks_by_score(server, project)) == 6
+
+        if os.environ.get("DET_AL_SERVE_SCREENSHOT"):
+            _screenshot(server, project, listed[1]["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
+        print(f"retrieve predictions for 6 tasks: {took:.2f} s; backend {ml['id']}")
+    finally:
+        _stop(backend)
