@@ -334,3 +334,67 @@ def test_journal_folds_events_into_export_tasks(tmp_path):
     assert [(t["id"], t["data"], [(a["id"], a["result"]) for a in t["annotations"]]) for t in tasks] == [
         (1, {"image": "a.png"}, [(10, ["v2"])]), (2, {"image": "b.png"}, [(11, ["b"])])]
     assert [t["id"] for t in journal_tasks(journal.path)] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- retraining from the journal
+
+
+def _annotation_event(annotation_id: int, task_id: int, image: str, box: dict, label: str, size=(96, 96)) -> dict:
+    region = {"id": f"r{annotation_id}", "type": "rectanglelabels", "from_name": "bbox", "to_name": "image",
+              "original_width": size[0], "original_height": size[1], "image_rotation": 0,
+              "value": {**box, "rotation": 0, "rectanglelabels": [label]}}
+    return {"action": "ANNOTATION_CREATED", "project": {"id": 1},
+            "annotation": {"id": annotation_id, "task": task_id, "result": [region], "was_cancelled": False},
+            "task": {"id": task_id, "data": {"image": image}}}
+
+
+def test_journal_to_coco_uses_the_pool_ids_and_pixels(tmp_path):
+    from PIL import Image
+
+    from det_al.serve.retrain import journal_to_coco
+
+    (tmp_path / "docs" / "p").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "docs" / "p" / "a.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "docs" / "p" / "b.png")
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.record(_annotation_event(1, 5, "/data/local-files/?d=p/a.png",
+                                     {"x": 50.0, "y": 50.0, "width": 25.0, "height": 25.0}, "dog", (40, 30)))
+    journal.record(_annotation_event(2, 6, "/data/local-files/?d=p/b.png",
+                                     {"x": 0.0, "y": 0.0, "width": 50.0, "height": 10.0}, "cat", (40, 30)))
+    roots = ImageRoots.make(tmp_path / "docs" / "p", tmp_path / "docs")
+    pool = {"images": [{"id": 7, "file_name": "a.png", "width": 40, "height": 30}]}
+    labels, report = journal_to_coco(journal.path, roots, [{"id": 1, "name": "cat"}, {"id": 4, "name": "dog"}], pool=pool)
+    assert [(im["id"], im["file_name"], im["width"], im["height"]) for im in labels["images"]] == [
+        (7, "a.png", 40, 30), (8, "b.png", 40, 30)]
+    boxes = [(a["image_id"], a["category_id"], a["bbox"]) for a in labels["annotations"]]
+    assert boxes == [(7, 4, [20.0, 15.0, 10.0, 7.5]), (8, 1, [0.0, 0.0, 20.0, 3.0])]
+    journal.record(_annotation_event(3, 9, "/data/local-files/?d=../x.png", {"x": 0, "y": 0, "width": 1, "height": 1},
+                                     "cat"))
+    with pytest.raises(det_al.InputError, match="task 9: '../x.png' leaves the root"):
+        journal_to_coco(journal.path, roots, [{"id": 1, "name": "cat"}])
+
+
+def test_retrain_fine_tunes_rescoring_and_bumps_the_version(tiny_pool, tiny_checkpoint, tmp_path, capsys):
+    from det_al.cli import main
+    from det_al.serve.server import checkpoint_version
+
+    root = tmp_path / "pool"
+    shutil.copytree(tiny_pool["root"], root)
+    names = [im["file_name"] for im in tiny_pool["coco"]["images"]]
+    cats = [c["name"] for c in tiny_pool["coco"]["categories"]]
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.record(_annotation_event(1, 1, names[0], {"x": 10.0, "y": 10.0, "width": 30.0, "height": 30.0}, cats[0]))
+    journal.record(_annotation_event(2, 2, names[4], {"x": 40.0, "y": 20.0, "width": 20.0, "height": 50.0}, cats[1]))
+    out = tmp_path / "round1"
+    argv = ["retrain", "--journal", str(journal.path), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+            "--image-root", str(root), "--pool", str(root / "pool.json"), "--set", "train.epochs=1",
+            "--set", "train.batch_size=2", "--passes", "2", "--seed", "0", "--no-progress"]
+    assert main(argv) == 0
+    record = json.loads((out / "retrain.json").read_text())
+    assert record["model_version"] == checkpoint_version(out / "model" / "last.pt") != checkpoint_version(tiny_checkpoint)
+    assert (record["n_labelled"], record["n_annotations"]) == (2, 2)
+    rescored = [json.loads(line)["file_name"] for line in (out / "scores" / "ranking.jsonl").read_text().splitlines()]
+    assert sorted(rescored) == sorted(set(names) - {names[0], names[4]})
+    assert f"new model version {record['model_version']}" in capsys.readouterr().out
+    assert main(argv) == 2  # an earlier retrain in OUT is never overwritten
+    assert "holds an earlier retrain" in capsys.readouterr().err
