@@ -398,3 +398,24 @@ def test_retrain_fine_tunes_rescoring_and_bumps_the_version(tiny_pool, tiny_chec
     assert f"new model version {record['model_version']}" in capsys.readouterr().out
     assert main(argv) == 2  # an earlier retrain in OUT is never overwritten
     assert "holds an earlier retrain" in capsys.readouterr().err
+
+
+def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    import socket
+
+    from det_al.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            (["--image-root", str(tmp_path), "--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+            (["--image-root", str(tmp_path / "missing")], "--image-root: not a folder"),
+            (["--image-root", str(tmp_path), "--scores", str(tmp_path / "none")], "none"),
+            (["--image-root", str(tmp_path), "--passes", "0"], "--passes must be at least 1"),
+        ]
+        for args, message in cases:
+            assert main(["serve", "--checkpoint", str(tiny_checkpoint), *args]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("det-al serve: error: ") and message in err and err.count("\n") == 1, err

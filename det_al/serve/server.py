@@ -83,8 +83,14 @@ def serve_backend(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", por
     >>> import det_al                                                        # doctest: +SKIP
     >>> det_al.serve_backend("model.pt", local_files_root="/data", scores="scores/")  # doctest: +SKIP
     """
+    from det_al.errors import InputError
+
     app = make_backend_app(checkpoint, **options)
-    with make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler) as server:
+    try:
+        server = make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    with server:
         url = f"http://{host}:{server.server_port}"
         if ready is not None:
             ready(url, app)
