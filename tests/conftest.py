@@ -118,6 +118,8 @@ class Server:
     token: str
     documents: Path
     python: Path
+    user: str = ""
+    password: str = ""  # for a browser's login
 
     def call(self, method: str, path: str, body=None, raw: bool = False):
         data = None if body is None else json.dumps(body).encode()
@@ -155,12 +157,12 @@ def label_studio(tmp_path_factory):
     if (template / "label_studio.sqlite3").is_file():  # a migrated database: saves a minute or two
         shutil.copytree(template, data)
     documents.mkdir()
-    port, token = _free_port(), secrets.token_hex(20)
+    port, token, password = _free_port(), secrets.token_hex(20), secrets.token_hex(12)
     env = {
         **os.environ,
         "LABEL_STUDIO_BASE_DATA_DIR": str(data),
         "LABEL_STUDIO_USERNAME": "det-al-test@example.com",
-        "LABEL_STUDIO_PASSWORD": secrets.token_hex(12),
+        "LABEL_STUDIO_PASSWORD": password,
         "LABEL_STUDIO_USER_TOKEN": token,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",  # 1.23 turns legacy tokens off by default
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
@@ -197,7 +199,7 @@ def label_studio(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"label-studio did not answer within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(1)
-        yield Server(url, token, documents, exe.parent / "python")
+        yield Server(url, token, documents, exe.parent / "python", env["LABEL_STUDIO_USERNAME"], password)
     finally:
         try:
             os.killpg(process.pid, signal.SIGTERM)

@@ -10,7 +10,9 @@ journal within the webhook's 1 s, and a second "Retrieve predictions" asks the b
 
 The server is the ``label_studio`` fixture (conftest.py): skipped without it unless
 ``DET_AL_REQUIRE_ANNOTATION_TOOLS=1``. With ``DET_AL_SERVE_SCREENSHOT=PATH`` (and Chromium, see
-``.ci/setup_browser.sh``) it also saves a screenshot of the labelling view to PATH.
+``.ci/setup_browser.sh``) it also saves a screenshot of the labelling view to PATH; the one in
+docs/ was taken with a trained checkpoint, ``DET_AL_SERVE_CHECKPOINT=demo_out/model/best.pt``
+(``det-al demo``), whose regions below confidence 0.5 are not sent.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ from label_studio_sdk.label_interface import LabelInterface
 payload = json.load(sys.stdin)
 interface = LabelInterface(payload["config"])
 print(json.dumps([interface.validate_prediction(p, return_errors=True) or [] for p in payload["predictions"]]))
+"""
+
+CONNECT = """
+import json, sys
+from label_studio_sdk import LabelStudio
+job = json.load(sys.stdin)
+ls = LabelStudio(base_url=job["url"], api_key=job["token"])
+ml = ls.ml.create(url=job["backend"], project=job["project"], title=job["version"])
+ls.actions.create(id="retrieve_tasks_predictions", project=job["project"], selected_items={"all": True, "excluded": []})
+print(json.dumps(ml.id))
 """
 
 
@@ -75,13 +87,15 @@ def _tasks_by_score(server, project: int) -> list[dict]:
 
 def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoint, tmp_path):
     server = label_studio
+    checkpoint = os.environ.get("DET_AL_SERVE_CHECKPOINT") or tiny_checkpoint
+    min_score = ["--min-score", "0.5"] if os.environ.get("DET_AL_SERVE_CHECKPOINT") else []
     images = server.documents / "serve_pool"
     shutil.copytree(tiny_pool["root"] / "images", images / "images")
     coco = tiny_pool["coco"]
     on_demand = coco["images"][3]  # not in the scores folder: scored when Label Studio asks
     scored_pool = dict(coco, images=[im for im in coco["images"] if im is not on_demand])
     (tmp_path / "pool.json").write_text(json.dumps(scored_pool))
-    assert main(["score", "--checkpoint", str(tiny_checkpoint), "--pool", str(tmp_path / "pool.json"),
+    assert main(["score", "--checkpoint", str(checkpoint), "--pool", str(tmp_path / "pool.json"),
                  "--image-root", str(images), "--out", str(tmp_path / "scores"), "--passes", "2", "--seed", "0",
                  "--no-progress"]) == 0
     ranking = [json.loads(line) for line in (tmp_path / "scores" / "ranking.jsonl").read_text().splitlines()]
@@ -97,20 +111,19 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
 
     journal = tmp_path / "journal.jsonl"
     backend, url = _start_backend(
-        ["--checkpoint", str(tiny_checkpoint), "--local-files-root", str(server.documents), "--image-root",
+        ["--checkpoint", str(checkpoint), *min_score, "--local-files-root", str(server.documents), "--image-root",
          str(images), "--scores", str(tmp_path / "scores"), "--passes", "2", "--seed", "0", "--model-version",
          MODEL_VERSION, "--journal", str(journal)], tmp_path / "serve.log")
     try:
         assert _get(url + "/health")["model_version"] == MODEL_VERSION
-        ml = server.call("POST", "/api/ml", {"url": url, "project": project, "title": MODEL_VERSION})
-        assert server.call("GET", f"/api/projects/{project}")["model_version"] == MODEL_VERSION
-
+        # the README's two label-studio-sdk calls: connect the backend, retrieve predictions for every task
         started = time.monotonic()
-        done = server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
-                           {"selectedItems": {"all": True, "excluded": []}})
+        ml = server.sdk(CONNECT, {"url": server.url, "token": server.token, "project": project, "backend": url,
+                                  "version": MODEL_VERSION})
         took = time.monotonic() - started
+        assert server.call("GET", f"/api/projects/{project}")["model_version"] == MODEL_VERSION
         health = _get(url + "/health")
-        assert (health["tasks"], health["from_scores"], health["scored"], health["unreadable"]) == (6, 5, 1, 0), done
+        assert (health["tasks"], health["from_scores"], health["scored"], health["unreadable"]) == (6, 5, 1, 0)
 
         listed = _tasks_by_score(server, project)
         assert len(listed) == 6
@@ -159,6 +172,31 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
 
         if os.environ.get("DET_AL_SERVE_SCREENSHOT"):
             _screenshot(server, project, listed[1]["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
-        print(f"retrieve predictions for 6 tasks: {took:.2f} s; backend {ml['id']}")
+        print(f"connect and retrieve predictions for 6 tasks: {took:.2f} s; backend {ml}")
     finally:
         _stop(backend)
+
+
+def _screenshot(server, project: int, task_id: int, path: Path) -> None:
+    """The project's labelling view of one task, with det_al's pre-annotations, in headless Chromium."""
+    from test_report_browser import BROWSER_ARGS, _require_browser
+
+    import test_report_browser
+
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=test_report_browser.CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 800}).new_page()
+            page.goto(server.url + "/user/login", wait_until="load")
+            page.fill("#email", server.user)
+            page.fill("#password", server.password)
+            page.click("button[type=submit]")
+            page.wait_for_load_state("networkidle")
+            assert "/user/login" not in page.url, page.content()[:3000]
+            page.goto(f"{server.url}/projects/{project}/data?task={task_id}", wait_until="networkidle")
+            page.wait_for_timeout(3000)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path))
+        finally:
+            browser.close()
