@@ -173,6 +173,25 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         if os.environ.get("DET_AL_SERVE_SCREENSHOT"):
             _screenshot(server, project, listed[1]["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
         print(f"connect and retrieve predictions for 6 tasks: {took:.2f} s; backend {ml}")
+
+        # a new model version (as after det-al retrain): restart, PATCH the backend's title; the
+        # project follows and the next retrieve asks for every task again
+        _stop(backend)
+        backend, url = _start_backend(
+            ["--checkpoint", str(checkpoint), "--image-root", str(images), "--local-files-root", str(server.documents),
+             "--passes", "2", "--seed", "0", "--journal", str(journal)], tmp_path / "serve2.log")
+        version = _get(url + "/health")["model_version"]
+        assert version.startswith("det_al-") and version != MODEL_VERSION  # the checkpoint's hash by default
+        server.call("PATCH", f"/api/ml/{ml}", {"url": url, "project": project, "title": version})
+        assert server.call("GET", f"/api/projects/{project}")["model_version"] == version
+        server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+                    {"selectedItems": {"all": True, "excluded": []}})
+        health = _get(url + "/health")
+        assert (health["tasks"], health["scored"]) == (6, 6)
+        relisted = _tasks_by_score(server, project)
+        assert all(version in [p["model_version"] for p in t["predictions"]] for t in relisted)
+        open_tasks = [t["id"] for t in relisted if not t["annotations"]]  # the annotated one is done
+        assert server.call("GET", f"/api/projects/{project}/next")["id"] == open_tasks[0]
     finally:
         _stop(backend)
 
