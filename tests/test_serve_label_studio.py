@@ -154,6 +154,10 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         if order[0] != on_demand["file_name"]:
             assert order[0] == ranking[0]["file_name"]
 
+        if os.environ.get("DET_AL_SERVE_SCREENSHOT"):
+            shown = next(t for t in listed if t["predictions"][0]["result"])  # the first with regions to show
+            _screenshot(server, project, shown["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
+
         # an annotation posted through the API reaches the journal within the webhook's 1 s
         result = predictions[0]["result"][:1]
         before = time.monotonic()
@@ -170,8 +174,6 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         assert _get(url + "/health")["tasks"] == 6
         assert sum(len(t["predictions"]) for t in _tasks_by_score(server, project)) == 6
 
-        if os.environ.get("DET_AL_SERVE_SCREENSHOT"):
-            _screenshot(server, project, listed[1]["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
         print(f"connect and retrieve predictions for 6 tasks: {took:.2f} s; backend {ml}")
 
         # a new model version (as after det-al retrain): restart, PATCH the backend's title; the
@@ -206,16 +208,28 @@ def _screenshot(server, project: int, task_id: int, path: Path) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=test_report_browser.CHROMIUM, headless=True, args=BROWSER_ARGS)
         try:
-            page = browser.new_context(viewport={"width": 1400, "height": 800}).new_page()
+            page = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
             page.goto(server.url + "/user/login", wait_until="load")
             page.fill("#email", server.user)
             page.fill("#password", server.password)
             page.click("button[type=submit]")
             page.wait_for_load_state("networkidle")
             assert "/user/login" not in page.url, page.content()[:3000]
-            page.goto(f"{server.url}/projects/{project}/data?task={task_id}", wait_until="networkidle")
+            # a tab ordered by prediction score, its list showing id, image and score
+            columns = server.call("GET", f"/api/dm/columns?project={project}")["columns"]
+            names = {"tasks:" + ("data." if c.get("parent") == "data" else "") + c["id"] for c in columns}
+            hidden = sorted(names - {"tasks:id", "tasks:data.image", "tasks:predictions_score", "tasks:data"})
+            view = server.call("POST", f"/api/dm/views?project={project}", {"project": project, "data": {
+                "title": "by prediction score", "ordering": ["tasks:predictions_score"],
+                "hiddenColumns": {"explore": hidden, "labeling": hidden}}})
+            page.goto(f"{server.url}/projects/{project}/data?tab={view['id']}&task={task_id}", wait_until="networkidle")
             page.wait_for_timeout(3000)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(path))
+            png = page.screenshot()
         finally:
             browser.close()
+    import io
+
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)  # a 128-colour palette keeps the docs' PNG small
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128).save(path, optimize=True)
