@@ -17,6 +17,7 @@ docs/ was taken with a trained checkpoint, ``DET_AL_SERVE_CHECKPOINT=demo_out/mo
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -54,11 +56,14 @@ print(json.dumps(ml.id))
 """
 
 
-def _start_backend(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """``det-al serve ARGS --port 0`` as a process; returns it and its URL (from its first line)."""
+def _start_backend(args: list[str], log: Path, port: int = 0, auth: str | None = None) -> tuple[subprocess.Popen, str]:
+    """``det-al serve ARGS --port PORT`` as a process (``auth``: ``USER:PASSWORD`` for Basic auth);
+    returns it and its URL (from its first line)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "det_al", "serve", *args, "--port", "0"], env=env,
+    if auth:
+        env["DET_AL_SERVE_BASIC_AUTH"] = auth
+    process = subprocess.Popen([sys.executable, "-m", "det_al", "serve", *args, "--port", str(port)], env=env,
                                stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, start_new_session=True)
     line = process.stdout.readline()  # printed once the model is loaded and the socket listens
     if " on http://" not in line:
@@ -75,8 +80,9 @@ def _stop(process: subprocess.Popen) -> None:
         pass
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def _get(url: str, auth: str | None = None) -> dict:
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -176,24 +182,41 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
 
         print(f"connect and retrieve predictions for 6 tasks: {took:.2f} s; backend {ml}")
 
-        # a new model version (as after det-al retrain): restart, PATCH the backend's title; the
-        # project follows and the next retrieve asks for every task again
+        # a new model version (as after det-al retrain), now with Basic auth: restart on the same
+        # port (Label Studio made its webhook for that URL once), PATCH the backend's title and
+        # credentials; the project follows and the next retrieve asks for every task again
         _stop(backend)
+        auth = "ls-backend:" + os.urandom(6).hex()
         backend, url = _start_backend(
             ["--checkpoint", str(checkpoint), "--image-root", str(images), "--local-files-root", str(server.documents),
-             "--passes", "2", "--seed", "0", "--journal", str(journal)], tmp_path / "serve2.log")
-        version = _get(url + "/health")["model_version"]
+             "--passes", "2", "--seed", "0", "--journal", str(journal)], tmp_path / "serve2.log",
+            port=int(url.rsplit(":", 1)[1]), auth=auth)
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            _get(url + "/health")
+        version = _get(url + "/health", auth)["model_version"]
         assert version.startswith("det_al-") and version != MODEL_VERSION  # the checkpoint's hash by default
-        server.call("PATCH", f"/api/ml/{ml}", {"url": url, "project": project, "title": version})
+        user, password = auth.split(":")
+        server.call("PATCH", f"/api/ml/{ml}", {"url": url, "project": project, "title": version,
+                                               "auth_method": "BASIC_AUTH", "basic_auth_user": user,
+                                               "basic_auth_pass": password})
         assert server.call("GET", f"/api/projects/{project}")["model_version"] == version
         server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
                     {"selectedItems": {"all": True, "excluded": []}})
-        health = _get(url + "/health")
+        health = _get(url + "/health", auth)
         assert (health["tasks"], health["scored"]) == (6, 6)
         relisted = _tasks_by_score(server, project)
         assert all(version in [p["model_version"] for p in t["predictions"]] for t in relisted)
         open_tasks = [t["id"] for t in relisted if not t["annotations"]]  # the annotated one is done
         assert server.call("GET", f"/api/projects/{project}/next")["id"] == open_tasks[0]
+
+        # Label Studio does not send the backend's credentials with webhook events: give the
+        # webhook the header, and the next annotation is journalled again
+        hook = next(h for h in server.call("GET", f"/api/webhooks/?project={project}") if h["url"] == url + "/webhook")
+        server.call("PATCH", f"/api/webhooks/{hook['id']}/", {
+            "headers": {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}})
+        second = server.call("POST", f"/api/tasks/{open_tasks[0]}/annotations/", {"result": []})
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert [x["annotation"]["id"] for x in lines] == [annotation["id"], second["id"]]
     finally:
         _stop(backend)
 

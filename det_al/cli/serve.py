@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", "-p", type=int, default=9090, help="port (default 9090; 0: any free port)")
     parser.add_argument("--model-version", help="version in every answer (default: det_al- and the checkpoint's hash)")
-    parser.add_argument("--journal", help="annotation journal file (default: SCORES/journal.jsonl, else ./journal.jsonl)")
+    parser.add_argument("--journal", help="annotation journal file, appended to (default: ./journal.jsonl)")
     parser.add_argument("--min-score", type=float, default=0.0, help="send no region below this detector confidence")
     parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted (MiB)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

@@ -53,8 +53,8 @@ def make_backend_app(checkpoint: str | os.PathLike, *, config: Any = None, image
                      min_score: float = 0.0, device: str = "cpu"):
     """Load the checkpoint and return the WSGI app (``app.backend`` is the :class:`Backend`).
 
-    ``journal`` defaults to ``journal.jsonl`` beside the scores folder, else in the working
-    folder. The arguments are those of :func:`serve_backend`.
+    ``journal`` defaults to ``journal.jsonl`` in the working folder (the scores folder, an
+    input, is left alone). The arguments are those of :func:`serve_backend`.
     """
     import det_al
 
@@ -65,7 +65,7 @@ def make_backend_app(checkpoint: str | os.PathLike, *, config: Any = None, image
     version = model_version or checkpoint_version(checkpoint)
     backend = Backend(model, roots, version, scores=scores, passes=passes, seed=seed, min_score=min_score)
     if journal is None:
-        journal = Path(scores) / "journal.jsonl" if isinstance(scores, (str, os.PathLike)) else Path("journal.jsonl")
+        journal = Path("journal.jsonl")
     return make_app(backend, journal, auth=auth, max_body=max_body)
 
 
