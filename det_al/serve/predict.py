@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -133,11 +133,12 @@ class ScoredImage:
 
 @dataclass
 class Counters:
+    """What the backend has done since it started (``/health`` shows it)."""
+
     tasks: int = 0  # tasks asked for
-    from_scores: int = 0  # answered from the scores folder
+    from_scores: int = 0  # of those, answered from the scores folder
     scored: int = 0  # images the model scored on demand
     unreadable: int = 0  # entries without result
-    lock_waits: list[float] = field(default_factory=list)
 
 
 class Backend:
@@ -169,6 +170,7 @@ class Backend:
         self.lock = threading.Lock()  # one model: its passes never interleave
         self._table_lock = threading.Lock()
         self.images: dict[Path, ScoredImage] = {}
+        self.from_folder: set[Path] = set()
         self.counters = Counters()
         self.categories: list[dict] = list(model.categories or [])
         if scores is not None:
@@ -183,14 +185,22 @@ class Backend:
             scores = Scores.load(scores)
         if not self.categories:
             self.categories = scores.categories
+        from det_al.data.images import ImageReadError, image_size
+
         sizes = {im["id"]: (int(im.get("width", 0)), int(im.get("height", 0)))
                  for im in scores.pseudo_labels()["images"]}
         root = self.roots.image_root
         for item in scores:
             path = (root / item.file_name).resolve()
             width, height = sizes.get(item.image_id, (0, 0))
+            if not (width and height):  # an older pseudo-labels file without sizes
+                try:
+                    width, height = image_size(path)
+                except ImageReadError as e:
+                    logger.warning("%s: %s; answered on demand instead", item.file_name, e)
+                    continue
             self.images[path] = ScoredImage(dict(item.record), item.detections, width, height)
-        self._from_folder = set(self.images)
+        self.from_folder = set(self.images)
         logger.info("%d scored images from %s", len(self.images), scores.source)
 
     # ---- answers
@@ -229,7 +239,7 @@ class Backend:
             entries.append(self.entry(image, config))
         with self._table_lock:
             self.counters.tasks += len(tasks)
-            self.counters.from_scores += sum(p in getattr(self, "_from_folder", ()) for p in paths)
+            self.counters.from_scores += sum(p in self.from_folder for p in paths)
             self.counters.unreadable += sum(e.get("result") is None for e in entries)
         return entries
 
@@ -246,8 +256,12 @@ class Backend:
                 logger.warning("%s: no such file", p)
             if not readable:
                 return
-            scores = det_al.score_images(self.model, [os.fspath(p) for p in readable], passes=self.passes,
-                                         seed=self.seed, progress=False, categories=self.categories or None)
+            try:
+                scores = det_al.score_images(self.model, [os.fspath(p) for p in readable], passes=self.passes,
+                                             seed=self.seed, progress=False, categories=self.categories or None)
+            except det_al.InputError as e:  # these tasks get no result; the batch is still answered
+                logger.warning("scoring %d images: %s", len(readable), e)
+                return
             for s in scores.skipped:
                 logger.warning("%s: %s", s["file_name"], s["reason"])
             sizes = {im["id"]: (int(im["width"]), int(im["height"])) for im in scores.pseudo_labels()["images"]}
@@ -260,25 +274,19 @@ class Backend:
             self.counters.scored += len(new)
 
     def _place(self, new: dict[Path, ScoredImage]) -> None:
-        """Give images scored on demand their informativeness among every image known (see the
-        module docstring), in place."""
+        """Give the images of ``new`` (scored together) their informativeness among every image
+        known, themselves included (see the module docstring); in place."""
         from det_al.scoring.informativeness import apply_empty_policy, empty_informativeness, fuse_ranks
 
         scoring = self.config.scoring
-        known = list(self.images.values()) + list(new.values())
-        records = [image.record for image in new.values()]
+        reference = [image.record for image in self.images.values()]
+        batch = [image.record for image in new.values()]
+        pool = reference + batch
         if scoring.image_combination == "rank" and scoring.image_weights:
-            reference = [image.record for image in self.images.values()]
-            for record in records:
-                pool = reference + [record]
-                columns = {name: [float(r.get(name, 0.0) or 0.0) for r in pool] for name in scoring.image_weights}
-                # every other new image of the batch counts too: rank among reference + batch
-                for other in records:
-                    if other is not record:
-                        for name in columns:
-                            columns[name].append(float(other.get(name, 0.0) or 0.0))
-                record["informativeness"] = float(fuse_ranks(columns, scoring.image_weights, scoring.rank_k)[len(reference)])
-        values = [float(image.record["informativeness"]) for image in known if not image.record.get("empty")]
-        fill = empty_informativeness(values, scoring)
-        for record in records:
+            columns = {name: [float(r.get(name, 0.0) or 0.0) for r in pool] for name in scoring.image_weights}
+            fused = fuse_ranks(columns, scoring.image_weights, scoring.rank_k)
+            for i, record in enumerate(batch):
+                record["informativeness"] = float(fused[len(reference) + i])
+        fill = empty_informativeness([float(r["informativeness"]) for r in pool if not r.get("empty")], scoring)
+        for record in batch:
             apply_empty_policy(record, fill, scoring)
