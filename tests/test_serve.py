@@ -419,3 +419,41 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
             assert main(["serve", "--checkpoint", str(tiny_checkpoint), *args]) == 2
             err = capsys.readouterr().err
             assert err.startswith("det-al serve: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_over_a_real_socket_with_the_threading_server(tiny_pool, tiny_checkpoint, tmp_path):
+    import http.client
+    from wsgiref.simple_server import make_server
+
+    from det_al.serve.server import QuietHandler, ThreadingWSGIServer, make_backend_app
+
+    app = make_backend_app(tiny_checkpoint, image_root=tiny_pool["root"], journal=tmp_path / "j.jsonl",
+                           max_body=1000, model_version="v-socket")
+    server = make_server("127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        def request(method, path, body=b"", headers=None):
+            connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            answer = (response.status, json.loads(response.read()))
+            connection.close()
+            return answer
+
+        assert request("GET", "/health")[1]["model_version"] == "v-socket"
+        event = json.dumps({"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": 1}, "task": {"id": 1}})
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(request("POST", "/webhook", event.encode())))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [status for status, _ in results] == [200] * 8
+        assert [json.loads(line)["annotation"]["id"] for line in (tmp_path / "j.jsonl").read_text().splitlines()] == [1] * 8
+        status, answer = request("POST", "/predict", b"{}", {"Content-Length": "1000000"})
+        assert status == 413
+    finally:
+        server.shutdown()
+        server.server_close()
