@@ -179,14 +179,13 @@ class Backend:
     # ---- the scores folder
 
     def _load_scores(self, scores: Any) -> None:
+        from det_al.data.images import ImageReadError, image_size
         from det_al.scores import Scores
 
         if not isinstance(scores, Scores):
             scores = Scores.load(scores)
         if not self.categories:
             self.categories = scores.categories
-        from det_al.data.images import ImageReadError, image_size
-
         sizes = {im["id"]: (int(im.get("width", 0)), int(im.get("height", 0)))
                  for im in scores.pseudo_labels()["images"]}
         root = self.roots.image_root
