@@ -1,12 +1,16 @@
 """``det-al serve`` connected to a real Label Studio server as its ML backend, end to end.
 
 A project with det_al's labeling config and "Uncertainty sampling", tasks whose images are
-Label Studio local files, a ``det-al score`` folder for five of the six images; ``det-al serve``
-runs as its own process and is connected through Label Studio's API. Checked: one prediction
-per task with the backend's model version, regions Label Studio's own validator accepts and
-that stay inside the image, the task order by prediction score equals det_al's ranking, the
-label stream serves det_al's top image first, an annotation posted through the API reaches the
-journal within the webhook's 1 s, and a second "Retrieve predictions" asks the backend nothing.
+Label Studio local files (six images, a ``det-al score`` folder for five of them, and one task
+whose file is missing); ``det-al serve`` runs as its own process and is connected through Label
+Studio's API. Checked: one prediction per readable task with the backend's model version and
+none for the missing image, regions Label Studio's own validator accepts and that stay inside
+the image, the task order by prediction score equals det_al's ranking, the label stream serves
+det_al's top image first, an annotation posted through the API reaches the journal within the
+webhook's 1 s, and a second "Retrieve predictions" asks the backend only for the task without
+prediction. Then a new model version (restart with Basic auth, PATCH of the backend): every
+task is asked again, the queue follows, and webhook events reach the journal with the
+credentials given to the webhook.
 
 The server is the ``label_studio`` fixture (conftest.py): skipped without it unless
 ``DET_AL_REQUIRE_ANNOTATION_TOOLS=1``. With ``DET_AL_SERVE_SCREENSHOT=PATH`` (and Chromium, see
@@ -113,6 +117,7 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         "project": project, "path": str(images), "title": "pool", "use_blob_urls": False})
     tasks = [{"data": {"image": local_files_url(images / im["file_name"], server.documents)}}
              for im in coco["images"]]
+    tasks.append({"data": {"image": local_files_url(images / "images" / "missing.png", server.documents)}})
     server.call("POST", f"/api/projects/{project}/import", tasks)
 
     journal = tmp_path / "journal.jsonl"
@@ -129,10 +134,13 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         took = time.monotonic() - started
         assert server.call("GET", f"/api/projects/{project}")["model_version"] == MODEL_VERSION
         health = _get(url + "/health")
-        assert (health["tasks"], health["from_scores"], health["scored"], health["unreadable"]) == (6, 5, 1, 0)
+        assert (health["tasks"], health["from_scores"], health["scored"], health["unreadable"]) == (7, 5, 1, 1)
 
+        # the task whose image is missing got no prediction (it sorts last: no score)
         listed = _tasks_by_score(server, project)
-        assert len(listed) == 6
+        assert len(listed) == 7 and listed[-1]["data"]["image"] == tasks[-1]["data"]["image"]
+        assert listed[-1]["predictions"] == [] and listed[-1]["predictions_score"] is None
+        listed = listed[:-1]
         for task in listed:
             assert [p["model_version"] for p in task["predictions"]] == [MODEL_VERSION]
         predictions = [t["predictions"][0] for t in listed]
@@ -174,13 +182,14 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         assert [(x["action"], x["annotation"]["id"], x["task"]["id"]) for x in lines] == [
             ("ANNOTATION_CREATED", annotation["id"], listed[0]["id"])]
 
-        # a second "Retrieve predictions" asks for nothing: every task has this version's prediction
+        # a second "Retrieve predictions" asks again for the task without prediction only
         server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
                     {"selectedItems": {"all": True, "excluded": []}})
-        assert _get(url + "/health")["tasks"] == 6
+        health = _get(url + "/health")
+        assert (health["tasks"], health["scored"], health["unreadable"]) == (8, 1, 2)
         assert sum(len(t["predictions"]) for t in _tasks_by_score(server, project)) == 6
 
-        print(f"connect and retrieve predictions for 6 tasks: {took:.2f} s; backend {ml}")
+        print(f"connect and retrieve predictions for 7 tasks: {took:.2f} s; backend {ml}")
 
         # a new model version (as after det-al retrain), now with Basic auth: restart on the same
         # port (Label Studio made its webhook for that URL once), PATCH the backend's title and
@@ -203,8 +212,8 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
                     {"selectedItems": {"all": True, "excluded": []}})
         health = _get(url + "/health", auth)
-        assert (health["tasks"], health["scored"]) == (6, 6)
-        relisted = _tasks_by_score(server, project)
+        assert (health["tasks"], health["scored"], health["unreadable"]) == (7, 6, 1)
+        relisted = _tasks_by_score(server, project)[:-1]
         assert all(version in [p["model_version"] for p in t["predictions"]] for t in relisted)
         open_tasks = [t["id"] for t in relisted if not t["annotations"]]  # the annotated one is done
         assert server.call("GET", f"/api/projects/{project}/next")["id"] == open_tasks[0]
