@@ -457,3 +457,21 @@ def test_over_a_real_socket_with_the_threading_server(tiny_pool, tiny_checkpoint
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_detector_held_in_memory_is_served_from_python(tiny_pool):
+    from det_al.models.build import fasterrcnn_tiny
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = fasterrcnn_tiny(num_classes=4, box_score_thresh=0.0)
+    app = det_al.make_backend_app(model, categories=["circle", "square", "triangle"], image_root=tiny_pool["root"],
+                                  passes=2, seed=0)
+    version = app.backend.model_version
+    assert version.startswith("det_al-") and len(version) == len("det_al-") + 12
+    name = tiny_pool["coco"]["images"][0]["file_name"]
+    status, answer = call(app, "POST", "/predict", {"tasks": [task(1, name)]})
+    entry = answer["results"][0]
+    assert status == 200 and entry["model_version"] == version and entry["result"]
+    assert {r["value"]["rectanglelabels"][0] for r in entry["result"]} <= {"circle", "square", "triangle"}
+    assert model.training  # the user's model is left in the mode it was in

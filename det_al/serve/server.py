@@ -46,32 +46,63 @@ def checkpoint_version(checkpoint: str | os.PathLike) -> str:
     return "det_al-" + h.hexdigest()[:12]
 
 
-def make_backend_app(checkpoint: str | os.PathLike, *, config: Any = None, image_root: Any = None,
+def load_backend_model(model: Any, config: Any = None, categories: Any = None,
+                       device: str = "cpu") -> tuple[Any, str]:
+    """``(LoadedModel, default model version)`` from a checkpoint file, what
+    :func:`det_al.load_model` returns, or a torchvision detector held in memory."""
+    import det_al
+    from det_al.api import LoadedModel, as_config, model_sha256, unwrap_model
+
+    if isinstance(model, LoadedModel):
+        return model, "det_al-" + model_sha256(unwrap_model(model.model))[:12]
+    if isinstance(model, (str, os.PathLike)):
+        if not Path(model).is_file():
+            raise det_al.InputError("checkpoint not found", model)
+        loaded = det_al.load_model(model, config, device=device)
+        if categories is not None:
+            loaded = loaded._replace(categories=list(categories))
+        return loaded, checkpoint_version(model)
+    from det_al.data.sources import resolve_categories
+    from det_al.models.build import model_num_classes
+
+    net = unwrap_model(model)
+    num_classes = model_num_classes(net)
+    loaded = LoadedModel(net, as_config(config, num_classes), resolve_categories(categories, num_classes, None,
+                                                                                 "categories"))
+    return loaded, "det_al-" + model_sha256(net)[:12]
+
+
+def make_backend_app(model: Any, *, config: Any = None, categories: Any = None, image_root: Any = None,
                      local_files_root: Any = None, url_prefix: str | None = None, scores: Any = None,
                      passes: int | None = None, seed: int | None = None, model_version: str | None = None,
                      journal: Any = None, auth: tuple[str, str] | None = None, max_body: int = MAX_BODY,
                      min_score: float = 0.0, device: str = "cpu"):
-    """Load the checkpoint and return the WSGI app (``app.backend`` is the :class:`Backend`).
+    """The WSGI app of a backend for ``model`` (``app.backend`` is the :class:`Backend`).
 
-    ``journal`` defaults to ``journal.jsonl`` in the working folder (the scores folder, an
-    input, is left alone). The arguments are those of :func:`serve_backend`.
+    ``model``: a checkpoint file (loaded here, once), what :func:`det_al.load_model` returns, or
+    a torchvision detector you hold (with ``categories``, names or COCO dicts, one per class;
+    ``config`` for its passes and scoring). The default ``model_version`` is ``det_al-`` and 12
+    hex digits of the checkpoint file's (or the weights') SHA-256, so new weights get a new
+    version. ``journal`` defaults to ``journal.jsonl`` in the working folder (the scores folder,
+    an input, is left alone). The other arguments are those of :func:`serve_backend`.
+
+    >>> import det_al                                                                   # doctest: +SKIP
+    >>> app = det_al.make_backend_app("model.pt", local_files_root="/data", scores="scores/")  # doctest: +SKIP
+    >>> # mount `app` in any WSGI server, e.g. waitress.serve(app, host="127.0.0.1", port=9090)
     """
-    import det_al
-
     roots = ImageRoots.make(image_root, local_files_root, url_prefix)
-    if not Path(checkpoint).is_file():
-        raise det_al.InputError("checkpoint not found", checkpoint)
-    model = det_al.load_model(checkpoint, config, device=device)
-    version = model_version or checkpoint_version(checkpoint)
-    backend = Backend(model, roots, version, scores=scores, passes=passes, seed=seed, min_score=min_score)
+    loaded, version = load_backend_model(model, config, categories, device)
+    backend = Backend(loaded, roots, model_version or version, scores=scores, passes=passes, seed=seed,
+                      min_score=min_score)
     if journal is None:
         journal = Path("journal.jsonl")
     return make_app(backend, journal, auth=auth, max_body=max_body)
 
 
-def serve_backend(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 9090, ready: Any = None,
-          **options: Any) -> None:
-    """Serve ``checkpoint`` as a Label Studio ML backend on ``host:port`` until interrupted.
+def serve_backend(model: Any, *, host: str = "127.0.0.1", port: int = 9090, ready: Any = None,
+                  **options: Any) -> None:
+    """Serve ``model`` (a checkpoint file, or see :func:`make_backend_app`) as a Label Studio
+    ML backend on ``host:port`` until interrupted.
 
     ``options`` are those of :func:`make_backend_app`: ``config``, ``image_root`` /
     ``local_files_root`` / ``url_prefix`` (where task images are, see
@@ -85,7 +116,7 @@ def serve_backend(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", por
     """
     from det_al.errors import InputError
 
-    app = make_backend_app(checkpoint, **options)
+    app = make_backend_app(model, **options)
     try:
         server = make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
     except OSError as e:
