@@ -10,6 +10,7 @@ The public API (see :mod:`det_al.api`)::
     scores = det_al.score_images(model, "pool/", passes=10, seed=0)   # your detector, your images
     batch = det_al.select(scores, "top", budget=50)
     det_al.export_label_studio(batch, "ls/", url_prefix="https://host/pool")
+    app = det_al.make_backend_app(model, image_root="pool/")          # live Label Studio ML backend (WSGI)
 
 Names are imported on first use, so ``import det_al`` stays cheap (no torch until needed).
 """
@@ -37,6 +38,8 @@ _EXPORTS = {
     "Config": "det_al.config",
     "load_config": "det_al.config",
     "InputError": "det_al.errors",
+    "serve_backend": "det_al.serve.server",
+    "make_backend_app": "det_al.serve.server",
 }
 
 __all__ = ["__version__", *_EXPORTS]

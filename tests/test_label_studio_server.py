@@ -4,29 +4,16 @@ det-al select -> det-al export label-studio -> project + local storage + task im
 REST API -> annotations made from the predictions (one box edited, one deleted, one added, one
 task cancelled) -> JSON export -> det-al import label-studio -> det-al merge -> checks.
 
-The server is label-studio in its own virtual environment (it pins its own Django and numpy):
-``DET_AL_LABEL_STUDIO`` names its ``label-studio`` executable (default
-``/tmp/ls-venv/bin/label-studio``; ``.ci/setup_annotation_tools.sh`` installs it). The server
-is driven with plain HTTP (urllib) so the test environment needs no label-studio-sdk; the
-SDK's ``LabelInterface`` validation and brush encoder run with the server's own Python.
-Without the server the tests skip, unless ``DET_AL_REQUIRE_ANNOTATION_TOOLS=1`` (CI), where
-they fail.
+The server is the ``label_studio`` fixture of conftest.py (label-studio in its own virtual
+environment, ``DET_AL_LABEL_STUDIO``), driven with plain HTTP (urllib) so the test environment
+needs no label-studio-sdk; the SDK's ``LabelInterface`` validation and brush encoder run with the
+server's own Python. Without the server the tests skip, unless
+``DET_AL_REQUIRE_ANNOTATION_TOOLS=1`` (CI), where they fail.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,114 +21,6 @@ from test_selection import CATEGORIES, mask_b, write_score_outputs
 
 from det_al.cli import main
 from det_al.annotation.label_studio import brush_rle_to_mask
-
-START_TIMEOUT_S = 420
-
-
-def _label_studio_executable() -> Path:
-    exe = Path(os.environ.get("DET_AL_LABEL_STUDIO", "/tmp/ls-venv/bin/label-studio"))
-    if not exe.is_file():
-        reason = (f"Label Studio server not installed: {exe} not found (set DET_AL_LABEL_STUDIO to the "
-                  "label-studio executable; .ci/setup_annotation_tools.sh installs one)")
-        if os.environ.get("DET_AL_REQUIRE_ANNOTATION_TOOLS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return exe
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    token: str
-    documents: Path
-    python: Path
-
-    def call(self, method: str, path: str, body=None, raw: bool = False):
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Token {self.token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                content = response.read()
-        except urllib.error.HTTPError as e:
-            raise AssertionError(f"{method} {path}: HTTP {e.code}: {e.read()[:1000]!r}") from None
-        return content if raw else json.loads(content)
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    exe = _label_studio_executable()
-    root = tmp_path_factory.mktemp("label_studio")
-    data, documents = root / "data", root / "documents"
-    template = Path(os.environ.get("DET_AL_LABEL_STUDIO_TEMPLATE", exe.parent.parent / "det_al-data-template"))
-    if (template / "label_studio.sqlite3").is_file():  # a migrated database: saves a minute or two
-        shutil.copytree(template, data)
-    documents.mkdir()
-    port, token = _free_port(), secrets.token_hex(20)
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-        "LABEL_STUDIO_USERNAME": "det-al-test@example.com",
-        "LABEL_STUDIO_PASSWORD": secrets.token_hex(12),
-        "LABEL_STUDIO_USER_TOKEN": token,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",  # 1.23 turns legacy tokens off by default
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(documents),
-        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
-        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-        # Sentry off: an offline server has nowhere to report to, and the SDK is the part of
-        # Label Studio's dependencies that breaks it at start (sentry-sdk 3 rejects its options).
-        "SENTRY_DSN": "",
-        "FRONTEND_SENTRY_DSN": "",
-    }
-    env.pop("HOST", None)
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--host",
-             f"http://127.0.0.1:{port}", "--port", str(port)],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"label-studio exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"label-studio did not answer within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield Server(url, token, documents, exe.parent / "python")
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def _sdk(server: Server, code: str, payload) -> object:
-    """Run ``code`` with the server's Python (label-studio-sdk there); it reads ``payload`` from
-    stdin as JSON and prints its answer as JSON."""
-    done = subprocess.run([str(server.python), "-c", code], input=json.dumps(payload), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
 
 VALIDATE = """
 import json, sys
@@ -162,7 +41,7 @@ print(json.dumps(mask2rle(mask)))
 
 def test_brush_decoder_matches_label_studio_sdk(label_studio):
     mask = mask_b()
-    rle = _sdk(label_studio, BRUSH, mask.astype(int).tolist())
+    rle = label_studio.sdk(BRUSH, mask.astype(int).tolist())
     assert np.array_equal(brush_rle_to_mask(rle, 50, 40), mask)
 
 
@@ -198,7 +77,7 @@ def test_round_trip_through_label_studio(label_studio, tmp_path, capsys):
     # Label Studio's own validator accepts every prediction (and does catch a bad one)
     bad = json.loads(json.dumps(tasks[0]["predictions"][0]))
     bad["result"][0]["value"]["rectanglelabels"] = ["cow"]
-    errors = _sdk(server, VALIDATE, {"config": config, "predictions": [t["predictions"][0] for t in tasks] + [bad]})
+    errors = server.sdk(VALIDATE, {"config": config, "predictions": [t["predictions"][0] for t in tasks] + [bad]})
     assert errors[:-1] == [[]] * len(tasks) and errors[-1]
 
     project = server.call("POST", "/api/projects", {"title": "det_al round trip", "label_config": config})
@@ -292,7 +171,7 @@ def test_readme_sdk_commands(label_studio, tmp_path, capsys):
     assert main(["export", "label-studio", "--selection", str(tmp_path / "sel" / "selection.json"),
                  "--out", str(tmp_path / "ls"), "--image-root", str(paths["images"]),
                  "--local-files-root", str(label_studio.documents)]) == 0
-    _sdk(label_studio, README_SDK, {
+    label_studio.sdk(README_SDK, {
         "url": label_studio.url, "token": label_studio.token, "config": str(tmp_path / "ls" / "labeling_config.xml"),
         "images": str(paths["images"]), "tasks": str(tmp_path / "ls" / "tasks.json"),
         "export": str(tmp_path / "export.json")})

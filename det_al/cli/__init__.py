@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "loop": ("det_al.cli.loop", "simulate train -> select -> label rounds"),
     "report": ("det_al.cli.report", "write a static HTML report of a scored pool"),
     "merge-shards": ("det_al.cli.merge_shards", "join the outputs of sharded scoring jobs"),
+    "serve": ("det_al.cli.serve", "serve a checkpoint as a Label Studio ML backend"),
+    "retrain": ("det_al.cli.retrain", "fine-tune on det-al serve's journalled annotations and rescore"),
 }
 
 
