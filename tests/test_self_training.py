@@ -150,3 +150,26 @@ def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path)
     assert _pseudo_labels_for(run, tmp_path / "round1", None, config, "cpu") == saved
     with pytest.raises(InputError, match="cannot resume self-training"):
         _pseudo_labels_for(run, tmp_path / "round2", tmp_path / "missing.pt", config, "cpu")
+
+
+def test_a_resume_without_the_rounds_pseudo_labels_scores_the_pool_again(tmp_path, tiny_pool, tiny_checkpoint):
+    """No ``pseudo_labels.json`` in the round's folder: the pool is scored again with the
+    previous round's checkpoint, and its pseudo-labels are written there and trained on."""
+    import dataclasses
+    import json
+
+    from det_al.loop.data import LoopData
+    from det_al.loop.rounds import PSEUDO_LABELS, _pseudo_labels_for
+    from det_al.models.checkpoint import load_checkpoint
+
+    coco = tiny_pool["coco"]
+    data = LoopData(labelled={"images": [], "annotations": [], "categories": coco["categories"]}, pool=coco,
+                    oracle=coco, val=coco, image_root=tiny_pool["root"], categories=coco["categories"])
+    run = _Run("top", 0, data)
+    run.reveal([1])
+    _, config, _, _ = load_checkpoint(tiny_checkpoint)
+    config = dataclasses.replace(config, loop=dataclasses.replace(config.loop, pseudo_threshold=0.001, pseudo_ignore=0.0))
+    pseudo = _pseudo_labels_for(run, tmp_path / "round1", tiny_checkpoint, config, "cpu")
+    assert pseudo["images"] and {im["id"] for im in pseudo["images"]} <= {2, 3, 4, 5, 6}
+    assert pseudo["annotations"] and all(a["iscrowd"] == 0 for a in pseudo["annotations"])
+    assert json.loads((tmp_path / "round1" / PSEUDO_LABELS).read_text()) == pseudo

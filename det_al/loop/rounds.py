@@ -439,13 +439,14 @@ def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict
 def _pseudo_labels_for(run: _Run, folder: Path, previous: Path | None, config: Config, device: str) -> dict:
     """On a resume: the pseudo-labels a round trains on, from its folder, or by scoring the pool
     again with the previous round's checkpoint."""
+    from det_al.api import score_images
     from det_al.models.checkpoint import load_checkpoint
-    from det_al.scoring.score_pool import score_pool
 
     if (folder / PSEUDO_LABELS).exists():
         return read_json(folder / PSEUDO_LABELS)
     if previous is None or not previous.exists():
         raise InputError(f"cannot resume self-training: no {PSEUDO_LABELS} and no checkpoint of the round before", folder)
     model, _, categories, _ = load_checkpoint(previous, config, device=device)
-    scores = score_pool(model, config, categories, run.pool(), run.data.image_root, device=device, progress=False)
+    scores = score_images(model, run.pool(), categories=categories, config=config, image_root=run.data.image_root,
+                          device=device, progress=False, allow_outside_root=run.data.allow_outside_root)
     return _pseudo_labels(run, scores, folder, config.loop)
