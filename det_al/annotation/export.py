@@ -8,20 +8,40 @@ function returns what it wrote, in memory too.
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from det_al.annotation import cvat, label_studio
+from det_al.data.coco import load_coco
+from det_al.data.files import atomic_open, write_json, write_text
 from det_al.errors import InputError
-from det_al.data.files import atomic_open, write_json
-from det_al.scores import Selection
+from det_al.scores import Scores, Selection
+from det_al.selection.files import check_image_sizes
+
+#: What the exporters take: a selection, or scores (every scored image, in rank order), or the
+#: COCO dict or ``selection.json`` of a selection.
+Exportable = Selection | Scores | Mapping | str | os.PathLike
 
 
-def _selection_coco(selection: Selection | Mapping | str | os.PathLike) -> tuple[dict, str | None]:
+def _as_selection(selection: Exportable) -> Exportable:
+    if isinstance(selection, Scores):
+        return selection.select("top", budget=max(len(selection), 1))
+    return selection
+
+
+def _default_root(coco: Mapping, image_root: str | os.PathLike | None) -> str | os.PathLike | None:
+    """``image_root`` if given, else the root the selection's scores remember (its ``info``)."""
+    if image_root is None:
+        return (coco.get("info") or {}).get("image_root")
+    return image_root
+
+
+def _selection_coco(selection: Exportable) -> tuple[dict, str | None]:
     """The selection's COCO dict and its file (for errors), each image checked to have a size."""
-    from det_al.data.coco import load_coco
-
     if isinstance(selection, Selection):
         coco, where = selection.coco, None
     elif isinstance(selection, Mapping):
@@ -46,7 +66,7 @@ class LabelStudioExport:
 
 
 def export_label_studio(
-    selection: Selection | Mapping | str | os.PathLike,
+    selection: Exportable,
     out_dir: str | os.PathLike | None = None,
     *,
     local_files_root: str | os.PathLike | None = None,
@@ -67,13 +87,11 @@ def export_label_studio(
     size is checked against the file (after EXIF rotation) and a ``file_name`` outside it is
     refused unless ``allow_outside_root``. ``shapes``: ``polygons`` (masks
     traced as polygons) or ``boxes``. With ``out_dir``, writes ``tasks.json`` and
-    ``labeling_config.xml`` there.
+    ``labeling_config.xml`` there. ``selection`` may be :class:`Scores` (every scored image);
+    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`).
     """
-    from det_al.annotation import label_studio
-    from det_al.data.files import write_text
-    from det_al.selection.files import check_image_sizes
-
-    coco, where = _selection_coco(selection)
+    coco, where = _selection_coco(_as_selection(selection))
+    image_root = _default_root(coco, image_root)
     url = label_studio.image_url_function(local_files_root=local_files_root, url_prefix=url_prefix,
                                           cloud_prefix=cloud_prefix, image_url=image_url, image_root=image_root)
     if shapes not in ("polygons", "boxes"):
@@ -108,7 +126,7 @@ class CvatExport:
 
 
 def export_cvat(
-    selection: Selection | Mapping | str | os.PathLike,
+    selection: Exportable,
     out_dir: str | os.PathLike,
     *,
     image_root: str | os.PathLike | None = None,
@@ -124,16 +142,11 @@ def export_cvat(
 
     ``frame_names``: ``basename`` (local upload) or ``path`` (share or cloud storage); ``shapes``:
     ``mask``, ``polygon`` or ``box``. With ``image_root`` the sizes are checked against the files (and file
-    names outside it refused unless ``allow_outside_root``).
+    names outside it refused unless ``allow_outside_root``). ``selection`` may be :class:`Scores`;
+    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`).
     """
-    import json
-    import zipfile
-
-    from det_al.annotation import cvat
-    from det_al.data.files import write_text
-    from det_al.selection.files import check_image_sizes
-
-    coco, where = _selection_coco(selection)
+    coco, where = _selection_coco(_as_selection(selection))
+    image_root = _default_root(coco, image_root)
     check_image_sizes(coco, image_root, where, allow_outside_root)
     try:
         names = cvat.frame_names(coco["images"], frame_names)

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from det_al.config import Config, config_to_dict
-from det_al.scoring.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
+from det_al.run.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
 from det_al.errors import InputError
 from det_al.data.files import read_json, write_json
 from det_al.loop.data import LoopData, budgets, check_loop_config, subset
@@ -79,14 +79,6 @@ def _evaluate(checkpoint: Path, config: Config, data: LoopData, device: str) -> 
 def _needs_labelled_embeddings(strategy: str) -> bool:
     name, _, key = strategy.partition(":")
     return name in ("diverse", "fused") or key in ("novelty", "fused")
-
-
-def labelled_embeddings(model: Any, coco: Mapping[str, Any], image_root: Path, device: str) -> np.ndarray:
-    """Backbone embeddings ``[N, D]`` of a labelled COCO set (see :func:`det_al.scoring.novelty.embed_images`)."""
-    from det_al.scoring.novelty import embed_images
-
-    emb, _ = embed_images(model, coco, image_root, device=device)
-    return emb
 
 
 # --------------------------------------------------------------------------- the loop
@@ -304,16 +296,18 @@ def _run_rounds(
                 chosen: list[dict] = []
                 if r < loop.rounds and run.pool_ids:
                     model, _, categories, _ = load_checkpoint(checkpoint, round_config, device=device)
-                    key = (seed, r)
+                    novelty = _needs_labelled_embeddings(strategy)
+                    key = (seed, r, novelty)
                     if r == 0 and key in shared:
                         scores = shared[key]
                     else:
                         scores = score_images(model, run.pool(), categories=categories, config=round_config,
                                               image_root=data.image_root, device=device, progress=progress,
-                                              allow_outside_root=data.allow_outside_root)
+                                              allow_outside_root=data.allow_outside_root,
+                                              labelled=labelled if novelty else None, labelled_root=data.image_root)
                         if r == 0:
                             shared[key] = scores
-                    chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device,
+                    chosen = _select(strategy, scores, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor,
                                      fusion_weights=dict(loop.fusion_weights) or None, fusion_k=loop.fusion_k)
                 selected = [int(c["image_id"]) for c in chosen]
                 revealed = subset(data.oracle, selected)
@@ -387,19 +381,15 @@ def _domains(coco: Mapping[str, Any]) -> str:
 def _select(
     strategy: str,
     scores: Any,
-    model: Any,
-    labelled: dict,
     data: LoopData,
     budget: int | None,
     budget_boxes: int | None,
     seed: int,
     pre_factor: float,
-    device: str,
     **fusion: Any,
 ) -> list[dict]:
-    """Run one strategy on a scored pool, with the context it needs."""
-    from det_al.scoring.novelty import add_novelty
-
+    """Run one strategy on a scored pool (scored with the labelled set when the strategy needs
+    novelty or the labelled embeddings), with the context it needs."""
     records = scores.ranking
     if not records:
         return []
@@ -414,9 +404,6 @@ def _select(
     context: dict[str, Any] = {"seed": seed, "pre_factor": pre_factor, **scores.strategy_context(), **fusion}
     context.setdefault("embeddings", np.zeros((0, 0), np.float32))
     context.setdefault("embedding_ids", [])
-    if _needs_labelled_embeddings(strategy):
-        context["labelled_embeddings"] = labelled_embeddings(model, labelled, data.image_root, device)
-        records = add_novelty(records, context["embeddings"], context["embedding_ids"], context["labelled_embeddings"])
     return get_strategy(strategy)(records, budget, budget_boxes, **context)
 
 

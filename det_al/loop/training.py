@@ -32,13 +32,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from det_al.loop.augment import build_augment
+from det_al.data.augment import build_augment
 from det_al.models.batchnorm import BATCHNORM_MODES, prepare_batchnorm, resolve_batchnorm
 from det_al.models.checkpoint import load_checkpoint, save_checkpoint
 from det_al.data.coco import load_coco
 from det_al.config import Config, TrainConfig
 from det_al.data.datasets import CocoDetectionDataset, collate_detection
-from det_al.scoring.distributed import (
+from det_al.run.distributed import (
     any_rank,
     barrier,
     broadcast_from_main,
@@ -273,9 +273,9 @@ def train_model(
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments (as
     ``det-al train`` and ``det-al loop`` do). The processes join a process group
-    (:func:`det_al.scoring.distributed.process_group`: gloo on CPU; NCCL with ``device="cuda"``, each
+    (:func:`det_al.run.distributed.process_group`: gloo on CPU; NCCL with ``device="cuda"``, each
     process on ``cuda:LOCAL_RANK``), the model is wrapped in DistributedDataParallel and each
-    epoch is split between them (:func:`det_al.scoring.distributed.rank_sampler`), so a step takes
+    epoch is split between them (:func:`det_al.run.distributed.rank_sampler`), so a step takes
     ``train.batch_size`` images on every process, ``batch_size * world`` in all, at
     ``train.lr`` as configured (raise it yourself to keep the lr per image). An epoch has
     ``ceil(ceil(images / world) / batch_size)`` steps; the schedule and ``warmup_iters``
