@@ -53,15 +53,12 @@ def run(args: argparse.Namespace) -> int:
     import det_al
     from det_al.data.sources import load_pool
     from det_al.run.distributed import rank_device, world_info
-    from det_al.run.stream import refuse_existing_results
 
     out_dir = Path(args.out)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other (continue the run in --out, or start it over)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("output path exists and is not a folder", out_dir)
-    if not args.resume and not args.overwrite:  # before anything is written (a folder pool's pool.json)
-        refuse_existing_results(out_dir)
     rank, world, local_rank = world_info()
     device = rank_device(args.device, local_rank) if world > 1 else args.device
     source = load_pool(args.pool, args.image_root)
@@ -105,11 +102,13 @@ def _run_shard(args, loaded, source, out_dir: Path, device: str, rank: int, worl
     from det_al.data.files import remove_earlier_outputs, write_json
     from det_al.run.checks import check_run
     from det_al.run.pool_run import score_to_dir
-    from det_al.run.stream import SHARDS, file_sha256
+    from det_al.run.stream import SHARDS, file_sha256, refuse_existing_results
 
     if args.labelled:
         raise InputError("--labelled cannot be combined with --num-shards or torchrun yet: score without it, "
                          "then run det-al select --strategy diverse with --labelled-embeddings")
+    if not args.resume and not args.overwrite:  # before anything is written (a folder pool's pool.json)
+        refuse_existing_results(out_dir)
     model, config, categories = loaded
     categories = check_run(model, source.pool["images"], source.image_root, categories=categories,
                            pool_categories=source.pool.get("categories"), allow_outside_root=args.allow_outside_root,
