@@ -485,7 +485,8 @@ def test_categories_must_name_every_model_label_once(model_and_categories, tiny_
 
 
 def test_library_refuses_a_missing_root_and_escaping_names_unless_allowed(model_and_categories, tiny_pool, tmp_path):
-    from det_al.data.pool import PoolImages, check_pool
+    from det_al.data.pool import PoolImages
+    from det_al.run.checks import check_pool
 
     model, config, categories = model_and_categories
     with pytest.raises(InputError, match="image root not found"):

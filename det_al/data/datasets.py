@@ -44,7 +44,7 @@ class PoolDataset(Dataset):
         coco: :class:`~det_al.data.pool.PoolImages`, a COCO dict (only its ``images`` are used) or
             the list of image dicts itself; each needs ``id`` and ``file_name`` (an absolute
             ``file_name`` ignores the root). Names that escape the root are not checked here:
-            :func:`det_al.data.pool.check_pool` refuses them before a run starts.
+            :func:`det_al.run.checks.check_pool` refuses them before a run starts.
         image_root: the folder ``file_name`` is relative to.
         max_pixels: images with more pixels are skipped (see :func:`det_al.data.images.read_image`).
     """

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
-from pathlib import Path
 from array import array
 from itertools import accumulate, islice
 from typing import Any, Iterable, Iterator
@@ -27,7 +25,6 @@ import numpy as np
 from det_al.data.coco import annotation_problem, image_problem, validate_coco
 from det_al.errors import InputError
 from det_al.data.files import read_json
-from det_al.data.images import check_image_root, outside_root, outside_root_error
 from det_al.data.json_stream import JSONStream, NotStreamable
 
 logger = logging.getLogger(__name__)
@@ -373,36 +370,3 @@ class _Annotations:
         if unknown_image[i]:
             fail(f"{where}: unknown image id {int(image_of[i])}")
         fail(f"{where}: unknown category id {int(category_of[i])}")
-
-
-_DOTDOT = re.compile(r"(?:^|/)\.\.(?:/|$)")  # a ".." path component
-
-
-def check_pool(
-    images: PoolImages, image_root: str | os.PathLike | None, allow_outside_root: bool = False,
-    source: str | os.PathLike | None = None,
-) -> None:
-    """Refuse a pool that cannot give a useful run: no images, an image root that is not a
-    folder, or (unless ``allow_outside_root``) a ``file_name`` that escapes the image root.
-    ``image_root=None``: the images do not come from files (only emptiness is checked)."""
-    if not len(images):
-        raise InputError("the pool has no images", source)
-    if image_root is None:
-        return
-    root = Path(image_root)
-    check_image_root(root)
-    if allow_outside_root:
-        return
-    for start, stop, names, offsets in images._name_chunks():
-        # Only an absolute name or one with a ".." component can escape: find the candidates with
-        # numpy and a scan of the chunk's bytes (0.2 s for a million plain names).
-        starts = np.asarray(offsets[:-1], dtype=np.int64)
-        first = np.frombuffer(names, dtype=np.uint8)[np.minimum(starts, max(len(names) - 1, 0))] if names else starts
-        candidates = np.flatnonzero(first == ord("/"))
-        if b".." in names:
-            dots = [m.start() for m in re.finditer(rb"(?=\.\.)", names)]  # overlapping: "a." + "../x"
-            candidates = np.union1d(candidates, np.searchsorted(starts, dots, side="right") - 1)
-        for i in (start + candidates).tolist():
-            name = images.file_name(i)
-            if (name.startswith("/") or _DOTDOT.search(name)) and outside_root(name, root):
-                raise outside_root_error(i, images.image_id(i), name, root, source)
