@@ -249,9 +249,6 @@ def _run_rounds(
     progress: bool,
 ) -> None:
     """The rounds of every strategy and seed (rank 0's part of :func:`run_loop`)."""
-    from det_al.models.checkpoint import load_checkpoint
-    from det_al.api import score_images
-
     out = paths["results"].parent
     out.mkdir(parents=True, exist_ok=True)
     write_json(paths["settings"], settings, indent=1)
@@ -295,37 +292,11 @@ def _run_rounds(
                         shared[(seed, "metrics")] = metrics
                 chosen: list[dict] = []
                 if r < loop.rounds and run.pool_ids:
-                    model, _, categories, _ = load_checkpoint(checkpoint, round_config, device=device)
-                    novelty = _needs_labelled_embeddings(strategy)
-                    key = (seed, r, novelty)
-                    if r == 0 and key in shared:
-                        scores = shared[key]
-                    else:
-                        scores = score_images(model, run.pool(), categories=categories, config=round_config,
-                                              image_root=data.image_root, device=device, progress=progress,
-                                              allow_outside_root=data.allow_outside_root,
-                                              labelled=labelled if novelty else None, labelled_root=data.image_root)
-                        if r == 0:
-                            shared[key] = scores
+                    scores = _round_scores(run, checkpoint, round_config, r, shared, device, progress)
                     chosen = _select(strategy, scores, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor,
                                      fusion_weights=dict(loop.fusion_weights) or None, fusion_k=loop.fusion_k)
                 selected = [int(c["image_id"]) for c in chosen]
-                revealed = subset(data.oracle, selected)
-                row = {
-                    "strategy": strategy,
-                    "seed": seed,
-                    "round": r,
-                    "labelled_images": len(labelled["images"]),
-                    "labelled_boxes": _count_boxes(labelled),
-                    "map": max(metrics["AP"], 0.0),
-                    "map50": max(metrics["AP50"], 0.0),
-                    "pool_images": len(run.pool_ids),
-                    "selected_images": len(selected),
-                    "selected_boxes": _count_boxes(revealed),
-                    "selected_domains": _domains(revealed),
-                    "seconds": time.monotonic() - t0,
-                    "selected": selected,
-                }
+                row = _row(run, r, labelled, metrics, selected, time.monotonic() - t0)
                 writer.append(row)
                 rows.append(row)
                 run.reveal(selected)
@@ -337,6 +308,45 @@ def _run_rounds(
                 )
             plot_learning_curves(rows, paths["plot"])
     plot_learning_curves(rows, paths["plot"])
+
+
+def _round_scores(run: _Run, checkpoint: Path, config: Config, r: int, shared: dict, device: str, progress: bool) -> Any:
+    """The round's scored pool, with the labelled set (novelty) when the strategy uses it; round
+    0's is shared by the strategies of a seed."""
+    from det_al.api import score_images
+    from det_al.models.checkpoint import load_checkpoint
+
+    novelty = _needs_labelled_embeddings(run.strategy)
+    key = (run.seed, r, novelty)
+    if r == 0 and key in shared:
+        return shared[key]
+    model, _, categories, _ = load_checkpoint(checkpoint, config, device=device)
+    scores = score_images(model, run.pool(), categories=categories, config=config, image_root=run.data.image_root,
+                          device=device, progress=progress, allow_outside_root=run.data.allow_outside_root,
+                          labelled=run.labelled() if novelty else None, labelled_root=run.data.image_root)
+    if r == 0:
+        shared[key] = scores
+    return scores
+
+
+def _row(run: _Run, r: int, labelled: dict, metrics: Mapping[str, float], selected: list[int], seconds: float) -> dict:
+    """The ``results.csv`` row of a round."""
+    revealed = subset(run.data.oracle, selected)
+    return {
+        "strategy": run.strategy,
+        "seed": run.seed,
+        "round": r,
+        "labelled_images": len(labelled["images"]),
+        "labelled_boxes": _count_boxes(labelled),
+        "map": max(metrics["AP"], 0.0),
+        "map50": max(metrics["AP50"], 0.0),
+        "pool_images": len(run.pool_ids),
+        "selected_images": len(selected),
+        "selected_boxes": _count_boxes(revealed),
+        "selected_domains": _domains(revealed),
+        "seconds": seconds,
+        "selected": selected,
+    }
 
 
 def round_folder(out: Path, strategy: str, seed: int, r: int) -> Path:
