@@ -24,8 +24,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from det_al.data.coco import pool_from_folder, validate_coco
+from det_al.data.images import to_tensor
+from det_al.data.pool import PoolImages, read_pool
 from det_al.errors import InputError
-from det_al.data.pool import PoolImages
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +70,6 @@ def load_pool(pool: str | os.PathLike, image_root: str | os.PathLike | None = No
     validated as a file, not checked for a run: the run's entry does that
     (:func:`det_al.run.checks.check_run`).
     """
-    from det_al.data.coco import pool_from_folder
-    from det_al.data.pool import read_pool
-
     path = Path(pool)
     if path.is_dir():
         coco = pool_from_folder(path, sizes=False)
@@ -83,8 +82,6 @@ def load_pool(pool: str | os.PathLike, image_root: str | os.PathLike | None = No
 
 
 def _pool_from_coco_dict(coco: Mapping, image_root: str | os.PathLike | None) -> PoolSource:
-    from det_al.data.coco import validate_coco
-
     coco = validate_coco({"annotations": [], "categories": [], **coco}, "images (COCO dict)")
     return PoolSource(
         {"images": PoolImages.from_dicts(coco["images"]), "categories": list(coco.get("categories") or [])},
@@ -116,8 +113,6 @@ def image_to_tensor(image: Any, where: str) -> Tensor:
     ``where`` names the image in errors.
     """
     from PIL import Image, ImageOps
-
-    from det_al.data.images import to_tensor
 
     if isinstance(image, Image.Image):
         return to_tensor(np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8))

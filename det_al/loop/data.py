@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from det_al.config import Config
+from det_al.data.coco import load_coco
+from det_al.data.images import check_file_names, check_image_root
 from det_al.errors import InputError
 from det_al.selection.strategies import get_strategy
 
@@ -123,8 +125,6 @@ class LoopData:
         quick: bool = False,
         allow_outside_root: bool = False,
     ) -> "LoopData":
-        from det_al.data.coco import load_coco
-        from det_al.data.images import check_file_names, check_image_root
 
         data = {
             "labelled": load_coco(labelled, require_annotations=True),

@@ -41,13 +41,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from det_al.api import score_images
 from det_al.config import Config, config_to_dict
-from det_al.run.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
-from det_al.errors import InputError
 from det_al.data.files import read_json, write_json
+from det_al.errors import InputError
 from det_al.loop.data import LoopData, budgets, check_loop_config, subset
+from det_al.loop.evaluation import evaluate_coco, predict
 from det_al.loop.oracle import image_errors, least_confidence
 from det_al.loop.results import RowsWriter, plot_learning_curves, read_rows
+from det_al.loop.self_training import pseudo_labelled
+from det_al.loop.training import check_train_config, train_model
+from det_al.models.batchnorm import check_sync
+from det_al.models.checkpoint import load_checkpoint
+from det_al.run.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
 from det_al.selection.strategies import get_strategy
 
 logger = logging.getLogger(__name__)
@@ -68,9 +74,6 @@ def _count_boxes(coco: Mapping[str, Any]) -> int:
 
 
 def _evaluate(checkpoint: Path, config: Config, data: LoopData, device: str) -> dict[str, float]:
-    from det_al.models.checkpoint import load_checkpoint
-    from det_al.loop.evaluation import evaluate_coco, predict
-
     model, _, categories, _ = load_checkpoint(checkpoint, config, device=device)
     results = predict(model, data.val, data.image_root, categories, device=device, batch_size=config.passes.batch_size)
     return evaluate_coco(data.val, results, ("bbox",))["bbox"]
@@ -139,8 +142,6 @@ def _train(
     reuse: bool = False,
 ) -> Path:
     """Train (or, with ``reuse``, take a finished training in ``out_dir``); the last checkpoint."""
-    from det_al.loop.training import train_model
-
     done = out_dir / "train_summary.json"
     if reuse and done.exists():
         summary = read_json(done)
@@ -168,8 +169,6 @@ def follow_training(device: str) -> None:
     Rank 0 runs the loop and broadcasts the arguments of each :func:`train_model` call before
     it makes it (in :func:`_train`), and ``None`` when the loop is done.
     """
-    from det_al.loop.training import train_model
-
     while (job := broadcast_from_main(None)) is not None:
         train_model(**job, device=device, progress=False)
 
@@ -197,9 +196,6 @@ def run_loop(
     its trainings (:func:`follow_training`). ``out_dir`` must be a folder every process reads:
     they read the labelled set that rank 0 writes there.
     """
-    from det_al.models.batchnorm import check_sync
-    from det_al.loop.training import check_train_config
-
     with process_group(device) as device:
         with fail_together():
             check_loop_config(config)
@@ -313,9 +309,6 @@ def _run_rounds(
 def _round_scores(run: _Run, checkpoint: Path, config: Config, r: int, shared: dict, device: str, progress: bool) -> Any:
     """The round's scored pool, with the labelled set (novelty) when the strategy uses it; round
     0's is shared by the strategies of a seed."""
-    from det_al.api import score_images
-    from det_al.models.checkpoint import load_checkpoint
-
     novelty = _needs_labelled_embeddings(run.strategy)
     key = (run.seed, r, novelty)
     if r == 0 and key in shared:
@@ -420,8 +413,6 @@ def _select(
 def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict:
     """The still unselected pool images' pseudo-labels of ``scores`` (the round's scoring),
     kept in the next round's folder for a resume."""
-    from det_al.loop.self_training import pseudo_labelled
-
     pool = run.pool()
     pseudo = pseudo_labelled(pool["images"], scores.pseudo_labels()["annotations"], loop.pseudo_threshold, loop.pseudo_ignore, run.data.categories)
     write_json(next_folder / PSEUDO_LABELS, pseudo)
@@ -436,9 +427,6 @@ def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict
 def _pseudo_labels_for(run: _Run, folder: Path, previous: Path | None, config: Config, device: str) -> dict:
     """On a resume: the pseudo-labels a round trains on, from its folder, or by scoring the pool
     again with the previous round's checkpoint."""
-    from det_al.api import score_images
-    from det_al.models.checkpoint import load_checkpoint
-
     if (folder / PSEUDO_LABELS).exists():
         return read_json(folder / PSEUDO_LABELS)
     if previous is None or not previous.exists():
