@@ -147,6 +147,8 @@ def test_sharded_runs_merge_into_the_single_run(reference, tiny_pool, tiny_check
     assert main(["merge-shards", *dirs[:2], "--out", str(merged)]) == 2
     assert main(["merge-shards", *reversed(dirs), "--out", str(merged)]) == 0
     _same_outputs(reference, merged)
+    # the merged scores remember the pool's image root, as a single run's do
+    assert json.loads((merged / "run.json").read_text())["image_root"] == str(tiny_pool["root"])
 
 
 def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):

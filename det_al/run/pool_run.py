@@ -108,6 +108,8 @@ def score_to_dir(
     key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block, threads)
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
+    if (run_info or {}).get("image_root"):  # a merge of the shards remembers it too
+        meta["image_root"] = run_info["image_root"]
     new_dir = not out_dir.exists()
     with ResultsWriter(out_dir, key, resume=resume, meta=meta, overwrite=overwrite) as writer:
         done = np.isin(images.ids, writer.done_ids)
