@@ -287,7 +287,8 @@ def run_info(source: PoolSource, device: torch.device | str, labelled: Any = Non
     """What ``run.json`` records of a run besides its config and counts: the device, the thread
     count (CPU results depend on it in their last bits), the pool, its image root (absolute:
     the exporters default to it) and the labelled set when given as a file."""
-    info: dict[str, Any] = {"device": str(device), "threads_per_process": torch.get_num_threads()}
+    info: dict[str, Any] = {"device": str(device), "threads_per_process": torch.get_num_threads(),
+                            "n_pool": len(source.pool["images"])}
     if source.path is not None:
         info["pool"] = os.fspath(source.path)
     if source.file_root is not None:
