@@ -24,7 +24,8 @@ from det_al.run.distributed import (
 )
 from det_al.errors import InputError
 from det_al.models.build import build_model
-from det_al.loop.training import seed_everything, train_model
+from det_al.loop.train_setup import seed_everything
+from det_al.loop.training import train_model
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 MODEL = {"name": "fasterrcnn_tiny", "num_classes": 4, "options": {"min_size": 64, "max_size": 64}}

@@ -12,7 +12,8 @@ from det_al.data.augment import apply_augment, build_augment
 from det_al.models.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import TrainConfig, config_from_dict
 from det_al.errors import InputError
-from det_al.loop.training import check_train_config, lr_factor, train_model
+from det_al.loop.train_setup import check_train_config, lr_factor
+from det_al.loop.training import train_model
 
 
 # --------------------------------------------------------------------------- augment

@@ -50,7 +50,8 @@ from det_al.loop.evaluation import evaluate_coco, predict
 from det_al.loop.oracle import image_errors, least_confidence
 from det_al.loop.results import RowsWriter, plot_learning_curves, read_rows
 from det_al.loop.self_training import pseudo_labelled
-from det_al.loop.training import check_train_config, train_model
+from det_al.loop.train_setup import check_train_config
+from det_al.loop.training import train_model
 from det_al.models.batchnorm import check_sync
 from det_al.models.checkpoint import load_checkpoint
 from det_al.run.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
