@@ -4,8 +4,7 @@ import pytest
 
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.loop.rounds import _Run
-from det_al.loop.data import LoopData, check_loop_config
+from det_al.loop.data import LoopData, LoopRun, check_loop_config
 from det_al.loop.results import read_rows
 
 
@@ -22,7 +21,7 @@ def tiny_data():
 
 
 def test_run_reveals_oracle_labels_with_fresh_ids():
-    run = _Run("top", 0, tiny_data())
+    run = LoopRun("top", 0, tiny_data())
     run.reveal([3])
     labelled = run.labelled()
     assert [im["id"] for im in labelled["images"]] == [1, 3]

@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from det_al.api import score_images
 from det_al.config import Config, config_to_dict
 from det_al.data.files import read_json, write_json
 from det_al.errors import InputError
-from det_al.loop.data import LoopData, budgets, check_loop_config, subset
+from det_al.loop.data import LoopData, LoopRun, budgets, check_loop_config, subset
 from det_al.loop.evaluation import evaluate_coco, predict
 from det_al.loop.oracle import image_errors, least_confidence
 from det_al.loop.results import RowsWriter, plot_learning_curves, read_rows
@@ -86,56 +86,6 @@ def _needs_labelled_embeddings(strategy: str) -> bool:
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-class _Run:
-    """One strategy and seed: the labelled set and the pool as they change."""
-
-    def __init__(self, strategy: str, seed: int, data: LoopData):
-        self.strategy, self.seed, self.data = strategy, seed, data
-        self.labelled_ids = [int(im["id"]) for im in data.labelled["images"]]
-        self.pool_ids = [int(im["id"]) for im in data.pool["images"]]
-        self.added: list[int] = []
-        self.pseudo: dict | None = None  # self-training: the pool's pseudo-labelled images
-
-    def reveal(self, image_ids: Sequence[int]) -> None:
-        """Move ``image_ids`` from the pool to the labelled set."""
-        chosen = set(int(i) for i in image_ids)
-        unknown = chosen - set(self.pool_ids)
-        if unknown:
-            raise InputError(f"selected image id {min(unknown)} is not in the pool")
-        self.pool_ids = [i for i in self.pool_ids if i not in chosen]
-        self.added.extend(int(i) for i in image_ids)
-
-    def labelled(self) -> dict:
-        """The labelled COCO set: the initial one plus the oracle's labels of what was added."""
-        base = self.data.labelled
-        added = subset(self.data.oracle, self.added)
-        return {
-            "images": list(base["images"]) + added["images"],
-            "annotations": list(base.get("annotations", [])) + _renumber(added["annotations"], base),
-            "categories": self.data.categories,
-        }
-
-    def pool(self) -> dict:
-        return {**subset(self.data.pool, self.pool_ids), "annotations": []}
-
-    def training_set(self) -> dict:
-        """What a round trains on: the labelled set, plus the pseudo-labelled pool images."""
-        labelled = self.labelled()
-        if not self.pseudo or not self.pseudo["images"]:
-            return labelled
-        return {
-            **labelled,
-            "images": labelled["images"] + self.pseudo["images"],
-            "annotations": labelled["annotations"] + _renumber(self.pseudo["annotations"], labelled),
-        }
-
-
-def _renumber(annotations: list[dict], base: Mapping[str, Any]) -> list[dict]:
-    """Oracle annotations with ids that cannot collide with the labelled set's."""
-    start = max([int(a.get("id", 0)) for a in base.get("annotations", [])] + [0]) + 1
-    return [{**a, "id": start + k} for k, a in enumerate(annotations)]
 
 
 def _train(
@@ -258,7 +208,7 @@ def _run_rounds(
 
     for seed in loop.seeds:
         for strategy in loop.strategies:
-            run = _Run(strategy, seed, data)
+            run = LoopRun(strategy, seed, data)
             previous: Path | None = None
             for r in range(loop.rounds + 1):
                 if (strategy, seed, r) in done:
@@ -307,7 +257,7 @@ def _run_rounds(
     plot_learning_curves(rows, paths["plot"])
 
 
-def _round_scores(run: _Run, checkpoint: Path, config: Config, r: int, shared: dict, device: str, progress: bool) -> Any:
+def _round_scores(run: LoopRun, checkpoint: Path, config: Config, r: int, shared: dict, device: str, progress: bool) -> Any:
     """The round's scored pool, with the labelled set (novelty) when the strategy uses it; round
     0's is shared by the strategies of a seed."""
     novelty = _needs_labelled_embeddings(run.strategy)
@@ -323,7 +273,7 @@ def _round_scores(run: _Run, checkpoint: Path, config: Config, r: int, shared: d
     return scores
 
 
-def _row(run: _Run, r: int, labelled: dict, metrics: Mapping[str, float], selected: list[int], seconds: float) -> dict:
+def _row(run: LoopRun, r: int, labelled: dict, metrics: Mapping[str, float], selected: list[int], seconds: float) -> dict:
     """The ``results.csv`` row of a round."""
     revealed = subset(run.data.oracle, selected)
     return {
@@ -411,7 +361,7 @@ def _select(
     return get_strategy(strategy)(records, budget, budget_boxes, **context)
 
 
-def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict:
+def _pseudo_labels(run: LoopRun, scores: Any, next_folder: Path, loop: Any) -> dict:
     """The still unselected pool images' pseudo-labels of ``scores`` (the round's scoring),
     kept in the next round's folder for a resume."""
     pool = run.pool()
@@ -425,7 +375,7 @@ def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict
     return pseudo
 
 
-def _pseudo_labels_for(run: _Run, folder: Path, previous: Path | None, config: Config, device: str) -> dict:
+def _pseudo_labels_for(run: LoopRun, folder: Path, previous: Path | None, config: Config, device: str) -> dict:
     """On a resume: the pseudo-labels a round trains on, from its folder, or by scoring the pool
     again with the previous round's checkpoint."""
     if (folder / PSEUDO_LABELS).exists():
