@@ -205,6 +205,11 @@ def test_scores_remember_their_root_and_exports_default_to_it(folder, tmp_path):
     assert batch.image_root == folder
     cvat = det_al.export_cvat(batch, tmp_path / "cvat")
     assert cvat.images == [str(folder / name) for name in (im["file_name"] for im in batch.coco["images"])]
+    # scores made on another machine: the remembered root is not here, the URLs need none
+    elsewhere = det_al.Selection({**batch.coco, "info": {"image_root": str(tmp_path / "not_here")}})
+    assert len(det_al.export_label_studio(elsewhere, url_prefix="https://h/pool").tasks) == 2
+    with pytest.raises(InputError, match="image root"):  # a root given explicitly must exist
+        det_al.export_label_studio(elsewhere, url_prefix="https://h/pool", image_root=tmp_path / "not_here")
     saved = det_al.score_images(tiny_model(), [str(p) for p in files], passes=2, seed=0, progress=False,
                                 out_dir=tmp_path / "scores")
     assert det_al.Scores.load(tmp_path / "scores").image_root == saved.image_root == folder

@@ -9,6 +9,7 @@ function returns what it wrote, in memory too.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from det_al.errors import InputError
 from det_al.scores import Scores, Selection
 from det_al.selection.files import check_image_sizes
 
+logger = logging.getLogger(__name__)
+
 #: What the exporters take: a selection, or scores (every scored image, in rank order), or the
 #: COCO dict or ``selection.json`` of a selection.
 Exportable = Selection | Scores | Mapping | str | os.PathLike
@@ -33,11 +36,17 @@ def _as_selection(selection: Exportable) -> Exportable:
     return selection
 
 
-def _default_root(coco: Mapping, image_root: str | os.PathLike | None) -> str | os.PathLike | None:
-    """``image_root`` if given, else the root the selection's scores remember (its ``info``)."""
-    if image_root is None:
-        return (coco.get("info") or {}).get("image_root")
-    return image_root
+def _default_root(coco: Mapping, image_root: str | os.PathLike | None) -> tuple[str | os.PathLike | None, bool]:
+    """``image_root`` if given, else the root the selection's scores remember (its ``info``);
+    and whether to check the image sizes against it: always for a given root, for the
+    remembered one only where it exists (the scores may come from another machine)."""
+    if image_root is not None:
+        return image_root, True
+    remembered = (coco.get("info") or {}).get("image_root")
+    if remembered and not Path(remembered).is_dir():
+        logger.warning("the scores' image root %s is not on this machine: image sizes not checked", remembered)
+        return remembered, False
+    return remembered, bool(remembered)
 
 
 def _selection_coco(selection: Exportable) -> tuple[dict, str | None]:
@@ -88,15 +97,16 @@ def export_label_studio(
     refused unless ``allow_outside_root``. ``shapes``: ``polygons`` (masks
     traced as polygons) or ``boxes``. With ``out_dir``, writes ``tasks.json`` and
     ``labeling_config.xml`` there. ``selection`` may be :class:`Scores` (every scored image);
-    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`).
+    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`; its sizes
+    are checked where that folder exists: scores made on another machine export too).
     """
     coco, where = _selection_coco(_as_selection(selection))
-    image_root = _default_root(coco, image_root)
+    image_root, check = _default_root(coco, image_root)
     url = label_studio.image_url_function(local_files_root=local_files_root, url_prefix=url_prefix,
                                           cloud_prefix=cloud_prefix, image_url=image_url, image_root=image_root)
     if shapes not in ("polygons", "boxes"):
         raise InputError(f"shapes must be polygons or boxes, got {shapes!r}")
-    check_image_sizes(coco, image_root, where, allow_outside_root)
+    check_image_sizes(coco, image_root if check else None, where, allow_outside_root)
     polygons = shapes == "polygons" and label_studio.has_masks(coco)
     try:
         tasks = label_studio.selection_to_tasks(coco, url, model_version, polygons=polygons, tolerance=polygon_tolerance)
@@ -143,11 +153,12 @@ def export_cvat(
     ``frame_names``: ``basename`` (local upload) or ``path`` (share or cloud storage); ``shapes``:
     ``mask``, ``polygon`` or ``box``. With ``image_root`` the sizes are checked against the files (and file
     names outside it refused unless ``allow_outside_root``). ``selection`` may be :class:`Scores`;
-    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`).
+    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`; its sizes
+    are checked where that folder exists: scores made on another machine export too).
     """
     coco, where = _selection_coco(_as_selection(selection))
-    image_root = _default_root(coco, image_root)
-    check_image_sizes(coco, image_root, where, allow_outside_root)
+    image_root, check = _default_root(coco, image_root)
+    check_image_sizes(coco, image_root if check else None, where, allow_outside_root)
     try:
         names = cvat.frame_names(coco["images"], frame_names)
         xml = cvat.selection_to_cvat_xml(coco, names, shapes, task_name, polygon_tolerance)
