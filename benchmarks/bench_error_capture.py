@@ -270,11 +270,12 @@ def recombine(records: list[dict], overrides: list[str], config: dict) -> list[d
     """The ranking that ``det-al score`` with the image-level ``overrides``
     (:data:`IMAGE_LEVEL_KEYS`) would write, from the ranking ``records`` of the same passes
     scored without them (``config``: that run's config): the engine's own
-    :func:`~det_al.scoring.informativeness.combine_image` and :func:`~det_al.scoring.informativeness.finalize_pool`
-    over the per-image fields, as :func:`det_al.scoring.score_pool.score_image` applies them. The quick
+    :func:`~det_al.scoring.informativeness.combine_image` and :func:`~det_al.run.assemble.rank_records`
+    over the per-image fields, as :func:`det_al.run.score_lines.score_image` and the assembler apply them. The quick
     test checks it against a real rescoring."""
     from det_al.config import apply_overrides, config_from_dict
-    from det_al.scoring.informativeness import combine_image, finalize_pool
+    from det_al.run.assemble import rank_records
+    from det_al.scoring.informativeness import combine_image
 
     cfg = config_from_dict(apply_overrides(config, overrides), "--candidate")
     weights = cfg.scoring.image_weights
@@ -291,7 +292,7 @@ def recombine(records: list[dict], overrides: list[str], config: dict) -> list[d
         else:
             x["informativeness"], x["empty"] = x["objects"], object_empty
         raw.append(x)
-    return finalize_pool(raw, cfg.scoring, seed=cfg.passes.seed)
+    return rank_records(raw, cfg.scoring, seed=cfg.passes.seed)
 
 
 def measure(scored: dict[str, Path], gt: dict, seed: int, args: argparse.Namespace, groups: dict[int, str] | None = None,

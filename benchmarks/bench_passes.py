@@ -136,7 +136,7 @@ def dense_work(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, 
     (``_choose_one_stage`` / ``_add_one_stage``), timed by wrapping them, plus ``dense_scores``.
     On a loaded machine this resolves a few percent where a difference of two runs cannot."""
     import det_al.inference.passes as passes_module
-    from det_al.scoring.dense import DenseAccumulator
+    from det_al.inference.candidates import DenseAccumulator
 
     spent = [0.0]
 

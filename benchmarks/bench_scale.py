@@ -98,12 +98,13 @@ def child_stream(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    import det_al.results.stream
-    import det_al.scoring.score_pool
+    import det_al.run.pool_run
+    import det_al.run.score_lines
+    import det_al.run.stream
     from det_al.models.checkpoint import load_checkpoint
     from det_al.config import apply_overrides, config_from_dict, config_to_dict
     from det_al.data.pool import PoolImages
-    from det_al.results.stream import file_sha256
+    from det_al.run.stream import file_sha256
 
     torch.set_num_threads(args.threads)
     model, config, categories, _ = load_checkpoint(args.checkpoint)
@@ -125,7 +126,7 @@ def child_stream(args: argparse.Namespace) -> None:
                 book["inside"] = False
         return wrapper
 
-    W = det_al.results.stream.ResultsWriter
+    W = det_al.run.stream.ResultsWriter
     for name in ("__init__", "write_batch", "mark_done", "close"):
         setattr(W, name, timed(getattr(W, name)))
     PoolImages.sha256 = timed(PoolImages.sha256)
@@ -141,7 +142,7 @@ def child_stream(args: argparse.Namespace) -> None:
 
     os.fsync = fsync
     encode = {"seconds": 0.0}
-    real_encode = det_al.results.stream.encode_lines
+    real_encode = det_al.run.stream.encode_lines
 
     def encode_lines(lines):
         t = time.perf_counter()
@@ -150,9 +151,9 @@ def child_stream(args: argparse.Namespace) -> None:
         finally:
             encode["seconds"] += time.perf_counter() - t
 
-    det_al.results.stream.encode_lines = encode_lines
+    det_al.run.stream.encode_lines = encode_lines
     assembly = {"seconds": 0.0, "rss_before_kib": 0}
-    real_assemble = det_al.scoring.score_pool.assemble_outputs
+    real_assemble = det_al.run.pool_run.assemble_outputs
 
     def assemble(*a, **k):
         assembly["rss_before_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -162,14 +163,14 @@ def child_stream(args: argparse.Namespace) -> None:
         finally:
             assembly["seconds"] += time.perf_counter() - t
 
-    det_al.scoring.score_pool.assemble_outputs = assemble
+    det_al.run.pool_run.assemble_outputs = assemble
 
     if args.stub:
         # Machinery only: every image gets the passes of the first one (the model runs once);
         # rendering, matching, scoring, results lines and assembly run for every image.
-        real_run_passes = det_al.scoring.score_pool.run_passes
+        real_run_passes = det_al.run.score_lines.run_passes
         canned = real_run_passes(model, [RenderedPool([{"id": 1, "file_name": "1.png"}], size=args.image_size)[0]["image"]], config.passes, seeds=[1])[0]
-        det_al.scoring.score_pool.run_passes = lambda model, images, *a, **k: [canned] * len(images)
+        det_al.run.score_lines.run_passes = lambda model, images, *a, **k: [canned] * len(images)
     # The pool as det-al score holds it after read_pool: compact arrays, no list of dicts.
     names = bytearray()
     for start in range(1, args.n + 1, 8192):
@@ -180,8 +181,8 @@ def child_stream(args: argparse.Namespace) -> None:
     del names
     t = time.perf_counter()
     sha = timed(file_sha256)(args.checkpoint)
-    counts = det_al.scoring.score_pool.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha, progress=False,
-                                         make_dataset=lambda images: RenderedPool(images, size=args.image_size), overwrite=True)
+    counts = det_al.run.pool_run.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha, progress=False,
+                                              make_dataset=lambda images: RenderedPool(images, size=args.image_size), overwrite=True)
     total = time.perf_counter() - t
     print(json.dumps({
         "n": args.n, "n_scored": counts["n_scored"], "seconds": total, "assembly_s": assembly["seconds"],

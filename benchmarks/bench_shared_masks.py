@@ -32,7 +32,7 @@ from det_al.models.checkpoint import load_checkpoint
 from det_al.data.coco import load_coco
 from det_al.data.images import read_image, to_tensor
 from det_al.inference.passes import run_passes
-from det_al.scoring.score_pool import score_pool
+import det_al
 
 
 def with_masks(config, mode: str):
@@ -71,10 +71,11 @@ def main() -> None:
     for mode in ("exact", "shared"):
         torch.manual_seed(0)
         start = time.perf_counter()
-        scores = score_pool(model, with_masks(config, mode), categories, pool, root)
+        scores = det_al.score_images(model, pool, categories=categories, config=with_masks(config, mode), image_root=root,
+                                     progress=False)
         seconds = time.perf_counter() - start
-        quarter = len(scores.records) // 4
-        top = sum(domain[r["image_id"]] == "drifted" for r in scores.records[:quarter])
+        quarter = len(scores.ranking) // 4
+        top = sum(domain[r["image_id"]] == "drifted" for r in scores.ranking[:quarter])
         print(f"{mode:<8} {seconds:>8.1f} {f'{top}/{quarter}':>24}")
 
 

@@ -10,6 +10,8 @@ The public API (see :mod:`det_al.api`)::
     scores = det_al.score_images(model, "pool/", passes=10, seed=0)   # your detector, your images
     batch = det_al.select(scores, "top", budget=50)
     det_al.export_label_studio(batch, "ls/", url_prefix="https://host/pool")
+    labels = det_al.import_label_studio("export.json", batch, "labels/")   # annotators' work back
+    det_al.merge("train.json", labels.labels, "pool.json", out_dir="next/")
     app = det_al.make_backend_app(model, image_root="pool/")          # live Label Studio ML backend (WSGI)
 
 Names are imported on first use, so ``import det_al`` stays cheap (no torch until needed).
@@ -22,7 +24,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Public name -> the module that defines it.
+# The public API, listed once: name -> the module that defines it.
 _EXPORTS = {
     "score_images": "det_al.api",
     "Scores": "det_al.scores",
@@ -33,8 +35,17 @@ _EXPORTS = {
     "export_cvat": "det_al.annotation.export",
     "LabelStudioExport": "det_al.annotation.export",
     "CvatExport": "det_al.annotation.export",
+    "import_label_studio": "det_al.annotation.imports",
+    "import_cvat": "det_al.annotation.imports",
+    "Imported": "det_al.annotation.imports",
+    "merge": "det_al.annotation.merge",
+    "MergeResult": "det_al.annotation.merge",
     "load_model": "det_al.api",
+    "LoadedModel": "det_al.api",
     "mc_dropout": "det_al.api",
+    "preserved_model": "det_al.api",
+    "unwrap_model": "det_al.api",
+    "model_device": "det_al.api",
     "Config": "det_al.config",
     "load_config": "det_al.config",
     "InputError": "det_al.errors",

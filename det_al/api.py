@@ -6,8 +6,10 @@
 >>> det_al.export_label_studio(batch, "ls/", url_prefix="https://host/pool")  # doctest: +SKIP
 
 The results are :class:`~det_al.scores.Scores` and :class:`~det_al.scores.Selection`; the
-exporters live in :mod:`det_al.annotation.export`; all are importable from here and from ``det_al``.
-``det-al score``, ``select`` and ``export`` are thin layers over these functions. Every problem
+exporters live in :mod:`det_al.annotation.export`, the importers in
+:mod:`det_al.annotation.imports`, :func:`~det_al.annotation.merge.merge` in
+:mod:`det_al.annotation.merge`; ``det_al/__init__.py`` lists the public names once.
+``det-al score``, ``select``, ``export``, ``import`` and ``merge`` are thin layers over them. Every problem
 with the input (an unsupported model, categories that do not fit it, a bad image, a malformed
 file) is an :class:`~det_al.errors.InputError` raised before the first image is scored.
 
@@ -31,10 +33,18 @@ import torch
 from torch import nn
 
 from det_al.config import Config, config_from_dict, load_config, override_config, passes_overrides
+from det_al.data.files import remove_earlier_outputs, write_json
+from det_al.data.sources import PoolSource, pool_source
 from det_al.errors import InputError
+from det_al.inference import dropout as mc
+from det_al.models.build import model_family, model_num_classes
+from det_al.models.checkpoint import load_checkpoint
 from det_al.models.device import check_device
-from det_al.annotation.export import CvatExport, LabelStudioExport, export_cvat, export_label_studio
-from det_al.scores import ImageScore, Scores, Selection
+from det_al.run.checks import check_run
+from det_al.run.labelled import labelled_embeddings
+from det_al.run.pool_run import score_in_memory, score_to_dir
+from det_al.run.stream import SHARDS, refuse_existing_results
+from det_al.scores import Scores, Selection
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +62,6 @@ _HOOK_DICTS = (
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The detector inside ``DataParallel``/``DistributedDataParallel``/``torch.compile`` wrappers,
     checked to be of a supported family (:func:`det_al.models.build.model_family`)."""
-    from det_al.models.build import model_family
-
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
@@ -151,8 +159,6 @@ def load_model(checkpoint: str | os.PathLike, config: Config | Mapping | str | o
     Returns ``(model, config, categories)``; ``categories`` is ``None`` for a plain state dict
     (give them to :func:`score_images`, or they come from the pool).
     """
-    from det_al.models.checkpoint import load_checkpoint
-
     model, config, categories, _ = load_checkpoint(checkpoint, None if config is None else as_config(config), device)
     return LoadedModel(model, config, categories or None)
 
@@ -170,14 +176,11 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
     >>> with det_al.mc_dropout(model, 0.2, seed=0):  # doctest: +SKIP
     ...     detections = model(images)
     """
-    from det_al.inference import dropout
-    from det_al.models.build import model_family
-
     model = unwrap_model(model)
     if sites is None:
-        sites = dropout.default_sites(model_family(model), model)
+        sites = mc.default_sites(model_family(model), model)
     generator = None if seed is None else torch.Generator(device=model_device(model)).manual_seed(int(seed))
-    with dropout.mc_dropout(model, tuple(sites), rate, [generator]) as control:
+    with mc.mc_dropout(model, tuple(sites), rate, [generator]) as control:
         yield control
 
 
@@ -197,19 +200,23 @@ def score_images(
     device: str | torch.device | None = None,
     config: Config | Mapping | str | os.PathLike | None = None,
     image_root: str | os.PathLike | None = None,
+    labelled: Any = None,
+    labelled_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    amp: bool = False,
     progress: bool = True,
     allow_outside_root: bool = False,
+    extra_info: Mapping[str, Any] | None = None,
 ) -> Scores:
     """Rank ``images`` by how informative they are to label, with the detector ``model``.
 
     Args:
-        model: a torchvision Faster/Mask R-CNN, RetinaNet, FCOS or SSD (wrappers such as
-            ``DataParallel`` are unwrapped), in any mode: it runs in ``eval()`` with MC dropout
-            hooks, and its mode, hooks and device are restored afterwards. Or what
-            :func:`load_model` returns: then its config and categories are used unless
-            ``config`` / ``categories`` are given (as ``det-al score --checkpoint`` uses them).
+        model: a torchvision Faster/Mask R-CNN, RetinaNet, FCOS or SSD (``DataParallel`` and
+            the like are unwrapped) in any mode: it runs in ``eval()`` with MC dropout hooks,
+            and its mode, hooks and device are restored afterwards. Or :func:`load_model`'s
+            result: its config and categories are used unless ``config`` / ``categories`` are given.
         images: a folder, a COCO file or dict, a list of paths, of PIL images, of ``[H, W, 3]``
             uint8 arrays or of float ``[3, H, W]`` tensors in [0, 1], or a torch ``Dataset`` of
             such images (see :func:`det_al.data.sources.pool_source`).
@@ -220,13 +227,21 @@ def score_images(
         device: where to run; ``None``: the model's own device (the model is never moved).
         config: a :class:`Config`, its plain data or a YAML file (``passes``, ``matching``,
             ``scoring``); default: det_al's defaults.
-        image_root: the folder the file names of a COCO input or a list of paths are relative to.
+        image_root: the folder the file names of a COCO input or a list of paths are relative
+            to; the scores remember the root used (:attr:`Scores.image_root`), the exporters
+            and the report default to it.
+        labelled: the labelled set, a COCO file or dict (its images relative to ``labelled_root``)
+            or its ``[M, D]`` embeddings: each image gets its ``novelty``, the distance to it
+            (:mod:`det_al.scoring.novelty`); :func:`select` then defaults to ``fused``.
         out_dir: also stream per-image results there and write the files of ``det-al score``;
-            with ``resume`` an interrupted run continues where it stopped (same model, config, pool).
+            with ``resume`` an interrupted run continues where it stopped (same model, config,
+            pool); a folder holding results is refused unless ``resume`` or ``overwrite``.
+        amp: mixed precision (CUDA).
         progress: a progress bar.
         allow_outside_root: read COCO ``file_name`` entries that escape ``image_root``
-            (absolute paths, ``../``); refused by default so that a COCO file from elsewhere
-            cannot make det_al read arbitrary files of this machine.
+            (absolute paths, ``../``); refused by default (a COCO file from elsewhere must not
+            make det_al read arbitrary files of this machine).
+        extra_info: more entries for ``run.json`` (``det-al score`` records its checkpoint).
 
     Returns:
         :class:`Scores`, most informative first. Images that cannot be read are in ``.skipped``.
@@ -236,51 +251,55 @@ def score_images(
             have, an unsupported model, categories that do not fit it, a malformed config or
             pool, or an in-memory image of the wrong kind.
     """
-    from det_al.models.build import model_num_classes
-    from det_al.scoring.score_pool import iter_results, score_to_dir
-    from det_al.data.sources import load_pool, pool_source, resolve_categories
-
     if resume and out_dir is None:
         raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
-    if device is not None:
+    if device is not None:  # a device this machine lacks: before anything is written
         check_device(device)
+    if out_dir is not None and not resume and not overwrite:
+        refuse_existing_results(out_dir)
     if isinstance(model, LoadedModel):  # load_model's result: its config and categories unless given
         config = model.config if config is None else config
         categories = model.categories if categories is None else categories
         model = model.model
     model = unwrap_model(model)
-    num_classes = model_num_classes(model)
-    config = override_config(
-        as_config(config, num_classes),
-        passes_overrides(passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size),
-        "score_images",
-    )
-    if out_dir is not None and not resume:
-        from det_al.results.stream import refuse_existing_results
-
-        refuse_existing_results(out_dir)
-    if out_dir is not None and isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        source = load_pool(images, image_root, save_folder_pool=Path(out_dir) / "pool.json",
-                           allow_outside_root=allow_outside_root)
-    else:
-        source = pool_source(images, image_root, allow_outside_root)
-    categories = resolve_categories(categories, num_classes, source.pool.get("categories"), "categories")
-    run_device = model_device(model) if device is None else check_device(device)
+    overrides = passes_overrides(passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size)
+    config = override_config(as_config(config, model_num_classes(model)), overrides, "score_images")
+    source = pool_source(images, image_root)
+    run_device = str(model_device(model) if device is None else check_device(device))
     with preserved_model(model):
-        if out_dir is not None:
-            info = {"device": str(run_device), "threads_per_process": torch.get_num_threads()}
-            score_to_dir(
-                model, config, categories, source.pool, source.image_root, out_dir, model_sha256(model),
-                resume=resume, device=str(run_device), progress=progress, run_info=info,
-                make_dataset=source.make_dataset, allow_outside_root=allow_outside_root,
-            )
-            return Scores.load(out_dir)
-        results: list[dict] = []
-        for lines in iter_results(model, config, categories, source.pool["images"], source.image_root,
-                                  device=str(run_device), progress=progress, make_dataset=source.make_dataset,
-                                  allow_outside_root=allow_outside_root):
-            results.extend(lines)
-    return Scores.from_results(results, categories, config)
+        categories = check_run(model, source.pool["images"], source.file_root, categories=categories,
+                               pool_categories=source.pool.get("categories"), allow_outside_root=allow_outside_root,
+                               pool_source=source.path, categories_source="categories", passes=config.passes)
+        embedded = None if labelled is None else labelled_embeddings(
+            labelled, model, labelled_root, run_device, allow_outside_root)
+        info = {**run_info(source, run_device, labelled), **(extra_info or {})}
+        if out_dir is None:
+            lines = score_in_memory(model, config, categories, source.pool["images"], source.image_root,
+                                    device=run_device, amp=amp, progress=progress, make_dataset=source.make_dataset)
+            return Scores.from_results(lines, categories, config, info, embedded)
+        if overwrite:  # a torchrun run's shards would sit beside this run's results
+            remove_earlier_outputs([Path(out_dir) / SHARDS])
+        if source.folder_coco is not None:
+            write_json(Path(out_dir) / "pool.json", source.folder_coco, indent=1)
+        score_to_dir(model, config, categories, source.pool, source.image_root, out_dir, model_sha256(model),
+                     resume=resume, overwrite=overwrite, device=run_device, amp=amp, progress=progress,
+                     run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded)
+    return Scores.load(out_dir)
+
+
+def run_info(source: PoolSource, device: torch.device | str, labelled: Any = None) -> dict:
+    """What ``run.json`` records of a run besides its config and counts: the device, the thread
+    count (CPU results depend on it in their last bits), the pool, its image root (absolute:
+    the exporters default to it) and the labelled set when given as a file."""
+    info: dict[str, Any] = {"device": str(device), "threads_per_process": torch.get_num_threads(),
+                            "n_pool": len(source.pool["images"])}
+    if source.path is not None:
+        info["pool"] = os.fspath(source.path)
+    if source.file_root is not None:
+        info["image_root"] = os.path.abspath(source.file_root)
+    if isinstance(labelled, (str, os.PathLike)):
+        info["labelled"] = os.fspath(labelled)
+    return info
 
 
 # --------------------------------------------------------------------------- selection
@@ -306,40 +325,10 @@ def select(
     ``class-balanced``, or a callable ``strategy(records, budget, budget_boxes, **context)``;
     ``None``: ``fused`` when the scores carry novelty (scored with ``labelled=``), else ``top``
     (:func:`det_al.selection.strategies.default_strategy`). ``budget`` caps images,
-    ``budget_boxes`` predicted boxes; give at least one.
+    ``budget_boxes`` predicted boxes; give at least one. The selection keeps the scores'
+    image root (:attr:`Selection.image_root`), which the exporters default to.
     """
-    from det_al.selection.files import select_batch
-    from det_al.selection.strategies import default_strategy
-
     if not isinstance(scores, Scores):
         scores = Scores.load(scores)
-    if strategy is None:
-        strategy = default_strategy(scores.ranking)
-    where = scores.source / "pseudo_labels.json" if scores.source else None
-    coco = select_batch(
-        scores.ranking, scores._pseudo_labels, budget, strategy, where, budget_boxes=budget_boxes,
-        seed=seed, pre_factor=pre_factor, **scores.strategy_context(labelled_embeddings), **context,
-    )
-    name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
-    return Selection(coco, name, len(scores))
-
-
-__all__ = [
-    "Config",
-    "CvatExport",
-    "ImageScore",
-    "LabelStudioExport",
-    "InputError",
-    "LoadedModel",
-    "Scores",
-    "Selection",
-    "export_cvat",
-    "export_label_studio",
-    "load_model",
-    "mc_dropout",
-    "model_device",
-    "preserved_model",
-    "score_images",
-    "select",
-    "unwrap_model",
-]
+    return scores.select(strategy, budget=budget, budget_boxes=budget_boxes, seed=seed, pre_factor=pre_factor,
+                         labelled_embeddings=labelled_embeddings, **context)

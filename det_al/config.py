@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from det_al.errors import InputError
-from det_al.inference.tta import parse_views
 
 
 @dataclass(frozen=True)
@@ -396,7 +395,6 @@ def validate(config: Config, source: str | None = None) -> None:
         )
     if any(not 0.0 <= r < 1.0 for r in rates):
         raise InputError(f"passes.dropout rates must be in [0, 1), got {rates}", source)
-    parse_views(p.tta)  # a view name it does not know is an InputError naming it, before any image
     if p.masks not in MASK_MODES:
         raise InputError(f"passes.masks must be one of {', '.join(MASK_MODES)}, got {p.masks!r}", source)
     if p.dense_candidates < 0:

@@ -7,8 +7,8 @@ images, embeddings) and reads and writes those files; :class:`Selection` holds a
 
 from __future__ import annotations
 
+import copy
 import os
-import time
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +17,13 @@ from typing import Any
 import numpy as np
 
 from det_al.config import Config
-from det_al.errors import InputError
+from det_al.data.coco import load_coco
 from det_al.data.files import atomic_open, read_json, write_json, write_jsonl
+from det_al.errors import InputError
+from det_al.run.assemble import assemble
+from det_al.run.result_line import ResultLine
+from det_al.selection.files import read_ranking, select_batch, selection_context
+from det_al.selection.strategies import classes_from_annotations, default_strategy
 
 #: Ranking fields an :class:`ImageScore` lists as its components (those a record has).
 COMPONENT_FIELDS = ("class", "box", "mask", "presence", "novelty")
@@ -84,6 +89,8 @@ class Scores(SequenceABC):
         self.labelled_embeddings = labelled_embeddings
         self.run = dict(run or {})
         self.source = source
+        #: The folder the images' ``file_name`` entries are relative to (``None``: images in memory).
+        self.image_root = Path(self.run["image_root"]) if self.run.get("image_root") else None
         self._by_image: dict[int, list[dict]] | None = None
 
     # ---- sequence
@@ -121,8 +128,6 @@ class Scores(SequenceABC):
     def pseudo_labels(self) -> dict:
         """The COCO dict of the pseudo-labels (a copy): scored images, categories, one annotation
         per detection of the deterministic pass."""
-        import copy
-
         return copy.deepcopy(self._pseudo_labels)
 
     @property
@@ -131,8 +136,6 @@ class Scores(SequenceABC):
 
     def strategy_context(self, labelled_embeddings: Any = None) -> dict[str, Any]:
         """What the selection strategies may use (see :mod:`det_al.selection.strategies`)."""
-        from det_al.selection.strategies import classes_from_annotations
-
         context: dict[str, Any] = {"image_classes": classes_from_annotations(self._pseudo_labels.get("annotations", []))}
         if len(self.embedding_ids):
             context["embeddings"] = self.embeddings
@@ -147,53 +150,47 @@ class Scores(SequenceABC):
             context["labelled_embeddings"] = labelled_embeddings
         return context
 
-    def select(self, strategy: Any = "top", **kwargs: Any) -> "Selection":
-        """:func:`det_al.select` on these scores."""
-        from det_al.api import select
-
-        return select(self, strategy, **kwargs)
+    def select(
+        self,
+        strategy: Any = None,
+        *,
+        budget: int | None = None,
+        budget_boxes: int | None = None,
+        seed: int = 0,
+        pre_factor: float = 3.0,
+        labelled_embeddings: np.ndarray | str | os.PathLike | None = None,
+        **context: Any,
+    ) -> "Selection":
+        """Choose a batch to label: :func:`det_al.select` on these scores (see there)."""
+        if strategy is None:
+            strategy = default_strategy(self.ranking)
+        where = self.source / "pseudo_labels.json" if self.source else None
+        coco = select_batch(
+            self.ranking, self._pseudo_labels, budget, strategy, where, budget_boxes=budget_boxes, seed=seed,
+            pre_factor=pre_factor, **self.strategy_context(labelled_embeddings), **context,
+        )
+        if self.image_root is not None:  # selection.json remembers where the images are
+            coco["info"] = {**coco.get("info", {}), "image_root": os.fspath(self.image_root)}
+        name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
+        return Selection(coco, name, len(self))
 
     # ---- files
 
     @classmethod
-    def from_results(cls, results: list[dict], categories: list[dict], config: Config) -> "Scores":
-        """Scores from in-memory result lines (:func:`det_al.scoring.score_pool.iter_results`), holding what
-        :func:`det_al.results.assemble.assemble_outputs` would write for them."""
-        from det_al import __version__
-        from det_al.scoring.score_pool import records_from_results
-
-        images, annotations, passes, skipped, rows, ids = [], [], [], [], [], []
-        for line in results:
-            if "skipped" in line:
-                skipped.append({"image_id": line["image_id"], "file_name": line["file_name"], "reason": line["skipped"]})
-                continue
-            image = {"id": line["image_id"], "file_name": line["file_name"]}
-            image.update({k: line[k] for k in ("width", "height") if k in line})
-            images.append(image)
-            for ann in line.get("annotations", []):
-                annotations.append({"id": len(annotations) + 1, "image_id": line["image_id"], **ann})
-            passes.append({"image_id": line["image_id"], **line.get("passes", {})})
-            if line.get("embedding") is not None:
-                rows.append(line["embedding"])
-                ids.append(line["image_id"])
-        pseudo_labels = {
-            "info": {"description": "det_al pseudo-labels", "version": __version__},
-            "categories": list(categories),
-            "images": images,
-            "annotations": annotations,
-        }
-        embeddings = np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), np.float32)
-        from det_al.config import config_to_dict
-
-        return cls(records_from_results(results, config), pseudo_labels, skipped, embeddings, ids, passes,
-                   run={"config": config_to_dict(config)})
+    def from_results(cls, lines: list[ResultLine], categories: list[dict], config: Config,
+                     run_info: dict | None = None, labelled: np.ndarray | None = None) -> "Scores":
+        """The scored pool of in-memory result lines (:func:`det_al.run.pool_run.score_in_memory`),
+        assembled as ``det-al score`` assembles them on disk (:func:`det_al.run.assemble.assemble`).
+        ``run_info`` goes into :attr:`run` (``image_root`` among it); ``labelled`` ``[M, D]``:
+        the labelled set's embeddings, for ``novelty``."""
+        a = assemble(lines, categories, config, run_info, labelled)
+        return cls(a.ranking, a.pseudo_labels, a.skipped, a.embeddings, a.embedding_ids, a.passes,
+                   labelled_embeddings=labelled, run=a.run)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":
         """Read the outputs of ``det-al score`` (or :meth:`save`): a folder, or its ``ranking.jsonl``
         (the other files are read beside it). ``passes.jsonl`` is not read (large)."""
-        from det_al.selection.files import read_ranking, selection_context
-
         path = Path(path)
         ranking_path = path / "ranking.jsonl" if path.is_dir() else path
         folder = ranking_path.parent
@@ -209,8 +206,6 @@ class Scores(SequenceABC):
         """Write the files of ``det-al score`` into ``out_dir`` (``ranking.jsonl``,
         ``pseudo_labels.json``, ``embeddings.npy`` + ``embeddings_ids.json``, ``skipped.json``,
         ``run.json``, and ``passes.jsonl`` when held), each atomically; ``out_dir``."""
-        from det_al import __version__
-
         out = Path(out_dir)
         write_jsonl(out / "ranking.jsonl", self.ranking)
         write_json(out / "pseudo_labels.json", self._pseudo_labels)
@@ -224,11 +219,7 @@ class Scores(SequenceABC):
             with atomic_open(out / "labelled_embeddings.npy", "wb") as f:
                 np.save(f, np.asarray(self.labelled_embeddings))
         write_json(out / "skipped.json", self.skipped, indent=1)
-        counts = {"n_scored": len(self.ranking), "n_skipped": len(self.skipped),
-                  "n_certain": sum(bool(r.get("certain")) for r in self.ranking),
-                  "n_empty": sum(bool(r.get("empty")) for r in self.ranking)}
-        run = {"det_al_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.run, **counts}
-        write_json(out / "run.json", run, indent=1)
+        write_json(out / "run.json", self.run, indent=1)
         return out
 
 
@@ -236,11 +227,17 @@ class Scores(SequenceABC):
 class Selection:
     """A batch chosen from a ranking: :attr:`coco` is the ``selection.json`` COCO dict (the
     chosen images in rank order, each with ``rank`` and ``informativeness``, their pseudo-labels
-    and the categories)."""
+    and the categories); :attr:`image_root` the folder of the images, from the scores (kept in
+    the COCO dict's ``info``, so ``selection.json`` remembers it too)."""
 
     coco: dict
     strategy: str = "top"
     n_ranked: int | None = None
+
+    @property
+    def image_root(self) -> Path | None:
+        root = (self.coco.get("info") or {}).get("image_root")
+        return Path(root) if root else None
 
     @property
     def image_ids(self) -> list[int]:
@@ -264,6 +261,4 @@ class Selection:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Selection":
-        from det_al.data.coco import load_coco
-
         return cls(load_coco(path))

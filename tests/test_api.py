@@ -191,6 +191,36 @@ def test_paths_are_named_relative_to_their_common_folder(tmp_path):
     assert [im["file_name"] for im in source.pool["images"]] == ["a/b/y.png", "c.png"]
 
 
+def test_scores_remember_their_root_and_exports_default_to_it(folder, tmp_path):
+    """``score_images(model, paths)`` picks the root (the files' common folder); the scores
+    keep it, on disk too, and an export finds the files without being told it again."""
+    files = _files(folder)
+    scores = det_al.score_images(tiny_model(), [str(p) for p in files], passes=2, seed=0, progress=False)
+    assert scores.image_root == folder and [s.file_name for s in sorted(scores, key=lambda s: s.image_id)] == [
+        p.name for p in files]
+    done = det_al.export_label_studio(scores, tmp_path / "ls", local_files_root=folder.parent)
+    by_name = {t["data"]["image"] for t in done.tasks}
+    assert by_name == {f"/data/local-files/?d={folder.name}/{p.name}" for p in files}
+    assert json.loads(done.files["tasks"].read_text()) == done.tasks
+    batch = det_al.select(scores, "top", budget=2)
+    assert batch.image_root == folder
+    cvat = det_al.export_cvat(batch, tmp_path / "cvat")
+    assert cvat.images == [str(folder / name) for name in (im["file_name"] for im in batch.coco["images"])]
+    # scores made on another machine: the remembered root is not here, the URLs need none
+    elsewhere = det_al.Selection({**batch.coco, "info": {"image_root": str(tmp_path / "not_here")}})
+    assert len(det_al.export_label_studio(elsewhere, url_prefix="https://h/pool").tasks) == 2
+    with pytest.raises(InputError, match="image root"):  # a root given explicitly must exist
+        det_al.export_label_studio(elsewhere, url_prefix="https://h/pool", image_root=tmp_path / "not_here")
+    saved = det_al.score_images(tiny_model(), [str(p) for p in files], passes=2, seed=0, progress=False,
+                                out_dir=tmp_path / "scores")
+    assert det_al.Scores.load(tmp_path / "scores").image_root == saved.image_root == folder
+    run = json.loads((tmp_path / "scores" / "run.json").read_text())
+    assert run["image_root"] == str(folder)
+    # run.json is written one way: in memory the scores hold the same record as on disk (but the
+    # time, and the shard's size that only a streamed run has)
+    assert {k: v for k, v in scores.run.items() if k != "time"} == {k: v for k, v in run.items() if k not in ("time", "n_shard")}
+
+
 @pytest.mark.parametrize("images, categories, message", [
     ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)], None, r"images\[1\]: expected an \[H, W, 3\] uint8"),
     ([torch.zeros(3, 8, 8), torch.full((3, 8, 8), 255.0)], None, r"images\[1\]: tensor values must be finite and in \[0, 1\]"),
@@ -544,3 +574,30 @@ def test_in_memory_images_are_refused_by_the_exports(tmp_path):
     # the user says where each image is served: accepted
     export = det_al.export_label_studio(batch, image_url=lambda image: f"https://host/{image['id']}.png")
     assert sorted(t["data"]["image"] for t in export.tasks) == ["https://host/1.png", "https://host/2.png"]
+
+
+def test_the_tools_example_runs_a_round_over_the_api(tiny_pool, tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    script = README.parent / "tools" / "one_round.py"
+    env = {**os.environ, "PYTHONPATH": str(README.parent), "OMP_NUM_THREADS": "1"}
+    run = lambda *args: subprocess.run([sys.executable, str(script), *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True, env=env)
+    step = run("select", "--checkpoint", tiny_checkpoint, "--pool", tiny_pool["pool"], "--budget", 2, "--passes", 2,
+               "--local-files-root", tiny_pool["root"].parent, "--out", tmp_path / "round1")
+    assert step.returncode == 0, step.stderr
+    tasks = json.loads((tmp_path / "round1" / "ls" / "tasks.json").read_text())
+    assert len(tasks) == 2 and all(t["data"]["image"].startswith(f"/data/local-files/?d={tiny_pool['root'].name}/")
+                                   for t in tasks)
+    export = [{"id": i, "data": t["data"], "annotations": [{"id": i, "result": t["predictions"][0]["result"]}]}
+              for i, t in enumerate(tasks, start=1)]
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    train = {"images": [], "annotations": [], "categories": tiny_pool["coco"]["categories"]}
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    step = run("merge", "--round", tmp_path / "round1", "--export", tmp_path / "export.json", "--train",
+               tmp_path / "train.json", "--pool", tiny_pool["pool"], "--out", tmp_path / "next")
+    assert step.returncode == 0, step.stderr
+    merged = json.loads((tmp_path / "next" / "train.json").read_text())
+    pool = json.loads((tmp_path / "next" / "pool.json").read_text())
+    assert len(merged["images"]) + len(pool["images"]) == len(tiny_pool["coco"]["images"]) and len(pool["images"]) >= 4

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-import det_al.scoring.score_pool
+import det_al.run.score_lines
 from det_al.cli import main
 from det_al.errors import InputError
 
@@ -461,7 +461,7 @@ def test_the_table_covers_every_command_and_enough_inputs():
 
 
 # --------------------------------------------------------------------------- the library's own checks
-# det_al.scoring.score_pool checks what it is given whoever calls it (the CLI, the Python API, the loop).
+# det_al.run.checks.check_run: the checks every entry of a scoring run makes once (the CLI, the Python API).
 
 
 @pytest.fixture(scope="module")
@@ -472,15 +472,20 @@ def model_and_categories(tiny_checkpoint):
     return model, config, categories
 
 
-def _score_pool(model, config, categories, pool, root):
-    from det_al.scoring.score_pool import score_pool
+def _score_pool(model, config, categories, pool, root, allow_outside_root=False):
+    """A scoring run's entry: the checks, then the scoring, in memory."""
+    from det_al.run.checks import check_run
+    from det_al.run.pool_run import score_in_memory
+    from det_al.scores import Scores
 
-    return score_pool(model, config, categories, pool, root, progress=False)
+    categories = check_run(model, pool["images"], root, categories=categories, allow_outside_root=allow_outside_root)
+    return Scores.from_results(score_in_memory(model, config, categories, pool["images"], root, progress=False),
+                               categories, config)
 
 
 def test_a_model_in_train_mode_is_refused_before_any_image(model_and_categories, tiny_pool, monkeypatch):
     model, config, categories = model_and_categories
-    monkeypatch.setattr(det_al.scoring.score_pool, "PoolDataset", None)  # never reached
+    monkeypatch.setattr(det_al.run.score_lines, "PoolDataset", None)  # never reached
     model.train()
     try:
         with pytest.raises(InputError, match=r"^cannot score with a model in train mode: call model.eval\(\) first"):
@@ -501,7 +506,7 @@ def test_a_detector_class_det_al_does_not_support_is_refused(model_and_categorie
     ([{"id": i, "name": n} for i, n in enumerate("abcd", 1)], "4 categories for a model of 3 classes: no model label for ['d']"),
     ([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 1, "name": "c"}], "category ids must be unique, got 1 more than once"),
     ([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "a"}], "category names must be unique, got 'a' more than once"),
-    ([{"id": "1", "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}], "categories[0] must be a dict with an integer 'id'"),
+    ([{"id": "1", "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}], "categories[0] must be a name or a dict with an integer 'id'"),
 ])
 def test_categories_must_name_every_model_label_once(model_and_categories, tiny_pool, categories, message):
     # never category_id -1 in the outputs: a label without a category is refused up front
@@ -512,8 +517,8 @@ def test_categories_must_name_every_model_label_once(model_and_categories, tiny_
 
 
 def test_library_refuses_a_missing_root_and_escaping_names_unless_allowed(model_and_categories, tiny_pool, tmp_path):
-    from det_al.scoring.score_pool import check_pool
     from det_al.data.pool import PoolImages
+    from det_al.run.checks import check_pool
 
     model, config, categories = model_and_categories
     with pytest.raises(InputError, match="image root not found"):
@@ -523,10 +528,9 @@ def test_library_refuses_a_missing_root_and_escaping_names_unless_allowed(model_
     images[1]["file_name"] = absolute
     with pytest.raises(InputError, match=r"images\[1\] \(id 2\): file_name '.*' is outside the image root"):
         _score_pool(model, config, categories, {"images": images}, tmp_path)
-    scores = det_al.scoring.score_pool.score_pool(model, config, categories, {"images": images}, tmp_path, progress=False,
-                                       allow_outside_root=True)
+    scores = _score_pool(model, config, categories, {"images": images}, tmp_path, allow_outside_root=True)
     assert [s["file_name"] for s in scores.skipped] == [images[0]["file_name"]]  # not under tmp_path
-    assert [r["file_name"] for r in scores.records] == [absolute]
+    assert [r["file_name"] for r in scores.ranking] == [absolute]
     # names that only look suspicious are not refused; the first escaping one is named
     # ("a." then "../z": the pool's names are stored back to back, the ".." spans two of them)
     names = ["a..b.png", "x/../y.png", "a.", "../z", "..", "ok.png"]
@@ -569,7 +573,7 @@ def _failing_passes(errors: list[str]):
 
 
 def test_first_images_failing_with_one_model_error_stop_the_run(tiny_pool, tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", _failing_passes(["expected a CUDA tensor"] * 6))
+    monkeypatch.setattr(det_al.run.score_lines, "run_passes", _failing_passes(["expected a CUDA tensor"] * 6))
     out = tmp_path / "out"
     code, _, err = _run(["score", "-k", str(tiny_checkpoint), "-p", str(tiny_pool["pool"]), "-o", str(out), *SCORE], capsys)
     assert code == 2
@@ -586,7 +590,7 @@ def test_model_errors_that_differ_or_come_after_a_success_skip_images(model_and_
 
     model, config, categories = model_and_categories
     # three different errors: image faults, not a model fault
-    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", _failing_passes(["a", "b", "c"]))
+    monkeypatch.setattr(det_al.run.score_lines, "run_passes", _failing_passes(["a", "b", "c"]))
     scores = _score_pool(model, config, categories, {"images": tiny_pool["coco"]["images"][:3]}, tiny_pool["root"])
     assert [s["reason"] for s in scores.skipped] == ["model failed: RuntimeError: a", "model failed: RuntimeError: b",
                                                      "model failed: RuntimeError: c"]
@@ -599,9 +603,9 @@ def test_model_errors_that_differ_or_come_after_a_success_skip_images(model_and_
             return run_passes(model, images, *args, **kwargs)
         raise RuntimeError("same")
 
-    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", second_and_later_fail)
+    monkeypatch.setattr(det_al.run.score_lines, "run_passes", second_and_later_fail)
     scores = _score_pool(model, config, categories, {"images": tiny_pool["coco"]["images"][:4]}, tiny_pool["root"])
-    assert len(scores.records) == 1 and len(scores.skipped) == 3
+    assert len(scores.ranking) == 1 and len(scores.skipped) == 3
 
 
 def test_image_read_errors_never_stop_the_run(model_and_categories, tiny_pool, tmp_path):

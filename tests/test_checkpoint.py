@@ -9,6 +9,7 @@ import torch
 
 from det_al.models.checkpoint import (
     FORMAT,
+    CheckpointWriteError,
     category_id_to_label,
     label_to_category_id,
     load_checkpoint,
@@ -222,7 +223,7 @@ def test_save_is_atomic_on_failure(saved, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match=r"c.pt: cannot write the checkpoint \(disk full\); nothing half-written"):
         save_checkpoint(path, model, config, CATEGORIES)
     assert path.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]

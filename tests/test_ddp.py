@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from det_al.models.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import config_from_dict
-from det_al.scoring.distributed import (
+from det_al.run.distributed import (
     any_rank,
     broadcast_from_main,
     fail_together,
@@ -25,7 +24,8 @@ from det_al.scoring.distributed import (
 )
 from det_al.errors import InputError
 from det_al.models.build import build_model
-from det_al.loop.training import seed_everything, train_model
+from det_al.loop.train_setup import seed_everything
+from det_al.loop.training import train_model
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 MODEL = {"name": "fasterrcnn_tiny", "num_classes": 4, "options": {"min_size": 64, "max_size": 64}}
@@ -104,7 +104,7 @@ def test_world_size_without_torchrun_is_a_clear_error(monkeypatch):
 
 COLLECTIVES = """
 import json, pathlib, sys
-from det_al.scoring.distributed import any_rank, broadcast_from_main, fail_together, gather, mean_over_ranks, process_group, rank
+from det_al.run.distributed import any_rank, broadcast_from_main, fail_together, gather, mean_over_ranks, process_group, rank
 from det_al.errors import InputError
 
 with process_group("cpu"):
@@ -293,14 +293,3 @@ def test_torchrun_loop_finetunes_on_two_processes(tmp_path):
     for folder in (out / "runs" / "seed0" / "round0", out / "runs" / "random" / "seed0" / "round1"):
         _, _, _, extra = load_checkpoint(folder / "last.pt")
         assert extra["world_size"] == 2 and extra["iteration"] == 1  # 4 or 6 images: one step of 8 per rank
-
-
-@linux_only
-def test_torchrun_tools_train_script_reports_once(tiny_data, tmp_path):
-    script = Path(__file__).resolve().parents[1] / "tools" / "train.py"
-    out = tmp_path / "run"
-    result = _torchrun([str(script), str(tiny_data["config"]), "--train", str(tiny_data["train"]),
-                        "--image-root", str(tiny_data["root"]), "--out", str(out), "--epochs", "1", "-b", "1"])
-    assert result.returncode == 0, result.stderr[-6000:]
-    assert result.stdout.count("epochs 1, iterations 2,") == 1  # 4 images / (2 processes x 1)
-    assert (out / "last.pt").exists()

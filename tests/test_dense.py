@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torchvision.models.detection.transform import resize_boxes
 
 from det_al.config import PassesConfig, ScoringConfig, config_from_dict
-from det_al.scoring.dense import Candidates, DenseAccumulator, dense_scores, topk_mean
+from det_al.inference.candidates import Candidates, DenseAccumulator
+from det_al.scoring.dense import dense_scores, topk_mean
 from det_al.inference.passes import run_passes
-from det_al.scoring.score_pool import score_image
+from det_al.run.score_lines import score_image
 
 from test_passes import FAMILIES, image, model_for
 
@@ -138,7 +139,7 @@ def test_dropout_passes_give_dense_values_and_ranking_fields(key):
     torch.testing.assert_close(fast.candidates.mutual_information, plain.candidates.mutual_information,
                                atol=1e-6, rtol=1e-3)
     cfg = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 4}})
-    record = score_image(fast, cfg, [{"id": i} for i in (1, 2, 3)], with_masks=False)["record"]
+    record = score_image(fast, cfg, [{"id": i} for i in (1, 2, 3)], with_masks=False).record
     expected = dense_scores(fast.candidates, fast.deterministic.boxes, fast.deterministic.scores, cfg.scoring)
     for name, value in expected.items():
         assert record[name] == (value if name == "n_candidates" else pytest.approx(value, abs=1e-6))
@@ -165,14 +166,14 @@ def test_image_weights_combine_image_fields_and_empty_means_no_candidate():
     default = config_from_dict({**base, "scoring": {"dense_topk": 2, "image_weights": {}}})  # objects alone
     cats = [{"id": 1}]
     # one detection, found by both passes: every per-object term 0 except the class term
-    plain = score_image(_image_passes(1), default, cats, False)["record"]
-    record = score_image(_image_passes(1), weighted, cats, False)["record"]
+    plain = score_image(_image_passes(1), default, cats, False).record
+    record = score_image(_image_passes(1), weighted, cats, False).record
     assert record["objects"] == plain["informativeness"] and "objects" not in plain
     assert record["dense"] == pytest.approx(0.3)  # top-2 of MI .1 .4 .2
     assert record["informativeness"] == pytest.approx((plain["informativeness"] + 3 * 0.3) / 4, abs=1e-6)
     # nothing detected: objects alone = empty (the median fill); weighted: scored by its candidates
-    plain = score_image(_image_passes(0), default, cats, False)["record"]
-    record = score_image(_image_passes(0), weighted, cats, False)["record"]
+    plain = score_image(_image_passes(0), default, cats, False).record
+    record = score_image(_image_passes(0), weighted, cats, False).record
     assert plain["empty"] and plain["miss"] == pytest.approx(0.75)  # top-2 foreground .9 .6
     assert not record["empty"] and record["informativeness"] == pytest.approx(3 * 0.3 / 4)
 

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import det_al.scoring.score_pool
+import det_al.run.score_lines
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.results.stream import RESULTS, ResultsWriter, repair_and_read_ids, run_key
+from det_al.run.result_line import ResultLine
+from det_al.run.stream import RESULTS, ResultsWriter, repair_and_read_ids, run_key
 
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "skipped.json", "embeddings_ids.json", "embeddings.npy")
 
@@ -92,16 +93,16 @@ def test_bad_images_are_skipped_with_a_reason_and_nothing_is_dropped(tiny_pool, 
 
 def test_an_image_with_non_finite_scores_is_skipped_not_ranked(tiny_pool, tiny_checkpoint, tmp_path, monkeypatch):
     # A model can give NaN scores (a diverged checkpoint); such an image cannot be ranked.
-    real = det_al.scoring.score_pool.score_image
+    real = det_al.run.score_lines.score_image
 
     def nan_for_image_2(image_passes, *args, **kwargs):
         out = real(image_passes, *args, **kwargs)
         if calls.append(1) or len(calls) == 2:
-            out["record"]["informativeness"] = float("nan")
+            out.record["informativeness"] = float("nan")
         return out
 
     calls: list[int] = []
-    monkeypatch.setattr(det_al.scoring.score_pool, "score_image", nan_for_image_2)
+    monkeypatch.setattr(det_al.run.score_lines, "score_image", nan_for_image_2)
     out = tmp_path / "out"
     assert _score(tiny_pool["pool"], tiny_checkpoint, out) == 0
     skipped = json.loads((out / "skipped.json").read_text())
@@ -112,8 +113,8 @@ def test_an_image_with_non_finite_scores_is_skipped_not_ranked(tiny_pool, tiny_c
 
 
 @pytest.mark.skipif(
-    not hasattr(det_al.scoring.score_pool, "_run_or_skip"),
-    reason="needs the per-image fallback of det_al/scoring/score_pool.py iter_results (issue 6 report diff)",
+    not hasattr(det_al.run.score_lines, "_run_or_skip"),
+    reason="needs the per-image fallback of det_al/run/score_lines.py iter_results (issue 6 report diff)",
 )
 def test_images_of_extreme_aspect_are_skipped_not_fatal(tiny_pool, tiny_checkpoint, tmp_path):
     # 1 x 20000 pixels: resizing to the model's 96-px size gives a 0-px side, which makes the
@@ -204,9 +205,9 @@ def test_disk_full_while_scoring_keeps_results_for_resume(reference, tiny_pool, 
 
 
 def test_disk_full_while_assembling_keeps_results_for_resume(reference, tiny_pool, tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    import det_al.results.assemble
+    import det_al.run.assemble
 
-    real_sorted_run = det_al.results.assemble._sorted_run
+    real_flush_run = det_al.run.assemble._Parts.flush_run
     out = tmp_path / "out"
     out.mkdir()
     for name in (RESULTS, "key.json", "done.json"):  # a run that scored every image
@@ -215,15 +216,15 @@ def test_disk_full_while_assembling_keeps_results_for_resume(reference, tiny_poo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(det_al.results.assemble, "_sorted_run", full)
-    monkeypatch.setattr(det_al.scoring.score_pool, "run_passes", full)
+    monkeypatch.setattr(det_al.run.assemble._Parts, "flush_run", full)
+    monkeypatch.setattr(det_al.run.score_lines, "run_passes", full)
     assert _score(tiny_pool["pool"], tiny_checkpoint, out, "--resume") == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" in err
     assert (out / RESULTS).read_bytes() == (reference / RESULTS).read_bytes()
     assert not (out / "ranking.jsonl").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    monkeypatch.setattr(det_al.results.assemble, "_sorted_run", real_sorted_run)
+    monkeypatch.setattr(det_al.run.assemble._Parts, "flush_run", real_flush_run)
     # resuming a finished run scores nothing (run_passes still fails) and only assembles
     assert _score(tiny_pool["pool"], tiny_checkpoint, out, "--resume") == 0
     _same_outputs(reference, out)
@@ -231,11 +232,11 @@ def test_disk_full_while_assembling_keeps_results_for_resume(reference, tiny_poo
 
 def test_a_failed_write_never_leaves_a_torn_line(tmp_path, monkeypatch):
     writer = ResultsWriter(tmp_path, run_key("a", {}, "b", 1, 0))
-    writer.write_batch([{"image_id": 1}, {"image_id": 2}])
+    writer.write_batch([ResultLine(1, "a", skipped="x"), ResultLine(2, "b", skipped="x")])
     _fail_after(0, monkeypatch)
     with pytest.raises(InputError, match="2 results written so far are kept"):
-        writer.write_batch([{"image_id": 3, "record": {"x": 1}}])
+        writer.write_batch([ResultLine(3, "c", record={"x": 1})])
     monkeypatch.undo()
     writer.close()
-    assert (tmp_path / RESULTS).read_text() == '{"image_id":1}\n{"image_id":2}\n'
+    assert (tmp_path / RESULTS).read_text() == '{"image_id":1,"file_name":"a","skipped":"x"}\n{"image_id":2,"file_name":"b","skipped":"x"}\n'
     assert repair_and_read_ids(tmp_path / RESULTS).tolist() == [1, 2]

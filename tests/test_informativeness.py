@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from det_al.config import ScoringConfig
+from det_al.run.assemble import rank_records
 from det_al.scoring.informativeness import (
     fuse_ranks,
     rank_reference,
     empty_informativeness,
-    finalize_pool,
     image_informativeness,
     reduce_objects,
 )
@@ -104,11 +104,11 @@ def records(values: dict[str, float | None]) -> list[dict]:
     ]
 
 
-def test_finalize_pool_quantile_median():
+def test_rank_records_quantile_median():
     # Non-empty: .1, .4, .3, .9 -> sorted .1 .3 .4 .9, median (.3 + .4) / 2 = .35 for image 5.
     # certain_threshold .2: only image 1 (.1) is certain; the empty image never is.
     pool = records({1: 0.1, 2: 0.4, 3: 0.3, 4: 0.9, 5: None})
-    out = finalize_pool(pool, ScoringConfig(image_weights={}, certain_threshold=0.2))
+    out = rank_records(pool, ScoringConfig(image_weights={}, certain_threshold=0.2))
     assert [r["image_id"] for r in out] == [4, 2, 5, 3, 1]
     assert [r["rank"] for r in out] == [1, 2, 3, 4, 5]
     assert out[2]["informativeness"] == pytest.approx(0.35)
@@ -117,49 +117,49 @@ def test_finalize_pool_quantile_median():
     assert pool[4]["informativeness"] == 0.0 and "rank" not in pool[0]  # inputs untouched
 
 
-def test_finalize_pool_quantile_q():
+def test_rank_records_quantile_q():
     # q = .25 over .1 .3 .4 .9 (linear): position .25 * 3 = .75 -> .1 + .75 * (.3 - .1) = .25.
     pool = records({1: 0.1, 2: 0.4, 3: 0.3, 4: 0.9, 5: None})
-    out = finalize_pool(pool, ScoringConfig(image_weights={}, empty_value=0.25))
+    out = rank_records(pool, ScoringConfig(image_weights={}, empty_value=0.25))
     assert {r["image_id"]: r["informativeness"] for r in out}[5] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("value, position", [(1.0, 0), (0.0, 2)])
-def test_finalize_pool_value(value, position):
+def test_rank_records_value(value, position):
     # Empty image 9 at a fixed value: first with 1.0, last with 0.0 (never certain, even at 0).
     scoring = ScoringConfig(image_weights={}, empty_policy="value", empty_value=value)
-    out = finalize_pool(records({1: 0.5, 2: 0.2, 9: None}), scoring)
+    out = rank_records(records({1: 0.5, 2: 0.2, 9: None}), scoring)
     assert out[position]["image_id"] == 9
     assert out[position]["informativeness"] == value
     assert out[position]["certain"] is False
 
 
-def test_finalize_pool_all_empty_and_no_images():
-    out = finalize_pool(records({2: None, 1: None}), ScoringConfig(image_weights={}))
+def test_rank_records_all_empty_and_no_images():
+    out = rank_records(records({2: None, 1: None}), ScoringConfig(image_weights={}))
     assert sorted((r["image_id"], r["informativeness"]) for r in out) == [(1, 0.5), (2, 0.5)]
     assert [r["rank"] for r in out] == [1, 2]
-    assert finalize_pool([], ScoringConfig(image_weights={})) == []
+    assert rank_records([], ScoringConfig(image_weights={})) == []
 
 
-def test_finalize_pool_ties_by_dense_then_a_seeded_hash_not_the_image_id():
+def test_rank_records_ties_by_dense_then_a_seeded_hash_not_the_image_id():
     from det_al.scoring.informativeness import tie_break
 
-    out = finalize_pool(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig(image_weights={}))
+    out = rank_records(records({3: 0.5, 1: 0.5, 2: 0.7}), ScoringConfig(image_weights={}))
     expected = sorted([1, 3], key=lambda i: tie_break(0, i))
     assert [r["image_id"] for r in out] == [2, *expected]
     # twenty tied empty images: a seed-dependent order, the same for the same seed
     pool = records({i: None for i in range(20)})
-    orders = [[r["image_id"] for r in finalize_pool(pool, ScoringConfig(image_weights={}), seed=s)] for s in (0, 0, 1)]
+    orders = [[r["image_id"] for r in rank_records(pool, ScoringConfig(image_weights={}), seed=s)] for s in (0, 0, 1)]
     assert orders[0] == orders[1] != orders[2] and orders[0] != list(range(20))
     # a larger dense value wins a tie
     pool = [{**r, "dense": 0.1 * (r["image_id"] == 7)} for r in pool]
-    assert finalize_pool(pool, ScoringConfig(image_weights={}))[0]["image_id"] == 7
+    assert rank_records(pool, ScoringConfig(image_weights={}))[0]["image_id"] == 7
 
 
-def test_finalize_pool_empty_from_n_objects_and_kept_keys():
+def test_rank_records_empty_from_n_objects_and_kept_keys():
     pool = [{"image_id": 1, "informativeness": 0.0, "n_objects": 0, "file_name": "a.jpg"},
             {"image_id": 2, "informativeness": 0.02, "n_objects": 3, "file_name": "b.jpg"}]
-    out = finalize_pool(pool, ScoringConfig(image_weights={}))
+    out = rank_records(pool, ScoringConfig(image_weights={}))
     # Only one non-empty image (.02): the median is .02, tie broken by image_id; .02 < .05 certain.
     assert [(r["image_id"], r["empty"], r["certain"], r["file_name"]) for r in out] == [
         (1, True, False, "a.jpg"), (2, False, True, "b.jpg")]
@@ -193,7 +193,8 @@ def test_min_score_filters_on_expected_score():
 def test_rank_combination_by_hand_in_memory_and_streamed(tmp_path):
     import json
 
-    from det_al.results.assemble import assemble_outputs
+    from det_al.run.assemble import assemble_outputs
+    from det_al.run.result_line import ResultLine
     from det_al.config import config_from_dict
 
     config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "scoring": {
@@ -203,12 +204,11 @@ def test_rank_combination_by_hand_in_memory_and_streamed(tmp_path):
             {"image_id": 3, "informativeness": 0.0, "objects": 0.0, "dense": 0.5, "n_objects": 0, "empty": True}]
     # objects ranks 2 1 3, dense ranks 1 3 2; (k + 1) / (k + rank) = 2 / (1 + rank), mean of the two:
     # image 1 (2/3 + 1) / 2, image 2 (1 + 1/2) / 2; image 3 is empty: the median of those two
-    out = finalize_pool(pool, config.scoring)
+    out = rank_records(pool, config.scoring)
     assert [r["image_id"] for r in out] == [1, 3, 2]
     assert [r["informativeness"] for r in out] == pytest.approx([5 / 6, (5 / 6 + 3 / 4) / 2, 3 / 4])
-    lines = [{"image_id": r["image_id"], "file_name": f"{r['image_id']}.png",
-              "record": {k: v for k, v in r.items() if k != "image_id"}, "annotations": [], "passes": {},
-              "embedding": [0.0, 1.0]} for r in pool]
+    lines = [ResultLine(r["image_id"], f"{r['image_id']}.png", record={k: v for k, v in r.items() if k != "image_id"},
+                        embedding=[0.0, 1.0]) for r in pool]
     assemble_outputs(lambda: iter(lines), tmp_path, [{"id": 1, "name": "a"}], config)
     streamed = [json.loads(s) for s in (tmp_path / "ranking.jsonl").read_text().splitlines()]
     assert [(r["image_id"], r["informativeness"], r["rank"]) for r in streamed] == \
@@ -221,7 +221,7 @@ def test_rank_combination_without_weights_is_the_object_level_informativeness():
     config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2},
                                "scoring": {"image_combination": "rank", "image_weights": {}}})
     pool = [{"image_id": 1, "informativeness": 0.2, "n_objects": 1}, {"image_id": 2, "informativeness": 0.5, "n_objects": 1}]
-    assert [(r["image_id"], r["informativeness"]) for r in finalize_pool(pool, config.scoring)] == [(2, 0.5), (1, 0.2)]
+    assert [(r["image_id"], r["informativeness"]) for r in rank_records(pool, config.scoring)] == [(2, 0.5), (1, 0.2)]
 
 
 def test_default_informativeness_fuses_presence_least_confidence_and_rpn_gap_by_rank():
@@ -235,7 +235,7 @@ def test_default_informativeness_fuses_presence_least_confidence_and_rpn_gap_by_
             {"image_id": 3, "informativeness": 0.0, "presence": 0.20, "least_confidence": 0.60, "rpn_gap": 0.00,
              "n_objects": 1, "empty": False}]
     # ranks: presence 1 3 2, least_confidence 2 3 1, rpn_gap 2 1 3; value = mean over fields of 61 / (60 + rank)
-    out = {r["image_id"]: r for r in finalize_pool(pool, scoring)}
+    out = {r["image_id"]: r for r in rank_records(pool, scoring)}
     expected = {1: (1 + 61 / 62 + 61 / 62) / 3, 2: (61 / 63 + 61 / 63 + 1) / 3, 3: (61 / 62 + 1 + 61 / 63) / 3}
     assert {i: r["informativeness"] for i, r in out.items()} == pytest.approx(expected, abs=1e-9)
     assert [out[i]["rank"] for i in (1, 3, 2)] == [1, 2, 3]

@@ -301,3 +301,24 @@ def test_export_checks_image_sizes_after_exif_rotation(tmp_path, capsys):
     assert main(args) == 0
     assert main(args[:-4] + ["--local-files-root", str(tmp_path)]) == 2
     assert "--local-files-root needs --image-root" in capsys.readouterr().err
+
+
+def test_import_and_merge_from_python(tmp_path):
+    import det_al
+
+    selection = make_selection(3)
+    tasks = finished(selection_to_tasks(selection, url, "v"))
+    done = det_al.import_label_studio(tasks, selection, tmp_path / "labels")
+    labels, report = tasks_to_coco(tasks, selection)
+    assert done.labels == labels and done.report.to_dict() == report.to_dict()
+    assert json.loads(done.files["labels"].read_text()) == labels
+    assert json.loads(done.files["report"].read_text()) == report.to_dict()
+    assert det_al.import_label_studio(tasks, det_al.Selection(selection)).files == {}  # nothing written
+    train = {"images": [], "annotations": [], "categories": CATEGORIES}
+    merged = det_al.merge(train, done.labels, selection, out_dir=tmp_path / "next")
+    assert [im["id"] for im in merged.train["images"]] == [11, 10, 12] and merged.pool["images"] == []
+    assert len(merged.train["annotations"]) == 4
+    assert json.loads((tmp_path / "next" / "train.json").read_text()) == merged.train
+    assert json.loads((tmp_path / "next" / "pool.json").read_text()) == merged.pool
+    with pytest.raises(InputError, match="would overwrite an input"):
+        det_al.merge(tmp_path / "next" / "train.json", done.files["labels"], out_dir=tmp_path / "next")

@@ -1,12 +1,15 @@
-"""The package layout: no import circles, and only ``det_al/inference/`` runs a model.
+"""The package layout: no import circles at any level, folders in pipeline order, and only
+``det_al/inference/`` runs a model.
 
-Both checks read the source with :mod:`ast`; nothing is imported.
+The checks read the source with :mod:`ast`; nothing is imported.
 
 - Import graph: an edge ``a -> b`` for every ``import det_al.b`` / ``from det_al.b import x``
-  (``from det_al.pkg import mod`` points at the module ``det_al.pkg.mod`` when it is one) at
-  *module level*, including ``if TYPE_CHECKING:`` blocks and ``try:`` bodies. Imports inside a
-  function or method are not edges: they run at call time, after every module is loaded, and
-  some exist precisely to keep ``import det_al`` cheap. A cycle among module-level imports fails.
+  (``from det_al.pkg import mod`` points at the module ``det_al.pkg.mod`` when it is one)
+  anywhere in the module: at module level, in ``if TYPE_CHECKING:`` blocks and ``try:`` bodies,
+  and inside functions and methods too (an import deferred to call time to dodge a circle is
+  still a circle to a reader). A cycle among modules fails.
+- Folders: the same edges between the folders of ``det_al/`` (each top-level module is its own
+  node) must go down :data:`LAYERS`, the pipeline order, so no two folders import each other.
 - Forward calls: a call ``model(...)``, ``<anything>.model(...)`` or ``<anything>.forward(...)``
   in a module outside ``det_al/inference/`` fails. This is syntactic (it does not follow a model
   passed under another name), so it catches the plain way of calling a detector. The one
@@ -21,6 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "det_al"
 FORWARD_ALLOWED = {"det_al.loop.training"}
+#: The folders (and top-level modules) of det_al, lowest first: each imports only those before it.
+LAYERS = (
+    "det_al", "det_al.errors", "det_al.config", "data", "models", "inference", "scoring", "run", "selection",
+    "det_al.scores", "annotation", "det_al.api", "loop", "report", "serve", "cli", "det_al.__main__",
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -50,11 +58,13 @@ def _module_level(tree: ast.Module):
             stack.extend(node.body)
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(function_level: bool = True) -> dict[str, set[str]]:
+    """Module -> the det_al modules it imports (``function_level``: imports inside functions too)."""
     modules = _modules()
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
-        for node in _module_level(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree) if function_level else _module_level(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -100,11 +110,40 @@ def forward_calls(path: Path) -> list[str]:
     return calls
 
 
-def test_no_import_cycle():
+def folder(module: str) -> str:
+    """The node of ``module`` in the folder graph: its folder under det_al/, or itself at the top."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (ROOT / parts[1]).is_dir()) else module
+
+
+def folder_edges(graph: dict[str, set[str]]) -> set[tuple[str, str, str, str]]:
+    """``(folder a, folder b, module a, module b)`` for every import between two folders."""
+    return {(folder(a), folder(b), a, b) for a, targets in graph.items() for b in targets if folder(a) != folder(b)}
+
+
+def test_no_import_cycle_even_inside_functions():
     graph = import_graph()
     assert len(graph) > 40 and graph["det_al.inference.passes"], "the graph should see det_al's modules and imports"
+    # datasets imports the augmentations (albumentations) only when a training item needs them
+    assert "det_al.data.augment" in graph["det_al.data.datasets"], "imports inside functions should be edges"
+    assert "det_al.data.augment" not in import_graph(function_level=False)["det_al.data.datasets"]
     cycle = find_cycle(graph)
-    assert cycle is None, "module-level import cycle: " + " -> ".join(cycle)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_folders_import_only_folders_below_them():
+    nodes = {folder(m) for m in _modules()}
+    assert nodes == set(LAYERS), f"LAYERS should name every folder and top-level module: {sorted(nodes ^ set(LAYERS))}"
+    upward = sorted(f"{ma} ({a}) -> {mb} ({b})" for a, b, ma, mb in folder_edges(import_graph())
+                    if LAYERS.index(b) > LAYERS.index(a))
+    assert not upward, "imports against the pipeline order:\n" + "\n".join(upward)
+
+
+def test_folder_check_sees_a_loop():
+    graph = {"det_al.data.a": {"det_al.loop.b"}, "det_al.loop.b": {"det_al.data.c"}, "det_al.data.c": set()}
+    edges = {(a, b) for a, b, _, _ in folder_edges(graph)}
+    assert edges == {("data", "loop"), ("loop", "data")}  # no module cycle, yet a folder loop
+    assert find_cycle(graph) is None
 
 
 def test_find_cycle_sees_one():

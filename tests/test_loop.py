@@ -4,8 +4,7 @@ import pytest
 
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.loop.rounds import _Run
-from det_al.loop.data import LoopData, check_loop_config
+from det_al.loop.data import LoopData, LoopRun, check_loop_config
 from det_al.loop.results import read_rows
 
 
@@ -22,7 +21,7 @@ def tiny_data():
 
 
 def test_run_reveals_oracle_labels_with_fresh_ids():
-    run = _Run("top", 0, tiny_data())
+    run = LoopRun("top", 0, tiny_data())
     run.reveal([3])
     labelled = run.labelled()
     assert [im["id"] for im in labelled["images"]] == [1, 3]
@@ -137,25 +136,32 @@ def test_command_options_become_loop_settings(tmp_path):
         parser.parse_args(common + ["--budget", "7", "--budget-boxes", "3"])
 
 
-def test_fused_strategy_gets_novelty_and_the_fusion_settings(monkeypatch):
+def test_fused_strategy_gets_novelty_and_the_fusion_settings():
     import numpy as np
 
     from det_al.loop import rounds as loop
     from det_al.scores import Scores
 
-    records = [{"image_id": 2, "informativeness": 0.9, "n_objects": 1, "rank": 1},
-               {"image_id": 3, "informativeness": 0.1, "n_objects": 1, "rank": 2}]
+    # scored with the labelled set on image 2 (score_images(labelled=...)): image 3 is novel
+    records = [{"image_id": 2, "informativeness": 0.9, "n_objects": 1, "novelty": 0.0, "rank": 1},
+               {"image_id": 3, "informativeness": 0.1, "n_objects": 1, "novelty": 0.5, "rank": 2}]
     scores = Scores(records, {"categories": [], "images": [], "annotations": []},
-                    embeddings=np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), embedding_ids=[2, 3])
-    # the labelled set sits on image 2: image 3 is novel (novelty 1/2 with one labelled image)
-    monkeypatch.setattr(loop, "labelled_embeddings", lambda *a: np.array([[1.0, 0.0]]))
-    pick = lambda weights: loop._select("fused", scores, None, {}, tiny_data(), 1, None, 0, 3.0, "cpu",  # noqa: E731
+                    embeddings=np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), embedding_ids=[2, 3],
+                    labelled_embeddings=np.array([[1.0, 0.0]]))
+    pick = lambda weights: loop._select("fused", scores, tiny_data(), 1, None, 0, 3.0,  # noqa: E731
                                         fusion_weights=weights, fusion_k=60.0)
     assert [r["image_id"] for r in pick({"informativeness": 1, "novelty": 3})] == [3]
     assert [r["image_id"] for r in pick({"informativeness": 3, "novelty": 1})] == [2]
     # default weights 1 and 1: both images get 1/61 + 1/62, the tie keeps the ranking order
     (chosen,) = pick(None)
     assert chosen["image_id"] == 2 and chosen["novelty"] == 0.0
+
+
+def test_loop_scores_with_the_labelled_set_only_for_strategies_that_need_it():
+    from det_al.loop.rounds import _needs_labelled_embeddings
+
+    assert [_needs_labelled_embeddings(s) for s in ("fused", "diverse", "top:novelty", "top", "random", "top:box")] == [
+        True, True, True, False, False, False]
 
 
 def test_finetune_rounds_use_their_own_warmup_and_round_zero_the_train_one():

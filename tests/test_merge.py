@@ -121,13 +121,14 @@ def test_a_folder_pool_written_by_score_merges(tmp_path):
     writes (issue 26: it refused 'NonexNone in the pool')."""
     from PIL import Image
 
+    from det_al.data.files import write_json
     from det_al.data.sources import load_pool
 
     folder = tmp_path / "images"
     folder.mkdir()
     for name, size in (("p2.png", (20, 10)), ("p5.png", (20, 10)), ("p6.png", (30, 10))):
         Image.new("RGB", size).save(folder / name)
-    load_pool(folder, save_folder_pool=tmp_path / "pool.json")  # exactly what det-al score writes
+    write_json(tmp_path / "pool.json", load_pool(folder).folder_coco, indent=1)  # what det-al score writes
     pool = json.loads((tmp_path / "pool.json").read_text())
     assert all("width" not in im or im["width"] is None for im in pool["images"])
     for name, data in (("train", train_set()), ("labels", labels_set())):

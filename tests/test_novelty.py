@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from det_al.errors import InputError
-from det_al.scoring.novelty import add_novelty, labelled_spacing, nearest_distance, novelty
+from det_al.scoring.novelty import labelled_spacing, nearest_distance, novelty
 
 
 def test_novelty_hand_computed():
@@ -70,15 +70,26 @@ def test_novelty_shape_errors():
         novelty(np.ones(3), np.ones((2, 3)))
 
 
-def test_add_novelty_by_id_keeps_order_and_inputs():
-    records = [{"image_id": 7, "rank": 1}, {"image_id": 3, "rank": 2}]
-    emb = np.array([[0.0, 1.0], [1.0, 0.0]])  # ids 3, 7
-    out = add_novelty(records, emb, [3, 7], labelled_embeddings=np.array([[1.0, 0.0]]))
-    assert [r["image_id"] for r in out] == [7, 3]
-    assert [r["novelty"] for r in out] == [0.0, 0.5]  # one labelled image: s = 1; orthogonal: d = 1
-    assert "novelty" not in records[0]
-    with pytest.raises(InputError, match="image_id 9"):
-        add_novelty([{"image_id": 9}], emb, [3, 7], np.array([[1.0, 0.0]]))
+def test_the_assembler_adds_novelty_in_memory_and_on_disk_alike(tmp_path):
+    """Novelty is computed in one place, the assembler, for score_images(labelled=...) in memory
+    and for det-al score --labelled on disk."""
+    import json
+
+    from det_al.config import config_from_dict
+    from det_al.run.assemble import assemble, assemble_outputs
+    from det_al.run.result_line import ResultLine
+
+    config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "scoring": {"image_weights": {}}})
+    lines = [ResultLine(7, "a.png", record={"informativeness": 0.5, "n_objects": 1, "empty": False}, embedding=[1.0, 0.0]),
+             ResultLine(3, "b.png", record={"informativeness": 0.2, "n_objects": 1, "empty": False}, embedding=[0.0, 1.0])]
+    labelled = np.array([[1.0, 0.0]])  # one labelled image: s = 1; image 7 a duplicate (d = 0), 3 orthogonal (d = 1)
+    ranking = assemble(lines, [{"id": 1, "name": "a"}], config, labelled=labelled).ranking
+    assert [(r["image_id"], r["novelty"]) for r in ranking] == [(7, 0.0), (3, 0.5)]
+    assemble_outputs(lambda: iter(lines), tmp_path, [{"id": 1, "name": "a"}], config, labelled_embeddings=labelled)
+    on_disk = [json.loads(s) for s in (tmp_path / "ranking.jsonl").read_text().splitlines()]
+    assert on_disk == ranking
+    np.testing.assert_array_equal(np.load(tmp_path / "labelled_embeddings.npy"), labelled)
+    assert "novelty" in json.loads((tmp_path / "run.json").read_text())["ranking_fields"]
 
 
 def test_embed_images_matches_the_scoring_embedding(tiny_pool, tiny_checkpoint):
@@ -86,7 +97,7 @@ def test_embed_images_matches_the_scoring_embedding(tiny_pool, tiny_checkpoint):
     from det_al.models.checkpoint import load_checkpoint
     from det_al.config import PassesConfig
     from det_al.data.images import read_image
-    from det_al.scoring.novelty import embed_images
+    from det_al.run.labelled import embed_images
     from det_al.inference.passes import run_passes
     from torchvision.transforms.functional import to_tensor
 

@@ -221,6 +221,17 @@ def test_cli_report_and_one_line_error(scored, tmp_path, capsys):
     assert err.startswith("det-al report: error:") and "nope" in err and "\n" not in err
 
 
+def test_report_defaults_to_the_image_root_the_scores_remember(scored, tmp_path, capsys):
+    scores, images = scored
+    with pytest.raises(InputError, match="record no image root.*--image-root"):
+        write_report(scores, None, tmp_path / "report")
+    run = json.loads((scores / "run.json").read_text())
+    (scores / "run.json").write_text(json.dumps({**run, "image_root": str(images)}))
+    assert main(["report", "--scores", str(scores), "--out", str(tmp_path / "site"), "--top", "3"]) == 0
+    cards = page_data(tmp_path / "site" / "index.html")["cards"]
+    assert len(cards) == 3 and (tmp_path / "site" / "thumbnails").is_dir()
+
+
 def test_loop_csv_learning_curves(scored, tmp_path):
     scores, images = scored
     csv = tmp_path / "loop.csv"

@@ -17,7 +17,12 @@ import pytest
 
 from det_al.cli import main
 from det_al.errors import InputError
-from det_al.results.stream import RESULTS, ResultsWriter, repair_and_read_ids, run_key
+from det_al.run.result_line import ResultLine
+from det_al.run.stream import RESULTS, ResultsWriter, repair_and_read_ids, run_key
+
+
+def skipped_line(image_id: int) -> ResultLine:
+    return ResultLine(image_id, f"{image_id}.png", skipped="unreadable")
 
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "skipped.json", "embeddings_ids.json")
 
@@ -142,6 +147,8 @@ def test_sharded_runs_merge_into_the_single_run(reference, tiny_pool, tiny_check
     assert main(["merge-shards", *dirs[:2], "--out", str(merged)]) == 2
     assert main(["merge-shards", *reversed(dirs), "--out", str(merged)]) == 0
     _same_outputs(reference, merged)
+    # the merged scores remember the pool's image root, as a single run's do
+    assert json.loads((merged / "run.json").read_text())["image_root"] == str(tiny_pool["root"])
 
 
 def test_sigkill_then_resume(reference, tiny_pool, tiny_checkpoint, tmp_path):
@@ -219,12 +226,12 @@ def test_resume_with_another_thread_count_is_refused(reference, tiny_pool, tiny_
 def test_resume_of_a_key_without_thread_count_is_accepted(tmp_path):
     # key.json files written before det_al recorded the thread count still resume
     with ResultsWriter(tmp_path, run_key("c", {}, "p", 1, 0)) as w:
-        w.write_batch([{"image_id": 4}])
+        w.write_batch([skipped_line(4)])
     assert "threads" not in json.loads((tmp_path / "key.json").read_text())
     with ResultsWriter(tmp_path, run_key("c", {}, "p", 1, 0, threads=3), resume=True) as w:
         assert w.done_ids.tolist() == [4]
     with ResultsWriter(tmp_path / "b", run_key("c", {}, "p", 1, 0, threads=3)) as w:
-        w.write_batch([{"image_id": 4}])
+        w.write_batch([skipped_line(4)])
     with pytest.raises(InputError, match="with 3 threads per process, this process has 2"):
         ResultsWriter(tmp_path / "b", run_key("c", {}, "p", 1, 0, threads=2), resume=True)
 
@@ -271,7 +278,7 @@ def test_fsync_at_most_every_sync_seconds_and_before_done(tmp_path, monkeypatch)
 
     def write_at(t: float) -> int:
         clock[0] = t
-        writer.write_batch([{"image_id": int(t * 10)}])
+        writer.write_batch([skipped_line(int(t * 10))])
         return synced.count(fd)
 
     assert [write_at(t) for t in (0.5, 1.9, 2.0, 3.9, 4.0)] == [0, 0, 1, 1, 2]
@@ -280,7 +287,7 @@ def test_fsync_at_most_every_sync_seconds_and_before_done(tmp_path, monkeypatch)
     assert [write_at(t) for t in (6.0, 7.0, 16.0, 16.2)] == [3, 3, 3, 4]
     writer.mark_done(9)  # synced first, whatever the clock says
     assert synced.count(fd) == 4  # nothing written since the last sync
-    writer.write_batch([{"image_id": 99}])
+    writer.write_batch([skipped_line(99)])
     writer.close()  # syncs what was written
     assert synced.count(fd) == 5
     assert len((tmp_path / RESULTS).read_text().splitlines()) == 10
@@ -288,9 +295,9 @@ def test_fsync_at_most_every_sync_seconds_and_before_done(tmp_path, monkeypatch)
 
 def test_a_failed_fsync_cuts_back_to_what_was_synced(tmp_path, monkeypatch):
     writer = ResultsWriter(tmp_path, run_key("a", {}, "b", 1, 0), sync_seconds=3600)
-    writer.write_batch([{"image_id": 1}, {"image_id": 2}])
+    writer.write_batch([skipped_line(1), skipped_line(2)])
     writer.sync()
-    writer.write_batch([{"image_id": 3}])  # written, not synced
+    writer.write_batch([skipped_line(3)])  # written, not synced
 
     def failing_fsync(fd):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
@@ -300,16 +307,18 @@ def test_a_failed_fsync_cuts_back_to_what_was_synced(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="Input/output error.*the 2 results written so far are kept"):
         writer.mark_done(3)
     writer.close()
-    assert (tmp_path / RESULTS).read_text() == '{"image_id":1}\n{"image_id":2}\n'
+    assert repair_and_read_ids(tmp_path / RESULTS).tolist() == [1, 2]
+    assert (tmp_path / RESULTS).read_bytes() == skipped_line(1).to_json() + skipped_line(2).to_json()
     assert not (tmp_path / "done.json").exists()
 
 
 WRITER_CHILD = """
 import sys, time
-from det_al.results.stream import ResultsWriter, run_key
+from det_al.run.result_line import ResultLine
+from det_al.run.stream import ResultsWriter, run_key
 writer = ResultsWriter(sys.argv[1], run_key("a", {}, "b", 1, 0), sync_seconds=3600)
 for batch in range(3):
-    writer.write_batch([{"image_id": 10 * batch + i, "x": "y" * 1000} for i in range(4)])
+    writer.write_batch([ResultLine(10 * batch + i, "y" * 1000, skipped="x") for i in range(4)])
     print(batch, flush=True)
 time.sleep(600)
 """
@@ -330,9 +339,9 @@ def test_sigkill_keeps_every_batch_written_without_fsync(tmp_path):
 @pytest.mark.parametrize("chunk", [1, 4])
 def test_ranking_sorted_in_small_chunks_is_the_same(reference, tmp_path, chunk):
     # 6 results in runs of 1 or 4 records, merged: the same outputs as one in-memory sort.
-    from det_al.results.assemble import assemble_outputs
+    from det_al.run.assemble import assemble_outputs
     from det_al.config import config_from_dict
-    from det_al.results.stream import read_key, read_results
+    from det_al.run.stream import read_key, read_results
 
     meta = read_key(reference)["meta"]
     out = tmp_path / "out"
@@ -373,7 +382,7 @@ def mixed_reference(mixed_pool, tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 def test_shard_positions_deal_whole_batches():
-    from det_al.scoring.score_pool import shard_positions
+    from det_al.run.shards import shard_positions
 
     # 10 images in batches of 2: [0 1] [2 3] [4 5] [6 7] [8 9] dealt to shards 0 1 2 0 1.
     assert [shard_positions(10, 3, i, 2).tolist() for i in range(3)] == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5]]
@@ -465,18 +474,20 @@ def test_torchrun_an_error_on_one_rank_stops_the_job_with_its_line(tiny_pool, ti
 
 
 def test_result_lines_round_trip_nan_and_names_that_are_not_utf8():
-    from det_al.results.stream import decode_line, encode_lines
+    from det_al.run.result_line import ResultLine
+    from det_al.run.stream import encode_lines
 
     lines = [
-        {"image_id": 1, "file_name": "a.png", "record": {"informativeness": 0.25}, "embedding": [0.5, -1e-05, 3.0]},
-        {"image_id": 2, "file_name": "caf\udce9.png", "x": 1.5},  # undecodable bytes of a POSIX path
-        {"image_id": 3, "file_name": "b.png", "annotations": [{"score": float("nan"), "bbox": [float("inf"), 0, 1, 1]}]},
+        ResultLine(1, "a.png", width=4, height=3, record={"informativeness": 0.25}, embedding=[0.5, -1e-05, 3.0]),
+        ResultLine(2, "caf\udce9.png", skipped="unreadable"),  # undecodable bytes of a POSIX path
+        ResultLine(3, "b.png", record={}, annotations=[{"score": float("nan"), "bbox": [float("inf"), 0, 1, 1]}]),
     ]
     raw = encode_lines(lines)
     assert raw.count(b"\n") == 3 and all(r.startswith(b'{"image_id":') for r in raw.splitlines())
-    back = [decode_line(r) for r in raw.splitlines(keepends=True)]
+    assert raw.splitlines()[1] == b'{"image_id":2,"file_name":"caf\\udce9.png","skipped":"unreadable"}'
+    back = [ResultLine.from_json(r) for r in raw.splitlines(keepends=True)]
     assert back[:2] == lines[:2]
-    ann = back[2]["annotations"][0]
+    ann = back[2].annotations[0]
     assert math.isnan(ann["score"]) and ann["bbox"] == [float("inf"), 0, 1, 1]  # not null
     assert repair_and_read_ids_of(raw) == [1, 2, 3]
 

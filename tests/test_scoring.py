@@ -190,7 +190,7 @@ def test_result_line_values_are_rounded_as_documented():
     from det_al.config import config_from_dict
     from det_al.inference.detections import Detections
     from det_al.inference.passes import ImagePasses
-    from det_al.scoring.score_pool import score_image
+    from det_al.run.score_lines import score_image
 
     det = Detections(boxes=torch.tensor([[10.25, 20.5, 40.75, 60.5]]), scores=torch.tensor([0.123456789]),
                      labels=torch.tensor([2]), probs=torch.tensor([[0.1, 0.2, 0.7]]))
@@ -198,15 +198,15 @@ def test_result_line_values_are_rounded_as_documented():
                          embedding=torch.tensor([0.123456789, -2.5]))
     config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 3}})
     line = score_image(passes, config, [{"id": 7, "name": "a"}, {"id": 3, "name": "b"}], with_masks=False)
-    (ann,) = line["annotations"]
+    (ann,) = line.annotations
     # label 2 -> the second category (id 3); xywh to 2 decimals; float32 0.123456789 to 6
     assert ann["category_id"] == 3 and ann["bbox"] == [10.25, 20.5, 30.5, 40.0] and ann["area"] == 1220.0
     assert ann["score"] == 0.123457 and ann["presence"] == 1.0 and ann["box_disagreement"] == 0.0
     assert ann["entropy"] == 0.729847  # -(0.1 ln 0.1 + 0.2 ln 0.2 + 0.7 ln 0.7) / ln 3
     # pass boxes to 1 decimal, Python's correctly rounded round(): the exact binary 10.25 -> 10.2
-    row = json.dumps(line["passes"]["passes"][0], separators=(",", ":"))
-    assert row == "[[10.2,20.5,30.5,40.0,3,0.1235]]" and line["passes"]["passes"][1] == line["passes"]["passes"][0]
-    assert line["embedding"] == [0.12346, -2.5]
+    row = json.dumps(line.passes["passes"][0], separators=(",", ":"))
+    assert row == "[[10.2,20.5,30.5,40.0,3,0.1235]]" and line.passes["passes"][1] == line.passes["passes"][0]
+    assert line.embedding == [0.12346, -2.5]
 
 
 def test_ranking_carries_dense_and_one_pass_fields(scored):

@@ -1,6 +1,6 @@
 """Self-training: which pool images become pseudo-labelled training data, and with what."""
 
-from det_al.loop.rounds import _Run
+from det_al.loop.data import LoopRun
 from det_al.loop.self_training import pseudo_labelled
 
 from tests.test_loop import tiny_data
@@ -84,7 +84,7 @@ def test_training_erases_ignore_regions_and_gives_them_no_target(tmp_path):
 
 
 def test_a_run_trains_on_labelled_plus_pseudo_labels_with_fresh_ids():
-    run = _Run("top", 0, tiny_data())
+    run = LoopRun("top", 0, tiny_data())
     run.pseudo = pseudo_labelled(run.pool()["images"], [det(2, 0.95, 5)], 0.7, 0.2)
     train = run.training_set()
     assert [im["id"] for im in train["images"]] == [1, 2]
@@ -142,7 +142,7 @@ def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path)
     from det_al.errors import InputError
     from det_al.loop.rounds import PSEUDO_LABELS, _pseudo_labels_for
 
-    run = _Run("top", 0, tiny_data())
+    run = LoopRun("top", 0, tiny_data())
     saved = pseudo_labelled(run.pool()["images"], [det(3, 0.9, 5)], 0.7, 0.2)
     (tmp_path / "round1").mkdir()
     (tmp_path / "round1" / PSEUDO_LABELS).write_text(json.dumps(saved))
@@ -150,3 +150,26 @@ def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path)
     assert _pseudo_labels_for(run, tmp_path / "round1", None, config, "cpu") == saved
     with pytest.raises(InputError, match="cannot resume self-training"):
         _pseudo_labels_for(run, tmp_path / "round2", tmp_path / "missing.pt", config, "cpu")
+
+
+def test_a_resume_without_the_rounds_pseudo_labels_scores_the_pool_again(tmp_path, tiny_pool, tiny_checkpoint):
+    """No ``pseudo_labels.json`` in the round's folder: the pool is scored again with the
+    previous round's checkpoint, and its pseudo-labels are written there and trained on."""
+    import dataclasses
+    import json
+
+    from det_al.loop.data import LoopData
+    from det_al.loop.rounds import PSEUDO_LABELS, _pseudo_labels_for
+    from det_al.models.checkpoint import load_checkpoint
+
+    coco = tiny_pool["coco"]
+    data = LoopData(labelled={"images": [], "annotations": [], "categories": coco["categories"]}, pool=coco,
+                    oracle=coco, val=coco, image_root=tiny_pool["root"], categories=coco["categories"])
+    run = LoopRun("top", 0, data)
+    run.reveal([1])
+    _, config, _, _ = load_checkpoint(tiny_checkpoint)
+    config = dataclasses.replace(config, loop=dataclasses.replace(config.loop, pseudo_threshold=0.001, pseudo_ignore=0.0))
+    pseudo = _pseudo_labels_for(run, tmp_path / "round1", tiny_checkpoint, config, "cpu")
+    assert pseudo["images"] and {im["id"] for im in pseudo["images"]} <= {2, 3, 4, 5, 6}
+    assert pseudo["annotations"] and all(a["iscrowd"] == 0 for a in pseudo["annotations"])
+    assert json.loads((tmp_path / "round1" / PSEUDO_LABELS).read_text()) == pseudo

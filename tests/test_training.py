@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from det_al.loop.augment import apply_augment, build_augment
+from det_al.data.augment import apply_augment, build_augment
 from det_al.models.checkpoint import load_checkpoint, save_checkpoint
 from det_al.config import TrainConfig, config_from_dict
 from det_al.errors import InputError
-from det_al.loop.training import check_train_config, lr_factor, train_model
+from det_al.loop.train_setup import check_train_config, lr_factor
+from det_al.loop.training import train_model
 
 
 # --------------------------------------------------------------------------- augment
@@ -232,24 +233,6 @@ def test_cli_train_and_evaluate(tiny_data, tmp_path, capsys):
     assert (out / "last.pt").read_bytes() == last and (out / "best.pt").exists()
     assert main(["train", str(config), *common, "--out", str(out), "--set", "train.epochs=1", "--seed", "4", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["config"]["train"]["seed"] == 4
-
-
-def test_tools_train_script(tiny_data, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "train.py"
-    spec = importlib.util.spec_from_file_location("tools_train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = tmp_path / "config.yaml"
-    config.write_text("model: {name: fasterrcnn_tiny, num_classes: 4, options: {min_size: 64, max_size: 64}}\n")
-    args = module.get_args_parser().parse_args(
-        [str(config), "--train", str(tiny_data["train"]), "--image-root", str(tiny_data["root"]),
-         "--out", str(tmp_path / "run"), "--epochs", "1", "-b", "4"]
-    )
-    summary = module.main(args)
-    assert summary["iterations"] == 1 and (tmp_path / "run" / "last.pt").exists()
 
 
 def test_a_full_disk_while_saving_says_resume_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):

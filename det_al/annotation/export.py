@@ -8,21 +8,50 @@ function returns what it wrote, in memory too.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from det_al.annotation import cvat, label_studio
+from det_al.data.coco import load_coco
+from det_al.data.files import atomic_open, write_json, write_text
 from det_al.errors import InputError
-from det_al.data.files import atomic_open, write_json
-from det_al.scores import Selection
+from det_al.scores import Scores, Selection
+from det_al.selection.files import check_image_sizes
+
+logger = logging.getLogger(__name__)
+
+#: What the exporters take: a selection, or scores (every scored image, in rank order), or the
+#: COCO dict or ``selection.json`` of a selection.
+Exportable = Selection | Scores | Mapping | str | os.PathLike
 
 
-def _selection_coco(selection: Selection | Mapping | str | os.PathLike) -> tuple[dict, str | None]:
+def _as_selection(selection: Exportable) -> Exportable:
+    if isinstance(selection, Scores):
+        return selection.select("top", budget=max(len(selection), 1))
+    return selection
+
+
+def _default_root(coco: Mapping, image_root: str | os.PathLike | None) -> tuple[str | os.PathLike | None, bool]:
+    """``image_root`` if given, else the root the selection's scores remember (its ``info``);
+    and whether to check the image sizes against it: always for a given root, for the
+    remembered one only where it exists (the scores may come from another machine)."""
+    if image_root is not None:
+        return image_root, True
+    remembered = (coco.get("info") or {}).get("image_root")
+    if remembered and not Path(remembered).is_dir():
+        logger.warning("the scores' image root %s is not on this machine: image sizes not checked", remembered)
+        return remembered, False
+    return remembered, bool(remembered)
+
+
+def _selection_coco(selection: Exportable) -> tuple[dict, str | None]:
     """The selection's COCO dict and its file (for errors), each image checked to have a size."""
-    from det_al.data.coco import load_coco
-
     if isinstance(selection, Selection):
         coco, where = selection.coco, None
     elif isinstance(selection, Mapping):
@@ -64,7 +93,7 @@ class LabelStudioExport:
 
 
 def export_label_studio(
-    selection: Selection | Mapping | str | os.PathLike,
+    selection: Exportable,
     out_dir: str | os.PathLike | None = None,
     *,
     local_files_root: str | os.PathLike | None = None,
@@ -85,20 +114,19 @@ def export_label_studio(
     size is checked against the file (after EXIF rotation) and a ``file_name`` outside it is
     refused unless ``allow_outside_root``. ``shapes``: ``polygons`` (masks
     traced as polygons) or ``boxes``. With ``out_dir``, writes ``tasks.json`` and
-    ``labeling_config.xml`` there.
+    ``labeling_config.xml`` there. ``selection`` may be :class:`Scores` (every scored image);
+    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`; its sizes
+    are checked where that folder exists: scores made on another machine export too).
     """
-    from det_al.annotation import label_studio
-    from det_al.data.files import write_text
-    from det_al.selection.files import check_image_sizes
-
-    coco, where = _selection_coco(selection)
+    coco, where = _selection_coco(_as_selection(selection))
+    image_root, check = _default_root(coco, image_root)
     if image_url is None:
         refuse_memory_images(coco, image_root, where)
     url = label_studio.image_url_function(local_files_root=local_files_root, url_prefix=url_prefix,
                                           cloud_prefix=cloud_prefix, image_url=image_url, image_root=image_root)
     if shapes not in ("polygons", "boxes"):
         raise InputError(f"shapes must be polygons or boxes, got {shapes!r}")
-    check_image_sizes(coco, image_root, where, allow_outside_root)
+    check_image_sizes(coco, image_root if check else None, where, allow_outside_root)
     polygons = shapes == "polygons" and label_studio.has_masks(coco)
     try:
         tasks = label_studio.selection_to_tasks(coco, url, model_version, polygons=polygons, tolerance=polygon_tolerance)
@@ -128,7 +156,7 @@ class CvatExport:
 
 
 def export_cvat(
-    selection: Selection | Mapping | str | os.PathLike,
+    selection: Exportable,
     out_dir: str | os.PathLike,
     *,
     image_root: str | os.PathLike | None = None,
@@ -144,18 +172,14 @@ def export_cvat(
 
     ``frame_names``: ``basename`` (local upload) or ``path`` (share or cloud storage); ``shapes``:
     ``mask``, ``polygon`` or ``box``. With ``image_root`` the sizes are checked against the files (and file
-    names outside it refused unless ``allow_outside_root``).
+    names outside it refused unless ``allow_outside_root``). ``selection`` may be :class:`Scores`;
+    ``image_root`` defaults to the root the scores remember (:attr:`Scores.image_root`; its sizes
+    are checked where that folder exists: scores made on another machine export too).
     """
-    import json
-    import zipfile
-
-    from det_al.annotation import cvat
-    from det_al.data.files import write_text
-    from det_al.selection.files import check_image_sizes
-
-    coco, where = _selection_coco(selection)
+    coco, where = _selection_coco(_as_selection(selection))
+    image_root, check = _default_root(coco, image_root)
     refuse_memory_images(coco, image_root, where)
-    check_image_sizes(coco, image_root, where, allow_outside_root)
+    check_image_sizes(coco, image_root if check else None, where, allow_outside_root)
     try:
         names = cvat.frame_names(coco["images"], frame_names)
         xml = cvat.selection_to_cvat_xml(coco, names, shapes, task_name, polygon_tolerance)

@@ -15,7 +15,11 @@ import copy
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
 
+from det_al.data.coco import load_coco
+from det_al.data.files import write_json
 from det_al.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -221,3 +225,33 @@ def merge_labels(
         not_in_pool=not_in_pool,
         renumbered_images=renumbered,
     )
+
+
+def merge(
+    train: Mapping | str | os.PathLike,
+    labels: Mapping | str | os.PathLike,
+    pool: Mapping | str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> MergeResult:
+    """Add the labelled images of ``labels`` (what :func:`det_al.import_label_studio` /
+    :func:`det_al.import_cvat` read) to the training set ``train`` and remove them from ``pool``
+    (:func:`merge_labels`); each a COCO dict or file. With ``out_dir``, writes ``train.json``
+    (and ``pool.json``) there; an output that would overwrite an input is refused."""
+    inputs = [Path(p) for p in (train, labels, pool) if isinstance(p, (str, os.PathLike))]
+    outputs = [] if out_dir is None else [Path(out_dir) / "train.json"] + ([Path(out_dir) / "pool.json"] if pool is not None else [])
+    for o in outputs:
+        if any(o.resolve() == i.resolve() for i in inputs):
+            raise InputError(f"output {o} would overwrite an input: choose another --out")
+
+    def read(x):
+        return None if x is None else dict(x) if isinstance(x, Mapping) else load_coco(x)
+
+    def name(x):
+        return os.fspath(x) if isinstance(x, (str, os.PathLike)) else None
+
+    result = merge_labels(read(train), read(labels), read(pool), paths=(name(train), name(labels), name(pool)))
+    if out_dir is not None:
+        write_json(Path(out_dir) / "train.json", result.train)
+        if pool is not None:
+            write_json(Path(out_dir) / "pool.json", result.pool)
+    return result

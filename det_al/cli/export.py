@@ -43,8 +43,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--selection", "-s", required=True, help="selection.json written by det-al select")
     parser.add_argument("--out", "-o", required=True, help="output folder")
     parser.add_argument("--image-root", "-r",
-                        help="folder the file names are relative to; when given, image sizes are checked "
-                             "against the files (after EXIF rotation)")
+                        help="folder the file names are relative to (default: the one the scores remember, "
+                             "in the selection's info); image sizes are checked against the files (after EXIF rotation)")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="with --image-root: read file_name entries that lie outside it (absolute paths, ../)")
 

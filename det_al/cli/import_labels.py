@@ -7,9 +7,6 @@ import json
 from pathlib import Path
 
 from det_al.annotation import cvat
-from det_al.annotation import label_studio
-from det_al.data.coco import load_coco
-from det_al.data.files import read_json, write_json
 from det_al.errors import InputError
 
 
@@ -49,22 +46,21 @@ def _frame_list(path: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    selection = load_coco(args.selection)
-    path = Path(args.export)
+    import det_al
+
     if args.tool == "label-studio":
-        labels, report = label_studio.tasks_to_coco(read_json(path), selection, args.keep_empty, path)
+        done = det_al.import_label_studio(args.export, args.selection, args.out, keep_empty=args.keep_empty)
     else:
         finished = "all" if args.all_finished else _frame_list(args.finished)
-        labels, report = cvat.cvat_export_to_coco(path, selection, args.frame_names, args.keep_empty, finished)
-    out = Path(args.out)
-    write_json(out / "labels.json", labels)
-    write_json(out / "import_report.json", report.to_dict(), indent=1)
+        done = det_al.import_cvat(args.export, args.selection, args.out, frame_names=args.frame_names,
+                                  keep_empty=args.keep_empty, finished=finished)
+    report = done.report
     print(report.summary())
     for note in report.notes:
         print("  note: " + note)
     for s in report.skipped[:20]:
         print("  skipped " + json.dumps(s))
     if len(report.skipped) > 20:
-        print(f"  ... {len(report.skipped) - 20} more in {out / 'import_report.json'}")
-    print(f"-> {out / 'labels.json'}")
+        print(f"  ... {len(report.skipped) - 20} more in {done.files['report']}")
+    print(f"-> {done.files['labels']}")
     return 0

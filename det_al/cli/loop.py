@@ -73,7 +73,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from det_al.config import load_config
-    from det_al.scoring.distributed import fail_together, is_main, process_group
+    from det_al.run.distributed import fail_together, is_main, process_group
     from det_al.loop.rounds import run_loop
     from det_al.loop.data import LoopData, quick_config
     from det_al.loop.results import format_efficiency, format_summary, label_efficiency, read_rows

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from det_al.data.coco import load_coco
-from det_al.errors import InputError
-from det_al.data.files import write_json
-from det_al.annotation.merge import merge_labels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,20 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import det_al
+
     out = Path(args.out)
-    outputs = [out / "train.json"] + ([out / "pool.json"] if args.pool else [])
-    inputs = [Path(p) for p in (args.train, args.labels, args.pool) if p]
-    for o in outputs:
-        for i in inputs:
-            if o.resolve() == i.resolve():
-                raise InputError(f"output {o} would overwrite an input: choose another --out")
-    train = load_coco(args.train)
-    labels = load_coco(args.labels)
-    pool = load_coco(args.pool) if args.pool else None
-    result = merge_labels(train, labels, pool, paths=(args.train, args.labels, args.pool))
-    write_json(out / "train.json", result.train)
-    if args.pool:
-        write_json(out / "pool.json", result.pool)
+    result = det_al.merge(args.train, args.labels, args.pool, out)
     print(f"train: +{result.n_added_images} images, +{result.n_added_annotations} annotations "
           f"-> {len(result.train['images'])} images -> {out / 'train.json'}")
     if args.pool:

@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from det_al.results.shards import merge_shards
+    from det_al.run.shards import merge_shards
 
     counts = merge_shards(args.shards, args.out)
     print(

@@ -10,8 +10,8 @@ from det_al.report.write import write_report
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scores", required=True, metavar="DIR",
                         help="output folder of `det-al score` (ranking.jsonl, pseudo_labels.json, ...)")
-    parser.add_argument("--image-root", required=True, metavar="DIR",
-                        help="folder the pool's file_name entries are relative to")
+    parser.add_argument("--image-root", metavar="DIR",
+                        help="folder the pool's file_name entries are relative to (default: the one the scores remember)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="report folder to write (index.html + thumbnails/); a previous report there is replaced")
     parser.add_argument("--top", type=int, default=50, metavar="N",

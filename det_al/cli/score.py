@@ -50,102 +50,87 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from det_al.models.checkpoint import load_checkpoint
-    from det_al.config import load_config, override_config
-    from det_al.scoring.distributed import rank_device, world_info
-    from det_al.data.files import remove_earlier_outputs
-    from det_al.results.stream import SHARDS, file_sha256, refuse_existing_results
-    from det_al.models.build import model_num_classes
-    from det_al.scoring.score_pool import score_to_dir
-    from det_al.data.sources import load_pool, resolve_categories
-    from det_al.scoring.score_pool import check_model
+    import det_al
+    from det_al.data.sources import load_pool
+    from det_al.run.distributed import rank_device, world_info
 
     out_dir = Path(args.out)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other (continue the run in --out, or start it over)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("output path exists and is not a folder", out_dir)
-    if not args.resume and not args.overwrite:  # before anything is written (a folder pool's pool.json)
-        refuse_existing_results(out_dir)
     rank, world, local_rank = world_info()
     device = rank_device(args.device, local_rank) if world > 1 else args.device
-    # Cheap checks first: a bad config or pool fails before the model is loaded.
-    config = load_config(args.config, _overrides(args)) if args.config else None
-    source = load_pool(args.pool, args.image_root, save_folder_pool=out_dir / "pool.json" if rank == 0 else None,
-                       allow_outside_root=args.allow_outside_root)
-    pool, image_root = source.pool, source.image_root
+    source = load_pool(args.pool, args.image_root)
+    loaded = _load_model(args, source.pool.get("categories"), device)
+    info = {"checkpoint": os.fspath(args.checkpoint)}
+    start = time.perf_counter()
+    if world > 1 or args.num_shards > 1:
+        return _run_shard(args, loaded, source, out_dir, device, rank, world, info, start)
+    scores = det_al.score_images(
+        loaded, source, device=device, labelled=args.labelled, labelled_root=args.labelled_root, out_dir=out_dir,
+        resume=args.resume, overwrite=args.overwrite, amp=args.amp, progress=not args.no_progress,
+        allow_outside_root=args.allow_outside_root, extra_info=info,
+    )
+    _print_summary(out_dir, scores.run, time.perf_counter() - start)
+    return 0
+
+
+def _load_model(args: argparse.Namespace, pool_categories: list[dict] | None, device: str):
+    """The checkpoint's model, config (``--config``, ``--set``, the passes options) and categories."""
+    from det_al.api import LoadedModel
+    from det_al.config import load_config, override_config
+    from det_al.models.checkpoint import load_checkpoint
+
+    config = load_config(args.config, _overrides(args)) if args.config else None  # a bad config fails first
     if config is not None:
         # a plain state dict with num_classes left out takes the class count from the pool's categories
-        given = (pool.get("categories") or None) if config.model.num_classes is None else None
+        given = (pool_categories or None) if config.model.num_classes is None else None
         model, config, categories, _ = load_checkpoint(args.checkpoint, config, device=device, categories=given)
     else:
         model, config_ck, categories, _ = load_checkpoint(args.checkpoint, None, device=device)
         config = override_config(config_ck, _overrides(args), args.checkpoint)
         if dataclasses.asdict(config.model) != dataclasses.asdict(config_ck.model):
             raise InputError("--set cannot change the model section of a checkpoint's config")
-    try:
-        check_model(model)
-    except InputError as e:
-        raise InputError(str(e), args.checkpoint) from e
-    # the checkpoint's categories, else the pool's, else class_1 ...: checked against the model
-    categories = resolve_categories(categories or None, model_num_classes(model), pool.get("categories"), args.checkpoint)
-    checkpoint_sha = file_sha256(args.checkpoint)
-    import torch
+    return LoadedModel(model, config, categories or None)
 
-    labelled = None
+
+def _run_shard(args, loaded, source, out_dir: Path, device: str, rank: int, world: int, info: dict, start: float) -> int:
+    """A job-array shard (``--num-shards``) or a torchrun rank: the run package's entry, without
+    assembly for a shard (``det-al merge-shards`` joins them)."""
+    from det_al.api import run_info
+    from det_al.data.files import remove_earlier_outputs, write_json
+    from det_al.run.checks import check_run
+    from det_al.run.pool_run import score_to_dir
+    from det_al.run.stream import SHARDS, file_sha256, refuse_existing_results
+
     if args.labelled:
-        if world > 1 or args.num_shards > 1:
-            raise InputError("--labelled cannot be combined with --num-shards or torchrun yet: score without it, "
-                             "then run det-al select --strategy diverse with --labelled-embeddings")
-        labelled = labelled_embeddings(args.labelled, args.labelled_root, model, device, args.allow_outside_root)
-
-    # Recorded because CPU results depend on it in the last bits (see README, "Large pools").
-    info = {"checkpoint": os.fspath(args.checkpoint), "pool": os.fspath(args.pool),
-            "device": device, "threads_per_process": torch.get_num_threads()}
-    start = time.perf_counter()
+        raise InputError("--labelled cannot be combined with --num-shards or torchrun yet: score without it, "
+                         "then run det-al select --strategy diverse with --labelled-embeddings")
+    if not args.resume and not args.overwrite:  # before anything is written (a folder pool's pool.json)
+        refuse_existing_results(out_dir)
+    model, config, categories = loaded
+    categories = check_run(model, source.pool["images"], source.image_root, categories=categories,
+                           pool_categories=source.pool.get("categories"), allow_outside_root=args.allow_outside_root,
+                           pool_source=source.path, categories_source=args.checkpoint, passes=config.passes)
+    if source.folder_coco is not None and rank == 0:
+        write_json(out_dir / "pool.json", source.folder_coco, indent=1)
+    info = {**info, **run_info(source, device)}
+    checkpoint_sha = file_sha256(args.checkpoint)
     if world > 1:
-        return _run_distributed(args, model, config, categories, pool, image_root, out_dir, checkpoint_sha, device, rank, world, info)
+        return _run_distributed(args, model, config, categories, source.pool, source.image_root, out_dir, checkpoint_sha,
+                                device, rank, world, info)
     if args.overwrite:  # a torchrun run's shards would sit beside this run's results
         remove_earlier_outputs([out_dir / SHARDS])
     counts = score_to_dir(
-        model, config, categories, pool, image_root, out_dir, checkpoint_sha,
+        model, config, categories, source.pool, source.image_root, out_dir, checkpoint_sha,
         resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
-        device=device, amp=args.amp, progress=not args.no_progress,
-        assemble=args.num_shards == 1, run_info={**info, **({"labelled": args.labelled} if labelled is not None else {})},
-        labelled_embeddings=labelled, allow_outside_root=args.allow_outside_root,
+        device=device, amp=args.amp, progress=not args.no_progress, assemble=False, run_info=info,
     )
-    if labelled is not None:  # beside the ranking, for det-al select --strategy diverse
-        import numpy as np
-
-        from det_al.data.files import atomic_open
-
-        with atomic_open(out_dir / "labelled_embeddings.npy", "wb") as f:
-            np.save(f, labelled)
     seconds = time.perf_counter() - start
-    if args.num_shards > 1:
-        print(f"scored shard {args.shard_index} of {args.num_shards} ({counts['n_shard']} images) in {seconds:.1f} s -> {out_dir}")
-        print("join the shards with: det-al merge-shards SHARD_DIR ... --out DIR")
-        return 0
-    _print_summary(out_dir, counts, seconds)
+    print(f"scored shard {args.shard_index} of {args.num_shards} ({counts['n_shard']} images) in {seconds:.1f} s -> {out_dir}")
+    print("join the shards with: det-al merge-shards SHARD_DIR ... --out DIR")
     return 0
-
-
-def labelled_embeddings(path: str, root: str | None, model, device: str, allow_outside_root: bool = False):
-    """The labelled set's embeddings ``[M, D]`` (:func:`det_al.scoring.novelty.embed_images`)."""
-    from det_al.data.coco import load_coco
-    from det_al.data.images import check_file_names, check_image_root
-    from det_al.scoring.novelty import embed_images
-
-    coco = load_coco(path)
-    if not coco["images"]:
-        raise InputError("the labelled set has no images", path)
-    image_root = Path(root) if root else Path(path).parent
-    check_image_root(image_root)
-    check_file_names(coco["images"], image_root, path, allow_outside_root)
-    emb, ids = embed_images(model, coco, image_root, device=device)
-    if not len(ids):
-        raise InputError("none of the labelled set's images could be read (check --labelled-root)", path)
-    return emb
 
 
 def _print_summary(out_dir: Path, counts: dict, seconds: float) -> None:
@@ -167,14 +152,14 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
     A rank that fails while scoring (bad image root, full disk) prints its one line and exits;
     torchrun then stops the others at once, their results kept for ``--resume``, rather than
     letting them score for hours first. The process group waits up to a day in a collective
-    (:data:`det_al.scoring.distributed.WAIT`): ranks finish their shards at different times, and rank 0's
+    (:data:`det_al.run.distributed.WAIT`): ranks finish their shards at different times, and rank 0's
     merge of a large pool takes a while; an error in the merge is reported by every rank.
     """
-    from det_al.scoring import distributed
     from det_al.data.files import remove_earlier_outputs
-    from det_al.results.stream import DONE, KEY, RESULTS, SHARDS
-    from det_al.scoring.score_pool import score_to_dir
-    from det_al.results.shards import merge_shards
+    from det_al.run import distributed
+    from det_al.run.pool_run import score_to_dir
+    from det_al.run.shards import merge_shards
+    from det_al.run.stream import DONE, KEY, RESULTS, SHARDS
 
     if args.num_shards != 1:
         raise InputError("--num-shards cannot be combined with torchrun: each rank is one shard")
@@ -187,7 +172,6 @@ def _run_distributed(args, model, config, categories, pool, image_root, out_dir,
             model, config, categories, pool, image_root, shard_dir, checkpoint_sha,
             resume=args.resume, overwrite=args.overwrite, num_shards=world, shard_index=rank, device=device, amp=args.amp,
             progress=not args.no_progress and rank == 0, assemble=False, run_info=info,
-            allow_outside_root=args.allow_outside_root,
         )
         try:
             distributed.barrier()  # every shard is finished before rank 0 merges

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from det_al.config import config_to_dict, load_config
-    from det_al.scoring.distributed import fail_together, is_main, process_group
+    from det_al.run.distributed import fail_together, is_main, process_group
     from det_al.errors import InputError
     from det_al.loop.evaluation import format_table
     from det_al.data.files import write_json

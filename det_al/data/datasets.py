@@ -44,7 +44,7 @@ class PoolDataset(Dataset):
         coco: :class:`~det_al.data.pool.PoolImages`, a COCO dict (only its ``images`` are used) or
             the list of image dicts itself; each needs ``id`` and ``file_name`` (an absolute
             ``file_name`` ignores the root). Names that escape the root are not checked here:
-            :func:`det_al.scoring.score_pool.check_pool` refuses them before a run starts.
+            :func:`det_al.run.checks.check_pool` refuses them before a run starts.
         image_root: the folder ``file_name`` is relative to.
         max_pixels: images with more pixels are skipped (see :func:`det_al.data.images.read_image`).
     """
@@ -127,7 +127,7 @@ class CocoDetectionDataset(Dataset):
     ``with_masks``, ``masks`` ``[N, H, W]`` uint8. Crowd annotations are skipped; an image
     without annotations gives empty targets (a pure-background example). An annotation without
     a ``segmentation`` gets its box as mask. ``transform`` is an albumentations pipeline from
-    :func:`det_al.loop.augment.build_augment`.
+    :func:`det_al.data.augment.build_augment`.
 
     An annotation with ``"iscrowd": 1`` and ``"ignore": 1`` (self-training's uncertain
     pseudo-labels) is an ignore region: torchvision's detectors have none, so its box is painted
@@ -203,7 +203,7 @@ class CocoDetectionDataset(Dataset):
                     masks[k, int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)] = 1
         if self.transform is not None:
             # here, not at the top: albumentations takes ~0.5 s to import and scoring never needs it
-            from det_al.loop.augment import apply_augment
+            from det_al.data.augment import apply_augment
 
             pixels, boxes, labels, masks = apply_augment(self.transform, pixels, boxes, labels, masks)
         target: dict[str, Any] = {

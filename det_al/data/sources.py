@@ -3,7 +3,7 @@ in memory, torch datasets; and the categories that go with it.
 
 :func:`pool_source` gives a :class:`PoolSource`: the pool (``{"images": PoolImages,
 "categories"}``), the image root its file names are relative to, and for images held in memory
-a ``make_dataset`` that :func:`det_al.scoring.score_pool.iter_results` uses instead of reading files.
+a ``make_dataset`` that :func:`det_al.run.score_lines.iter_results` uses instead of reading files.
 Everything is checked here, before the first image is scored: a wrong shape, dtype or value
 range names the position of the image and what was expected.
 
@@ -24,67 +24,64 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from det_al.data.coco import pool_from_folder, validate_coco
+from det_al.data.images import to_tensor
+from det_al.data.pool import PoolImages, read_pool
 from det_al.errors import InputError
-from det_al.data.pool import PoolImages
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PoolSource:
-    """A pool ready for :func:`det_al.scoring.score_pool.score_to_dir` / ``iter_results``.
+    """A pool ready for a scoring run (:mod:`det_al.run.pool_run`).
 
     Attributes:
         pool: ``{"images": PoolImages, "categories": list}`` (categories empty if unknown).
         image_root: the folder the pool's file names are relative to.
         make_dataset: for images that are not files, ``make_dataset(sub_pool) -> Dataset`` whose
             items are those of :class:`det_al.data.datasets.PoolDataset`; ``None`` reads the files.
+        folder_coco: a folder pool's COCO dict (to save beside the outputs).
+        path: the pool file or folder it was read from, for messages.
     """
 
     pool: dict
     image_root: Path
     make_dataset: Callable[[PoolImages], Dataset] | None = None
+    folder_coco: dict | None = None
+    path: Path | None = None
+
+    @property
+    def file_root(self) -> Path | None:
+        """The folder the images are read from; ``None`` for images in memory."""
+        return None if self.make_dataset is not None else self.image_root
 
 
 # --------------------------------------------------------------------------- files
 
 
-def load_pool(pool: str | os.PathLike, image_root: str | os.PathLike | None = None,
-              save_folder_pool: str | os.PathLike | None = None, allow_outside_root: bool = False) -> PoolSource:
+def load_pool(pool: str | os.PathLike, image_root: str | os.PathLike | None = None) -> PoolSource:
     """A pool from a COCO file or a folder of images (what ``det-al score --pool`` takes).
 
     A folder becomes every image file under it, sorted by path and numbered 1, 2, ... (no file
-    is opened: one that cannot be read is skipped when scored); ``save_folder_pool`` names a file
-    to save that pool in (``det-al score`` writes ``OUT/pool.json``). The image root is
-    ``image_root``, else the folder, else the COCO file's folder. The pool is checked
-    (:func:`det_al.scoring.score_pool.check_pool`: not empty, the root exists, no ``file_name`` escapes it
-    unless ``allow_outside_root``) before anything is written.
+    is opened: one that cannot be read is skipped when scored); its COCO dict is kept in
+    ``folder_coco`` (``det-al score`` saves it as ``OUT/pool.json``). The image root is
+    ``image_root``, else the folder, else the COCO file's folder. The pool is read and
+    validated as a file, not checked for a run: the run's entry does that
+    (:func:`det_al.run.checks.check_run`).
     """
-    from det_al.data.coco import pool_from_folder
-    from det_al.data.files import write_json
-    from det_al.data.pool import read_pool
-
-    from det_al.scoring.score_pool import check_pool
-
     path = Path(pool)
     if path.is_dir():
         coco = pool_from_folder(path, sizes=False)
         images = PoolImages.from_dicts(coco["images"])
-        root = Path(image_root) if image_root else path
-        check_pool(images, root, allow_outside_root, path)
-        if save_folder_pool is not None:
-            write_json(save_folder_pool, coco, indent=1)
-        return PoolSource({"images": images, "categories": []}, root)
+        return PoolSource({"images": images, "categories": []}, Path(image_root) if image_root else path,
+                          folder_coco=coco, path=path)
     if not path.exists():
         raise InputError("pool file not found", path)
-    source = PoolSource(read_pool(path), Path(image_root) if image_root else path.parent)
-    check_pool(source.pool["images"], source.image_root, allow_outside_root, path)
-    return source
+    return PoolSource(read_pool(path), Path(image_root) if image_root else path.parent, path=path)
 
 
 def _pool_from_coco_dict(coco: Mapping, image_root: str | os.PathLike | None) -> PoolSource:
-    from det_al.data.coco import validate_coco
-
     coco = validate_coco({"annotations": [], "categories": [], **coco}, "images (COCO dict)")
     return PoolSource(
         {"images": PoolImages.from_dicts(coco["images"]), "categories": list(coco.get("categories") or [])},
@@ -116,8 +113,6 @@ def image_to_tensor(image: Any, where: str) -> Tensor:
     ``where`` names the image in errors.
     """
     from PIL import Image, ImageOps
-
-    from det_al.data.images import to_tensor
 
     if isinstance(image, Image.Image):
         return to_tensor(np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8))
@@ -192,19 +187,20 @@ def _is_path(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def pool_source(images: Any, image_root: str | os.PathLike | None = None,
-                allow_outside_root: bool = False) -> PoolSource:
+def pool_source(images: Any, image_root: str | os.PathLike | None = None) -> PoolSource:
     """What :func:`det_al.score_images` takes, as a :class:`PoolSource`.
 
-    ``images`` is one of: a folder or a COCO file (path); a COCO dict (its ``images``; file names
+    ``images`` is one of: a :class:`PoolSource` (given back as is); a folder or a COCO file (path); a COCO dict (its ``images``; file names
     relative to ``image_root``, default the working directory); a list of image paths (absolute,
     or relative to ``image_root``; named relative to their common folder); a list of PIL images, ``[H, W, 3]`` uint8 arrays or float ``[3, H, W]``
     tensors in ``[0, 1]``; or a torch ``Dataset`` whose items are such images, ``(image,
     target)`` pairs or dicts with ``image``. In-memory images are named ``images[i]`` and
     numbered ``i + 1``.
     """
+    if isinstance(images, PoolSource):
+        return images
     if _is_path(images):
-        return load_pool(images, image_root, allow_outside_root=allow_outside_root)
+        return load_pool(images, image_root)
     if isinstance(images, Mapping):
         return _pool_from_coco_dict(images, image_root)
     if isinstance(images, Dataset) and not isinstance(images, (list, tuple)):
@@ -292,7 +288,7 @@ def resolve_categories(
         if isinstance(c, str):
             c = {"id": i + 1, "name": c}
         if not isinstance(c, Mapping) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
-            raise InputError(f"category {i} must be a name or a dict with an integer 'id', got {c!r}", source)
+            raise InputError(f"categories[{i}] must be a name or a dict with an integer 'id', got {c!r}", source)
         out.append({**c, "name": str(c.get("name", f"class_{c['id']}"))})
     check_categories(out, num_classes - 1, source)
     return out

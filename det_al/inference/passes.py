@@ -33,7 +33,7 @@ generator per (image, view, pass) seeded from ``seeds[i]`` (:func:`pass_seed`), 
 passes do not depend on the batch it is in. (Its *features* may: torchvision pads a batch to
 its largest image, which moves border activations slightly, and CPU kernels sum in a
 batch-size dependent order; so shards and resumed runs score the very batches a single run
-does, see :func:`det_al.scoring.score_pool.shard_positions`.)
+does, see :func:`det_al.run.shards.shard_positions`.)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
 from det_al.config import PassesConfig
-from det_al.scoring.dense import Candidates, DenseAccumulator
+from det_al.inference.candidates import Candidates, DenseAccumulator
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout, default_sites, mc_dropout
 from det_al.models.build import model_family

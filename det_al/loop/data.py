@@ -1,7 +1,8 @@
 """The loop's inputs: the labelled, pool, oracle and validation COCO files, and its settings.
 
 :class:`LoopData` loads and cross-checks the four files (the oracle labels every pool image,
-no image is both labelled and in the pool, the categories agree); :func:`check_loop_config`
+no image is both labelled and in the pool, the categories agree); :class:`LoopRun` is one
+strategy and seed's labelled set and pool as rounds move images between them; :func:`check_loop_config`
 range-checks ``config.loop``; :func:`quick_config` and ``LoopData.load(quick=True)`` cut a run
 down to a smoke test.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from det_al.config import Config
+from det_al.data.coco import load_coco
+from det_al.data.images import check_file_names, check_image_root
 from det_al.errors import InputError
 from det_al.selection.strategies import get_strategy
 
@@ -123,8 +126,6 @@ class LoopData:
         quick: bool = False,
         allow_outside_root: bool = False,
     ) -> "LoopData":
-        from det_al.data.coco import load_coco
-        from det_al.data.images import check_file_names, check_image_root
 
         data = {
             "labelled": load_coco(labelled, require_annotations=True),
@@ -154,3 +155,53 @@ class LoopData:
             raise InputError("the labelled, oracle and validation files must have the same categories", oracle)
         return cls(image_root=Path(image_root), categories=list(data["labelled"]["categories"]),
                    allow_outside_root=allow_outside_root, **data)
+
+
+class LoopRun:
+    """One strategy and seed: the labelled set and the pool as they change."""
+
+    def __init__(self, strategy: str, seed: int, data: LoopData):
+        self.strategy, self.seed, self.data = strategy, seed, data
+        self.labelled_ids = [int(im["id"]) for im in data.labelled["images"]]
+        self.pool_ids = [int(im["id"]) for im in data.pool["images"]]
+        self.added: list[int] = []
+        self.pseudo: dict | None = None  # self-training: the pool's pseudo-labelled images
+
+    def reveal(self, image_ids: Sequence[int]) -> None:
+        """Move ``image_ids`` from the pool to the labelled set."""
+        chosen = set(int(i) for i in image_ids)
+        unknown = chosen - set(self.pool_ids)
+        if unknown:
+            raise InputError(f"selected image id {min(unknown)} is not in the pool")
+        self.pool_ids = [i for i in self.pool_ids if i not in chosen]
+        self.added.extend(int(i) for i in image_ids)
+
+    def labelled(self) -> dict:
+        """The labelled COCO set: the initial one plus the oracle's labels of what was added."""
+        base = self.data.labelled
+        added = subset(self.data.oracle, self.added)
+        return {
+            "images": list(base["images"]) + added["images"],
+            "annotations": list(base.get("annotations", [])) + _renumber(added["annotations"], base),
+            "categories": self.data.categories,
+        }
+
+    def pool(self) -> dict:
+        return {**subset(self.data.pool, self.pool_ids), "annotations": []}
+
+    def training_set(self) -> dict:
+        """What a round trains on: the labelled set, plus the pseudo-labelled pool images."""
+        labelled = self.labelled()
+        if not self.pseudo or not self.pseudo["images"]:
+            return labelled
+        return {
+            **labelled,
+            "images": labelled["images"] + self.pseudo["images"],
+            "annotations": labelled["annotations"] + _renumber(self.pseudo["annotations"], labelled),
+        }
+
+
+def _renumber(annotations: list[dict], base: Mapping[str, Any]) -> list[dict]:
+    """Oracle annotations with ids that cannot collide with the labelled set's."""
+    start = max([int(a.get("id", 0)) for a in base.get("annotations", [])] + [0]) + 1
+    return [{**a, "id": start + k} for k, a in enumerate(annotations)]

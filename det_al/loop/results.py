@@ -20,8 +20,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from det_al.errors import InputError
 from det_al.data.files import atomic_open
+from det_al.errors import InputError
+from det_al.loop.error_capture import mean_ci
 
 CSV_FIELDS = (
     "strategy",
@@ -290,8 +291,6 @@ def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
     >>> r["mean"], [round(x, 4) for x in r["ci95"]], r["n"]
     (2.0, [-10.7062, 14.7062], 2)
     """
-    from det_al.loop.error_capture import mean_ci
-
     n = len(values)
     if n == 0:
         return {"mean": None, "ci95": None, "n": 0}

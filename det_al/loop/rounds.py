@@ -37,17 +37,24 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
+from det_al.api import score_images
 from det_al.config import Config, config_to_dict
-from det_al.scoring.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
-from det_al.errors import InputError
 from det_al.data.files import read_json, write_json
-from det_al.loop.data import LoopData, budgets, check_loop_config, subset
+from det_al.errors import InputError
+from det_al.loop.data import LoopData, LoopRun, budgets, check_loop_config, subset
+from det_al.loop.evaluation import evaluate_coco, predict
 from det_al.loop.oracle import image_errors, least_confidence
 from det_al.loop.results import RowsWriter, plot_learning_curves, read_rows
+from det_al.loop.self_training import pseudo_labelled
+from det_al.loop.train_setup import check_train_config
+from det_al.loop.training import train_model
+from det_al.models.batchnorm import check_sync
+from det_al.models.checkpoint import load_checkpoint
+from det_al.run.distributed import barrier, broadcast_from_main, fail_together, is_main, process_group, world_size
 from det_al.selection.strategies import get_strategy
 
 logger = logging.getLogger(__name__)
@@ -68,9 +75,6 @@ def _count_boxes(coco: Mapping[str, Any]) -> int:
 
 
 def _evaluate(checkpoint: Path, config: Config, data: LoopData, device: str) -> dict[str, float]:
-    from det_al.models.checkpoint import load_checkpoint
-    from det_al.loop.evaluation import evaluate_coco, predict
-
     model, _, categories, _ = load_checkpoint(checkpoint, config, device=device)
     results = predict(model, data.val, data.image_root, categories, device=device, batch_size=config.passes.batch_size)
     return evaluate_coco(data.val, results, ("bbox",))["bbox"]
@@ -81,65 +85,7 @@ def _needs_labelled_embeddings(strategy: str) -> bool:
     return name in ("diverse", "fused") or key in ("novelty", "fused")
 
 
-def labelled_embeddings(model: Any, coco: Mapping[str, Any], image_root: Path, device: str) -> np.ndarray:
-    """Backbone embeddings ``[N, D]`` of a labelled COCO set (see :func:`det_al.scoring.novelty.embed_images`)."""
-    from det_al.scoring.novelty import embed_images
-
-    emb, _ = embed_images(model, coco, image_root, device=device)
-    return emb
-
-
 # --------------------------------------------------------------------------- the loop
-
-
-class _Run:
-    """One strategy and seed: the labelled set and the pool as they change."""
-
-    def __init__(self, strategy: str, seed: int, data: LoopData):
-        self.strategy, self.seed, self.data = strategy, seed, data
-        self.labelled_ids = [int(im["id"]) for im in data.labelled["images"]]
-        self.pool_ids = [int(im["id"]) for im in data.pool["images"]]
-        self.added: list[int] = []
-        self.pseudo: dict | None = None  # self-training: the pool's pseudo-labelled images
-
-    def reveal(self, image_ids: Sequence[int]) -> None:
-        """Move ``image_ids`` from the pool to the labelled set."""
-        chosen = set(int(i) for i in image_ids)
-        unknown = chosen - set(self.pool_ids)
-        if unknown:
-            raise InputError(f"selected image id {min(unknown)} is not in the pool")
-        self.pool_ids = [i for i in self.pool_ids if i not in chosen]
-        self.added.extend(int(i) for i in image_ids)
-
-    def labelled(self) -> dict:
-        """The labelled COCO set: the initial one plus the oracle's labels of what was added."""
-        base = self.data.labelled
-        added = subset(self.data.oracle, self.added)
-        return {
-            "images": list(base["images"]) + added["images"],
-            "annotations": list(base.get("annotations", [])) + _renumber(added["annotations"], base),
-            "categories": self.data.categories,
-        }
-
-    def pool(self) -> dict:
-        return {**subset(self.data.pool, self.pool_ids), "annotations": []}
-
-    def training_set(self) -> dict:
-        """What a round trains on: the labelled set, plus the pseudo-labelled pool images."""
-        labelled = self.labelled()
-        if not self.pseudo or not self.pseudo["images"]:
-            return labelled
-        return {
-            **labelled,
-            "images": labelled["images"] + self.pseudo["images"],
-            "annotations": labelled["annotations"] + _renumber(self.pseudo["annotations"], labelled),
-        }
-
-
-def _renumber(annotations: list[dict], base: Mapping[str, Any]) -> list[dict]:
-    """Oracle annotations with ids that cannot collide with the labelled set's."""
-    start = max([int(a.get("id", 0)) for a in base.get("annotations", [])] + [0]) + 1
-    return [{**a, "id": start + k} for k, a in enumerate(annotations)]
 
 
 def _train(
@@ -147,8 +93,6 @@ def _train(
     reuse: bool = False,
 ) -> Path:
     """Train (or, with ``reuse``, take a finished training in ``out_dir``); the last checkpoint."""
-    from det_al.loop.training import train_model
-
     done = out_dir / "train_summary.json"
     if reuse and done.exists():
         summary = read_json(done)
@@ -176,8 +120,6 @@ def follow_training(device: str) -> None:
     Rank 0 runs the loop and broadcasts the arguments of each :func:`train_model` call before
     it makes it (in :func:`_train`), and ``None`` when the loop is done.
     """
-    from det_al.loop.training import train_model
-
     while (job := broadcast_from_main(None)) is not None:
         train_model(**job, device=device, progress=False)
 
@@ -205,9 +147,6 @@ def run_loop(
     its trainings (:func:`follow_training`). ``out_dir`` must be a folder every process reads:
     they read the labelled set that rank 0 writes there.
     """
-    from det_al.models.batchnorm import check_sync
-    from det_al.loop.training import check_train_config
-
     with process_group(device) as device:
         with fail_together():
             check_loop_config(config)
@@ -257,9 +196,6 @@ def _run_rounds(
     progress: bool,
 ) -> None:
     """The rounds of every strategy and seed (rank 0's part of :func:`run_loop`)."""
-    from det_al.models.checkpoint import load_checkpoint
-    from det_al.api import score_images
-
     out = paths["results"].parent
     out.mkdir(parents=True, exist_ok=True)
     write_json(paths["settings"], settings, indent=1)
@@ -272,7 +208,7 @@ def _run_rounds(
 
     for seed in loop.seeds:
         for strategy in loop.strategies:
-            run = _Run(strategy, seed, data)
+            run = LoopRun(strategy, seed, data)
             previous: Path | None = None
             for r in range(loop.rounds + 1):
                 if (strategy, seed, r) in done:
@@ -303,35 +239,11 @@ def _run_rounds(
                         shared[(seed, "metrics")] = metrics
                 chosen: list[dict] = []
                 if r < loop.rounds and run.pool_ids:
-                    model, _, categories, _ = load_checkpoint(checkpoint, round_config, device=device)
-                    key = (seed, r)
-                    if r == 0 and key in shared:
-                        scores = shared[key]
-                    else:
-                        scores = score_images(model, run.pool(), categories=categories, config=round_config,
-                                              image_root=data.image_root, device=device, progress=progress,
-                                              allow_outside_root=data.allow_outside_root)
-                        if r == 0:
-                            shared[key] = scores
-                    chosen = _select(strategy, scores, model, labelled, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor, device,
+                    scores = _round_scores(run, checkpoint, round_config, r, shared, device, progress)
+                    chosen = _select(strategy, scores, data, budget, budget_boxes, seed * 1000 + r, loop.pre_factor,
                                      fusion_weights=dict(loop.fusion_weights) or None, fusion_k=loop.fusion_k)
                 selected = [int(c["image_id"]) for c in chosen]
-                revealed = subset(data.oracle, selected)
-                row = {
-                    "strategy": strategy,
-                    "seed": seed,
-                    "round": r,
-                    "labelled_images": len(labelled["images"]),
-                    "labelled_boxes": _count_boxes(labelled),
-                    "map": max(metrics["AP"], 0.0),
-                    "map50": max(metrics["AP50"], 0.0),
-                    "pool_images": len(run.pool_ids),
-                    "selected_images": len(selected),
-                    "selected_boxes": _count_boxes(revealed),
-                    "selected_domains": _domains(revealed),
-                    "seconds": time.monotonic() - t0,
-                    "selected": selected,
-                }
+                row = _row(run, r, labelled, metrics, selected, time.monotonic() - t0)
                 writer.append(row)
                 rows.append(row)
                 run.reveal(selected)
@@ -343,6 +255,42 @@ def _run_rounds(
                 )
             plot_learning_curves(rows, paths["plot"])
     plot_learning_curves(rows, paths["plot"])
+
+
+def _round_scores(run: LoopRun, checkpoint: Path, config: Config, r: int, shared: dict, device: str, progress: bool) -> Any:
+    """The round's scored pool, with the labelled set (novelty) when the strategy uses it; round
+    0's is shared by the strategies of a seed."""
+    novelty = _needs_labelled_embeddings(run.strategy)
+    key = (run.seed, r, novelty)
+    if r == 0 and key in shared:
+        return shared[key]
+    model, _, categories, _ = load_checkpoint(checkpoint, config, device=device)
+    scores = score_images(model, run.pool(), categories=categories, config=config, image_root=run.data.image_root,
+                          device=device, progress=progress, allow_outside_root=run.data.allow_outside_root,
+                          labelled=run.labelled() if novelty else None, labelled_root=run.data.image_root)
+    if r == 0:
+        shared[key] = scores
+    return scores
+
+
+def _row(run: LoopRun, r: int, labelled: dict, metrics: Mapping[str, float], selected: list[int], seconds: float) -> dict:
+    """The ``results.csv`` row of a round."""
+    revealed = subset(run.data.oracle, selected)
+    return {
+        "strategy": run.strategy,
+        "seed": run.seed,
+        "round": r,
+        "labelled_images": len(labelled["images"]),
+        "labelled_boxes": _count_boxes(labelled),
+        "map": max(metrics["AP"], 0.0),
+        "map50": max(metrics["AP50"], 0.0),
+        "pool_images": len(run.pool_ids),
+        "selected_images": len(selected),
+        "selected_boxes": _count_boxes(revealed),
+        "selected_domains": _domains(revealed),
+        "seconds": seconds,
+        "selected": selected,
+    }
 
 
 def round_folder(out: Path, strategy: str, seed: int, r: int) -> Path:
@@ -387,19 +335,15 @@ def _domains(coco: Mapping[str, Any]) -> str:
 def _select(
     strategy: str,
     scores: Any,
-    model: Any,
-    labelled: dict,
     data: LoopData,
     budget: int | None,
     budget_boxes: int | None,
     seed: int,
     pre_factor: float,
-    device: str,
     **fusion: Any,
 ) -> list[dict]:
-    """Run one strategy on a scored pool, with the context it needs."""
-    from det_al.scoring.novelty import add_novelty
-
+    """Run one strategy on a scored pool (scored with the labelled set when the strategy needs
+    novelty or the labelled embeddings), with the context it needs."""
     records = scores.ranking
     if not records:
         return []
@@ -414,17 +358,12 @@ def _select(
     context: dict[str, Any] = {"seed": seed, "pre_factor": pre_factor, **scores.strategy_context(), **fusion}
     context.setdefault("embeddings", np.zeros((0, 0), np.float32))
     context.setdefault("embedding_ids", [])
-    if _needs_labelled_embeddings(strategy):
-        context["labelled_embeddings"] = labelled_embeddings(model, labelled, data.image_root, device)
-        records = add_novelty(records, context["embeddings"], context["embedding_ids"], context["labelled_embeddings"])
     return get_strategy(strategy)(records, budget, budget_boxes, **context)
 
 
-def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict:
+def _pseudo_labels(run: LoopRun, scores: Any, next_folder: Path, loop: Any) -> dict:
     """The still unselected pool images' pseudo-labels of ``scores`` (the round's scoring),
     kept in the next round's folder for a resume."""
-    from det_al.loop.self_training import pseudo_labelled
-
     pool = run.pool()
     pseudo = pseudo_labelled(pool["images"], scores.pseudo_labels()["annotations"], loop.pseudo_threshold, loop.pseudo_ignore, run.data.categories)
     write_json(next_folder / PSEUDO_LABELS, pseudo)
@@ -436,16 +375,14 @@ def _pseudo_labels(run: _Run, scores: Any, next_folder: Path, loop: Any) -> dict
     return pseudo
 
 
-def _pseudo_labels_for(run: _Run, folder: Path, previous: Path | None, config: Config, device: str) -> dict:
+def _pseudo_labels_for(run: LoopRun, folder: Path, previous: Path | None, config: Config, device: str) -> dict:
     """On a resume: the pseudo-labels a round trains on, from its folder, or by scoring the pool
     again with the previous round's checkpoint."""
-    from det_al.models.checkpoint import load_checkpoint
-    from det_al.scoring.score_pool import score_pool
-
     if (folder / PSEUDO_LABELS).exists():
         return read_json(folder / PSEUDO_LABELS)
     if previous is None or not previous.exists():
         raise InputError(f"cannot resume self-training: no {PSEUDO_LABELS} and no checkpoint of the round before", folder)
     model, _, categories, _ = load_checkpoint(previous, config, device=device)
-    scores = score_pool(model, config, categories, run.pool(), run.data.image_root, device=device, progress=False)
+    scores = score_images(model, run.pool(), categories=categories, config=config, image_root=run.data.image_root,
+                          device=device, progress=False, allow_outside_root=run.data.allow_outside_root)
     return _pseudo_labels(run, scores, folder, config.loop)

@@ -6,39 +6,34 @@ evaluation, ``best.pt`` / ``last.pt`` in det_al's checkpoint format, ``metrics.j
 from ``last.pt`` and a wall-clock cap; under ``torchrun``, DistributedDataParallel over the
 processes (see :func:`train_model`).
 
-The learning rate of iteration ``i`` (0-based, over the whole run) is
-``lr * warmup(i) * schedule(i)`` (:func:`lr_factor`): a linear warm-up from ``0.001 * lr`` over
-``train.warmup_iters`` iterations, times a cosine decay to 0 over all ``epochs`` (``cosine``),
-a factor ``gamma`` at each epoch of ``milestones`` (``step``) or 1 (``constant``).
+What a training starts from (the checks of ``config.train``, the learning-rate schedule, the
+optimiser, the model and a resumed run's state) is :mod:`det_al.loop.train_setup`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import math
 import os
-import random
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from det_al.loop.augment import build_augment
-from det_al.models.batchnorm import BATCHNORM_MODES, prepare_batchnorm, resolve_batchnorm
-from det_al.models.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
-from det_al.data.coco import load_coco
-from det_al.config import Config, TrainConfig
-from det_al.data.datasets import CocoDetectionDataset, collate_detection
-from det_al.scoring.distributed import (
+from det_al.config import Config
+from det_al.data.datasets import collate_detection
+from det_al.data.files import write_jsonl
+from det_al.errors import InputError
+from det_al.loop.evaluation import evaluate_coco, predict
+from det_al.loop.train_setup import Training, prepare_training
+from det_al.models.build import has_masks
+from det_al.models.checkpoint import CheckpointWriteError, save_checkpoint
+from det_al.run.distributed import (
     any_rank,
     barrier,
     broadcast_from_main,
@@ -48,89 +43,10 @@ from det_al.scoring.distributed import (
     mean_over_ranks,
     process_group,
     rank,
-    rank_sampler,
     world_size,
 )
-from det_al.errors import InputError
-from det_al.loop.evaluation import evaluate_coco, predict
-from det_al.data.files import remove_earlier_outputs, write_jsonl
-from det_al.data.images import check_file_names, check_image_root
-from det_al.models.build import build_model, has_masks
 
 logger = logging.getLogger(__name__)
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
-WARMUP_START = 0.001  # the warm-up starts at this share of train.lr (torchvision's reference)
-
-
-# --------------------------------------------------------------------------- optimisation
-
-
-def check_train_config(train: TrainConfig) -> None:
-    """Range checks of ``config.train``; a bad value is an :class:`InputError` naming the key."""
-    if train.optimizer not in OPTIMIZERS:
-        raise InputError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{train.optimizer}'")
-    if train.schedule not in SCHEDULES:
-        raise InputError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{train.schedule}'")
-    if train.batchnorm not in BATCHNORM_MODES:
-        raise InputError(f"train.batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got '{train.batchnorm}'")
-    checks = [
-        ("epochs", train.epochs >= 1, ">= 1"),
-        ("batch_size", train.batch_size >= 1, ">= 1"),
-        ("lr", train.lr > 0, "> 0"),
-        ("momentum", 0 <= train.momentum < 1, "in [0, 1)"),
-        ("weight_decay", train.weight_decay >= 0, ">= 0"),
-        ("warmup_iters", train.warmup_iters >= 0, ">= 0"),
-        ("gamma", train.gamma > 0, "> 0"),
-        ("eval_every", train.eval_every >= 0, ">= 0"),
-        ("num_workers", train.num_workers >= 0, ">= 0"),
-        ("max_minutes", train.max_minutes >= 0, ">= 0 (0: no cap)"),
-        ("grad_clip", train.grad_clip >= 0, ">= 0 (0: no clipping)"),
-    ]
-    for key, ok, rule in checks:
-        if not ok:
-            raise InputError(f"train.{key} must be {rule}, got {getattr(train, key)}")
-
-
-def lr_factor(iteration: int, iters_per_epoch: int, train: TrainConfig) -> float:
-    """The multiple of ``train.lr`` used at ``iteration`` (0-based, counted over the whole run).
-
-    >>> from det_al.config import TrainConfig
-    >>> lr_factor(0, 10, TrainConfig(epochs=2, warmup_iters=0, schedule="cosine"))
-    1.0
-    >>> lr_factor(10, 10, TrainConfig(epochs=2, warmup_iters=0, schedule="cosine"))
-    0.5
-    >>> lr_factor(5, 10, TrainConfig(epochs=2, warmup_iters=10, schedule="constant"))
-    0.5005
-    """
-    warmup = 1.0
-    if iteration < train.warmup_iters:
-        warmup = WARMUP_START + (1.0 - WARMUP_START) * iteration / train.warmup_iters
-    total = max(1, train.epochs * iters_per_epoch)
-    if train.schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * min(iteration, total) / total))
-    elif train.schedule == "step":
-        epoch = iteration // max(1, iters_per_epoch)
-        decay = train.gamma ** sum(epoch >= m for m in train.milestones)
-    else:
-        decay = 1.0
-    return warmup * decay
-
-
-def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (with momentum) or AdamW over the trainable parameters, as ``train.optimizer`` says."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def train_one_epoch(
@@ -192,32 +108,6 @@ def train_one_epoch(
 # --------------------------------------------------------------------------- the job
 
 
-def _read_metrics(path: Path, up_to_iteration: int) -> list[dict[str, Any]]:
-    """Records of an earlier run's ``metrics.jsonl`` up to the resumed iteration."""
-    if not path.exists():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                if record.get("iteration", 0) <= up_to_iteration:
-                    records.append(record)
-    return records
-
-
-def _check_categories(categories: Sequence[Mapping[str, Any]], coco: Mapping[str, Any], path: Any) -> None:
-    """Every category the COCO file annotates must be one of the model's (by id)."""
-    known = {int(c["id"]) for c in categories}
-    used = {int(a["category_id"]) for a in coco.get("annotations", []) if not a.get("iscrowd", 0)}
-    missing = sorted(used - known)
-    if missing:
-        raise InputError(
-            f"annotations use category id {missing[0]}, which is not one of the model's categories "
-            f"{sorted(known)}", path,
-        )
-
-
 def _predict_and_evaluate(model, val, image_root, categories, device, batch_size) -> dict[str, dict[str, float]]:
     results = predict(model, val, image_root, categories, device=device, batch_size=batch_size)
     iou_types = ("bbox", "segm") if has_masks(model) else ("bbox",)
@@ -273,9 +163,9 @@ def train_model(
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments (as
     ``det-al train`` and ``det-al loop`` do). The processes join a process group
-    (:func:`det_al.scoring.distributed.process_group`: gloo on CPU; NCCL with ``device="cuda"``, each
+    (:func:`det_al.run.distributed.process_group`: gloo on CPU; NCCL with ``device="cuda"``, each
     process on ``cuda:LOCAL_RANK``), the model is wrapped in DistributedDataParallel and each
-    epoch is split between them (:func:`det_al.scoring.distributed.rank_sampler`), so a step takes
+    epoch is split between them (:func:`det_al.run.distributed.rank_sampler`), so a step takes
     ``train.batch_size`` images on every process, ``batch_size * world`` in all, at
     ``train.lr`` as configured (raise it yourself to keep the lr per image). An epoch has
     ``ceil(ceil(images / world) / batch_size)`` steps; the schedule and ``warmup_iters``
@@ -289,14 +179,6 @@ def train_model(
             config, train_json, image_root, out_dir, val_json, categories, init_checkpoint, resume,
             device, progress and is_main(), overwrite, allow_outside_root,
         )
-
-
-def _resume_hint(last_path: Path, saved_epoch) -> str:
-    """What a user does after a checkpoint could not be written."""
-    if saved_epoch is not None and last_path.exists():
-        return (f"The last good checkpoint, {last_path} (epoch {saved_epoch}), is kept: free space and run the "
-                "same command with --resume to continue from it")
-    return "No checkpoint of this run was written yet: free space and run the same command again"
 
 
 def _train_in_group(
@@ -315,141 +197,26 @@ def _train_in_group(
 ) -> dict[str, Any]:
     """:func:`train_model` on every process of the group (or on the one process)."""
     t0 = time.monotonic()
-    train_cfg = config.train
-    main, world, this_rank = is_main(), world_size(), rank()
     out = Path(out_dir)
-    last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
-    extra: dict[str, Any] = {}
     with fail_together():  # no collective in here: a rank that fails makes every rank fail
-        check_train_config(train_cfg)
-        if not resume and not overwrite and (last_path.exists() or best_path.exists()):
-            raise InputError(
-                f"holds the checkpoints of an earlier training ({(last_path if last_path.exists() else best_path).name}): "
-                "add --resume to continue it, or --overwrite to start over", out,
-            )
-        transform = build_augment(train_cfg.augment)
-        train = load_coco(train_json, require_annotations=True)
-        val = load_coco(val_json, require_annotations=True) if val_json is not None else None
-        check_image_root(image_root)
-        check_file_names(train["images"], image_root, train_json, allow_outside_root)
-        if val is not None:
-            check_file_names(val["images"], image_root, val_json, allow_outside_root)
-        if config.model.num_classes is None:  # "from the data"
-            given = train["categories"] if categories is None else categories
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(given) + 1))
-            logger.info("model.num_classes not set: %d (%d categories of %s + background)",
-                        config.model.num_classes, len(given), "the given categories" if categories is not None else train_json)
-
-        seed_everything(train_cfg.seed)
-        saved_epoch = None  # the epoch of the last checkpoint written (for the message of a failed write)
-        if resume:
-            if not last_path.exists():
-                raise InputError("cannot resume: no last.pt in the output folder", out)
-            model, _, ckpt_categories, extra = load_checkpoint(last_path, config, device=device)
-            categories = ckpt_categories
-            if int(extra.get("world_size", 1)) != world:
-                raise InputError(
-                    f"cannot resume: last.pt was written by a run of {extra.get('world_size', 1)} "
-                    f"processes, this one has {world} (resume with the same torchrun --nproc-per-node)",
-                    last_path,
-                )
-            logger.info("resuming from %s (epoch %s, iteration %s)", last_path, extra.get("epoch"), extra.get("iteration"))
-            saved_epoch = extra.get("epoch")
-        elif init_checkpoint is not None:
-            if categories is None:  # used only by a plain torchvision state dict, which has none
-                given = list(train["categories"])
-            else:
-                given = list(categories)
-            model, _, ckpt_categories, _ = load_checkpoint(init_checkpoint, config, device=device, categories=given)
-            categories = ckpt_categories if categories is None else categories
-            logger.info("starting from the weights of %s", init_checkpoint)
-        else:
-            model = build_model(config.model)
-        if categories is None:
-            categories = list(train["categories"])
-        categories = [dict(c) for c in categories]
-        if config.model.num_classes != len(categories) + 1:
-            raise InputError(
-                f"model.num_classes is {config.model.num_classes} but there are {len(categories)} "
-                f"categories (num_classes counts the background: set it to {len(categories) + 1})"
-            )
-        _check_categories(categories, train, train_json)
-        if val is not None:
-            _check_categories(categories, val, val_json)
-        model.to(device)
-        batchnorm = resolve_batchnorm(train_cfg.batchnorm, from_checkpoint=init_checkpoint is not None)
-        if batchnorm == "sync" and world == 1:  # nothing to sync with: recorded as what it is
-            batchnorm = "train"
-        if resume:  # a run of before train.batchnorm trained its BatchNorm layers
-            recorded = str(extra.get("batchnorm", "train"))
-            if train_cfg.batchnorm != "auto" and batchnorm != recorded:
-                raise InputError(
-                    f"cannot resume: last.pt was trained with train.batchnorm={recorded}, the config "
-                    f"says {batchnorm} (set it to {recorded} or auto to resume, or start over with --overwrite)",
-                    last_path,
-                )
-            batchnorm = recorded
-        model = prepare_batchnorm(model, batchnorm, world, device, from_checkpoint=init_checkpoint is not None or resume)
-
-        dataset = CocoDetectionDataset(train, image_root, categories, transform, with_masks=has_masks(model))
-        if len(dataset) == 0:
-            raise InputError("the training file has no images", train_json)
-        # this rank's share of each epoch; with one process, the whole epoch in a seeded order
-        sampler = rank_sampler(len(dataset), train_cfg.seed * 100_003, this_rank, world)
-        iters_per_epoch = math.ceil(len(sampler) / train_cfg.batch_size)
-        optimizer = make_optimizer(model, train_cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: lr_factor(i, iters_per_epoch, train_cfg)
-        )
-        start_epoch, skip_steps, iteration = 0, 0, 0
-        best_map, best_epoch, records = -1.0, None, []
-        if resume:
-            optimizer.load_state_dict(extra["optimizer"])
-            scheduler.load_state_dict(extra["scheduler"])
-            start_epoch, skip_steps = int(extra["epoch"]), int(extra.get("step_in_epoch", 0))
-            iteration = int(extra["iteration"])
-            best_map = float(extra.get("best_map", -1.0))
-            best_epoch = extra.get("best_epoch")
-            if "torch_rng_ranks" in extra:
-                torch.set_rng_state(extra["torch_rng_ranks"][this_rank])
-            elif "torch_rng" in extra:
-                torch.set_rng_state(extra["torch_rng"])
-            records = _read_metrics(log_path, iteration)
-        if main and not resume:  # every check passed: nothing of an earlier run stays to mislead
-            removed = remove_earlier_outputs((last_path, best_path, log_path, out / "summary.json"))
-            if removed:
-                logger.warning("%s: starting over, removed %s of an earlier run", out, ", ".join(p.name for p in removed))
+        run = prepare_training(config, train_json, image_root, out, val_json, categories, init_checkpoint, resume, device,
+                       overwrite, allow_outside_root)
+    train_cfg = run.config.train
     # the same parameters on every rank (DDP broadcasts rank 0's), gradients averaged over ranks
-    net = model if world == 1 else DistributedDataParallel(
-        model, device_ids=[torch.device(device)] if device.startswith("cuda") else None
+    net = run.model if world_size() == 1 else DistributedDataParallel(
+        run.model, device_ids=[torch.device(device)] if device.startswith("cuda") else None
     )
-
     deadline = t0 + 60.0 * train_cfg.max_minutes if train_cfg.max_minutes > 0 else None
     last_metrics: dict[str, Any] | None = None
     last_loss: float | None = None
     stopped = False
-    epoch = start_epoch
+    epoch, skip_steps = run.start_epoch, run.skip_steps
     while epoch < train_cfg.epochs and not stopped:
         epoch_start = time.monotonic()
-        sampler.set_epoch(epoch)
-        order = list(sampler)[skip_steps * train_cfg.batch_size :]
-        if transform is not None:  # each rank its own augmentations
-            transform.set_random_seed(train_cfg.seed * 100_003 + epoch + 1_000_003 * this_rank)
-        loader = DataLoader(
-            dataset, batch_size=train_cfg.batch_size, sampler=order,
-            num_workers=train_cfg.num_workers, collate_fn=collate_detection,
-        )
-        bar = tqdm(
-            total=iters_per_epoch, initial=skip_steps, desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
-            unit="it", disable=not progress, leave=False,
-        )
-        try:
-            stats = train_one_epoch(net, optimizer, scheduler, loader, device, train_cfg.grad_clip, deadline, bar)
-        finally:
-            bar.close()
-        iteration += stats["steps"]
+        stats = _one_epoch(run, net, epoch, skip_steps, device, deadline, progress)
+        run.iteration += stats["steps"]
         done_steps = skip_steps + stats["steps"]
-        finished_epoch = done_steps >= iters_per_epoch
+        finished_epoch = done_steps >= run.iters_per_epoch
         skip_steps = 0 if finished_epoch else done_steps
         run_epoch = epoch + 1
         if finished_epoch:
@@ -459,8 +226,8 @@ def _train_in_group(
             last_loss = stats["loss"]
         record: dict[str, Any] = {
             "epoch": run_epoch,
-            "iteration": iteration,
-            "lr": optimizer.param_groups[0]["lr"],
+            "iteration": run.iteration,
+            "lr": run.optimizer.param_groups[0]["lr"],
             **{k: round(v, 6) for k, v in stats.items() if k not in ("steps", "stopped")},
             "seconds": round(time.monotonic() - epoch_start, 3),
         }
@@ -468,72 +235,115 @@ def _train_in_group(
             record["stopped_early"] = True
         due = train_cfg.eval_every > 0 and run_epoch % train_cfg.eval_every == 0 and finished_epoch
         improved = False
-        if val is not None and (due or epoch == train_cfg.epochs or stopped):
-            if main:  # the bare model: DDP's forward would wait for the other ranks
-                last_metrics = _predict_and_evaluate(model, val, image_root, categories, device, train_cfg.batch_size)
-            last_metrics = broadcast_from_main(last_metrics)  # the others wait for rank 0's evaluation
+        if run.val is not None and (due or epoch == train_cfg.epochs or stopped):
+            last_metrics = _evaluate_on_main(run, image_root, device)
             record["val"] = last_metrics
             box_ap = last_metrics["bbox"]["AP"]
-            if box_ap > best_map:
-                best_map, best_epoch, improved = box_ap, run_epoch, True
-        state = {
-            "epoch": epoch,
-            "step_in_epoch": skip_steps,
-            "iteration": iteration,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "best_map": best_map,
-            "best_epoch": best_epoch,
-            "torch_rng": torch.get_rng_state(),
-            "batchnorm": batchnorm,
-        }
-        if world > 1:
-            state["world_size"] = world
-            state["torch_rng_ranks"] = gather(torch.get_rng_state())
-        records.append(record)
-        if main:
-            try:
-                save_checkpoint(last_path, model, config, categories, extra=state)
-                if improved:
-                    save_checkpoint(best_path, model, config, categories, extra={"epoch": best_epoch, "iteration": iteration, "metrics": last_metrics})
-            except CheckpointWriteError as e:
-                raise CheckpointWriteError(f"{e}. {_resume_hint(last_path, saved_epoch)}") from e
-            saved_epoch = epoch
-            write_jsonl(log_path, records)
-        barrier()  # the others wait for rank 0's writes
+            if box_ap > run.best_map:
+                run.best_map, run.best_epoch, improved = box_ap, run_epoch, True
+        run.records.append(record)
+        _save_epoch(run, out, epoch, skip_steps, improved, last_metrics)
         logger.info(
             "epoch %d/%d: loss %s%s, %.1f s", record["epoch"], train_cfg.epochs,
             f"{stats['loss']:.4f}" if stats["steps"] else "-",
-            f", bbox AP {last_metrics['bbox']['AP']:.4f} (best {best_map:.4f})" if "val" in record else "",
+            f", bbox AP {last_metrics['bbox']['AP']:.4f} (best {run.best_map:.4f})" if "val" in record else "",
             record["seconds"],
         )
     if stopped:
-        logger.info("stopped at the time cap of %g min after %d iterations", train_cfg.max_minutes, iteration)
-    model.eval()
-    has_best = best_epoch is not None
+        logger.info("stopped at the time cap of %g min after %d iterations", train_cfg.max_minutes, run.iteration)
+    run.model.eval()
+    return _summary(run, out, epoch, last_loss, last_metrics, stopped, time.monotonic() - t0)
+
+
+def _one_epoch(run: Training, net: nn.Module, epoch: int, skip_steps: int, device: str, deadline: float | None,
+               progress: bool) -> dict[str, Any]:
+    """Train ``epoch`` from step ``skip_steps`` on (a resume continues mid-epoch)."""
+    train_cfg = run.config.train
+    run.sampler.set_epoch(epoch)
+    order = list(run.sampler)[skip_steps * train_cfg.batch_size :]
+    if run.transform is not None:  # each rank its own augmentations
+        run.transform.set_random_seed(train_cfg.seed * 100_003 + epoch + 1_000_003 * rank())
+    loader = DataLoader(
+        run.dataset, batch_size=train_cfg.batch_size, sampler=order,
+        num_workers=train_cfg.num_workers, collate_fn=collate_detection,
+    )
+    bar = tqdm(
+        total=run.iters_per_epoch, initial=skip_steps, desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
+        unit="it", disable=not progress, leave=False,
+    )
+    try:
+        return train_one_epoch(net, run.optimizer, run.scheduler, loader, device, train_cfg.grad_clip, deadline, bar)
+    finally:
+        bar.close()
+
+
+def _evaluate_on_main(run: Training, image_root, device: str) -> dict[str, Any]:
+    """Rank 0 evaluates on the validation set; every rank gets the metrics."""
+    metrics = None
+    if is_main():  # the bare model: DDP's forward would wait for the other ranks
+        metrics = _predict_and_evaluate(run.model, run.val, image_root, run.categories, device, run.config.train.batch_size)
+    return broadcast_from_main(metrics)  # the others wait for rank 0's evaluation
+
+
+def _resume_hint(last_path: Path, saved_epoch: int | None) -> str:
+    """What a user does after a checkpoint could not be written."""
+    if saved_epoch is not None and last_path.exists():
+        return (f"The last good checkpoint, {last_path} (epoch {saved_epoch}), is kept: free space and run the "
+                "same command with --resume to continue from it")
+    return "No checkpoint of this run was written yet: free space and run the same command again"
+
+
+def _save_epoch(run: Training, out: Path, epoch: int, skip_steps: int, improved: bool,
+                last_metrics: dict[str, Any] | None) -> None:
+    """``last.pt`` (with what a resume needs), ``best.pt`` when improved, ``metrics.jsonl``."""
+    state = {
+        "epoch": epoch,
+        "step_in_epoch": skip_steps,
+        "iteration": run.iteration,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "best_map": run.best_map,
+        "best_epoch": run.best_epoch,
+        "torch_rng": torch.get_rng_state(),
+        "batchnorm": run.batchnorm,
+    }
+    if world_size() > 1:
+        state["world_size"] = world_size()
+        state["torch_rng_ranks"] = gather(torch.get_rng_state())
+    if is_main():
+        try:
+            save_checkpoint(out / "last.pt", run.model, run.config, run.categories, extra=state)
+            if improved:
+                save_checkpoint(out / "best.pt", run.model, run.config, run.categories,
+                                extra={"epoch": run.best_epoch, "iteration": run.iteration, "metrics": last_metrics})
+        except CheckpointWriteError as e:  # a full disk: one line, and what to do
+            raise CheckpointWriteError(f"{e}. {_resume_hint(out / 'last.pt', run.saved_epoch)}") from e
+        run.saved_epoch = epoch
+        write_jsonl(out / "metrics.jsonl", run.records)
+    barrier()  # the others wait for rank 0's writes
+
+
+def _summary(run: Training, out: Path, epoch: int, last_loss: float | None, last_metrics: dict[str, Any] | None,
+             stopped: bool, seconds: float) -> dict[str, Any]:
+    """What :func:`train_model` returns (and ``summary.json`` holds)."""
+    has_best = run.best_epoch is not None
+    last_path, best_path = out / "last.pt", out / "best.pt"
     return {
         "epochs": epoch,
-        "iterations": iteration,
+        "iterations": run.iteration,
         "final_loss": last_loss,
-        "best_map": best_map if best_epoch is not None else None,
-        "best_epoch": best_epoch,
+        "best_map": run.best_map if has_best else None,
+        "best_epoch": run.best_epoch,
         "metrics": last_metrics,
         "stopped_early": stopped,
-        "batchnorm": batchnorm,
-        "num_classes": config.model.num_classes,
-        "seconds": round(time.monotonic() - t0, 3),
+        "batchnorm": run.batchnorm,
+        "num_classes": run.config.model.num_classes,
+        "seconds": round(seconds, 3),
         "last": str(last_path),
         "best": str(best_path) if has_best else None,
         "checkpoint": str(best_path if has_best else last_path),
-        "metrics_log": str(log_path),
+        "metrics_log": str(out / "metrics.jsonl"),
     }
 
 
-__all__ = [
-    "check_train_config",
-    "lr_factor",
-    "make_optimizer",
-    "seed_everything",
-    "train_model",
-    "train_one_epoch",
-]
+__all__ = ["train_model", "train_one_epoch"]

@@ -347,19 +347,26 @@ def _replace_dir(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_report(scores_dir: str | os.PathLike, image_root: str | os.PathLike,
+def write_report(scores_dir: str | os.PathLike, image_root: str | os.PathLike | None,
                  out_dir: str | os.PathLike, top: int = 50,
                  loop_csv: str | os.PathLike | None = None, max_side: int = 360) -> Path:
     """Write the report of a scored pool to ``out_dir`` (replacing a previous report there).
 
     ``top`` images get thumbnails (longer side ``max_side`` px); the rest of the pool appears only
-    in the summaries. Returns the path of ``index.html``.
+    in the summaries. ``image_root`` ``None``: the root the scores remember (``run.json``).
+    Returns the path of ``index.html``.
     """
-    scores_dir, image_root, out = Path(scores_dir), Path(image_root), Path(out_dir)
+    scores_dir, out = Path(scores_dir), Path(out_dir)
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}")
     if not scores_dir.is_dir():
         raise InputError("not a folder of det-al score outputs", scores_dir)
+    if image_root is None:
+        run = read_json(scores_dir / "run.json") if (scores_dir / "run.json").exists() else {}
+        if not run.get("image_root"):
+            raise InputError("the scores record no image root (images scored in memory?): give --image-root", scores_dir)
+        image_root = run["image_root"]
+    image_root = Path(image_root)
     if not image_root.is_dir():
         raise InputError("image root is not a folder", image_root)
     _check_out_dir(out)

@@ -23,7 +23,7 @@ pool the share of drifted images in the top quarter was 2/20 counting them, 16/2
 ``empty: true``. A model that sees nothing cannot tell an empty scene from a blind spot: such
 an image is not certain, yet nothing in it says it is informative either. Scoring it 0 would
 bury every blind spot at the bottom of the ranking; scoring it 1 would flood the top with
-empty scenes. :func:`finalize_pool` therefore places empty images deliberately, by
+empty scenes. :func:`det_al.run.assemble.rank_records` (and the assembler) therefore place empty images deliberately, by
 ``ScoringConfig.empty_policy``:
 
 - ``"quantile"`` (default): the ``empty_value``-quantile (default 0.5: the median, linear
@@ -40,7 +40,7 @@ image whose candidates disagree more comes first, see :mod:`det_al.scoring.dense
 ``(passes.seed, image_id)``, not by the image id itself: ids often follow capture order, and a
 tie-break by id would always send the same end of a camera's footage to the annotators
 (:func:`ranking_key`). :func:`apply_empty_policy` is the one place that places empty images,
-for the in-memory ranking (:func:`finalize_pool`) and the streamed one (:mod:`det_al.results.assemble`).
+for the ranking the assembler makes, in memory and streamed (:mod:`det_al.run.assemble`).
 
 **Image-level combination.** ``ScoringConfig.image_weights`` (empty: the informativeness
 above; the default fuses ``presence``, ``least_confidence`` and ``rpn_gap`` by rank, the
@@ -61,8 +61,6 @@ scale mix and 1 means "first by every field".
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -71,8 +69,6 @@ from torch import Tensor
 
 from det_al.config import ScoringConfig
 from det_al.scoring.uncertainty import object_terms
-
-logger = logging.getLogger(__name__)
 
 REDUCTIONS = ("max", "mean", "sum", "topk")
 COMPONENTS = ("class", "box", "mask", "presence")
@@ -84,7 +80,7 @@ def reduce_objects(values: Tensor, how: str = "max", k: int = 3) -> float:
     """Reduce per-object values ``[K]`` to one number: ``max``, ``mean``, ``sum`` or ``topk``.
 
     ``topk`` is the mean of the ``k`` largest values (of all of them when there are fewer).
-    No object gives 0.0 (the empty-image policy is applied by :func:`finalize_pool`).
+    No object gives 0.0 (the empty-image policy is applied when the pool is assembled).
 
     >>> v = torch.tensor([0.2, 0.8, 0.5])
     >>> [round(reduce_objects(v, how, k=2), 4) for how in REDUCTIONS]
@@ -116,7 +112,7 @@ def image_informativeness(
     Returns:
         ``{"informativeness", "class", "box", "mask", "presence"}`` floats, ``"n_objects"``
         (objects with ``score >= min_score``) and ``"empty"`` (no such object; its
-        informativeness is 0.0 until :func:`finalize_pool` applies the empty policy).
+        informativeness is 0.0 until the assembler applies the empty policy).
     """
     keep = object_values.get("expected_score", object_values["score"]) >= scoring.min_score
     if scoring.objects == "anchored" and "anchored" in object_values:
@@ -273,37 +269,3 @@ def ranking_key(record: Mapping[str, Any], seed: int = 0) -> tuple:
     :func:`tie_break`, then ``image_id``."""
     return (-float(record["informativeness"]), -float(record.get("dense", 0.0) or 0.0),
             tie_break(seed, record["image_id"]), str(record["image_id"]))
-
-
-def finalize_pool(records: list[dict[str, Any]], scoring: ScoringConfig, seed: int = 0) -> list[dict[str, Any]]:
-    """Apply the empty-image policy, set ``certain`` and ``rank``, sort most informative first.
-
-    Args:
-        records: one dict per image with ``image_id``, ``informativeness`` and ``empty``
-            (missing ``empty``: ``n_objects == 0``); other keys are kept.
-        seed: the seed of the tie-break (``passes.seed``).
-
-    Returns:
-        New dicts (the inputs are not modified), sorted by :func:`ranking_key`, with
-        ``informativeness``, ``empty``, ``certain`` and ``rank`` (1-based).
-    """
-    out = [dict(r) for r in records]
-    fused = fused_informativeness(out, scoring)
-    for i, r in enumerate(out):
-        r["empty"] = bool(r.get("empty", r.get("n_objects", 0) == 0))
-        if fused is not None:
-            r["informativeness"] = float(fused[i])
-    values = [float(r["informativeness"]) for r in out if not r["empty"]]
-    if any(math.isnan(v) for v in values):
-        raise ValueError("informativeness must not be NaN")
-    fill = empty_informativeness(values, scoring)
-    for r in out:
-        apply_empty_policy(r, fill, scoring)
-    out.sort(key=lambda r: ranking_key(r, seed))
-    for rank, r in enumerate(out, start=1):
-        r["rank"] = rank
-    n_empty = sum(r["empty"] for r in out)
-    if n_empty:
-        logger.info("%d of %d images have no object; informativeness %.4g (%s policy)",
-                    n_empty, len(out), fill, scoring.empty_policy)
-    return out

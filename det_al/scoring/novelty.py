@@ -22,18 +22,14 @@ embedding has cosine 0 with everything (distance 1).
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from det_al.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 
 def _as_matrix(x: Any, name: str) -> Tensor:
@@ -90,72 +86,3 @@ def novelty(pool_embeddings: Any, labelled_embeddings: Any, chunk: int = 4096, s
     d = nearest_distance(pool, labelled_embeddings, chunk)
     s = labelled_spacing(labelled_embeddings) if spacing is None else spacing
     return (d / (d + s)).float()
-
-
-def add_novelty(
-    records: Sequence[dict],
-    embeddings: Any,
-    embedding_ids: Sequence[int],
-    labelled_embeddings: Any,
-    digits: int = 6,
-) -> list[dict]:
-    """Copies of ranking ``records`` with a ``novelty`` field (rank and order unchanged).
-
-    ``embeddings`` ``[N, D]`` are the pool's, one row per id in ``embedding_ids`` (the
-    ``embeddings.npy`` / ``embeddings_ids.json`` pair of ``det-al score``).
-    """
-    emb = _as_matrix(embeddings, "pool embeddings") if len(embedding_ids) else None
-    if emb is not None and len(emb) != len(embedding_ids):
-        raise InputError(f"{len(emb)} embeddings but {len(embedding_ids)} embedding ids")
-    values = novelty(emb, labelled_embeddings).tolist() if emb is not None else []
-    by_id = {int(i): v for i, v in zip(embedding_ids, values)}
-    out = []
-    for r in records:
-        image_id = int(r["image_id"])
-        if image_id not in by_id:
-            raise InputError(f"no embedding for ranked image_id {image_id}")
-        out.append({**r, "novelty": round(float(by_id[image_id]), digits)})
-    return out
-
-
-@torch.no_grad()
-def embed_images(
-    model: nn.Module,
-    coco: dict,
-    image_root: str | os.PathLike,
-    device: str = "cpu",
-    batch_size: int = 4,
-) -> tuple[np.ndarray, list[int]]:
-    """Backbone embeddings of the images of a COCO dict (e.g. the labelled set).
-
-    The same embedding the scoring pass computes (:func:`det_al.inference.passes.embeddings`: the
-    coarsest feature map averaged over the image), from one deterministic forward of the
-    model's upstream part, without passes or post-processing. Returns ``([N, D] float32, image
-    ids in row order)``; unreadable images are left out with a warning.
-    """
-    from det_al.data.datasets import PoolDataset, pool_collate
-    from det_al.models.build import model_family
-    from det_al.inference.passes import compute_prefix, embeddings
-
-    family = model_family(model)
-    was_training = model.training
-    model.eval()
-    dataset = PoolDataset(coco, image_root)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=pool_collate)
-    rows: list[np.ndarray] = []
-    ids: list[int] = []
-    try:
-        for batch in loader:
-            good = [item for item in batch if "error" not in item]
-            for item in batch:
-                if "error" in item:
-                    logger.warning("no embedding for %s: %s", item["file_name"], item["error"])
-            if not good:
-                continue
-            prefix = compute_prefix(model, [item["image"].to(device) for item in good], family)
-            rows.extend(embeddings(prefix).float().cpu().numpy())
-            ids.extend(int(item["image_id"]) for item in good)
-    finally:
-        model.train(was_training)
-    emb = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
-    return emb, ids

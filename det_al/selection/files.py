@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from det_al.errors import InputError
+from det_al.data.coco import load_coco
 from det_al.data.files import iter_jsonl, read_json
-from det_al.selection.strategies import Strategy, run_strategy
+from det_al.data.images import ImageReadError, check_file_names, check_image_root, image_size
+from det_al.errors import InputError
+from det_al.selection.strategies import Strategy, classes_from_annotations, run_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +119,6 @@ def select_batch(
 
 def selection_context(scores: Path, labelled_embeddings: str | None = None) -> dict[str, Any]:
     """What the strategies may need from a scores folder: embeddings, ids, predicted classes."""
-    from det_al.data.coco import load_coco
-    from det_al.selection.strategies import classes_from_annotations
-
     context: dict[str, Any] = {}
     if (scores / "embeddings.npy").exists():
         context["embeddings"] = np.load(scores / "embeddings.npy")
@@ -144,8 +143,6 @@ def check_image_sizes(
     (:func:`det_al.data.images.check_file_names`)."""
     if not image_root:
         return
-    from det_al.data.images import ImageReadError, check_file_names, check_image_root, image_size
-
     check_image_root(image_root)
     check_file_names(selection["images"], image_root, source, allow_outside_root)
     for image in selection["images"]:

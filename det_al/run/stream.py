@@ -13,14 +13,7 @@ and refuses a stale or foreign file with a clear message. Without ``--resume``, 
 already holds results is refused too, unless ``--overwrite`` says to start over: a forgotten
 flag (or a job re-queued by its scheduler) never throws hours of scoring away.
 
-A line is either a scored image::
-
-    {"image_id", "file_name", "record": {...}, "annotations": [...], "passes": {...},
-     "embedding": [...]}
-
-or an image that could not be read::
-
-    {"image_id", "file_name", "skipped": "reason"}
+A line is a :class:`~det_al.run.result_line.ResultLine`.
 """
 
 from __future__ import annotations
@@ -36,11 +29,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import orjson
 
 from det_al import __version__
 from det_al.errors import InputError
 from det_al.data.files import read_json, remove_earlier_outputs, write_json
+from det_al.run.result_line import ResultLine
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +73,7 @@ def run_key(
     """What a results file was computed from; two runs with equal keys give equal results.
 
     ``block``: images per block dealt to the shards (``passes.batch_size``, see
-    :func:`det_al.scoring.score_pool.shard_positions`); a merge reads the shards' lines that many at a time.
+    :func:`det_al.run.shards.shard_positions`); a merge reads the shards' lines that many at a time.
     It is recorded (``shard_block``) for sharded runs only: one shard is the pool in order.
     ``threads``: the intra-op thread count of the scoring process (``torch.get_num_threads()``).
     CPU kernels sum in an order that depends on it, so MC results differ in their last bits
@@ -116,38 +109,10 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     return ", ".join(diffs) or "an unknown run"
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-
-
-def _encode_line(line: dict) -> bytes:
-    try:
-        raw = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:  # a lone surrogate: a file name whose bytes are not UTF-8
-        return _JSON.encode(line).encode("ascii") + b"\n"
-    if b"null" in raw:  # orjson writes NaN and infinity as null: keep them as json does
-        return _JSON.encode(line).encode("ascii") + b"\n"
-    return raw
-
-
-def encode_lines(lines: list[dict]) -> bytes:
-    """Result lines as compact JSON, one per line, ``image_id`` first (see :func:`repair_and_read_ids`).
-
-    orjson, not the standard library: encoding the lines is most of what streaming and resuming
-    cost (about 1,300 numbers an image; ``json`` took 3% of a run of a small model on an idle
-    CPU, orjson a seventh of that). Floats are written in their shortest round-trip form, as
-    ``json`` writes them. The rare line orjson would change (a NaN or infinity, which it writes
-    as ``null``; a file name whose bytes are not UTF-8, which it refuses) is written by ``json``,
-    as before; :func:`decode_line` reads both.
-    """
-    return b"".join(_encode_line(x) for x in lines)
-
-
-def decode_line(raw: bytes | str) -> dict:
-    """One result line (:func:`encode_lines`) back into a dict."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:  # NaN, or an escaped lone surrogate: json reads them
-        return json.loads(raw)
+def encode_lines(lines: list[ResultLine]) -> bytes:
+    """Result lines as JSON lines (:meth:`ResultLine.to_json`), ``image_id`` first (see
+    :func:`repair_and_read_ids`)."""
+    return b"".join(line.to_json() for line in lines)
 
 
 class ResultsWriter:
@@ -227,7 +192,7 @@ class ResultsWriter:
         self._synced = (self._size, self.n_results)  # (bytes, lines) known to be on disk
         self._next_sync = time.monotonic() + sync_seconds
 
-    def write_batch(self, lines: list[dict]) -> None:
+    def write_batch(self, lines: list[ResultLine]) -> None:
         """Append one batch of result lines; fsync if :attr:`sync_seconds` have passed.
 
         On an error (disk full, quota, I/O error) the part of the batch already written is cut
@@ -310,9 +275,10 @@ _ID_PREFIX = re.compile(rb'\{"image_id":(-?\d+),')
 
 
 def _line_id(raw: bytes) -> int:
-    """The image id of one complete result line; reads only its start when written by det_al."""
+    """The image id of one complete result line; reads only its start when written by det_al
+    (:meth:`ResultLine.to_json`)."""
     m = _ID_PREFIX.match(raw)
-    return int(m.group(1)) if m else int(decode_line(raw)["image_id"])
+    return int(m.group(1)) if m else int(json.loads(raw)["image_id"])
 
 
 def refuse_existing_results(directory: str | os.PathLike) -> None:
@@ -380,13 +346,13 @@ def repair_and_read_ids(path: Path) -> np.ndarray:
     return np.frombuffer(done, dtype=np.int64) if done else np.zeros(0, dtype=np.int64)
 
 
-def read_results(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
+def read_results(paths: Iterable[str | os.PathLike]) -> Iterator[ResultLine]:
     """Every result line of the given results files, in file order (one line in memory at a time)."""
     for path in paths:
         with open(path, "rb") as f:
             for line in f:
                 if line.endswith(b"\n"):
-                    yield decode_line(line)
+                    yield ResultLine.from_json(line)
 
 
 def read_key(directory: str | os.PathLike) -> dict:

@@ -2,7 +2,7 @@
 
 The pool is cut into blocks of ``passes.batch_size`` consecutive images, one scoring batch
 each, and shard ``i`` of ``N`` scores every ``N``-th block from block ``i``
-(:func:`det_al.scoring.score_pool.shard_positions`), writing its result lines to its own folder
+(:func:`shard_positions`), writing its result lines to its own folder
 (``det-al score --num-shards N --shard-index i``, or one rank of ``torchrun``). Each shard
 thus batches exactly the images a single run batches together. :func:`merge_shards` checks that
 the folders are the ``N`` finished shards of one run (same checkpoint, config, pool and split)
@@ -16,11 +16,15 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from det_al.results.assemble import assemble_outputs
+import numpy as np
+
+from det_al.run.assemble import assemble_outputs
 from det_al.config import config_from_dict
 from det_al.errors import InputError
 from det_al.data.files import read_json
-from det_al.results.stream import DONE, IGNORED, RESULTS, decode_line, is_done, read_key
+from det_al.run.result_line import ResultLine
+from det_al.run.score_lines import consecutive_runs
+from det_al.run.stream import DONE, RESULTS, is_done, read_key
 
 SAME = {
     "checkpoint_sha256": "checkpoint",
@@ -29,6 +33,38 @@ SAME = {
     "num_shards": "--num-shards",
     "shard_block": "split of the pool",
 }
+
+
+def shard_positions(n_pool: int, num_shards: int, shard_index: int, block: int = 1) -> np.ndarray:
+    """Pool positions ``[M]`` of shard ``shard_index`` of ``num_shards``.
+
+    The pool is cut into blocks of ``block`` consecutive images (``passes.batch_size``: one
+    scoring batch each) and the blocks are dealt round-robin, so every shard scores exactly the
+    batches a single run scores. (torchvision pads a batch to its largest image, so an image's
+    passes depend on the images batched with it; dealing single images would change that.)
+    """
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise InputError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+    positions = np.arange(n_pool, dtype=np.int64)
+    return positions[(positions // max(block, 1)) % num_shards == shard_index]
+
+
+def resume_batches(positions: np.ndarray, done: np.ndarray, block: int) -> tuple[np.ndarray, Iterator[list[int]]]:
+    """Which shard images to score, and how to batch them, so every batch is a whole pool block.
+
+    Args:
+        positions: ``[M]`` pool positions of the shard's images.
+        done: ``[M]`` bool, images whose result line is already written.
+        block: images per batch.
+
+    Returns:
+        ``(rerun [M] bool, batches)``: every image of a block with anything left to score, and
+        the batches as index lists into ``images[rerun]``. A block a kill interrupted is scored
+        whole again (the caller does not write its written lines twice).
+    """
+    blocks = positions // block
+    rerun = np.isin(blocks, blocks[~done])
+    return rerun, consecutive_runs(blocks[rerun])
 
 
 def check_shards(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict]]:
@@ -62,7 +98,7 @@ def check_shards(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict]]:
     return shards
 
 
-def _round_robin(paths: list[Path], block: int) -> Iterator[dict]:
+def _round_robin(paths: list[Path], block: int) -> Iterator[ResultLine]:
     """The lines of ``paths``, ``block`` at a time from each in turn, until all are read."""
     files = [open(p, "rb") for p in paths]
     try:
@@ -75,7 +111,7 @@ def _round_robin(paths: list[Path], block: int) -> Iterator[dict]:
                     line = f.readline()
                     if not line.endswith(b"\n"):
                         break
-                    yield decode_line(line)
+                    yield ResultLine.from_json(line)
                     n += 1
                 if n == block:
                     still.append(f)
@@ -94,8 +130,9 @@ def merge_shards(dirs: list[str | os.PathLike], out_dir: str | os.PathLike, run_
     config = config_from_dict(meta["config"], str(shards[0][0] / "key.json"))
     paths = [d / RESULTS for d, _ in shards]
     info = {"n_pool": meta.get("n_pool"), "shards": [os.fspath(d) for d, _ in shards], **(run_info or {})}
+    if meta.get("image_root"):  # the pool's image root, for the exporters and the report
+        info.setdefault("image_root", meta["image_root"])
     block = shards[0][1].get("shard_block", 1)
     return assemble_outputs(lambda: _round_robin(paths, block), out_dir, meta.get("categories", []), config, info)
 
 
-__all__ = ["check_shards", "merge_shards", "IGNORED"]
