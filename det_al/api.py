@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from det_al.config import Config, config_from_dict, load_config, override_config, passes_overrides
-from det_al.data.files import remove_earlier_outputs, write_json
+from det_al.data.files import read_json, remove_earlier_outputs, write_json
 from det_al.data.sources import PoolSource, pool_source
 from det_al.errors import InputError
 from det_al.inference import dropout as mc
@@ -202,6 +202,7 @@ def score_images(
     image_root: str | os.PathLike | None = None,
     labelled: Any = None,
     labelled_root: str | os.PathLike | None = None,
+    reference: Scores | Mapping | str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -233,6 +234,10 @@ def score_images(
         labelled: the labelled set, a COCO file or dict (its images relative to ``labelled_root``)
             or its ``[M, D]`` embeddings: each image gets its ``novelty``, the distance to it
             (:mod:`det_al.scoring.novelty`); :func:`select` then defaults to ``fused``.
+        reference: an earlier scored pool (:class:`Scores`, its ``det-al score`` folder or
+            ``run.json``): the informativeness of these images is the value they would have
+            had in that pool, so a batch scored tomorrow, or one image alone, compares with it.
+            Without it, values are ranks among ``images`` (one image alone always scores 1).
         out_dir: also stream per-image results there and write the files of ``det-al score``;
             with ``resume`` an interrupted run continues where it stopped (same model, config,
             pool); a folder holding results is refused unless ``resume`` or ``overwrite``.
@@ -273,6 +278,8 @@ def score_images(
         embedded = None if labelled is None else labelled_embeddings(
             labelled, model, labelled_root, run_device, allow_outside_root)
         info = {**run_info(source, run_device, labelled), **(extra_info or {})}
+        if reference is not None:
+            info["rank_reference"] = read_rank_reference(reference)
         if out_dir is None:
             lines = score_in_memory(model, config, categories, source.pool["images"], source.image_root,
                                     device=run_device, amp=amp, progress=progress, make_dataset=source.make_dataset)
@@ -285,6 +292,26 @@ def score_images(
                      resume=resume, overwrite=overwrite, device=run_device, amp=amp, progress=progress,
                      run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded)
     return Scores.load(out_dir)
+
+
+def read_rank_reference(reference: Scores | Mapping | str | os.PathLike) -> dict:
+    """The ``rank_reference`` of a scored pool (:class:`Scores`, a ``det-al score`` folder or its
+    ``run.json``, or the reference itself), checked; an :class:`InputError` names what is wrong."""
+    where = None
+    if isinstance(reference, Scores):
+        data = reference.run.get("rank_reference")
+    elif isinstance(reference, Mapping):
+        data = reference.get("rank_reference", reference) if "fields" not in reference else reference
+    else:
+        where = Path(reference) / "run.json" if Path(reference).is_dir() else Path(reference)
+        if not where.is_file():
+            raise InputError("no run.json of a det-al score run here", reference)
+        from_file = read_json(where)
+        data = from_file.get("rank_reference") if isinstance(from_file, dict) else None
+    if not isinstance(data, Mapping) or not isinstance(data.get("fields"), Mapping) or not data.get("n"):
+        raise InputError("the reference has no rank_reference (a run of det_al before it kept one, or "
+                         "scoring.image_combination is not rank): score that pool again", where)
+    return dict(data)
 
 
 def run_info(source: PoolSource, device: torch.device | str, labelled: Any = None) -> dict:

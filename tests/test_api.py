@@ -601,3 +601,28 @@ def test_the_tools_example_runs_a_round_over_the_api(tiny_pool, tiny_checkpoint,
     merged = json.loads((tmp_path / "next" / "train.json").read_text())
     pool = json.loads((tmp_path / "next" / "pool.json").read_text())
     assert len(merged["images"]) + len(pool["images"]) == len(tiny_pool["coco"]["images"]) and len(pool["images"]) >= 4
+
+
+def test_a_reference_gives_values_that_compare_across_calls(tmp_path):
+    """Issue 26: one image alone always scored 1.0; against the scored pool it gets the value it
+    would have had there, whether scored alone, in another batch, or in the pool itself."""
+    generate(tmp_path / "pool", 6, "drifted", seed=0, size=64)
+    model = fasterrcnn_tiny(num_classes=4, box_score_thresh=0.0).eval()
+    pool = det_al.score_images(model, tmp_path / "pool", passes=2, seed=0, out_dir=tmp_path / "scores")
+    reference = pool.run["rank_reference"]
+    assert reference["n"] == 6 and set(reference["fields"]) == {"presence", "least_confidence", "rpn_gap"}
+    by_name = {s.file_name: s.informativeness for s in pool}
+    files = sorted((tmp_path / "pool" / "images").iterdir())
+    first = files[0]  # image id 1 alone and in the pool: the same passes (seeds follow the id)
+    alone = det_al.score_images(model, [first], passes=2, seed=0)
+    assert alone[0].informativeness == 1.0  # without a reference: first of a pool of one
+    against = det_al.score_images(model, [first], passes=2, seed=0, reference=tmp_path / "scores")
+    assert against[0].record["presence"] == pool.ranking[[s.file_name for s in pool].index(f"images/{first.name}")]["presence"]
+    # ranked against the pool it was part of, it gets the value it had there
+    assert against[0].informativeness == pytest.approx(by_name[f"images/{first.name}"], abs=1e-9)
+    assert against.run["rank_reference"] == reference
+    # the pool scored again against itself: the same values as its own ranking
+    again = det_al.score_images(model, tmp_path / "pool", passes=2, seed=0, reference=pool)
+    assert {s.file_name: s.informativeness for s in again} == pytest.approx(by_name, abs=1e-9)
+    with pytest.raises(InputError, match="no run.json of a det-al score run here"):
+        det_al.score_images(model, [files[0]], passes=2, reference=tmp_path / "pool")

@@ -271,6 +271,9 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
         "no CUDA device", ["--device"]),
     "score/image-root-without-the-files": lambda c: Row(
         c.score(c.pool["pool"], "--image-root", str(c.tmp)), "are not under the image root", ["--image-root"]),
+    "score/reference-not-a-run": lambda c: Row(
+        c.score(c.pool["pool"], "--reference", str(_folder(c, "elsewhere"))), "no run.json of a det-al score run here",
+        ["elsewhere"]),
     "score/tta-unknown-view": lambda c: Row(
         c.score(c.pool["pool"], "--tta", "hflip,vflip"), "passes.tta: unknown view 'vflip'", ["vflip"]),
     "score/dropout-site-typo": lambda c: Row(

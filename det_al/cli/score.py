@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-index", type=int, default=0, help="which shard this job scores, 0..N-1")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="read file_name entries that lie outside --image-root (absolute paths, ../)")
+    parser.add_argument("--reference", metavar="SCORES",
+                        help="an earlier det-al score folder: rank these images against that pool, so their "
+                             "informativeness compares with its values (a new batch, a few images)")
     parser.add_argument("--labelled", help="COCO JSON of the labelled (training) set: each ranked image gets its novelty "
                                            "(distance to it); enables --strategy fused in det-al select")
     parser.add_argument("--labelled-root", help="folder the labelled set's file_name entries are relative to "
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     scores = det_al.score_images(
         loaded, source, device=device, labelled=args.labelled, labelled_root=args.labelled_root, out_dir=out_dir,
         resume=args.resume, overwrite=args.overwrite, amp=args.amp, progress=not args.no_progress,
-        allow_outside_root=args.allow_outside_root, extra_info=info,
+        allow_outside_root=args.allow_outside_root, extra_info=info, reference=args.reference,
     )
     _print_summary(out_dir, scores.run, time.perf_counter() - start)
     return 0
@@ -104,6 +107,9 @@ def _run_shard(args, loaded, source, out_dir: Path, device: str, rank: int, worl
     from det_al.run.pool_run import score_to_dir
     from det_al.run.stream import SHARDS, file_sha256, refuse_existing_results
 
+    if args.reference:
+        raise InputError("--reference cannot be combined with --num-shards or torchrun yet: score the shards "
+                         "without it (their merged run.json keeps the pool's own reference)")
     if args.labelled:
         raise InputError("--labelled cannot be combined with --num-shards or torchrun yet: score without it, "
                          "then run det-al select --strategy diverse with --labelled-embeddings")

@@ -47,7 +47,13 @@ from det_al.config import Config, ScoringConfig, config_to_dict
 from det_al.data.files import atomic_open, write_json
 from det_al.errors import InputError
 from det_al.run.result_line import ResultLine
-from det_al.scoring.informativeness import apply_empty_policy, empty_informativeness, fuse_ranks, ranking_key
+from det_al.scoring.informativeness import (
+    apply_empty_policy,
+    empty_informativeness,
+    fuse_ranks,
+    rank_reference,
+    ranking_key,
+)
 from det_al.scoring.novelty import labelled_spacing, novelty
 
 CHUNK = 50_000
@@ -63,14 +69,20 @@ class PoolPolicy:
     dim: int  # embedding size (0: no embeddings)
     fill: float  # the informativeness of an empty image
     fused: np.ndarray | None  # [n_scored] the rank-fused informativeness, in line order
+    reference: dict | None = None  # what the fused fields were ranked against (run.json's rank_reference)
 
 
 def _is_empty(record: dict) -> bool:
     return bool(record.get("empty", record.get("n_objects", 0) == 0))
 
 
-def pool_policy(lines: Iterable[ResultLine], scoring: ScoringConfig) -> PoolPolicy:
-    """The first pass over the lines: one float per scored image (and per fused field)."""
+def pool_policy(lines: Iterable[ResultLine], scoring: ScoringConfig, reference: dict | None = None) -> PoolPolicy:
+    """The first pass over the lines: one float per scored image (and per fused field).
+
+    The fused fields are ranked among the lines, or against ``reference`` (the ``rank_reference``
+    of an earlier run's ``run.json``: :func:`det_al.scoring.informativeness.rank_reference`), which
+    then also gives the empty images' value, so that the values compare with that run's. The
+    policy keeps the reference it used (the lines' own when none was given) for ``run.json``."""
     values, empty = array("d"), array("b")
     rank_fields = list(scoring.image_weights) if scoring.image_combination == "rank" else []
     columns = {name: array("d") for name in rank_fields}
@@ -85,11 +97,16 @@ def pool_policy(lines: Iterable[ResultLine], scoring: ScoringConfig) -> PoolPoli
             columns[name].append(float(line.record.get(name, 0.0) or 0.0))
         if line.embedding is not None and not dim:
             dim = len(line.embedding)
-    fused = fuse_ranks(columns, scoring.image_weights, scoring.rank_k) if rank_fields else None
+    fused = fuse_ranks(columns, scoring.image_weights, scoring.rank_k, reference) if rank_fields else None
     if fused is not None:
         values = array("d", fused.tolist())
-    fill = empty_informativeness([v for v, e in zip(values, empty) if not e], scoring)
-    return PoolPolicy(n_scored, dim, fill, fused)
+    if reference is not None and "empty_informativeness" in reference:
+        fill = float(reference["empty_informativeness"])
+    else:
+        fill = empty_informativeness([v for v, e in zip(values, empty) if not e], scoring)
+    if reference is None and rank_fields:
+        reference = {**rank_reference(columns), "empty_informativeness": fill}
+    return PoolPolicy(n_scored, dim, fill, fused, reference)
 
 
 def finished_records(
@@ -131,6 +148,7 @@ def run_summary(counts: dict, policy: PoolPolicy, fields: list[str], config: Con
         "ranking_fields": fields,
         "config": config_to_dict(config),
         **(run_info or {}),
+        **({"rank_reference": policy.reference} if policy.reference is not None else {}),
     }
 
 
@@ -166,7 +184,7 @@ class Assembled:
 def assemble(lines: list[ResultLine], categories: list[dict], config: Config, run_info: dict | None = None,
              labelled: np.ndarray | None = None) -> Assembled:
     """The scored pool of in-memory result lines (see the module docstring)."""
-    policy = pool_policy(lines, config.scoring)
+    policy = pool_policy(lines, config.scoring, (run_info or {}).get("rank_reference"))
     records, images, annotations, passes, skipped, rows, ids = [], [], [], [], [], [], []
     for line, record in finished_records(lines, policy, config.scoring, labelled):
         if record is None:
@@ -225,7 +243,7 @@ def assemble_outputs(
     try:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        policy = pool_policy(results(), config.scoring)
+        policy = pool_policy(results(), config.scoring, (run_info or {}).get("rank_reference"))
         tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out))
         try:
             counts, fields = _write_outputs(results(), policy, out, tmp, categories, config, chunk, labelled_embeddings)

@@ -144,8 +144,8 @@ def combine_image(values: Mapping[str, float], weights: Mapping[str, float]) -> 
 
 
 #: Values of each field a rank reference keeps (quantiles of a larger pool): ranks against it are
-#: exact to 1/10,000 of the pool.
-REFERENCE_SIZE = 10_000
+#: exact for pools up to this size, and within 1/2,000 of the pool's size beyond.
+REFERENCE_SIZE = 2_000
 
 
 def rank_reference(columns: Mapping[str, Any], max_values: int = REFERENCE_SIZE) -> dict:
