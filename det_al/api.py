@@ -43,6 +43,7 @@ from det_al.models.device import check_device
 from det_al.run.checks import check_run
 from det_al.run.labelled import labelled_embeddings
 from det_al.run.pool_run import score_in_memory, score_to_dir
+from det_al.run.sizes import pool_with_true_sizes, stale_sizes
 from det_al.run.stream import SHARDS, refuse_existing_results
 from det_al.scores import Scores, Selection
 
@@ -283,7 +284,7 @@ def score_images(
         if out_dir is None:
             lines = score_in_memory(model, config, categories, source.pool["images"], source.image_root,
                                     device=run_device, amp=amp, progress=progress, make_dataset=source.make_dataset)
-            return Scores.from_results(lines, categories, config, info, embedded)
+            return _note_stale_sizes(Scores.from_results(lines, categories, config, info, embedded), source, None)
         if overwrite:  # a torchrun run's shards would sit beside this run's results
             remove_earlier_outputs([Path(out_dir) / SHARDS])
         if source.folder_coco is not None:
@@ -291,7 +292,30 @@ def score_images(
         score_to_dir(model, config, categories, source.pool, source.image_root, out_dir, model_sha256(model),
                      resume=resume, overwrite=overwrite, device=run_device, amp=amp, progress=progress,
                      run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded)
-    return Scores.load(out_dir)
+    return _note_stale_sizes(Scores.load(out_dir), source, Path(out_dir))
+
+
+def _note_stale_sizes(scores: Scores, source: PoolSource, out_dir: Path | None) -> Scores:
+    """Say once, at the end of the run, which pool images record a size that is not their file's
+    (:mod:`det_al.run.sizes`); keep them in ``run.json`` (``stale_sizes``) and, for a COCO pool
+    scored into a folder, write ``pool.json`` there with the true sizes."""
+    if source.folder_coco is not None or source.make_dataset is not None:
+        return scores
+    stale = stale_sizes(source.pool["images"], scores.pseudo_labels()["images"])
+    if not stale:
+        return scores
+    scores.run["stale_sizes"] = stale
+    fixed = ""
+    if out_dir is not None:
+        write_json(out_dir / "pool.json", pool_with_true_sizes(source.pool, stale), indent=1)
+        write_json(out_dir / "run.json", scores.run, indent=1)
+        fixed = f"; {out_dir / 'pool.json'} is the pool with the true sizes: use it from now on (det-al merge --pool)"
+    first = stale[0]
+    logger.warning(
+        "%d pool images record a size that is not their file's (stale, or taken before EXIF rotation; first: %s, "
+        "%dx%d in the pool, %dx%d the file): the scores use the files' sizes%s; all are listed in run.json "
+        "(stale_sizes)", len(stale), first["file_name"], *first["pool"], *first["file"], fixed)
+    return scores
 
 
 def read_rank_reference(reference: Scores | Mapping | str | os.PathLike) -> dict:

@@ -626,3 +626,37 @@ def test_a_reference_gives_values_that_compare_across_calls(tmp_path):
     assert {s.file_name: s.informativeness for s in again} == pytest.approx(by_name, abs=1e-9)
     with pytest.raises(InputError, match="no run.json of a det-al score run here"):
         det_al.score_images(model, [files[0]], passes=2, reference=tmp_path / "pool")
+
+
+def test_stale_pool_sizes_are_said_once_at_scoring_and_fixed_in_the_written_pool(tmp_path, caplog):
+    """Issue 26: a pool whose width/height are stale used to surface only at merge, after labelling,
+    one image per run."""
+    from det_al.annotation.merge import labels_coco, merge_labels
+
+    generate(tmp_path / "pool", 4, "drifted", seed=0, size=64)
+    files = sorted((tmp_path / "pool" / "images").iterdir())
+    images = [{"id": i + 1, "file_name": f"images/{p.name}", "width": 64, "height": 64} for i, p in enumerate(files)]
+    images[1].update(width=48, height=64)  # stale
+    images[3].update(width=64, height=80)  # stale
+    pool = {"images": images, "categories": []}
+    (tmp_path / "pool.json").write_text(json.dumps(pool))
+    model = fasterrcnn_tiny(num_classes=4, box_score_thresh=0.0).eval()
+    with caplog.at_level("WARNING", logger="det_al.api"):
+        scores = det_al.score_images(model, tmp_path / "pool.json", image_root=tmp_path / "pool", passes=2, seed=0,
+                                     out_dir=tmp_path / "scores")
+    warnings = [r.getMessage() for r in caplog.records if "record a size" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("2 pool images record a size that is not their file's")
+    assert "48x64 in the pool, 64x64 the file" in warnings[0]
+    run = json.loads((tmp_path / "scores" / "run.json").read_text())
+    assert [(s["image_id"], s["pool"], s["file"]) for s in run["stale_sizes"]] == [(2, [48, 64], [64, 64]), (4, [64, 80], [64, 64])]
+    assert scores.run["stale_sizes"] == run["stale_sizes"]
+    written = json.loads((tmp_path / "scores" / "pool.json").read_text())
+    assert [(im["width"], im["height"]) for im in written["images"]] == [(64, 64)] * 4
+    assert json.loads((tmp_path / "pool.json").read_text()) == pool  # the input is never changed
+    # the labels carry the files' sizes (the selection's): merge refuses the stale pool, all at once,
+    # and takes the written one
+    labels = labels_coco([dict(im, width=64, height=64) for im in images], [{"id": 1, "name": "a"}], [[], [], [], []])
+    train = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    with pytest.raises(InputError, match=r"^2 labelled image\(s\) have another size in the pool"):
+        merge_labels(train, labels, pool)
+    assert merge_labels(train, labels, written).n_removed_from_pool == 4

@@ -163,7 +163,7 @@ def merge_labels(
 
     label_images = labels.get("images", [])
     seen_names: set[str] = set()
-    new_images, renumbered, not_in_pool = [], {}, []
+    new_images, renumbered, not_in_pool, resized = [], {}, [], []
     for image in label_images:
         name = image["file_name"]
         if name in seen_names:
@@ -175,11 +175,7 @@ def merge_labels(
         if pooled is None:
             not_in_pool.append(name)
         elif _has_size(pooled) and (pooled["width"], pooled["height"]) != (image.get("width"), image.get("height")):
-            raise InputError(
-                f"image {name!r} is {image.get('width')}x{image.get('height')} here but "
-                f"{pooled.get('width')}x{pooled.get('height')} in the pool {pool_path or ''}".rstrip(),
-                labels_path,
-            )
+            resized.append((name, image, pooled))
         new_image = user_image(image)
         if new_image["id"] in used_ids:
             renumbered[new_image["id"]] = next_id
@@ -187,6 +183,15 @@ def merge_labels(
             next_id += 1
         used_ids.add(new_image["id"])
         new_images.append(new_image)
+    if resized:  # all of them in one line, not one per run
+        name, image, pooled = resized[0]
+        raise InputError(
+            f"{len(resized)} labelled image(s) have another size in the pool {pool_path or ''}".rstrip()
+            + f" (first: {name!r} is {image.get('width')}x{image.get('height')} here but "
+            f"{pooled.get('width')}x{pooled.get('height')} in the pool): if the pool's sizes are stale, use the "
+            "pool.json det-al score wrote beside the scores (the files' true sizes)",
+            labels_path,
+        )
     if not_in_pool and pool is not None:
         logger.warning("%d labelled images are not in the pool: %s", len(not_in_pool), ", ".join(not_in_pool[:5]))
 
