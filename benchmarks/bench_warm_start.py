@@ -34,7 +34,7 @@ captures); the final model's mAP per domain and AP per class. **The gate**: the 
 oracle's AULC above random's, the 95 % interval above 0.
 
 Writes into ``--out``: ``summary.json``, ``results.csv`` (every row), ``learning_curve.png``,
-``cache/backbone.pt`` and per seed ``seed<s>/`` (``scenes.npz``, ``round0.pt``, one
+``cache/backbone_*.pt`` and per seed ``seed<s>/`` (``pool.npz``, ``oracle_val.npz``, ``test.npz``, ``round0.pt``, one
 ``<arm>.json`` per finished arm: a resume skips it).
 
     python benchmarks/bench_warm_start.py --out DIR            # the full run: 10 seeds, main arms
@@ -52,6 +52,7 @@ import io
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -136,7 +137,6 @@ class SeedData:
     Pool rows ``0 .. start - 1`` are the start set (the pool's scenes are in random order)."""
 
     def __init__(self, folder: Path, seed: int, sizes: dict, backbone: ds.Backbone, glyphs, labels, backgrounds):
-        path = folder / "scenes.npz"
         split_paths = {name: folder / f"{name}.npz" for name in ("pool", "oracle_val", "test")}
         if not all(p.exists() for p in split_paths.values()):
             folder.mkdir(parents=True, exist_ok=True)
@@ -156,7 +156,6 @@ class SeedData:
             }
             for name, scenes in made.items():
                 scenes.save(split_paths[name])
-        del path
         self.scenes = {name: ds.Scenes.load(p) for name, p in split_paths.items()}
         self.feats = {name: ds.features(backbone, s.images) for name, s in self.scenes.items()}
         self.cls, self.reg = wd.targets(self.scenes["pool"].boxes, self.scenes["pool"].labels)
@@ -184,21 +183,26 @@ def evaluate(head: wd.Head, feats: torch.Tensor, gt: dict, detail: bool = False)
 
     results = wd.to_results(wd.detect(head, feats), [im["id"] for im in gt["images"]])
 
-    def run(ground: dict, dets: list[dict]) -> COCOeval:
+    def run(ground: dict, dets: list[dict]) -> tuple[float, float, np.ndarray, list[int]]:
+        """AP, AP50 and the precision ``[T, R, K]`` of COCOeval over all areas (the one area
+        range and the one detection limit this benchmark reads: 4x fewer evaluateImg calls)."""
         coco_gt = quiet_coco(ground)
         with contextlib.redirect_stdout(io.StringIO()):
             e = COCOeval(coco_gt, load_results(coco_gt, [dict(d) for d in dets]), iouType="bbox")
+            e.params.areaRng, e.params.areaRngLbl, e.params.maxDets = [[0, 1e10]], ["all"], [100]
             e.evaluate()
             e.accumulate()
-            e.summarize()
-        return e
+        precision = e.eval["precision"][:, :, :, 0, 0]
+        ap = float(precision[precision > -1].mean()) if (precision > -1).any() else 0.0
+        p50 = precision[0]
+        ap50 = float(p50[p50 > -1].mean()) if (p50 > -1).any() else 0.0
+        return ap, ap50, precision, list(e.params.catIds)
 
-    e = run(gt, results)
-    out: dict[str, Any] = {"map": max(float(e.stats[0]), 0.0), "map50": max(float(e.stats[1]), 0.0)}
+    ap, ap50, precision, cat_ids = run(gt, results)
+    out: dict[str, Any] = {"map": max(ap, 0.0), "map50": max(ap50, 0.0)}
     if detail:
-        precision = e.eval["precision"][:, :, :, 0, -1]  # [T, R, K] at all areas, 100 detections
         by_class = {}
-        for k, c in enumerate(e.params.catIds):
+        for k, c in enumerate(cat_ids):
             p = precision[:, :, k]
             by_class[str(c - 1)] = float(p[p > -1].mean()) if (p > -1).any() else None
         out["by_class"] = by_class
@@ -207,7 +211,7 @@ def evaluate(head: wd.Head, feats: torch.Tensor, gt: dict, detail: bool = False)
             ids = {im["id"] for im in gt["images"] if im["domain"] == domain}
             sub = {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
                    "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
-            out["by_domain"][domain] = max(float(run(sub, [r for r in results if r["image_id"] in ids]).stats[0]), 0.0)
+            out["by_domain"][domain] = max(run(sub, [r for r in results if r["image_id"] in ids])[0], 0.0)
     return out
 
 
@@ -359,6 +363,37 @@ def run_arm(arm: str, data: SeedData, head0: wd.Head, sizes: dict, seed: int) ->
     return {"rows": rows, "final": {"by_domain": metrics["by_domain"], "by_class": metrics["by_class"]}, "log": log}
 
 
+CAPTURE_SCORES = ("random", "least_confidence", "n_detections", "informativeness", "fused")
+
+
+def error_capture(data: SeedData, head0: wd.Head, sizes: dict, seed: int) -> dict[str, dict[str, float]]:
+    """How well each score finds round 0's errors (the measures of ``bench_error_capture.py``:
+    Spearman with the error count and the normalised error, AUROC for a missed object,
+    recall@10 %) on round 1's scored subset of the pool, against the pool's ground truth."""
+    from det_al.loop.error_capture import capture_measures, image_errors
+    from det_al.scoring.novelty import add_novelty
+    from det_al.selection.strategies import fusion_scores
+
+    rows = sorted(int(i) for i in np.random.default_rng([seed, 1, 1]).permutation(
+        np.arange(len(data.start), sizes["start"] + sizes["pool"]))[: sizes["subset"]])
+    records = score_records(head0, data, rows, sizes["passes"], [seed, 1, 2])
+    records = add_novelty(records, data.embeddings[rows], [i + 1 for i in rows], data.embeddings[data.start])
+    by_id = {int(r["image_id"]): r for r in records}
+    ordered = [by_id[i + 1] for i in rows]
+    gt = coco_ground_truth(data.scenes["pool"].subset(rows))  # image ids 1..len(rows), in rows' order
+    dets = wd.to_results(wd.detect(head0, data.feats["pool"][rows]), range(1, len(rows) + 1))
+    err = image_errors(gt, dets)
+    errors = {k: np.array([err[i + 1][k] for i in range(len(rows))]) for k in ("count", "normalised", "missed")}
+    scores = {
+        "random": np.random.default_rng([seed, 5]).random(len(rows)),
+        "least_confidence": np.array([r["least_confidence"] for r in ordered]),
+        "n_detections": np.array([r["n_detections"] for r in ordered], dtype=float),
+        "informativeness": np.array([r["informativeness"] for r in ordered]),
+        "fused": np.array(fusion_scores(ordered)),
+    }
+    return {name: capture_measures(score, errors) for name, score in scores.items()}
+
+
 def arm_path(folder: Path, arm: str) -> Path:
     return folder / f"{arm.replace(':', '_')}.json"
 
@@ -369,6 +404,8 @@ def run_seed(folder: Path, seed: int, sizes: dict, arms: Sequence[str], resume: 
         return
     data = SeedData(folder, seed, sizes, backbone, glyphs, labels, backgrounds)
     head0 = round0(folder, data, sizes, seed)
+    if not (folder / "error_capture.json").exists():
+        write_json(folder / "error_capture.json", error_capture(data, head0, sizes, seed), indent=1)
     for arm in todo:
         t = time.perf_counter()
         out = run_arm(arm, data, head0, sizes, seed)
@@ -395,8 +432,10 @@ def paired_stats(a: Mapping[int, float], b: Mapping[int, float], resamples: int 
         if np.ptp(d) == 0:
             out["bootstrap_ci95"] = [float(d[0]), float(d[0])]
         else:
-            boot = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=resamples, method="percentile",
-                                   rng=np.random.default_rng(0))
+            with warnings.catch_warnings():  # a few seeds give degenerate resamples: the interval is still read
+                warnings.simplefilter("ignore")
+                boot = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=resamples, method="percentile",
+                                       rng=np.random.default_rng(0))
             out["bootstrap_ci95"] = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
         if np.any(d != 0):
             out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
@@ -533,6 +572,10 @@ def report(results: Mapping[int, Mapping[str, dict]], arms: Sequence[str], sizes
           f"{'PASSED' if g['passed'] else 'NOT PASSED'}: {_cell(g['aulc_diff_vs_random']) if g['aulc_diff_vs_random'] else '-'}")
     print(f"targets for det_al's default '{DEFAULT}': " + ", ".join(f"{k} {v}" for k, v in met.items()))
     print(f"plot: {out / 'learning_curve.png'}; summary: {out / 'summary.json'}; {seconds / 60:.1f} min")
+    capture = capture_summary(out, seeds)
+    if capture:
+        print()
+        print(format_capture(capture))
     minutes = {str(s): {a: results[s][a].get("minutes") for a in arms} for s in seeds}
     summary = {
         "sizes": {**sizes, "seeds": list(sizes["seeds"])},
@@ -541,12 +584,45 @@ def report(results: Mapping[int, Mapping[str, dict]], arms: Sequence[str], sizes
         "strategies": comparison,
         "curves": summarise(rows),
         "targets": met,
+        "error_capture": capture,
         "switch_coverage": {str(s): results[s][SWITCH]["log"].get("coverage") for s in seeds} if SWITCH in arms else None,
         "minutes": round(seconds / 60, 2),
         "minutes_per_seed_arm": minutes,
     }
     write_json(out / "summary.json", summary, indent=1)
     return summary
+
+
+def capture_summary(out: Path, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Per score and measure of :func:`error_capture`: mean and 95 % t-interval over the seeds,
+    and the paired difference of each score against ``least_confidence`` and ``n_detections``."""
+    from det_al.loop.error_capture import MEASURES
+
+    per_seed = {s: read_json(out / f"seed{s}" / "error_capture.json") for s in seeds
+                if (out / f"seed{s}" / "error_capture.json").exists()}
+    if not per_seed:
+        return {}
+    summary: dict[str, dict[str, Any]] = {}
+    for score in CAPTURE_SCORES:
+        summary[score] = {}
+        for m in MEASURES:
+            values = {s: v[score][m] for s, v in per_seed.items()}
+            summary[score][m] = mean_ci95(list(values.values()))
+            for base in ("least_confidence", "n_detections"):
+                summary[score][f"{m}_diff_vs_{base}"] = paired_stats(values, {s: v[base][m] for s, v in per_seed.items()})
+    return summary
+
+
+def format_capture(capture: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [f"error capture of round 0's model on round 1's scored subset (mean over {capture['random']['spearman']['n']} seeds)"]
+    head = f"{'score':<18}{'Spearman':>10}{'Sp. norm.':>11}{'AUROC':>8}{'recall@10%':>12}  {'Sp. norm. - least_conf.':<42}{'Sp. norm. - n_detections':<42}"
+    lines += [head, "-" * len(head)]
+    for score, c in capture.items():
+        lines.append(
+            f"{score:<18}{c['spearman']['mean']:>10.3f}{c['spearman_norm']['mean']:>11.3f}{c['auroc_missed']['mean']:>8.3f}"
+            f"{c['recall_at_10pct']['mean']:>12.3f}  {_cell(c['spearman_norm_diff_vs_least_confidence']):<42}"
+            f"{_cell(c['spearman_norm_diff_vs_n_detections']):<42}")
+    return "\n".join(lines)
 
 
 def read_results(out: Path, seeds: Sequence[int], arms: Sequence[str]) -> dict[int, dict[str, dict]]:

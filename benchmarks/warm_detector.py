@@ -108,7 +108,7 @@ def clone(head: Head) -> Head:
     return copy.deepcopy(head)
 
 
-def decode(logits: torch.Tensor, reg: torch.Tensor, score_threshold: float = 0.05, max_detections: int = 30) -> list[Detections]:
+def decode(logits: torch.Tensor, reg: torch.Tensor, score_threshold: float = 0.05, max_detections: int = 10) -> list[Detections]:
     """Detections of each scene: cells whose best digit probability passes ``score_threshold``,
     their boxes, class-wise NMS at IoU 0.5, the ``max_detections`` best. ``probs`` is the cell's
     full softmax (background at index 0), so det_al sees the class distribution."""
