@@ -13,8 +13,10 @@ DCoM's switch). Both strategies here work on per-image embeddings (``embeddings.
   image (:func:`typicality`: the inverse mean distance to its ``k`` nearest neighbours in the
   cluster).
 - :func:`switch_strategy` (``"switch"``): :func:`typicality_strategy` while the labelled set
-  covers less than ``coverage_threshold`` of the pool (:func:`coverage`), then :func:`top`
-  by ``key`` (the informativeness, or any ranking field).
+  covers less than ``coverage_threshold`` of the pool (:func:`coverage` within
+  :func:`coverage_radius`), then :func:`top` by ``key`` (the informativeness, or any ranking
+  field). In ``benchmarks/bench_warm_start.py`` a start set of 150 covered about 0.36 of a
+  scored subset of 300 and 250 labelled about 0.5: the switch came after two rounds.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from det_al.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-#: how many nearest neighbours define typicality, and the coverage radius
+#: how many nearest neighbours define typicality
 NEIGHBOURS = 10
 #: the labelled set's coverage of the pool at which :func:`switch_strategy` turns to uncertainty
 COVERAGE_THRESHOLD = 0.5
@@ -60,7 +62,7 @@ def typicality(points: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
     return 1.0 / mean.clamp_min(1e-12)
 
 
-def coverage_radius(points: torch.Tensor, k: int = NEIGHBOURS) -> float:
+def coverage_radius(points: torch.Tensor, k: int = 1) -> float:
     """The median distance from a point of ``points`` ``[N, D]`` to its ``k``-th nearest other point."""
     if len(points) < 2:
         return 0.0
@@ -174,7 +176,9 @@ def switch_strategy(
     """Typical images while the labelled set covers the pool poorly, uncertain ones after.
 
     The coverage is the share of pool images within the coverage radius (:func:`coverage_radius`
-    of the pool, the median distance to the 10th nearest neighbour) of a labelled image. Below
+    of the pool: the median distance from a pool image to its nearest other pool image) of a
+    labelled image: the labelled set covers a pool image when it is as close to it as the pool's
+    images typically are to each other. Below
     ``coverage_threshold`` (default :data:`COVERAGE_THRESHOLD`) the batch is
     :func:`typicality_strategy`'s, from there :func:`det_al.selection.strategies.top`'s by ``key``
     (``"fused"``: informativeness and novelty by rank).
