@@ -241,7 +241,7 @@ def test_classes_from_annotations():
 
 
 def test_registry_and_lookup():
-    assert set(STRATEGIES) == {"random", "top", "diverse", "class-balanced", "fused"}
+    assert set(STRATEGIES) == {"random", "top", "diverse", "class-balanced", "fused", "typical", "switch"}
     assert get_strategy("top") is top
     fn = get_strategy("top:box")
     records = [rec(1, 0.9, box=0.1), rec(2, 0.1, box=0.9)]

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from det_al.errors import InputError
+from det_al.selection.typicality import switch_strategy, typicality_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -414,6 +415,8 @@ STRATEGIES: dict[str, Strategy] = {
     "diverse": diverse,
     "class-balanced": class_balanced,
     "fused": fused,
+    "typical": typicality_strategy,
+    "switch": functools.partial(switch_strategy, then=top),  # typical, then top by its key
 }
 
 
