@@ -300,10 +300,11 @@ def select(arm: str, head: wd.Head, data: SeedData, labelled: list[int], unlabel
     if arm in (DEFAULT, SWITCH) or arm.endswith(":fused"):
         records = with_novelty(records, context["embeddings"], context["embedding_ids"], context["labelled_embeddings"])
     if arm == SWITCH:
-        from det_al.selection.typicality import coverage, coverage_radius, _unit
+        from det_al.selection.embeddings import unit_rows
+        from det_al.selection.typicality import coverage, coverage_radius
 
-        pool = _unit(context["embeddings"])
-        log.setdefault("coverage", []).append(round(coverage(pool, _unit(context["labelled_embeddings"]), coverage_radius(pool)), 4))
+        pool = unit_rows(context["embeddings"])
+        log.setdefault("coverage", []).append(round(coverage(pool, unit_rows(context["labelled_embeddings"]), coverage_radius(pool)), 4))
     chosen = get_strategy(arm)(records, budget, None, **context)
     return [int(c["image_id"]) - 1 for c in chosen]
 

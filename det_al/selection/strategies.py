@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from det_al.errors import InputError
+from det_al.selection.embeddings import record_embeddings, unit_rows
 from det_al.selection.typicality import switch_strategy, typicality_strategy
 
 logger = logging.getLogger(__name__)
@@ -201,26 +202,6 @@ def fused(
     return fill(records, _priority(records, "fused", fusion_weights, fusion_k), budget, budget_boxes)
 
 
-def _rows_for(records: Sequence[dict], embeddings: Any, embedding_ids: Sequence[int] | None) -> torch.Tensor:
-    """The embedding of each record, ``[N, D]`` float64, looked up by image id."""
-    emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
-    if emb.ndim != 2:
-        raise InputError(f"expected embeddings of shape (N, D), got {tuple(emb.shape)}")
-    if embedding_ids is None:
-        if len(emb) != len(records):
-            raise InputError(f"{len(emb)} embeddings for {len(records)} ranking records and no embedding ids")
-        return emb
-    row = {int(i): k for k, i in enumerate(embedding_ids)}
-    missing = [r["image_id"] for r in records if int(r["image_id"]) not in row]
-    if missing:
-        raise InputError(f"no embedding for {len(missing)} ranked images (first: image_id {missing[0]})")
-    return emb[[row[int(r["image_id"])] for r in records]]
-
-
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x, dim=1, eps=1e-12)
-
-
 def k_center_greedy(
     candidates: torch.Tensor,
     centers: torch.Tensor | None,
@@ -310,10 +291,10 @@ def diverse(
         boxes += box_cost(records[i])
     if not candidates:  # the single most informative image exceeds pre_factor * budget_boxes
         candidates = order
-    points = _normalise(_rows_for([records[i] for i in candidates], embeddings, embedding_ids))
+    points = unit_rows(record_embeddings([records[i] for i in candidates], embeddings, embedding_ids))
     centers = None
     if labelled_embeddings is not None and len(labelled_embeddings):
-        centers = _normalise(torch.as_tensor(np.asarray(labelled_embeddings), dtype=torch.float64))
+        centers = unit_rows(labelled_embeddings)
         if centers.ndim != 2 or centers.shape[1] != points.shape[1]:
             raise InputError(
                 f"labelled embeddings of shape {tuple(centers.shape)} do not match pool embeddings of dimension {points.shape[1]}"

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from det_al.errors import InputError
+from det_al.selection.embeddings import record_embeddings, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +37,6 @@ logger = logging.getLogger(__name__)
 NEIGHBOURS = 10
 #: the labelled set's coverage of the pool at which :func:`switch_strategy` turns to uncertainty
 COVERAGE_THRESHOLD = 0.5
-
-
-def _unit(x: Any) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    if t.ndim != 2:
-        raise InputError(f"expected embeddings of shape (N, D), got {tuple(t.shape)}")
-    return torch.nn.functional.normalize(t, dim=1, eps=1e-12)
 
 
 def typicality(points: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
@@ -92,21 +86,6 @@ def _kmeans(points: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     return assignment
 
 
-def _rows(records: Sequence[Mapping[str, Any]], embeddings: Any, embedding_ids: Sequence[int] | None) -> torch.Tensor:
-    if embeddings is None:
-        raise InputError("this strategy needs per-image embeddings (embeddings.npy from det-al score)")
-    emb = _unit(embeddings)
-    if embedding_ids is None:
-        if len(emb) != len(records):
-            raise InputError(f"{len(emb)} embeddings for {len(records)} ranking records and no embedding ids")
-        return emb
-    row = {int(i): k for k, i in enumerate(embedding_ids)}
-    missing = [r["image_id"] for r in records if int(r["image_id"]) not in row]
-    if missing:
-        raise InputError(f"no embedding for {len(missing)} ranked images (first: image_id {missing[0]})")
-    return emb[[row[int(r["image_id"])] for r in records]]
-
-
 def typicality_strategy(
     records: Sequence[dict],
     budget: int | None = None,
@@ -131,8 +110,8 @@ def typicality_strategy(
         raise InputError("the typicality strategy takes an image budget (--budget) only")
     if not records:
         return []
-    pool = _rows(records, embeddings, embedding_ids)
-    labelled = _unit(labelled_embeddings) if labelled_embeddings is not None and len(labelled_embeddings) else pool[:0]
+    pool = unit_rows(record_embeddings(records, embeddings, embedding_ids))
+    labelled = unit_rows(labelled_embeddings) if labelled_embeddings is not None and len(labelled_embeddings) else pool[:0]
     budget = min(budget, len(records))
     points = torch.cat([pool, labelled])
     n_clusters = min(len(labelled) + budget, len(points))
@@ -188,8 +167,8 @@ def switch_strategy(
         raise ValueError("switch_strategy needs then=, the strategy used once the pool is covered")
     if not records:
         return []
-    pool = _rows(records, embeddings, embedding_ids)
-    labelled = _unit(labelled_embeddings) if labelled_embeddings is not None and len(labelled_embeddings) else pool[:0]
+    pool = unit_rows(record_embeddings(records, embeddings, embedding_ids))
+    labelled = unit_rows(labelled_embeddings) if labelled_embeddings is not None and len(labelled_embeddings) else pool[:0]
     covered = coverage(pool, labelled, coverage_radius(pool))
     phase = "typical" if covered < coverage_threshold else "uncertain"
     logger.info("switch: labelled set covers %.0f%% of the pool (switch at %.0f%%): %s images",
