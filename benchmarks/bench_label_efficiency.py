@@ -63,6 +63,7 @@ from det_al.loop.data import LoopData
 from det_al.loop.results import (
     RowsWriter,
     aulc,
+    format_curves,
     label_efficiency,
     mean_ci95,
     paired_diff,
@@ -310,17 +311,8 @@ def compare(
 
 
 def format_report(rows: list[dict], strategies: list[str], comparison: dict[str, dict[str, Any]]) -> str:
-    summary = summarise(rows)
-    rounds = sorted({p["round"] for points in summary.values() for p in points})
-    lines = ["bbox mAP (COCO AP@[.5:.95]) on the validation set, mean ± std over seeds, by round (labels added)"]
-    head = f"{'arm':<22}" + "".join(f"{f'round {r}':>16}" for r in rounds)
-    lines += [head, "-" * len(head)]
-    for s in strategies:
-        points = {p["round"]: p for p in summary.get(s, [])}
-        cells = "".join(
-            f"{points[r]['map']:.4f} ± {points[r]['std']:.4f}".rjust(16) if r in points else f"{'-':>16}" for r in rounds
-        )
-        lines.append(f"{s:<22}{cells}")
+    lines = format_curves(rows, strategies, "bbox mAP (COCO AP@[.5:.95]) on the validation set, mean ± std over seeds, "
+                                            "by round (labels added)")
     lines += ["", "paired over seeds (mean [95 % CI]); a CI holding 0 is no difference"]
     head = f"{'arm':<22}{'added to reach':>16}{'AULC':>9}  {'AULC - random':<42}{'AULC - least_conf.':<42}{'drifted':>8}{'empty':>7}"
     lines += [head, "-" * len(head)]

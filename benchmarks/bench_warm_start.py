@@ -71,6 +71,7 @@ from det_al.errors import InputError  # noqa: E402
 from det_al.loop.results import (  # noqa: E402
     RowsWriter,
     aulc,
+    format_curves,
     label_efficiency,
     mean_ci95,
     plot_learning_curves,
@@ -534,15 +535,7 @@ def _cell(diff: Mapping[str, Any]) -> str:
 
 
 def format_report(rows: list[dict], arms: Sequence[str], comparison: Mapping[str, Mapping[str, Any]]) -> str:
-    summary = summarise(rows)
-    rounds = sorted({p["round"] for points in summary.values() for p in points})
-    lines = ["bbox mAP (COCO AP@[.5:.95]) on the test split, mean ± std over seeds, by round"]
-    head = f"{'arm':<22}" + "".join(f"{f'round {r}':>16}" for r in rounds)
-    lines += [head, "-" * len(head)]
-    for s in arms:
-        points = {p["round"]: p for p in summary.get(s, [])}
-        lines.append(f"{s:<22}" + "".join(
-            f"{points[r]['map']:.4f} ± {points[r]['std']:.4f}".rjust(16) if r in points else f"{'-':>16}" for r in rounds))
+    lines = format_curves(rows, arms, "bbox mAP (COCO AP@[.5:.95]) on the test split, mean ± std over seeds, by round")
     lines += ["", "paired over seeds: mean [95 % t-interval]; a CI holding 0 is no difference"]
     head = (f"{'arm':<22}{'AULC':>8}  {'AULC - random':<42}{'AULC - least_conf.':<42}{'AULC - n_detections':<42}"
             f"{'oracle gain':>12}{'added to reach':>16}{'rare mAP':>10}")

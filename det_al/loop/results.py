@@ -131,6 +131,19 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict]]:
     return out
 
 
+def format_curves(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], title: str) -> list[str]:
+    """The lines of a table of mean ± std mAP per arm and round (:func:`summarise`), under ``title``."""
+    summary = summarise(rows)
+    rounds = sorted({p["round"] for points in summary.values() for p in points})
+    head = f"{'arm':<22}" + "".join(f"{f'round {r}':>16}" for r in rounds)
+    lines = [title, head, "-" * len(head)]
+    for s in arms:
+        points = {p["round"]: p for p in summary.get(s, [])}
+        lines.append(f"{s:<22}" + "".join(
+            f"{points[r]['map']:.4f} ± {points[r]['std']:.4f}".rjust(16) if r in points else f"{'-':>16}" for r in rounds))
+    return lines
+
+
 def plot_learning_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> None:
     """Learning curves (mean +- std of bbox mAP over seeds vs labelled images) as a PNG."""
     import matplotlib
