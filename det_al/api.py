@@ -301,7 +301,7 @@ def _note_stale_sizes(scores: Scores, source: PoolSource, out_dir: Path | None) 
     scored into a folder, write ``pool.json`` there with the true sizes."""
     if source.folder_coco is not None or source.make_dataset is not None:
         return scores
-    stale = stale_sizes(source.pool["images"], scores.pseudo_labels()["images"])
+    stale = stale_sizes(source.pool["images"], scores.images)  # not pseudo_labels(): a deep copy
     if not stale:
         return scores
     scores.run["stale_sizes"] = stale

@@ -134,6 +134,11 @@ class Scores(SequenceABC):
     def categories(self) -> list[dict]:
         return list(self._pseudo_labels.get("categories", []))
 
+    @property
+    def images(self) -> list[dict]:
+        """The scored images' COCO dicts (``id``, ``file_name``, the files' ``width``/``height``)."""
+        return list(self._pseudo_labels.get("images", []))
+
     def strategy_context(self, labelled_embeddings: Any = None) -> dict[str, Any]:
         """What the selection strategies may use (see :mod:`det_al.selection.strategies`)."""
         context: dict[str, Any] = {"image_classes": classes_from_annotations(self._pseudo_labels.get("annotations", []))}
