@@ -84,8 +84,8 @@ from det_al.selection.strategies import get_strategy  # noqa: E402
 RANDOM, ORACLE, MATCHED = "random", "lookahead", "random:matched"
 LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH = "top:least_confidence", "top:n_detections", "fused", "switch:fused"
 STRATEGIES = (RANDOM, ORACLE, LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH)
-EXTRA = (MATCHED, "top", "diverse", "typical")
-SCORED = {LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH, "top", "diverse", "typical"}
+EXTRA = (MATCHED, "top", "diverse", "typical", "class-balanced", "class-balanced:fused")
+SCORED = {LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH, "top", "diverse", "typical", "class-balanced", "class-balanced:fused"}
 TARGET_ADDED_PCT = 50.0
 
 SIZES = {
@@ -224,7 +224,8 @@ def score_config():
     return config_from_dict({}, "bench_warm_start")
 
 
-def score_records(head: wd.Head, data: SeedData, rows: Sequence[int], passes: int, seed: Sequence[int]) -> list[dict]:
+def score_records(head: wd.Head, data: SeedData, rows: Sequence[int], passes: int, seed: Sequence[int],
+                  image_classes: dict | None = None) -> list[dict]:
     """det_al's ranking records of pool ``rows`` (image id = row + 1): the deterministic pass
     and ``passes`` MC-dropout passes, matched and scored by det_al."""
     from det_al.inference.passes import ImagePasses
@@ -242,6 +243,8 @@ def score_records(head: wd.Head, data: SeedData, rows: Sequence[int], passes: in
                             torch.from_numpy(data.embeddings[row]))
         line = score_image(image, config, ds.CATEGORIES, with_masks=False)
         results.append({"image_id": int(row) + 1, "file_name": f"{row + 1}.png", **line.record})
+        if image_classes is not None:
+            image_classes[int(row) + 1] = [a["category_id"] for a in line.annotations]
     return rank_records(results, config.scoring, config.passes.seed)
 
 
@@ -254,6 +257,13 @@ def with_novelty(records: list[dict], embeddings: np.ndarray, embedding_ids: Seq
     values = novelty(embeddings, labelled_embeddings).tolist()
     by_id = {int(i): v for i, v in zip(embedding_ids, values)}
     return [{**r, "novelty": round(float(by_id[int(r["image_id"])]), 6)} for r in records]
+
+
+def labelled_classes(data: SeedData, labelled: Sequence[int]) -> dict[int, int]:
+    """Category id -> objects of that class in the labelled rows (what a user's labels say)."""
+    counts = np.bincount(np.concatenate([data.scenes["pool"].labels[i] for i in labelled] + [np.zeros(0, int)]).astype(int),
+                         minlength=ds.NUM_CLASSES)
+    return {d + 1: int(n) for d, n in enumerate(counts)}
 
 
 def matched_random(data: SeedData, labelled: Sequence[int], unlabelled: Sequence[int], budget: int, rng) -> list[int]:
@@ -290,13 +300,16 @@ def select(arm: str, head: wd.Head, data: SeedData, labelled: list[int], unlabel
     if arm == MATCHED:
         return matched_random(data, labelled, unlabelled, budget, rng)
     subset = sorted(int(i) for i in np.random.default_rng([seed, r, 1]).permutation(np.asarray(unlabelled))[: sizes["subset"]])
-    records = score_records(head, data, subset, sizes["passes"], [seed, r, 2]) if arm != "typical" else \
+    image_classes: dict[int, list[int]] = {}
+    records = score_records(head, data, subset, sizes["passes"], [seed, r, 2], image_classes) if arm != "typical" else \
         [{"image_id": i + 1, "informativeness": 0.0} for i in subset]
     context: dict[str, Any] = {
         "seed": seed * 1000 + r,
         "embeddings": data.embeddings[subset],
         "embedding_ids": [i + 1 for i in subset],
         "labelled_embeddings": data.embeddings[labelled],
+        "image_classes": image_classes,
+        "labelled_classes": labelled_classes(data, labelled),
     }
     if arm in (DEFAULT, SWITCH) or arm.endswith(":fused"):
         records = with_novelty(records, context["embeddings"], context["embedding_ids"], context["labelled_embeddings"])

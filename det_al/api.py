@@ -41,7 +41,7 @@ from det_al.models.build import model_family, model_num_classes
 from det_al.models.checkpoint import load_checkpoint
 from det_al.models.device import check_device
 from det_al.run.checks import check_run
-from det_al.run.labelled import labelled_embeddings
+from det_al.run.labelled import labelled_classes, labelled_embeddings
 from det_al.run.pool_run import score_in_memory, score_to_dir
 from det_al.run.sizes import pool_with_true_sizes, stale_sizes
 from det_al.run.stream import SHARDS, refuse_existing_results
@@ -341,7 +341,8 @@ def read_rank_reference(reference: Scores | Mapping | str | os.PathLike) -> dict
 def run_info(source: PoolSource, device: torch.device | str, labelled: Any = None) -> dict:
     """What ``run.json`` records of a run besides its config and counts: the device, the thread
     count (CPU results depend on it in their last bits), the pool, its image root (absolute:
-    the exporters default to it) and the labelled set when given as a file."""
+    the exporters default to it), the labelled set when given as a file, and its objects per
+    class (``labelled_classes``, for ``class-balanced``) when given as COCO."""
     info: dict[str, Any] = {"device": str(device), "threads_per_process": torch.get_num_threads(),
                             "n_pool": len(source.pool["images"])}
     if source.path is not None:
@@ -350,6 +351,9 @@ def run_info(source: PoolSource, device: torch.device | str, labelled: Any = Non
         info["image_root"] = os.path.abspath(source.file_root)
     if isinstance(labelled, (str, os.PathLike)):
         info["labelled"] = os.fspath(labelled)
+    counts = None if labelled is None else labelled_classes(labelled)
+    if counts is not None:
+        info["labelled_classes"] = {str(c): n for c, n in counts.items()}
     return info
 
 

@@ -153,6 +153,8 @@ class Scores(SequenceABC):
             labelled_embeddings = np.load(labelled_embeddings)
         if labelled_embeddings is not None:
             context["labelled_embeddings"] = labelled_embeddings
+        if self.run.get("labelled_classes") is not None:  # scored with a labelled COCO set
+            context["labelled_classes"] = {int(c): int(n) for c, n in self.run["labelled_classes"].items()}
         return context
 
     def select(

@@ -158,10 +158,12 @@ def test_fused_strategy_gets_novelty_and_the_fusion_settings():
 
 
 def test_loop_scores_with_the_labelled_set_only_for_strategies_that_need_it():
-    from det_al.loop.rounds import _needs_labelled_embeddings
+    from det_al.loop.rounds import _needs_labelled
 
-    assert [_needs_labelled_embeddings(s) for s in ("fused", "diverse", "top:novelty", "top", "random", "top:box")] == [
+    assert [_needs_labelled(s) for s in ("fused", "diverse", "top:novelty", "top", "random", "top:box")] == [
         True, True, True, False, False, False]
+    assert [_needs_labelled(s) for s in ("class-balanced", "class-balanced:fused", "switch:fused", "typical")] == [
+        True, True, True, True]
 
 
 def test_finetune_rounds_use_their_own_warmup_and_round_zero_the_train_one():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+import det_al
 from det_al.cli import main
 from det_al.data.coco import quiet_coco
 
@@ -223,9 +224,13 @@ def test_ranking_carries_dense_and_one_pass_fields(scored):
 
 def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpoint, scored, tmp_path, capsys):
     from det_al.scoring.novelty import novelty
-    from det_al.selection.strategies import fusion_scores
+    from det_al.selection.strategies import class_balanced, fusion_scores
 
     labelled = {**tiny_pool["coco"], "images": tiny_pool["coco"]["images"][:3]}
+    first, last = labelled["categories"][0]["id"], labelled["categories"][-1]["id"]
+    labelled["annotations"] = [  # labels: 2 objects of the first class, 1 of the last, 1 crowd region
+        {"id": k + 1, "image_id": labelled["images"][k % 3]["id"], "category_id": c, "bbox": [1, 1, 5, 5],
+         "area": 25, "iscrowd": int(k == 3)} for k, c in enumerate([first, first, last, last])]
     (tmp_path / "train.json").write_text(json.dumps(labelled))
     out = tmp_path / "scores"
     assert _score(tiny_pool, tiny_checkpoint, out, "--passes", "2", "--labelled", str(tmp_path / "train.json"),
@@ -235,6 +240,17 @@ def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpo
     expected = novelty(emb.astype(np.float64), np.load(out / "labelled_embeddings.npy")).tolist()
     by_id = dict(zip(ids, expected))
     assert [r["novelty"] for r in records] == [pytest.approx(by_id[r["image_id"]], abs=2e-6) for r in records]
+
+    # the labelled set's objects per class travel in run.json to class-balanced
+    counts = {str(first): 2, str(last): 1} if first != last else {str(first): 3}
+    assert json.loads((out / "run.json").read_text())["labelled_classes"] == counts
+    context = det_al.Scores.load(out).strategy_context()
+    assert context["labelled_classes"] == {int(c): n for c, n in counts.items()}
+    assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "cb"),
+                 "--strategy", "class-balanced"]) == 0
+    expected = class_balanced(records, 2, image_classes=context["image_classes"], labelled_classes=context["labelled_classes"])
+    assert [im["id"] for im in json.loads((tmp_path / "cb" / "selection.json").read_text())["images"]] == [
+        r["image_id"] for r in expected]
 
     sel = tmp_path / "sel"
     assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(sel),

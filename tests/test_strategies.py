@@ -232,6 +232,33 @@ def test_class_balanced_box_budget():
     assert ids(chosen) == [2, 3, 4]
 
 
+def test_class_balanced_with_labelled_counts_takes_rarest_labelled_class_first():
+    # informativeness order 1..6; labelled set: class 1 has 5 objects, class 2 has 1, class 3 none
+    records = [rec(i, 1.0 - i / 10) for i in range(1, 7)]
+    classes = {1: [1], 2: [1, 1], 3: [2], 4: [3], 5: [2, 3], 6: []}
+    labelled = {1: 5, 2: 1}
+    # pick 1: counts 1:5 2:1 3:0 -> class 3, its first image by priority is 4 -> 3:1
+    # pick 2: 2:1, 3:1 tie -> fewer pool images: class 2 in {3, 5}, class 3 in {4, 5} -> tie -> id 2 -> image 3 -> 2:2
+    # pick 3: 3:1 lowest -> image 5 (2 and 3) -> 2:3, 3:2
+    # pick 4: 3:2 < 2:3 < 1:5, but no open image holds 3 or 2 -> class 1 -> image 1
+    chosen = class_balanced(records, budget=4, image_classes=classes, labelled_classes=labelled)
+    assert ids(chosen) == [4, 3, 5, 1]
+    # image 6 predicts nothing: taken only after every predicted image
+    assert ids(class_balanced(records, budget=6, image_classes=classes, labelled_classes=labelled)) == [4, 3, 5, 1, 2, 6]
+    # key: the same balance, filled by another field's order
+    by_box = [{**r, "box": float(r["image_id"])} for r in records]  # image 6 first, then 5 ...
+    assert ids(class_balanced(by_box, budget=2, image_classes=classes, labelled_classes=labelled, key="box")) == [5, 4]
+
+
+def test_class_balanced_with_labelled_counts_box_budget():
+    records = [rec(1, 0.9, 3), rec(2, 0.8, 1), rec(3, 0.7, 1)]
+    classes = {1: [2, 2, 2], 2: [2], 3: [1]}
+    # nothing labelled: classes 1 and 2 tie at 0; class 1 is predicted in fewer images (1 < 2) ->
+    # image 3 (1 box); then class 2: image 1 (3 boxes) does not fit the 1 box left, image 2 does
+    chosen = class_balanced(records, budget_boxes=2, image_classes=classes, labelled_classes={})
+    assert ids(chosen) == [3, 2]
+
+
 def test_classes_from_annotations():
     anns = [{"image_id": 5, "category_id": 3}, {"image_id": 5, "category_id": 7}, {"image_id": 2, "category_id": 3}]
     assert classes_from_annotations(anns) == {5: [3, 7], 2: [3]}

@@ -80,9 +80,10 @@ def _evaluate(checkpoint: Path, config: Config, data: LoopData, device: str) -> 
     return evaluate_coco(data.val, results, ("bbox",))["bbox"]
 
 
-def _needs_labelled_embeddings(strategy: str) -> bool:
+def _needs_labelled(strategy: str) -> bool:
+    """Whether a strategy uses the labelled set (its embeddings, novelty or classes)."""
     name, _, key = strategy.partition(":")
-    return name in ("diverse", "fused") or key in ("novelty", "fused")
+    return name in ("diverse", "fused", "class-balanced", "typical", "switch") or key in ("novelty", "fused")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -260,7 +261,7 @@ def _run_rounds(
 def _round_scores(run: LoopRun, checkpoint: Path, config: Config, r: int, shared: dict, device: str, progress: bool) -> Any:
     """The round's scored pool, with the labelled set (novelty) when the strategy uses it; round
     0's is shared by the strategies of a seed."""
-    novelty = _needs_labelled_embeddings(run.strategy)
+    novelty = _needs_labelled(run.strategy)
     key = (run.seed, r, novelty)
     if r == 0 and key in shared:
         return shared[key]

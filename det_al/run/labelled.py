@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from collections import Counter
 from typing import Any, Mapping
 
 import numpy as np
@@ -62,6 +63,21 @@ def labelled_embeddings(
     if not len(ids):
         raise InputError("none of the labelled set's images could be read (check its image root)", where)
     return emb
+
+
+def labelled_classes(labelled: Any) -> dict[int, int] | None:
+    """Category id -> objects of that class in the labelled set (crowd and ignore regions left
+    out), for the ``class-balanced`` strategy: ``None`` when ``labelled`` is embeddings.
+
+    >>> labelled_classes({"images": [], "annotations": [{"category_id": 2}, {"category_id": 2}, {"category_id": 1, "iscrowd": 1}]})
+    {2: 2}
+    """
+    if isinstance(labelled, (np.ndarray, torch.Tensor)):
+        return None
+    coco = labelled if isinstance(labelled, Mapping) else load_coco(labelled)
+    counts = Counter(int(a["category_id"]) for a in coco.get("annotations", ())
+                     if not a.get("iscrowd") and not a.get("ignore"))
+    return dict(sorted(counts.items()))
 
 
 @torch.no_grad()

@@ -335,18 +335,69 @@ def class_quotas(frequency: Mapping[int, int], total: int) -> dict[int, int]:
     return {c: int(q) for c, q in zip(classes, quota)}
 
 
+def balance_labelled(
+    records: Sequence[dict],
+    order: Sequence[int],
+    image_classes: Mapping[int, Sequence[int]],
+    labelled_classes: Mapping[int, int],
+    budget: int | None,
+    budget_boxes: int | None,
+) -> list[dict]:
+    """The rarest labelled class first: each pick goes to the class with the fewest objects in the
+    labelled set and the batch so far, among the classes some unpicked image is predicted to hold
+    (ties: the class predicted in fewer pool images, then the lower id), and takes the first such
+    image in ``order`` (the strategy's priority); the image's predicted objects then count for
+    their classes. When no predicted class is left, the rest fills by ``order``.
+
+    >>> recs = [{"image_id": i} for i in (1, 2, 3)]
+    >>> [r["image_id"] for r in balance_labelled(recs, [0, 1, 2], {1: [5], 2: [5, 5], 3: [7]}, {5: 1, 7: 2}, 2, None)]
+    [1, 3]
+    """
+    counts = {int(c): int(n) for c, n in labelled_classes.items()}
+    classes = [sorted(set(int(c) for c in image_classes.get(int(r["image_id"]), ()))) for r in records]
+    frequency: dict[int, int] = {}
+    for present in classes:
+        for c in present:
+            frequency[c] = frequency.get(c, 0) + 1
+    left = _Budget(budget, budget_boxes)
+    chosen: list[int] = []
+    open_ = [i for i in order]
+    while not left.spent():
+        fits = [i for i in open_ if left.fits(records[i])]
+        wanted = {c for i in fits for c in classes[i]}
+        if not wanted:
+            break
+        c = min(wanted, key=lambda c: (counts.get(c, 0), frequency[c], c))
+        i = next(i for i in fits if c in classes[i])
+        chosen.append(i)
+        open_.remove(i)
+        left.take(records[i])
+        for label in image_classes.get(int(records[i]["image_id"]), ()):
+            counts[int(label)] = counts.get(int(label), 0) + 1
+    for i in open_:  # images without a prediction (or classes no longer wanted), by priority
+        if left.spent():
+            break
+        if left.fits(records[i]):
+            chosen.append(i)
+            left.take(records[i])
+    return [records[i] for i in chosen]
+
+
 def class_balanced(
     records: Sequence[dict],
     budget: int | None = None,
     budget_boxes: int | None = None,
     *,
     image_classes: Mapping[int, Sequence[int]] | None = None,
+    labelled_classes: Mapping[int, int] | None = None,
     key: str = "informativeness",
     fusion_weights: Mapping[str, float] | None = None,
     fusion_k: float = 60.0,
     **_: Any,
 ) -> list[dict]:
-    """Quotas that favour rare predicted classes, each filled by informativeness.
+    """Batches that even out the classes: with ``labelled_classes`` (category id -> objects in
+    the labelled set), the rarest labelled class first (:func:`balance_labelled`); without,
+    quotas that favour rare predicted classes.
 
     The predicted frequency ``f_c`` of a class is the number of pool images predicted to
     contain it. Each image belongs to its rarest predicted class. The budget (images, or boxes
@@ -359,6 +410,8 @@ def class_balanced(
     if image_classes is None:
         raise InputError("the class-balanced strategy needs the predicted classes of each image (pseudo_labels.json)")
     order = _priority(records, key, fusion_weights, fusion_k)
+    if labelled_classes is not None:
+        return balance_labelled(records, order, image_classes, labelled_classes, budget, budget_boxes)
     frequency: dict[int, int] = {}
     for r in records:
         for c in set(image_classes.get(int(r["image_id"]), ())):
