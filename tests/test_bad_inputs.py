@@ -269,6 +269,9 @@ ROWS: dict[str, Callable[[Ctx], Row]] = {
         ["train", str(c.train_config()), "-t", str(c.data["train"]), "-r", str(c.data["root"]), "-o", str(c.tmp / "out"),
          "--device", "cuda"],
         "no CUDA device", ["--device"]),
+    "train/image-root-without-the-files": lambda c: Row(  # e.g. a merged train.json trained without --image-root
+        ["train", str(c.train_config()), "-t", str(c.data["train"]), "-r", str(c.tmp), "-o", str(c.tmp / "out")],
+        "training images looked for", ["--image-root", "train.json"]),
     "score/image-root-without-the-files": lambda c: Row(
         c.score(c.pool["pool"], "--image-root", str(c.tmp)), "are not under the image root", ["--image-root"]),
     "score/reference-not-a-run": lambda c: Row(

@@ -50,10 +50,10 @@ def _candidates(root: Path) -> list[Path]:
 
 
 def check_images_found(names: Sequence[str], image_root: str | os.PathLike,
-                       source: str | os.PathLike | None = None) -> None:
-    """Raise :class:`InputError` when more than half of ``names`` (pool file names, as
-    :func:`probe_names` picks them) are not files under ``image_root``; the message names the
-    parent or child folder of the root that holds most of them, if one does."""
+                       source: str | os.PathLike | None = None, kind: str = "pool") -> None:
+    """Raise :class:`InputError` when more than half of ``names`` (file names of the ``kind``
+    images, as :func:`probe_names` picks them) are not files under ``image_root``; the message
+    names the parent or child folder of the root that holds most of them, if one does."""
     if not names:
         return
     root = Path(image_root)
@@ -65,7 +65,7 @@ def check_images_found(names: Sequence[str], image_root: str | os.PathLike,
         n = _found(folder, names)
         if n > best_found:
             best, best_found = folder, n
-    what = f"{len(names) - found} of {len(names)} pool images looked for (e.g. {names[0]!r}) are not under the image root {os.fspath(image_root)}"
+    what = f"{len(names) - found} of {len(names)} {kind} images looked for (e.g. {names[0]!r}) are not under the image root {os.fspath(image_root)}"
     if best is not None and 2 * best_found >= len(names):
         raise InputError(f"{what}; {best_found} are under {os.fspath(best)}: is that the image root "
                          f"(--image-root {os.fspath(best)})?", source)

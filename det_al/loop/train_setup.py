@@ -29,6 +29,7 @@ from det_al.data.coco import load_coco
 from det_al.data.datasets import CocoDetectionDataset
 from det_al.data.files import remove_earlier_outputs
 from det_al.data.images import check_file_names, check_image_root
+from det_al.data.locate import check_images_found, probe_names
 from det_al.errors import InputError
 from det_al.models.batchnorm import BATCHNORM_MODES, prepare_batchnorm, resolve_batchnorm
 from det_al.models.build import build_model, has_masks
@@ -159,6 +160,13 @@ class Training:
     saved_epoch: int | None = None  # the epoch of the last.pt on disk (what a resume continues)
 
 
+def _check_found(coco: dict, image_root, source, kind: str) -> None:
+    """Most of a COCO file's images missing under ``image_root``: one line naming the folder
+    that holds them (a merged ``train.json`` keeps the pool's file names, relative to its root)."""
+    images = coco["images"]
+    check_images_found(probe_names(len(images), lambda i: images[i]["file_name"]), image_root, source, kind)
+
+
 def _checked_data(config: Config, train_json, val_json, image_root, categories, allow_outside_root: bool):
     """The training and validation COCO dicts, checked against the image root, and the config
     with ``model.num_classes`` from the data when it is not set."""
@@ -166,8 +174,10 @@ def _checked_data(config: Config, train_json, val_json, image_root, categories, 
     val = load_coco(val_json, require_annotations=True) if val_json is not None else None
     check_image_root(image_root)
     check_file_names(train["images"], image_root, train_json, allow_outside_root)
+    _check_found(train, image_root, train_json, "training")
     if val is not None:
         check_file_names(val["images"], image_root, val_json, allow_outside_root)
+        _check_found(val, image_root, val_json, "validation")
     if config.model.num_classes is None:  # "from the data"
         given = train["categories"] if categories is None else categories
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(given) + 1))
