@@ -220,3 +220,17 @@ def test_resume_refuses_a_changed_member_list(tiny_pool, tiny_checkpoint, tmp_pa
         assert err.count("\n") == 1 and "refusing to resume" in err and says in err, err
     # the same list (another copy of the same weights is the same member) resumes
     assert main(["score", "--checkpoints", str(copy), str(tiny_checkpoint), *pool, "--resume"]) == 0
+
+
+def test_sharded_ensemble_merges_into_the_single_run(tiny_pool, tiny_checkpoint, tmp_path):
+    other = _tiny_checkpoint(tmp_path / "other.pt", "maskrcnn_tiny", tiny_pool["coco"]["categories"])
+    run = ["score", "--checkpoints", str(tiny_checkpoint), str(other), "-p", str(tiny_pool["pool"]), *SCORE]
+    assert main([*run, "-o", str(tmp_path / "single")]) == 0
+    dirs = [str(tmp_path / f"shard{i}") for i in range(2)]
+    for i, d in enumerate(dirs):
+        assert main([*run, "-o", d, "--num-shards", "2", "--shard-index", str(i)]) == 0
+    assert main(["merge-shards", *dirs, "--out", str(tmp_path / "merged")]) == 0
+    for name in ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+    merged = _run_json(tmp_path / "merged")
+    assert (merged["members"], merged["checkpoints"]) == (2, [str(tiny_checkpoint), str(other)])

@@ -112,8 +112,9 @@ def score_to_dir(
                   members=len(as_members(model)))
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
-    if (run_info or {}).get("image_root"):  # a merge of the shards remembers it too
-        meta["image_root"] = run_info["image_root"]
+    for name in ("image_root", "checkpoints", "members"):  # a merge of the shards remembers them too
+        if (run_info or {}).get(name):
+            meta[name] = run_info[name]
     new_dir = not out_dir.exists()
     with ResultsWriter(out_dir, key, resume=resume, meta=meta, overwrite=overwrite) as writer:
         done = np.isin(images.ids, writer.done_ids)
