@@ -90,13 +90,14 @@ def main(args: argparse.Namespace) -> list[dict]:
         score(1, 1, 0.0, images[:1])  # warm-up (allocator, lazy inits)
         best: dict[str, float] = {}
         counts: dict[str, float] = {}
-        for _ in range(args.repeats):
+        for round_ in range(args.repeats):
             for text, m, t, rate in arms:
                 start = time.perf_counter()
                 scores = score(m, t, rate, images)
                 seconds = (time.perf_counter() - start) / len(images)
                 best[text] = min(best.get(text, float("inf")), seconds)
                 counts[text] = sum(r["n_objects"] for r in scores.ranking) / len(images)
+                print(f"  round {round_ + 1}: {text} {seconds:.3f} s/image", flush=True)
     unit, mc = best.get("1x1@0"), best.get("1x10@0.2")
     rows = []
     print(f"{args.model}, {args.size} px, {args.images} images, {torch.get_num_threads()} threads, {args.device}, "
