@@ -2,9 +2,9 @@
 
 An ensemble (Beluch et al., CVPR 2018: ensembles beat MC dropout for active learning) is a
 list of models of one family and one class list, e.g. the same architecture trained with
-different seeds. Each member runs its own passes (:func:`det_al.inference.passes.run_passes`,
-once per member, with its own seeds: :func:`member_seed`); the members share nothing but the
-matching and scoring:
+different seeds. Each member runs its own passes (:func:`det_al.run.score_lines.run_members`:
+one :func:`~det_al.inference.passes.run_passes` per member, with its own seeds:
+:func:`member_seed`); the members share nothing but the matching and scoring:
 
 - the stochastic passes of all members are concatenated on the pass axis, member-major (the
   ``V * T`` passes of member 0 first, then member 1's, ...), so ``M`` members of ``T`` passes
@@ -23,13 +23,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 from torch import nn
 
-from det_al.config import PassesConfig
 from det_al.errors import InputError
 from det_al.inference.dropout import check_sites
-from det_al.inference.passes import ImagePasses, run_passes
+from det_al.inference.passes import ImagePasses
 from det_al.models.build import has_masks, model_family, model_num_classes
 
 
@@ -131,18 +129,3 @@ def join_passes(member_passes: Sequence[ImagePasses]) -> ImagePasses:
         members=[m for m, run in enumerate(member_passes) for _ in run.passes],
     )
 
-
-def run_members(
-    models: Sequence[nn.Module],
-    images: Sequence[torch.Tensor],
-    config: PassesConfig,
-    seeds: Sequence[Sequence[int]],
-    device: str | torch.device = "cpu",
-    amp: bool = False,
-) -> list[ImagePasses]:
-    """The passes of every member over ``images``, joined per image (:func:`join_passes`).
-
-    ``seeds[m]``: member ``m``'s seed of each image (see :func:`member_seed`). Each member is
-    one :func:`run_passes` call, one after the other, so memory holds one member's activations."""
-    runs = [run_passes(model, images, config, seeds=list(s), device=device, amp=amp) for model, s in zip(models, seeds)]
-    return runs[0] if len(runs) == 1 else [join_passes(per_image) for per_image in zip(*runs)]

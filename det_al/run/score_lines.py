@@ -26,9 +26,9 @@ from det_al.data.datasets import PoolDataset, pool_collate
 from det_al.data.pool import PoolImages, as_pool_images
 from det_al.data.segmentation import mask_to_rle
 from det_al.errors import InputError
-from det_al.inference.passes import ImagePasses
+from det_al.inference.passes import ImagePasses, run_passes
 from det_al.models.build import has_masks
-from det_al.run.ensemble import EnsemblePasses, as_members, member_seed, run_members
+from det_al.run.ensemble import EnsemblePasses, as_members, join_passes, member_seed
 from det_al.run.result_line import ResultLine
 from det_al.scoring.dense import dense_scores
 from det_al.scoring.informativeness import combine_image, image_informativeness
@@ -149,9 +149,18 @@ def score_image(
     )
 
 
+def run_members(models: list[nn.Module], images: list[torch.Tensor], config, seeds: list[list[int]],
+                device: str = "cpu", amp: bool = False) -> list[ImagePasses]:
+    """``run_passes`` once per ensemble member (``seeds[m]``: member ``m``'s seed of each image),
+    one member after the other, joined per image (:func:`det_al.run.ensemble.join_passes`); one
+    member's passes as ``run_passes`` gives them."""
+    runs = [run_passes(model, images, config, seeds=s, device=device, amp=amp) for model, s in zip(models, seeds)]
+    return runs[0] if len(runs) == 1 else [join_passes(per_image) for per_image in zip(*runs)]
+
+
 def _run_or_skip(models: list[nn.Module], items: list[dict], p, device: str, amp: bool) -> list[ImagePasses | str]:
-    """Every member's passes on a batch (:func:`det_al.run.ensemble.run_members`); if a model
-    fails, image by image: a failing image gives its reason."""
+    """Every member's passes on a batch (:func:`run_members`); if a model fails, image by image:
+    a failing image gives its reason."""
     seeds = [[image_seed(member_seed(p.seed, m), it["image_id"]) for it in items] for m in range(len(models))]
     try:
         return run_members(models, [it["image"] for it in items], p, seeds, device=device, amp=amp)
