@@ -105,9 +105,12 @@ def _load_members(args: argparse.Namespace, paths: list[str], pool_categories: l
     if len(members) == 1:
         return members[0]
     check_members([m.model for m in members], paths, [m.categories for m in members], members[0].config.passes.sites)
-    first = {k: v for k, v in config_to_dict(members[0].config).items() if k != "model"}
+    def scoring_sections(config) -> dict:  # what decides the scores besides the weights
+        return {k: v for k, v in config_to_dict(config).items() if k in ("passes", "matching", "scoring")}
+
+    first = scoring_sections(members[0].config)
     for path, member in zip(paths[1:], members[1:]):
-        if {k: v for k, v in config_to_dict(member.config).items() if k != "model"} != first:
+        if scoring_sections(member.config) != first:
             logging.getLogger(__name__).warning(
                 "%s: its stored passes/matching/scoring config differs from %s's; the ensemble uses %s's",
                 path, paths[0], paths[0])
