@@ -234,3 +234,27 @@ def test_sharded_ensemble_merges_into_the_single_run(tiny_pool, tiny_checkpoint,
         assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
     merged = _run_json(tmp_path / "merged")
     assert (merged["members"], merged["checkpoints"]) == (2, [str(tiny_checkpoint), str(other)])
+
+
+def test_members_whose_stored_scoring_config_differs_get_a_warning(tiny_checkpoint, tmp_path, caplog):
+    import argparse
+    import logging
+
+    from det_al.cli import score
+
+    def variant(name: str, section: str, values: dict):
+        obj = torch.load(tiny_checkpoint, weights_only=True)
+        obj["config"][section] = {**obj["config"].get(section, {}), **values}
+        torch.save(obj, tmp_path / name)
+        return str(tmp_path / name)
+
+    parser = argparse.ArgumentParser()
+    score.add_arguments(parser)
+    for other, warned in ((variant("seed.pt", "train", {"seed": 7}), False),
+                          (variant("passes.pt", "passes", {"passes": 5}), True)):
+        args = parser.parse_args(["--checkpoints", str(tiny_checkpoint), other, "-p", "x", "-o", "y"])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            members = score._load_members(args, score.checkpoint_paths(args), None, "cpu")
+        assert len(members) == 2 and members[0].config.passes.passes == 3
+        assert any("its stored passes/matching/scoring config differs" in r.getMessage() for r in caplog.records) == warned
