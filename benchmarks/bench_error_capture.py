@@ -605,7 +605,7 @@ def main(args: argparse.Namespace) -> dict:
         if result.get("vs_mc_dropout"):
             print()
             print(f"ensembles of {result['setting']['ensemble']} models against MC dropout of one (paired over seeds; "
-                  "'above'/'below': the 95 % CI excludes 0)")
+                  "'>' / '<': the 95 % CI excludes 0, '=' no difference)")
             print(format_ensembles(result))
         print(f"{Path(args.out) / 'error_capture.json'}; {(time.perf_counter() - t0) / 60:.1f} min")
     return result
