@@ -32,6 +32,15 @@ measure beside the rest, as the score ``NAME`` (its informativeness) and ``NAME+
 the base scoring's ranking with the engine's own functions (the quick test checks that this
 equals a rescoring); any other key, or ``--rescore-candidates``, runs ``det-al score`` again.
 
+**Ensembles** (``--ensemble N``, scenario only; issue 25): N - 1 more models per seed, trained
+like the seed's own on the same data with other training seeds (``train.seed`` = seed + 1000 j:
+other initial weights and batch order), and two more scores: ``ensemble``, the N models one
+pass each without dropout (a plain ensemble, ``det-al score --checkpoints``), and
+``ensemble+mc``, the N models with ``ceil(T / N)`` dropout passes each. Their pseudo-labels
+are the seed's model's, so every score is measured against the same errors; ``vs_mc_dropout``
+in the JSON holds their paired differences against ``informativeness`` (MC dropout of the one
+model, T passes).
+
 Trained models and the scenario's data are cached under ``--cache`` (default ``OUT/cache``),
 keyed by seed and sizes, so later runs (new scores, ``--set`` overrides of the scoring
 config) rescore the same models without training. ``--reuse-scores`` also reuses the scored
@@ -76,6 +85,8 @@ SCORES = (
     "dense", "miss", "rpn_gap", "novelty", "fused",
 )
 ONE_PASS = ("least_confidence", "n_detections", "max_entropy")
+#: the scores of --ensemble (their own det-al score runs, measured like candidates)
+ENSEMBLE_SCORES = ("ensemble", "ensemble+mc")
 TARGET_MEASURES = ("spearman_norm", "auroc_missed", "recall_at_10pct")
 TARGET_SPEARMAN_NORM = 0.5
 TARGET_RANDOM_FACTOR = 3.0
@@ -114,6 +125,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--iou", type=float, default=0.5, help="IoU of a correct detection (default 0.5)")
     parser.add_argument("--train-only", action="store_true", help="make the seeds' data and models, measure nothing")
     parser.add_argument("--reuse-scores", action="store_true", help="reuse scored folders of the same overrides in the cache")
+    parser.add_argument("--ensemble", type=int, default=0, metavar="N",
+                        help="also score with an ensemble of N models per seed (N - 1 more trained): the scores "
+                             "'ensemble' and 'ensemble+mc'")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", help="a trained det_al checkpoint: measure it once on --pool-gt")
     parser.add_argument("--pool-gt", help="COCO file with ground truth of the images to score (with --checkpoint)")
@@ -191,9 +205,9 @@ def bench_config(sizes: dict, seed: int):
     )
 
 
-def prepare_seed(cache: Path, seed: int, sizes: dict, device: str) -> dict[str, Path]:
-    """One seed's data and trained checkpoint, made once and cached under ``cache``."""
-    from det_al.loop.training import train_model
+def prepare_seed(cache: Path, seed: int, sizes: dict, device: str, members: int = 1) -> dict[str, Path]:
+    """One seed's data and trained checkpoint, made once and cached under ``cache``; with
+    ``members`` > 1, ``paths["members"]`` lists the ensemble's checkpoints (the seed's first)."""
 
     data_sizes = {k: sizes[k] for k in ("train", "old", "drifted", "background")}
     folder = cache / f"seed{seed}-{_key({'data': data_sizes, 'epochs': sizes['epochs'], 'passes': sizes['passes']})}"
@@ -202,35 +216,56 @@ def prepare_seed(cache: Path, seed: int, sizes: dict, device: str) -> dict[str, 
         make_scenario(data, seed, sizes)
     paths = {"train": data / "train.json", "pool_gt": data / "pool_gt.json", "groups": data / "groups.json",
              "image_root": data, "folder": folder}
-    summary_path = folder / "train" / "summary.json"
+    paths["checkpoint"] = train_once(bench_config(sizes, seed), paths, folder / "train", device, f"seed {seed}")
+    if members > 1:
+        paths["members"] = [paths["checkpoint"]] + [
+            train_once(member_config(sizes, seed, j), paths, folder / f"train-member{j}", device, f"seed {seed} member {j}")
+            for j in range(1, members)]
+    return paths
+
+
+def member_config(sizes: dict, seed: int, member: int):
+    """Ensemble member ``member`` (>= 1) of a seed: the seed's config with training seed ``seed + 1000 * member``."""
+    import dataclasses
+
+    config = bench_config(sizes, seed)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed + 1000 * member))
+
+
+def train_once(config, paths: dict[str, Path], folder: Path, device: str, what: str) -> Path:
+    """Train ``config`` on the seed's training set into ``folder`` unless done before; its last checkpoint."""
+    from det_al.loop.training import train_model
+
+    summary_path = folder / "summary.json"
     if not summary_path.exists():
         t0 = time.perf_counter()
         summary = train_model(
-            bench_config(sizes, seed), paths["train"], data, folder / "train",
+            config, paths["train"], paths["image_root"], folder,
             device=device, progress=False, overwrite=True,  # an unfinished earlier try starts over
         )
         write_json(summary_path, {"epochs": summary["epochs"], "final_loss": summary["final_loss"],
                                   "seconds": time.perf_counter() - t0})
-        print(f"seed {seed}: trained {summary['epochs']} epochs in {time.perf_counter() - t0:.0f} s "
+        print(f"{what}: trained {summary['epochs']} epochs in {time.perf_counter() - t0:.0f} s "
               f"(loss {summary['final_loss']:.3f})", flush=True)
-    paths["checkpoint"] = folder / "train" / "last.pt"
-    return paths
+    return folder / "last.pt"
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def score_folder(checkpoint: Path, pool_gt: Path, image_root: Path, out: Path, overrides: list[str],
+def score_folder(checkpoint: Path | list[Path], pool_gt: Path, image_root: Path, out: Path, overrides: list[str],
                  passes: int | None, seed: int | None, labelled: Path | None, device: str, reuse: bool) -> Path:
     """Run ``det-al score`` (in this process) on the images of ``pool_gt``; the scored folder.
-    ``labelled`` (the model's training set) is passed as ``--labelled``: the ranking's novelty."""
+    ``labelled`` (the model's training set) is passed as ``--labelled``: the ranking's novelty.
+    A list of checkpoints is an ensemble (``--checkpoints``)."""
     from det_al.cli import score as score_command
 
     if reuse and (out / "ranking.jsonl").exists():
         return out
     parser = argparse.ArgumentParser()
     score_command.add_arguments(parser)
-    argv = ["-k", str(checkpoint), "-p", str(pool_gt), "-r", str(image_root), "-o", str(out),
+    models = ["--checkpoints", *map(str, checkpoint)] if isinstance(checkpoint, list) else ["-k", str(checkpoint)]
+    argv = [*models, "-p", str(pool_gt), "-r", str(image_root), "-o", str(out),
             "--overwrite", "--no-progress", "--device", device]
     if passes is not None:
         argv += ["--passes", str(passes)]
@@ -406,18 +441,8 @@ def summarise(per_seed: dict[int, dict[str, dict[str, float]]], n_images: int) -
     for name in names:
         if name == "random" or name in ONE_PASS:
             continue
-        diffs: dict[str, Any] = {}
-        for base in baselines:
-            diffs[base] = {}
-            for key in TARGET_MEASURES:
-                d = [per_seed[s][name][key] - per_seed[s][base][key] for s in seeds
-                     if name in per_seed[s] and base in per_seed[s]]
-                mean, lo, hi = mean_ci(d)
-                if math.isnan(lo):  # one run: no interval, only the sign
-                    verdict = "higher (one run)" if mean > 0 else "lower (one run)" if mean < 0 else "equal (one run)"
-                else:
-                    verdict = "above" if lo > 0 else "below" if hi < 0 else "no difference"
-                diffs[base][key] = {"mean": _finite(mean), "ci95": [_finite(lo), _finite(hi)], "verdict": verdict}
+        diffs = {base: {key: paired_difference(per_seed, name, base, key) for key in TARGET_MEASURES}
+                 for base in baselines}
         comparisons[name] = diffs
         s = scores[name]
         targets[name] = {
@@ -426,8 +451,44 @@ def summarise(per_seed: dict[int, dict[str, dict[str, float]]], n_images: int) -
             "above_every_one_pass_baseline": bool(diffs) and all(
                 v["verdict"] == "above" for base in diffs.values() for v in base.values()),
         }
+    ensembles = {name: {key: paired_difference(per_seed, name, "informativeness", key) for key in MEASURES}
+                 for name in ENSEMBLE_SCORES if name in names and "informativeness" in names}
     return {"scores": scores, "vs_one_pass": comparisons, "targets": targets,
-            "random_recall_at_10pct_expected": round(random_recall(n_images), 4)}
+            "random_recall_at_10pct_expected": round(random_recall(n_images), 4),
+            **({"vs_mc_dropout": ensembles} if ensembles else {})}
+
+
+def paired_difference(per_seed: dict[int, dict[str, dict[str, float]]], name: str, base: str, key: str) -> dict:
+    """Score ``name`` minus score ``base`` on measure ``key``, paired by seed: mean, 95 % t-interval
+    and the verdict (``above``/``below`` when the interval excludes 0, else ``no difference``)."""
+    d = [per_seed[s][name][key] - per_seed[s][base][key] for s in sorted(per_seed)
+         if name in per_seed[s] and base in per_seed[s]]
+    mean, lo, hi = mean_ci(d)
+    if math.isnan(lo):  # one run: no interval, only the sign
+        verdict = "higher (one run)" if mean > 0 else "lower (one run)" if mean < 0 else "equal (one run)"
+    else:
+        verdict = "above" if lo > 0 else "below" if hi < 0 else "no difference"
+    return {"mean": _finite(mean), "ci95": [_finite(lo), _finite(hi)], "verdict": verdict}
+
+
+#: a paired verdict as one character (format_targets, format_ensembles)
+VERDICT = {"above": ">", "no difference": "=", "below": "<",
+           "higher (one run)": "+", "lower (one run)": "-", "equal (one run)": "0"}
+
+
+def format_ensembles(summary: dict[str, Any]) -> str:
+    """The ensembles against MC dropout of one model: paired difference, mean [95 % CI] and
+    verdict (``>`` above: the CI excludes 0, ``=`` no difference, ``<`` below)."""
+    lines = [f"{'score - informativeness':<24}" + "".join(f"{k:>30}" for k in MEASURES)]
+    for name, diffs in summary.get("vs_mc_dropout", {}).items():
+        cells = []
+        for key in MEASURES:
+            v = diffs[key]
+            text = "n/a" if v["mean"] is None else f"{v['mean']:+.2f}" + (
+                f" [{v['ci95'][0]:+.2f},{v['ci95'][1]:+.2f}]" if v["ci95"][0] is not None else "") + f" {VERDICT[v['verdict']]}"
+            cells.append(f"{text:>30}")
+        lines.append(f"{name:<24}" + "".join(cells))
+    return "\n".join(lines)
 
 
 def random_recall(n_images: int) -> float:
@@ -461,8 +522,7 @@ def format_targets(summary: dict[str, Any]) -> str:
     verdict against each one-pass baseline on each target measure: ``>`` above (the CI of the
     difference excludes 0), ``=`` no difference (inside the CI), ``<`` below; from one run
     (no interval) ``+``, ``0``, ``-`` by the sign alone."""
-    scores, symbol = summary["scores"], {"above": ">", "no difference": "=", "below": "<",
-                                  "higher (one run)": "+", "lower (one run)": "-", "equal (one run)": "0"}
+    scores, symbol = summary["scores"], VERDICT
     baselines = sorted({b for diffs in summary["vs_one_pass"].values() for b in diffs}, key=ONE_PASS.index)
     expected = summary["random_recall_at_10pct_expected"]
     head = f"{'score':<22}{'spearman_norm>=0.5':>20}{'recall@10%>=3x random':>23}" + "".join(
@@ -542,6 +602,11 @@ def main(args: argparse.Namespace) -> dict:
               f"every one-pass baseline on {', '.join(TARGET_MEASURES)} (paired differences over seeds; "
               f"'>' the 95 % CI excludes 0, '=' no difference, '<' below)")
         print(format_targets(result))
+        if result.get("vs_mc_dropout"):
+            print()
+            print(f"ensembles of {result['setting']['ensemble']} models against MC dropout of one (paired over seeds; "
+                  "'>' / '<': the 95 % CI excludes 0, '=' no difference)")
+            print(format_ensembles(result))
         print(f"{Path(args.out) / 'error_capture.json'}; {(time.perf_counter() - t0) / 60:.1f} min")
     return result
 
@@ -560,7 +625,7 @@ def run_scenario(args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     for seed in sizes["seeds"]:
         t0 = time.perf_counter()
-        paths = prepare_seed(cache, seed, sizes, args.device)
+        paths = prepare_seed(cache, seed, sizes, args.device, members=args.ensemble)
         if args.train_only:
             continue
         scored = {}
@@ -570,13 +635,22 @@ def run_scenario(args: argparse.Namespace) -> dict:
             scored[name] = score_folder(paths["checkpoint"], paths["pool_gt"], paths["image_root"],
                                         paths["folder"] / f"scores-{_key(overrides)}", overrides, sizes["passes"], seed,
                                         paths["train"], args.device, args.reuse_scores)
+        measured = dict(candidates)
+        if args.ensemble > 1:
+            for name, passes, rate in (("ensemble", 1, 0.0), ("ensemble+mc", -(-sizes["passes"] // args.ensemble), None)):
+                overrides = [*args.overrides, *([f"passes.dropout={rate}"] if rate is not None else [])]
+                scored[name] = score_folder(paths["members"], paths["pool_gt"], paths["image_root"],
+                                            paths["folder"] / f"scores-{name}{args.ensemble}-{_key(overrides)}", overrides,
+                                            passes, seed, paths["train"], args.device, args.reuse_scores)
+                measured[name] = overrides
         groups = {int(k): v for k, v in read_json(paths["groups"]).items()}
-        per_seed[seed], seed_rows = measure(scored, load_coco(paths["pool_gt"]), seed, args, groups, candidates)
+        per_seed[seed], seed_rows = measure(scored, load_coco(paths["pool_gt"]), seed, args, groups, measured)
         rows += seed_rows
         print(f"seed {seed}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
     if args.train_only:
         return {}
     setting = {"scenario": {**sizes, "seeds": list(sizes["seeds"])}, "overrides": args.overrides, "candidates": candidates,
+               **({"ensemble": args.ensemble} if args.ensemble > 1 else {}),
                "score_threshold": args.score_threshold, "iou": args.iou}
     n_images = sizes["old"] + sizes["drifted"] + sizes["background"]
     return write_summary(out, per_seed, rows, n_images, setting)

@@ -41,6 +41,7 @@ from det_al.models.build import model_family, model_num_classes
 from det_al.models.checkpoint import load_checkpoint
 from det_al.models.device import check_device
 from det_al.run.checks import check_run
+from det_al.run.ensemble import check_members, members_sha256
 from det_al.run.labelled import labelled_classes, labelled_embeddings
 from det_al.run.pool_run import score_in_memory, score_to_dir
 from det_al.run.sizes import pool_with_true_sizes, stale_sizes
@@ -189,7 +190,7 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
 
 
 def score_images(
-    model: nn.Module | LoadedModel,
+    model: nn.Module | LoadedModel | Sequence[nn.Module | LoadedModel],
     images: Any,
     *,
     categories: Sequence[dict | str] | None = None,
@@ -219,6 +220,13 @@ def score_images(
             the like are unwrapped) in any mode: it runs in ``eval()`` with MC dropout hooks,
             and its mode, hooks and device are restored afterwards. Or :func:`load_model`'s
             result: its config and categories are used unless ``config`` / ``categories`` are given.
+            Or a list of such models, an ensemble (:mod:`det_al.run.ensemble`): one family, one
+            class count (and the same category names where :func:`load_model` knows them). Each
+            member runs the passes with its own seeds and all members' passes are scored
+            together (``M`` members x ``T`` passes = ``M * T`` passes; ``passes=1, dropout=0``: a
+            plain ensemble). The pseudo-labels, embeddings and dense signals are the first
+            member's, and so are config and categories when it is a :func:`load_model` result.
+            A one-model list is that model.
         images: a folder, a COCO file or dict, a list of paths, of PIL images, of ``[H, W, 3]``
             uint8 arrays or of float ``[3, H, W]`` tensors in [0, 1], or a torch ``Dataset`` of
             such images (see :func:`det_al.data.sources.pool_source`).
@@ -263,33 +271,43 @@ def score_images(
         check_device(device)
     if out_dir is not None and not resume and not overwrite:
         refuse_existing_results(out_dir)
-    if isinstance(model, LoadedModel):  # load_model's result: its config and categories unless given
-        config = model.config if config is None else config
-        categories = model.categories if categories is None else categories
-        model = model.model
-    model = unwrap_model(model)
+    members = list(model) if isinstance(model, (list, tuple)) and not isinstance(model, LoadedModel) else [model]
+    if not members:
+        raise InputError("model: an empty list of models (an ensemble needs at least one)")
+    if isinstance(members[0], LoadedModel):  # load_model's result: its config and categories unless given
+        config = members[0].config if config is None else config
+        categories = members[0].categories if categories is None else categories
+    member_categories = [m.categories if isinstance(m, LoadedModel) else None for m in members]
+    models = [unwrap_model(m.model if isinstance(m, LoadedModel) else m) for m in members]
+    model = models[0]
     overrides = passes_overrides(passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size)
     config = override_config(as_config(config, model_num_classes(model)), overrides, "score_images")
+    check_members(models, categories=member_categories, sites=config.passes.sites)
     source = pool_source(images, image_root)
     run_device = str(model_device(model) if device is None else check_device(device))
-    with preserved_model(model):
+    with contextlib.ExitStack() as preserved:
+        for member in models:
+            preserved.enter_context(preserved_model(member))
         categories = check_run(model, source.pool["images"], source.file_root, categories=categories,
                                pool_categories=source.pool.get("categories"), allow_outside_root=allow_outside_root,
                                pool_source=source.path, categories_source="categories", passes=config.passes)
         embedded = None if labelled is None else labelled_embeddings(
             labelled, model, labelled_root, run_device, allow_outside_root)
         info = {**run_info(source, run_device, labelled), **(extra_info or {})}
+        if len(models) > 1:
+            info["members"] = len(models)
         if reference is not None:
             info["rank_reference"] = read_rank_reference(reference)
         if out_dir is None:
-            lines = score_in_memory(model, config, categories, source.pool["images"], source.image_root,
+            lines = score_in_memory(models, config, categories, source.pool["images"], source.image_root,
                                     device=run_device, amp=amp, progress=progress, make_dataset=source.make_dataset)
             return _note_stale_sizes(Scores.from_results(lines, categories, config, info, embedded), source, None)
         if overwrite:  # a torchrun run's shards would sit beside this run's results
             remove_earlier_outputs([Path(out_dir) / SHARDS])
         if source.folder_coco is not None:
             write_json(Path(out_dir) / "pool.json", source.folder_coco, indent=1)
-        score_to_dir(model, config, categories, source.pool, source.image_root, out_dir, model_sha256(model),
+        score_to_dir(models, config, categories, source.pool, source.image_root, out_dir,
+                     members_sha256([model_sha256(m) for m in models]),
                      resume=resume, overwrite=overwrite, device=run_device, amp=amp, progress=progress,
                      run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded)
     return _note_stale_sizes(Scores.load(out_dir), source, Path(out_dir))

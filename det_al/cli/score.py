@@ -12,7 +12,12 @@ from det_al.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", "-k", required=True, help="det_al checkpoint (or a torchvision state dict with --config)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", "-k", help="det_al checkpoint (or a torchvision state dict with --config)")
+    model.add_argument("--checkpoints", nargs="+", metavar="CHECKPOINT",
+                       help="an ensemble: checkpoints of one family and one class list (e.g. trained with different "
+                            "seeds); each runs the passes, all their passes are scored together; the pseudo-labels "
+                            "and embeddings are the first one's (docs/scoring.md)")
     parser.add_argument("--config", "-c", help="YAML config; default: the one stored in the checkpoint")
     parser.add_argument("--pool", "-p", required=True, help="COCO JSON of the pool, or a folder of images")
     parser.add_argument("--image-root", "-r", help="folder the pool's file_name entries are relative to (default: the pool file's folder)")
@@ -65,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
     rank, world, local_rank = world_info()
     device = rank_device(args.device, local_rank) if world > 1 else args.device
     source = load_pool(args.pool, args.image_root)
-    loaded = _load_model(args, source.pool.get("categories"), device)
-    info = {"checkpoint": os.fspath(args.checkpoint)}
+    paths = checkpoint_paths(args)
+    loaded = _load_members(args, paths, source.pool.get("categories"), device)
+    info = {"checkpoint": os.fspath(paths[0])}
+    if len(paths) > 1:
+        info["checkpoints"] = [os.fspath(p) for p in paths]
     start = time.perf_counter()
     if world > 1 or args.num_shards > 1:
         return _run_shard(args, loaded, source, out_dir, device, rank, world, info, start)
@@ -79,7 +87,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(args: argparse.Namespace, pool_categories: list[dict] | None, device: str):
+def checkpoint_paths(args: argparse.Namespace) -> list[str]:
+    """``--checkpoints``, or ``--checkpoint`` as a one-member list."""
+    return list(args.checkpoints) if args.checkpoints else [args.checkpoint]
+
+
+def _load_members(args: argparse.Namespace, paths: list[str], pool_categories: list[dict] | None, device: str):
+    """The run's :class:`~det_al.api.LoadedModel` (one checkpoint) or list of them (an ensemble,
+    checked to share family, classes and category names before any image is read; the run's
+    config and categories are the first checkpoint's)."""
+    import logging
+
+    from det_al.config import config_to_dict
+    from det_al.run.ensemble import check_members
+
+    members = [_load_model(args, path, pool_categories, device) for path in paths]
+    if len(members) == 1:
+        return members[0]
+    check_members([m.model for m in members], paths, [m.categories for m in members], members[0].config.passes.sites)
+    def scoring_sections(config) -> dict:  # what decides the scores besides the weights
+        return {k: v for k, v in config_to_dict(config).items() if k in ("passes", "matching", "scoring")}
+
+    first = scoring_sections(members[0].config)
+    for path, member in zip(paths[1:], members[1:]):
+        if scoring_sections(member.config) != first:
+            logging.getLogger(__name__).warning(
+                "%s: its stored passes/matching/scoring config differs from %s's; the ensemble uses %s's",
+                path, paths[0], paths[0])
+    return members
+
+
+def _load_model(args: argparse.Namespace, path: str, pool_categories: list[dict] | None, device: str):
     """The checkpoint's model, config (``--config``, ``--set``, the passes options) and categories."""
     from det_al.api import LoadedModel
     from det_al.config import load_config, override_config
@@ -89,10 +127,10 @@ def _load_model(args: argparse.Namespace, pool_categories: list[dict] | None, de
     if config is not None:
         # a plain state dict with num_classes left out takes the class count from the pool's categories
         given = (pool_categories or None) if config.model.num_classes is None else None
-        model, config, categories, _ = load_checkpoint(args.checkpoint, config, device=device, categories=given)
+        model, config, categories, _ = load_checkpoint(path, config, device=device, categories=given)
     else:
-        model, config_ck, categories, _ = load_checkpoint(args.checkpoint, None, device=device)
-        config = override_config(config_ck, _overrides(args), args.checkpoint)
+        model, config_ck, categories, _ = load_checkpoint(path, None, device=device)
+        config = override_config(config_ck, _overrides(args), path)
         if dataclasses.asdict(config.model) != dataclasses.asdict(config_ck.model):
             raise InputError("--set cannot change the model section of a checkpoint's config")
     return LoadedModel(model, config, categories or None)
@@ -104,6 +142,7 @@ def _run_shard(args, loaded, source, out_dir: Path, device: str, rank: int, worl
     from det_al.api import run_info
     from det_al.data.files import remove_earlier_outputs, write_json
     from det_al.run.checks import check_run
+    from det_al.run.ensemble import members_sha256
     from det_al.run.pool_run import score_to_dir
     from det_al.run.stream import SHARDS, file_sha256, refuse_existing_results
 
@@ -115,21 +154,24 @@ def _run_shard(args, loaded, source, out_dir: Path, device: str, rank: int, worl
                          "then run det-al select --strategy diverse with --labelled-embeddings")
     if not args.resume and not args.overwrite:  # before anything is written (a folder pool's pool.json)
         refuse_existing_results(out_dir)
-    model, config, categories = loaded
+    members = loaded if isinstance(loaded, list) else [loaded]
+    model, config, categories = members[0]
+    models = [m.model for m in members] if len(members) > 1 else model
+    paths = checkpoint_paths(args)
     categories = check_run(model, source.pool["images"], source.image_root, categories=categories,
                            pool_categories=source.pool.get("categories"), allow_outside_root=args.allow_outside_root,
-                           pool_source=source.path, categories_source=args.checkpoint, passes=config.passes)
+                           pool_source=source.path, categories_source=paths[0], passes=config.passes)
     if source.folder_coco is not None and rank == 0:
         write_json(out_dir / "pool.json", source.folder_coco, indent=1)
-    info = {**info, **run_info(source, device)}
-    checkpoint_sha = file_sha256(args.checkpoint)
+    info = {**info, **run_info(source, device), **({"members": len(members)} if len(members) > 1 else {})}
+    checkpoint_sha = members_sha256([file_sha256(path) for path in paths])
     if world > 1:
-        return _run_distributed(args, model, config, categories, source.pool, source.image_root, out_dir, checkpoint_sha,
+        return _run_distributed(args, models, config, categories, source.pool, source.image_root, out_dir, checkpoint_sha,
                                 device, rank, world, info)
     if args.overwrite:  # a torchrun run's shards would sit beside this run's results
         remove_earlier_outputs([out_dir / SHARDS])
     counts = score_to_dir(
-        model, config, categories, source.pool, source.image_root, out_dir, checkpoint_sha,
+        models, config, categories, source.pool, source.image_root, out_dir, checkpoint_sha,
         resume=args.resume, overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
         device=device, amp=args.amp, progress=not args.no_progress, assemble=False, run_info=info,
     )

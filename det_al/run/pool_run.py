@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from det_al.config import Config, config_to_dict
 from det_al.data.pool import PoolImages, as_pool_images
 from det_al.errors import InputError
 from det_al.run.assemble import assemble_outputs
+from det_al.run.ensemble import as_members
 from det_al.run.result_line import ResultLine
 from det_al.run.score_lines import iter_results
 from det_al.run.shards import resume_batches, shard_positions
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 def score_in_memory(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     config: Config,
     categories: list[dict],
     images: PoolImages | list[dict],
@@ -65,7 +66,7 @@ def _remove_empty_run(out_dir: Path, new_dir: bool) -> None:
 
 
 def score_to_dir(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     config: Config,
     categories: list[dict],
     pool: dict,
@@ -93,6 +94,8 @@ def score_to_dir(
     ``assemble`` (single shard), the final outputs are written at the end; shards are joined by
     :func:`det_al.run.shards.merge_shards`. ``labelled_embeddings`` ``[M, D]`` (the labelled set's,
     :func:`det_al.run.labelled.labelled_embeddings`) add ``novelty`` to every ranking record when assembling.
+    ``model`` may be an ensemble's models (:mod:`det_al.run.ensemble`); ``checkpoint_sha`` is then
+    :func:`det_al.run.ensemble.members_sha256` of theirs.
 
     The input is trusted (the entry checked it: :func:`det_al.run.checks.check_run`). When the
     first images all fail in the model with the same error (:func:`iter_results`), a new run's
@@ -105,11 +108,13 @@ def score_to_dir(
     # Results depend on the thread count in their last bits (CPU kernels sum in a thread-count
     # dependent order): it is part of the key, so a resume never mixes two counts' results.
     threads = torch.get_num_threads()
-    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block, threads)
+    key = run_key(checkpoint_sha, config_to_dict(config), pool_images.sha256(), num_shards, shard_index, block, threads,
+                  members=len(as_members(model)))
     out_dir = Path(out_dir)
     meta = {"config": config_to_dict(config), "categories": categories, "n_pool": len(pool_images)}
-    if (run_info or {}).get("image_root"):  # a merge of the shards remembers it too
-        meta["image_root"] = run_info["image_root"]
+    for name in ("image_root", "checkpoints", "members"):  # a merge of the shards remembers them too
+        if (run_info or {}).get(name):
+            meta[name] = run_info[name]
     new_dir = not out_dir.exists()
     with ResultsWriter(out_dir, key, resume=resume, meta=meta, overwrite=overwrite) as writer:
         done = np.isin(images.ids, writer.done_ids)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from det_al.data.segmentation import mask_to_rle
 from det_al.errors import InputError
 from det_al.inference.passes import ImagePasses, run_passes
 from det_al.models.build import has_masks
+from det_al.run.ensemble import EnsemblePasses, as_members, join_passes, member_seed
 from det_al.run.result_line import ResultLine
 from det_al.scoring.dense import dense_scores
 from det_al.scoring.informativeness import combine_image, image_informativeness
@@ -119,6 +120,9 @@ def score_image(
             for (x, y, w, h), lab, s in zip(xyxy_to_xywh(det.boxes), det.labels.tolist(), det.scores.double().tolist()):
                 rows.append([round(x, 1), round(y, 1), round(w, 1), round(h, 1), label_to_id.get(lab, -1), round(s, 4)])
         pass_boxes.append(rows)
+    passes: dict[str, Any] = {"views": list(image_passes.views), "passes": pass_boxes}
+    if isinstance(image_passes, EnsemblePasses):  # each pass's ensemble member
+        passes["members"] = list(image_passes.members)
 
     one_pass = one_pass_scores(anchor)
     dense = dense_scores(image_passes.candidates, anchor.boxes, anchor.scores, config.scoring)
@@ -140,25 +144,35 @@ def score_image(
     width, height = size if size is not None else (None, None)
     return ResultLine(
         image_id, file_name, width=width, height=height, record=record, annotations=annotations,
-        passes={"views": list(image_passes.views), "passes": pass_boxes},
+        passes=passes,
         embedding=[round(v, 5) for v in image_passes.embedding.detach().float().cpu().tolist()],
     )
 
 
-def _run_or_skip(model: nn.Module, items: list[dict], p, device: str, amp: bool) -> list[ImagePasses | str]:
-    """``run_passes`` on a batch; if the model fails, image by image: a failing image gives its reason."""
-    seeds = [image_seed(p.seed, it["image_id"]) for it in items]
+def run_members(models: list[nn.Module], images: list[torch.Tensor], config, seeds: list[list[int]],
+                device: str = "cpu", amp: bool = False) -> list[ImagePasses]:
+    """``run_passes`` once per ensemble member (``seeds[m]``: member ``m``'s seed of each image),
+    one member after the other, joined per image (:func:`det_al.run.ensemble.join_passes`); one
+    member's passes as ``run_passes`` gives them."""
+    runs = [run_passes(model, images, config, seeds=s, device=device, amp=amp) for model, s in zip(models, seeds)]
+    return runs[0] if len(runs) == 1 else [join_passes(per_image) for per_image in zip(*runs)]
+
+
+def _run_or_skip(models: list[nn.Module], items: list[dict], p, device: str, amp: bool) -> list[ImagePasses | str]:
+    """Every member's passes on a batch (:func:`run_members`); if a model fails, image by image:
+    a failing image gives its reason."""
+    seeds = [[image_seed(member_seed(p.seed, m), it["image_id"]) for it in items] for m in range(len(models))]
     try:
-        return run_passes(model, [it["image"] for it in items], p, seeds=seeds, device=device, amp=amp)
+        return run_members(models, [it["image"] for it in items], p, seeds, device=device, amp=amp)
     except Exception as e:
         if len(items) == 1:
             logger.debug("model failed on %s", items[0]["file_name"], exc_info=True)
             return [f"model failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"]
-    return [r for it in items for r in _run_or_skip(model, [it], p, device, amp)]
+    return [r for it in items for r in _run_or_skip(models, [it], p, device, amp)]
 
 
 def iter_results(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     config: Config,
     categories: list[dict],
     images: PoolImages | list[dict],
@@ -182,20 +196,23 @@ def iter_results(
     of ``passes.batch_size`` images; an image's passes depend on the images batched with it
     (torchvision pads a batch to its largest image). The input is trusted: the run's entry
     checked it (:func:`det_al.run.checks.check_run`). An empty ``images`` yields nothing.
+    ``model`` may be a list of models, an ensemble (:mod:`det_al.run.ensemble`, checked by
+    :func:`det_al.run.ensemble.check_members`): their passes are scored together.
     """
+    models = as_members(model)
     images = as_pool_images(images)
     p = config.passes
     dataset = make_dataset(images) if make_dataset else PoolDataset(images, image_root)
     if batches is None:
         batches = consecutive_runs(np.arange(len(dataset)) // p.batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=p.num_workers, collate_fn=pool_collate)
-    with_masks = has_masks(model)
+    with_masks = has_masks(models[0])
     bar = tqdm(total=len(dataset), desc="scoring", unit="img", disable=not progress, dynamic_ncols=True)
     held: list[list[ResultLine]] | None = []  # batches held back while every image that reached the model failed
     failures: list[str] = []  # their model errors
     try:
         for batch in loader:
-            lines = _score_batch(model, batch, config, categories, with_masks, device, amp)
+            lines = _score_batch(models, batch, config, categories, with_masks, device, amp)
             bar.update(len(batch))
             if held is not None:
                 held.append(lines)
@@ -223,7 +240,7 @@ def _skip(item: dict, reason: str) -> ResultLine:
     return ResultLine(item["image_id"], item["file_name"], skipped=reason)
 
 
-def _score_batch(model: nn.Module, batch: list[dict], config: Config, categories: list[dict], with_masks: bool,
+def _score_batch(models: list[nn.Module], batch: list[dict], config: Config, categories: list[dict], with_masks: bool,
                  device: str, amp: bool) -> list[ResultLine]:
     """The result lines of one batch of :class:`PoolDataset` items, in batch order."""
     lines: dict[int, ResultLine] = {}
@@ -233,7 +250,7 @@ def _score_batch(model: nn.Module, batch: list[dict], config: Config, categories
             lines[k] = _skip(item, item["error"])
         else:
             good.append((k, item))
-    results = _run_or_skip(model, [item for _, item in good], config.passes, device, amp) if good else []
+    results = _run_or_skip(models, [item for _, item in good], config.passes, device, amp) if good else []
     for (k, item), res in zip(good, results):
         if isinstance(res, str):
             lines[k] = _skip(item, res)

@@ -130,8 +130,10 @@ def merge_shards(dirs: list[str | os.PathLike], out_dir: str | os.PathLike, run_
     config = config_from_dict(meta["config"], str(shards[0][0] / "key.json"))
     paths = [d / RESULTS for d, _ in shards]
     info = {"n_pool": meta.get("n_pool"), "shards": [os.fspath(d) for d, _ in shards], **(run_info or {})}
-    if meta.get("image_root"):  # the pool's image root, for the exporters and the report
-        info.setdefault("image_root", meta["image_root"])
+    # the pool's image root (the exporters and the report default to it), an ensemble's checkpoints
+    for name in ("image_root", "checkpoints", "members"):
+        if meta.get(name):
+            info.setdefault(name, meta[name])
     block = shards[0][1].get("shard_block", 1)
     return assemble_outputs(lambda: _round_robin(paths, block), out_dir, meta.get("categories", []), config, info)
 

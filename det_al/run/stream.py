@@ -68,7 +68,7 @@ RESULT_NEUTRAL = (("passes", "num_workers"), ("train", "batchnorm"))
 
 def run_key(
     checkpoint_sha: str, config: dict, pool_sha: str, num_shards: int, shard_index: int, block: int = 1,
-    threads: int | None = None,
+    threads: int | None = None, members: int = 1,
 ) -> dict:
     """What a results file was computed from; two runs with equal keys give equal results.
 
@@ -78,6 +78,8 @@ def run_key(
     ``threads``: the intra-op thread count of the scoring process (``torch.get_num_threads()``).
     CPU kernels sum in an order that depends on it, so MC results differ in their last bits
     between thread counts; a run is resumed only with the count it started with.
+    ``members``: the models of an ensemble (:mod:`det_al.run.ensemble`; recorded when more than
+    one, ``checkpoint_sha`` is then the hash of their hashes in order).
     """
     config = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
     for section, key in RESULT_NEUTRAL:
@@ -91,12 +93,14 @@ def run_key(
         "shard_index": shard_index,
         **({"shard_block": block} if num_shards > 1 else {}),
         **({"threads": int(threads)} if threads is not None else {}),
+        **({"members": int(members)} if members != 1 else {}),
     }
 
 
 def _describe_mismatch(old: dict, new: dict) -> str:
     names = {
-        "checkpoint_sha256": "a different checkpoint",
+        "checkpoint_sha256": "a different checkpoint (or list of ensemble checkpoints)",
+        "members": f"{old.get('members', 1)} ensemble members, this run has {new.get('members', 1)}",
         "config_sha256": "a different config",
         "pool_sha256": "a different pool",
         "num_shards": "a different --num-shards",
@@ -105,7 +109,7 @@ def _describe_mismatch(old: dict, new: dict) -> str:
         "threads": f"{old.get('threads')} threads per process, this process has {new.get('threads')} "
                    f"(set OMP_NUM_THREADS={old.get('threads')} to continue it)",
     }
-    diffs = [names.get(k, k) for k in new if old.get(k) != new.get(k)]
+    diffs = [names.get(k, k) for k in {**old, **new} if old.get(k) != new.get(k)]
     return ", ".join(diffs) or "an unknown run"
 
 
