@@ -395,9 +395,11 @@ def select(
     ``top:box``), ``random``, ``fused`` (reciprocal-rank fusion of informativeness and
     novelty), ``diverse`` (k-center over embeddings among the ``pre_factor x budget`` most
     informative; ``labelled_embeddings`` ``[L, D]`` counts as already covered),
-    ``class-balanced``, or a callable ``strategy(records, budget, budget_boxes, **context)``;
-    ``None``: ``fused`` when the scores carry novelty (scored with ``labelled=``), else ``top``
-    (:func:`det_al.selection.strategies.default_strategy`). ``budget`` caps images,
+    ``class-balanced`` (the rarest class of the labelled set first; ``class-balanced:fused``
+    fills each class by the fusion), or a callable ``strategy(records, budget, budget_boxes,
+    **context)``; ``None``: ``class-balanced:fused`` when the scores were scored with a labelled
+    COCO set (``labelled=``: novelty and its objects per class), ``fused`` with novelty alone,
+    else ``top`` (:func:`det_al.selection.strategies.default_strategy`). ``budget`` caps images,
     ``budget_boxes`` predicted boxes; give at least one. The selection keeps the scores'
     image root (:attr:`Selection.image_root`), which the exporters default to.
     """

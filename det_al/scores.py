@@ -169,12 +169,13 @@ class Scores(SequenceABC):
         **context: Any,
     ) -> "Selection":
         """Choose a batch to label: :func:`det_al.select` on these scores (see there)."""
+        context = {**self.strategy_context(labelled_embeddings), **context}
         if strategy is None:
-            strategy = default_strategy(self.ranking)
+            strategy = default_strategy(self.ranking, context.get("labelled_classes"))
         where = self.source / "pseudo_labels.json" if self.source else None
         coco = select_batch(
             self.ranking, self._pseudo_labels, budget, strategy, where, budget_boxes=budget_boxes, seed=seed,
-            pre_factor=pre_factor, **self.strategy_context(labelled_embeddings), **context,
+            pre_factor=pre_factor, **context,
         )
         if self.image_root is not None:  # selection.json remembers where the images are
             coco["info"] = {**coco.get("info", {}), "image_root": os.fspath(self.image_root)}

@@ -249,8 +249,8 @@ def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpo
     assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "cb"),
                  "--strategy", "class-balanced"]) == 0
     expected = class_balanced(records, 2, image_classes=context["image_classes"], labelled_classes=context["labelled_classes"])
-    assert [im["id"] for im in json.loads((tmp_path / "cb" / "selection.json").read_text())["images"]] == [
-        r["image_id"] for r in expected]
+    assert sorted(im["id"] for im in json.loads((tmp_path / "cb" / "selection.json").read_text())["images"]) == sorted(
+        r["image_id"] for r in expected)
 
     sel = tmp_path / "sel"
     assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(sel),
@@ -260,8 +260,19 @@ def test_labelled_gives_novelty_and_select_fused_uses_it(tiny_pool, tiny_checkpo
     chosen = json.loads((sel / "selection.json").read_text())["images"]
     assert sorted(im["id"] for im in chosen) == sorted(records[i]["image_id"] for i in best)
 
-    # no --strategy: a ranking with novelty is selected from by fused, one without by top
+    # no --strategy: a ranking scored with a labelled COCO set is selected from by class-balanced:fused,
+    # one with novelty alone (no labelled_classes in run.json) by fused, one without novelty by top
     capsys.readouterr()
+    assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "d0"),
+                 "--fusion-k", "1"]) == 0
+    assert capsys.readouterr().out.startswith("class-balanced:fused: selected 2")
+    balanced = class_balanced(records, 2, image_classes=context["image_classes"], key="fused", fusion_k=1,
+                              labelled_classes=context["labelled_classes"])
+    assert sorted(im["id"] for im in json.loads((tmp_path / "d0" / "selection.json").read_text())["images"]) == sorted(
+        r["image_id"] for r in balanced)
+    run = json.loads((out / "run.json").read_text())
+    del run["labelled_classes"]
+    (out / "run.json").write_text(json.dumps(run))
     assert main(["select", "--ranking", str(out / "ranking.jsonl"), "--budget", "2", "--out", str(tmp_path / "d1"),
                  "--fusion-k", "1"]) == 0
     assert capsys.readouterr().out.startswith("fused: selected 2")

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategy",
         help=f"one of {', '.join(STRATEGIES)}; top:KEY ranks by any numeric ranking field (top:class, top:dense, "
-             "top:least_confidence, top:novelty, ...); diverse:fused pre-filters by the fusion (default: fused "
-             "when the ranking has novelty, from det-al score --labelled; else top)",
+             "top:least_confidence, top:novelty, ...); diverse:fused pre-filters by the fusion (default: class-balanced:fused "
+             "when the ranking was scored with det-al score --labelled TRAIN.json; fused when it has novelty alone; else top)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--pre-factor", type=float, default=3.0, help="diverse: uncertain candidates per budget slot")
