@@ -73,7 +73,7 @@ def assert_equals_torchvision(det: Detections, ref: dict) -> None:
     torch.testing.assert_close(det.scores, ref["scores"], atol=1e-4, rtol=0)
     assert torch.equal(det.labels, ref["labels"])
     if "masks" in ref:
-        torch.testing.assert_close(det.masks, ref["masks"][:, 0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(det.image_masks(), ref["masks"][:, 0], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("key", FAMILIES)
@@ -174,14 +174,17 @@ def test_hflip_view_maps_back_to_original_coordinates_and_fast_equals_plain():
     x1, y1, x2, y2 = ref["boxes"].unbind(1)
     expected = torch.stack([80 - x2, y1, 80 - x1, y2], 1)
     torch.testing.assert_close(flipped.boxes, expected, atol=1e-4, rtol=0)
-    torch.testing.assert_close(flipped.masks, ref["masks"][:, 0].flip(-1), atol=1e-4, rtol=0)
+    # box-frame masks are mirrored with their box; pasted, they differ from the mirrored full
+    # paste only where torchvision's integer rounding of the box is not mirror-symmetric
+    pasted, mirrored = flipped.image_masks() > 0.5, ref["masks"][:, 0].flip(-1) > 0.5
+    assert mirrored.any() and (pasted != mirrored).float().mean() < 0.002
     config = PassesConfig(passes=2, dropout=0.3, tta=("hflip", "scale:1.5"))
     fast = run_passes(model, [im], config, seeds=[2], fast=True)[0]
     plain = run_passes(model, [im], config, seeds=[2], fast=False)[0]
     assert fast.views == ["identity"] * 2 + ["hflip"] * 2 + ["scale:1.5"] * 2
     for a, b in zip(fast.passes, plain.passes, strict=True):
         assert_same(a, b)
-        assert a.masks.shape[1:] == im.shape[1:]
+        assert a.mask_canvas == tuple(im.shape[1:]) and a.masks.shape[1:] == (28, 28)  # box frame
         assert (a.boxes[:, 2] <= 80 + 1e-3).all() and (a.boxes[:, 3] <= 64 + 1e-3).all()
     # the scale view ran the network at 1.5x its resolution and put the transform back
     assert model.transform.min_size == (64,) and model.transform.max_size == 96
@@ -218,7 +221,9 @@ def test_shared_mask_logits_are_the_partner_features_through_channel_dropout():
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from det_al.inference.dropout import Chunk, mc_dropout
-    from det_al.inference.passes import _mask_features, _shared_masks, compute_prefix, run_suffix
+    from det_al.inference.masks import mask_features, shared_masks
+    from det_al.inference.prefix import compute_prefix
+    from det_al.inference.suffix import run_suffix
     from det_al.inference.postprocess import Raw
 
     model = model_for("mask")
@@ -234,10 +239,10 @@ def test_shared_mask_logits_are_the_partner_features_through_channel_dropout():
         boxes[2] = boxes[2].clamp(max=63.0)
         labels = torch.tensor([1, 3, 2])
         raw = Raw(boxes, torch.ones(3), labels, torch.ones(3, 4) / 4, "softmax")
-        _shared_masks(model, prefix, control, [[torch.Generator().manual_seed(7)]], [0.25], [[raw]])
+        shared_masks(model, prefix, control, [[torch.Generator().manual_seed(7)]], [0.25], [[raw]])
         from torchvision.ops import box_iou
         iou = box_iou(boxes[2:], cache.boxes[0]).max()
-        own = _mask_features(model, prefix, [boxes[2:]])[0]
+        own = mask_features(model, prefix, [boxes[2:]])[0]
     assert iou < 0.5
     conv = model.roi_heads.mask_predictor.mask_fcn_logits
     keep = (torch.rand((3, conv.in_channels), generator=torch.Generator().manual_seed(7)) >= 0.25).float()
