@@ -38,6 +38,7 @@ class ModelConfig:
 
 
 MASK_MODES = ("exact", "shared")
+TAIL_MODES = ("exact", "candidates")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class PassesConfig:
     ``dense_candidates`` (RetinaNet, FCOS): how many anchors, those the deterministic pass
     gives the highest foreground probability, are the pre-threshold candidates of the dense
     signals (:mod:`det_al.scoring.dense`; 0: every anchor).
+
+    ``tail`` (RetinaNet, FCOS, fast path): ``exact`` runs the heads' last convolutions of every
+    pass over every position; ``candidates`` only at the positions of the deterministic pass's
+    ``dense_candidates`` anchors and of its anchors above the score threshold, one matrix
+    product per pass batch (see :mod:`det_al.inference.one_stage`).
     """
 
     passes: int = 10
@@ -70,6 +76,7 @@ class PassesConfig:
     num_workers: int = 0
     seed: int = 0
     dense_candidates: int = 1000
+    tail: str = "exact"
 
     def rates(self) -> list[float]:
         """The dropout rate of each pass, ``len == passes``."""
@@ -397,6 +404,8 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError(f"passes.dropout rates must be in [0, 1), got {rates}", source)
     if p.masks not in MASK_MODES:
         raise InputError(f"passes.masks must be one of {', '.join(MASK_MODES)}, got {p.masks!r}", source)
+    if p.tail not in TAIL_MODES:
+        raise InputError(f"passes.tail must be one of {', '.join(TAIL_MODES)}, got {p.tail!r}", source)
     if p.dense_candidates < 0:
         raise InputError(f"passes.dense_candidates must be >= 0 (0: every anchor), got {p.dense_candidates}", source)
     if p.batch_size < 1 or p.chunk < 0 or p.num_workers < 0:

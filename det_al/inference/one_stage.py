@@ -11,9 +11,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import boxes as box_ops
 
 from det_al.inference.candidates import DenseAccumulator
+from det_al.inference.postprocess import Raw
 from det_al.inference.prefix import Prefix
 
 
@@ -71,3 +74,193 @@ def add_candidates(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[
                 p = torch.sqrt(p * torch.sigmoid(c).T[..., None])
             pieces.append(p)
         acc.add(torch.cat(pieces), prefix.references[i][acc.index])
+
+
+# --------------------------------------------------------------------------- restricted tail
+#
+# ``passes.tail: candidates``: the stochastic passes evaluate the head's last convolutions only
+# at the positions of the deterministic pass's candidate anchors (its ``passes.dense_candidates``
+# best by foreground probability, plus every anchor above the score threshold), as one matrix
+# product over the 3x3 neighbourhoods of those positions per pass batch, instead of a
+# convolution over every position. A pass can then detect only at those positions: what it
+# misses against ``exact`` is measured by ``benchmarks/bench_passes.py``. Dropout is drawn on the
+# input pixels the neighbourhoods read (element-wise, as the hook does, so neighbouring
+# positions share their inputs' masks), from the pass's own generator, but in a different order
+# than a whole-map mask: the passes differ from ``exact`` ones, not their distribution.
+
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # the order of a 3x3 kernel
+
+
+def restrictable(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain 3x3, stride 1, padding 1 convolution (what :func:`conv_at` computes)."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1)
+
+
+def neighbourhoods(positions: Tensor, height: int, width: int) -> Tensor:
+    """``[n, 9]`` flat indices (``y * W + x``) of each position's 3x3 neighbourhood in kernel
+    order; a neighbour outside the map is ``H * W`` (a zero column appended to the map).
+
+    >>> neighbourhoods(torch.tensor([0, 4]), 3, 3).tolist()
+    [[9, 9, 9, 9, 0, 1, 9, 3, 4], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
+    """
+    y, x = positions // width, positions % width
+    dy = torch.tensor([o[0] for o in _OFFSETS], device=positions.device)
+    dx = torch.tensor([o[1] for o in _OFFSETS], device=positions.device)
+    yy, xx = y[:, None] + dy, x[:, None] + dx
+    inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+    return torch.where(inside, yy * width + xx, torch.full_like(yy, height * width))
+
+
+def conv_at(x: Tensor, positions: Tensor, convs: Sequence[nn.Conv2d], generators: Sequence["torch.Generator | None"],
+            rates: Sequence[float], drop: bool) -> list[Tensor]:
+    """Each 3x3 conv of ``convs`` at ``positions`` of ``x`` ``[C, H, W]`` for P passes: ``[P, n, O]`` each.
+
+    With ``drop``, pass ``p`` first applies inverted dropout at rate ``rates[p]`` to the input
+    pixels the neighbourhoods read (keep-mask ``rand([C, U]) >= rate`` from ``generators[p]``,
+    U the distinct pixels); all ``convs`` read the same dropped input.
+    """
+    c, h, w = x.shape
+    index = neighbourhoods(positions, h, w)  # [n, 9]
+    needed, inverse = torch.unique(index, return_inverse=True)
+    flat = torch.cat([x.reshape(c, h * w), x.new_zeros((c, 1))], 1)[:, needed]  # [C, U]
+    p_count = len(rates)
+    if drop and any(r > 0.0 for r in rates):
+        rows = []
+        for g, r in zip(generators, rates):
+            if r == 0.0:
+                rows.append(flat)
+                continue
+            keep = torch.rand(flat.shape, generator=g, device=flat.device) >= r
+            rows.append(flat * keep.to(flat.dtype) * (1.0 / (1.0 - r)))
+        values = torch.stack(rows)  # [P, C, U]
+    else:
+        values = flat[None]
+    patches = values[:, :, inverse].permute(0, 2, 1, 3).reshape(values.shape[0], -1, c * 9)  # [P|1, n, 9C]
+    out = []
+    for conv in convs:
+        y = torch.matmul(patches, conv.weight.reshape(conv.out_channels, -1).t().to(patches.dtype))
+        if conv.bias is not None:
+            y = y + conv.bias.to(y.dtype)
+        out.append(y.expand(p_count, -1, -1))
+    return out
+
+
+def _level_shapes(cls: list[Tensor], num_classes: int) -> list[tuple[int, int, int]]:
+    """``(A, H, W)`` of each level of the heads' native ``[N, A * K, H, W]`` outputs."""
+    return [(int(x.shape[1]) // num_classes, int(x.shape[2]), int(x.shape[3])) for x in cls]
+
+
+def choose_positions(prefix: Prefix, cls: list[Tensor], ctr: list[Tensor] | None, num_classes: int,
+                     score_thresh: float, max_candidates: int,
+                     dense: Sequence[DenseAccumulator] | None = None) -> None:
+    """The deterministic pass picks, per image and level, the positions the restricted tail
+    evaluates (``prefix.tail_positions``, sorted): those of its ``max_candidates`` anchors of
+    highest foreground probability (the dense accumulators' choice when given) and of every
+    anchor with a class probability above ``score_thresh`` (every position when ``max_candidates``
+    is 0)."""
+    shapes = _level_shapes(cls, num_classes)
+    sizes = [a * h * w for a, h, w in shapes]
+    positions: list[list[Tensor]] = []
+    for i in range(cls[0].shape[0]):
+        levels = []
+        for level, logits in enumerate(cls):
+            a_count, h, w = shapes[level]
+            x = logits[i].float().view(a_count, num_classes, h * w)
+            p = torch.sigmoid(x)
+            if ctr is not None:
+                p = torch.sqrt(p * torch.sigmoid(ctr[level][i].float().view(a_count, 1, h * w)))
+            levels.append(p.permute(2, 0, 1).reshape(h * w * a_count, num_classes))
+        probs = torch.cat(levels)  # [R, K], torchvision's anchor order
+        chosen = (probs > score_thresh).any(1)
+        if max_candidates <= 0:
+            chosen[:] = True
+        elif dense is not None and dense[i].index is not None:
+            chosen[dense[i].index] = True
+        else:
+            foreground = probs[:, 1:].amax(1) if num_classes > 1 else probs[:, 0]
+            chosen[foreground.topk(min(max_candidates, int(foreground.shape[0]))).indices] = True
+        per_level = []
+        for (a_count, _, _), part in zip(shapes, chosen.split(sizes)):
+            per_level.append(torch.unique(torch.where(part)[0] // a_count))
+        positions.append(per_level)
+    prefix.tail_positions = positions
+
+
+def tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generators, rates: Sequence[float],
+                dense: Sequence[DenseAccumulator] | None) -> list[list[Raw]]:
+    """RetinaNet / FCOS stochastic passes with the restricted tail: ``[P][B]`` :class:`Raw`."""
+    fcos = prefix.family == "fcos"
+    cls_head, reg_head = model.head.classification_head, model.head.regression_head
+    num_classes = cls_head.num_classes
+    cls_tower, reg_tower = prefix.site
+    drop = {name: f"head.{name}" in sites for name in
+            ("classification_head.cls_logits", "regression_head.bbox_reg", "regression_head.bbox_ctrness")}
+    p_count = len(rates)
+    a_count = int(cls_head.cls_logits.out_channels) // num_classes
+    sizes = [a_count * int(t.shape[-2]) * int(t.shape[-1]) for t in cls_tower]
+    out: list[list[Raw]] = [[] for _ in range(p_count)]
+    for i in range(len(prefix.rows)):
+        gens = [generators[p][i] for p in range(p_count)]
+        levels = []
+        for level, positions in enumerate(prefix.tail_positions[i]):
+            logits = conv_at(cls_tower[level][i], positions, [cls_head.cls_logits], gens, rates,
+                             drop["classification_head.cls_logits"])[0]
+            deltas = conv_at(reg_tower[level][i], positions, [reg_head.bbox_reg], gens, rates,
+                             drop["regression_head.bbox_reg"])[0]
+            n = int(positions.shape[0])
+            logits = logits.float().reshape(p_count, n * a_count, num_classes)
+            deltas = deltas.float().reshape(p_count, n * a_count, 4)
+            if fcos:
+                deltas = F.relu(deltas)
+                centerness = conv_at(reg_tower[level][i], positions, [reg_head.bbox_ctrness], gens, rates,
+                                     drop["regression_head.bbox_ctrness"])[0]
+                probs = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(centerness.float().reshape(p_count, -1, 1)))
+            else:
+                probs = torch.sigmoid(logits)
+            anchors = (positions[:, None] * a_count + torch.arange(a_count, device=positions.device)).reshape(-1)
+            levels.append((probs, deltas, anchors))
+        if dense is not None:
+            _add_restricted(prefix, dense[i], i, levels, sizes)
+        for p in range(p_count):
+            level_pass = [(pr[p], d[p], a) for pr, d, a in levels]
+            out[p].append(_tail_postprocess(model, prefix, i, level_pass, sizes, fcos))
+    return out
+
+
+def _add_restricted(prefix: Prefix, acc: DenseAccumulator, i: int,
+                    levels: list[tuple[Tensor, Tensor, Tensor]], sizes: list[int]) -> None:
+    """The accumulator's candidates' probabilities ``[m, P, K - 1]`` from the restricted outputs."""
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).tolist()
+    rows = torch.cat([a + o for (_, _, a), o in zip(levels, offsets)])  # global anchor ids, sorted
+    probs = torch.cat([pr for pr, _, _ in levels], 1)  # [P, n, K]
+    index = acc.index if acc.index is not None else rows
+    where = torch.searchsorted(rows, index)
+    acc.add(probs[:, where, 1:].transpose(0, 1), prefix.references[i][index])
+
+
+def _tail_postprocess(model: nn.Module, prefix: Prefix, i: int, levels: list[tuple[Tensor, Tensor, Tensor]],
+                      sizes: list[int], fcos: bool) -> Raw:
+    """torchvision's RetinaNet / FCOS ``postprocess_detections`` over the restricted anchors of one pass."""
+    anchors = prefix.references[i].split(sizes)
+    boxes_all, scores_all, labels_all, probs_all = [], [], [], []
+    for level, (probs, deltas, rows) in enumerate(levels):
+        num_classes = probs.shape[-1]
+        scores = probs.flatten()
+        flat = torch.where(scores > model.score_thresh)[0]
+        scores, idxs = scores[flat].topk(min(model.topk_candidates, int(flat.shape[0])))
+        flat = flat[idxs]
+        local, labels = flat // num_classes, flat % num_classes
+        refs = anchors[level][rows[local]]
+        if fcos:
+            boxes = model.box_coder.decode(deltas[local], refs)
+        else:
+            boxes = model.box_coder.decode_single(deltas[local], refs)
+        boxes_all.append(box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i]))
+        scores_all.append(scores)
+        labels_all.append(labels)
+        probs_all.append(probs[local])
+    boxes, scores = torch.cat(boxes_all), torch.cat(scores_all)
+    labels, probs = torch.cat(labels_all), torch.cat(probs_all)
+    keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
+    return Raw(boxes[keep], scores[keep], labels[keep], probs[keep], "sigmoid")

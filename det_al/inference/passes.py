@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -58,7 +58,8 @@ from det_al.inference.candidates import Candidates, DenseAccumulator
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout, default_sites, mc_dropout
 from det_al.inference.prefix import Prefix, compute_prefix, embeddings
-from det_al.inference.suffix import run_suffix
+from det_al.inference.one_stage import restrictable
+from det_al.inference.suffix import Tail, run_suffix
 from det_al.inference.tta import View, apply_view, parse_views, unapply_view
 from det_al.models.build import model_family
 
@@ -159,6 +160,7 @@ class _Run:
     dense: list[DenseAccumulator] | None
     chunk: int
     masks: str
+    tail: Tail | None = None
 
 
 def run_passes(
@@ -212,16 +214,35 @@ def run_passes(
     run = _Run(model, [im.to(device) for im in images], family, rates, views, gens,
                [DenseAccumulator(kind, config.dense_candidates) for _ in images] if dense else None,
                config.chunk if config.chunk > 0 else len(rates), config.masks if fast else "exact")
+    run = replace(run, tail=_tail(model, family, sites, config) if fast else None)
     autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
         with control.layout([Chunk(None, 0.0)]):
             base = compute_prefix(model, run.images, family)
         b_count = len(run.images)
         deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0], run.masks, run.dense,
-                                   choose=True, paste=True)[0]
+                                   choose=True, paste=True, tail=run.tail)[0]
         embedding = embeddings(base)
         results = _fast_passes(run, base, control) if fast else _plain_passes(run, control)
     return [_image_passes(run, i, base, deterministic[i], embedding[i], results[i]) for i in range(b_count)]
+
+
+# The one-stage modules the restricted tail computes itself (passes.tail: candidates).
+TAIL_SITES = ("head.classification_head.cls_logits", "head.regression_head.bbox_reg",
+              "head.regression_head.bbox_ctrness")
+
+
+def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | None:
+    """The restricted tail when ``passes.tail`` asks for it and the heads allow it, else ``None``."""
+    if config.tail != "candidates" or family not in ("retinanet", "fcos"):
+        return None
+    modules = dict(model.named_modules())
+    convs = [modules[s] for s in TAIL_SITES if s in modules]
+    if not all(s in TAIL_SITES for s in sites) or not all(restrictable(c) for c in convs):
+        logger.info("passes.tail: candidates needs plain 3x3 head convolutions and sites among %s: exact tail",
+                    TAIL_SITES)
+        return None
+    return Tail(config.dense_candidates)
 
 
 def _fast_passes(run: _Run, base: Prefix, control: MCDropout) -> list[list[list[Detections]]]:
@@ -235,7 +256,8 @@ def _fast_passes(run: _Run, base: Prefix, control: MCDropout) -> list[list[list[
             stop = min(start + run.chunk, len(run.rates))
             g = [[run.gens[i][v][t] for i in range(b_count)] for t in range(start, stop)]
             acc = run.dense if identity and run.dense else None
-            for row in run_suffix(run.model, prefix, control, g, run.rates[start:stop], run.masks, acc):
+            for row in run_suffix(run.model, prefix, control, g, run.rates[start:stop], run.masks, acc,
+                                  tail=run.tail):
                 for i in range(b_count):
                     results[i][v].append(row[i])
     return results

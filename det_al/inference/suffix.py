@@ -8,6 +8,7 @@ split of each family into prefix and suffix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -40,7 +41,7 @@ def tile(x: Tensor, p_count: int) -> Tensor:
 def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators: Generators,
                rates: Sequence[float], masks: str = "exact",
                dense: Sequence[DenseAccumulator] | None = None, choose: bool = False,
-               paste: bool = False) -> list[list[Detections]]:
+               paste: bool = False, tail: "Tail | None" = None) -> list[list[Detections]]:
     """The stochastic part for P passes in one batched call.
 
     Args:
@@ -54,22 +55,37 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
             of its ``max_candidates`` anchors of highest foreground probability (the candidates
             of the stochastic passes); nothing is accumulated.
         paste: masks pasted into the image (the deterministic pass); else kept in the box frame.
+        tail: RetinaNet/FCOS ``passes.tail: candidates`` (:class:`Tail`); ``None``: exact.
 
     Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
     """
-    return to_original(prefix, raw_suffix(model, prefix, control, generators, rates, masks, dense, choose), paste)
+    raw = raw_suffix(model, prefix, control, generators, rates, masks, dense, choose, tail)
+    return to_original(prefix, raw, paste)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The restricted one-stage tail (``passes.tail: candidates``): how many candidates."""
+
+    max_candidates: int
 
 
 def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators: Generators,
                rates: Sequence[float], masks: str = "exact",
-               dense: Sequence[DenseAccumulator] | None = None, choose: bool = False) -> list[list[Raw]]:
+               dense: Sequence[DenseAccumulator] | None = None, choose: bool = False,
+               tail: Tail | None = None) -> list[list[Raw]]:
     """:func:`run_suffix` before :func:`to_original`: ``[P][B]`` :class:`Raw` in the prefix's
     resized image coordinates, masks ``[N, 1, M, M]`` in the box frame."""
     chunks = pass_chunks(generators, rates, prefix.rows)
     if prefix.family == "rcnn":
         return _rcnn(model, prefix, control, chunks, generators, rates, masks, dense, choose)
     if prefix.family in ("retinanet", "fcos"):
-        return _one_stage(model, prefix, control, chunks, len(rates), dense, choose)
+        if tail is not None and not choose:
+            if prefix.tail_positions is None:  # a TTA view: its own deterministic choice first
+                _one_stage(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
+                           1, None, True, tail)
+            return one_stage.tail_passes(model, prefix, control.sites, generators, rates, dense)
+        return _one_stage(model, prefix, control, chunks, len(rates), dense, choose, tail)
     if prefix.family == "ssd":
         return _ssd(model, prefix, control, chunks, len(rates), dense, choose)
     raise ValueError(f"unknown model family {prefix.family!r}")
@@ -105,7 +121,7 @@ def _rcnn(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chu
 
 
 def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chunk], p_count: int,
-               dense: Sequence[DenseAccumulator] | None, choose: bool) -> list[list[Raw]]:
+               dense: Sequence[DenseAccumulator] | None, choose: bool, tail: Tail | None = None) -> list[list[Raw]]:
     fcos = prefix.family == "fcos"
     cls_tower, reg_tower = prefix.site
     cls_head, reg_head = model.head.classification_head, model.head.regression_head
@@ -122,6 +138,9 @@ def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: lis
             one_stage.choose_candidates(prefix, dense, cls, ctr or None, cls_head.num_classes)
         else:
             one_stage.add_candidates(prefix, dense, cls, ctr or None, cls_head.num_classes, p_count)
+    if choose and tail is not None:
+        one_stage.choose_positions(prefix, cls, ctr or None, cls_head.num_classes, model.score_thresh,
+                                   tail.max_candidates, dense)
     return dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
 
 
