@@ -23,24 +23,31 @@ def test_conv_at_equals_the_convolution_at_those_positions():
     x = torch.randn(4, 5, 7)
     positions = torch.tensor([0, 6, 17, 34])  # corners and the middle
     full = conv(x[None])[0].reshape(6, -1)[:, positions].T  # [n, O]
-    got = conv_at(x, positions, [conv], [None, None], [0.0, 0.0], drop=False)[0]
+    got = conv_at(x, positions, torch.zeros(4, dtype=torch.long), [(conv, 6)], [None, None], [0.0, 0.0],
+                  drop=False)[0]
     assert got.shape == (2, 4, 6)
     torch.testing.assert_close(got[1], full, atol=1e-5, rtol=0)
+    # anchor groups: row j gets channels groups[j] * 2 .. + 2 (3 anchors of 2 outputs each)
+    groups = torch.tensor([2, 0, 1, 2])
+    got = conv_at(x, positions, groups, [(conv, 2)], [None], [0.0], drop=False)[0][0]
+    for j, g in enumerate(groups.tolist()):
+        torch.testing.assert_close(got[j], full[j, 2 * g: 2 * g + 2], atol=1e-5, rtol=0)
     assert restrictable(conv) and not restrictable(nn.Conv2d(4, 6, 1)) and not restrictable(nn.Conv2d(4, 6, 3))
 
 
 def test_conv_at_drops_the_input_pixels_it_reads_with_the_pass_generator():
-    """By hand: the keep-mask ``rand([C, U]) >= r`` over the U distinct pixels read (sorted flat
-    indices, the zero padding column last), applied to the map, then the convolution."""
+    """By hand: the keep-mask ``rand([U, C]) >= r`` over the U distinct pixels read (sorted flat
+    indices, the zero padding last), applied to the map, then the convolution."""
     torch.manual_seed(1)
     conv = nn.Conv2d(3, 2, 3, padding=1)
     x = torch.randn(3, 4, 4)
     positions = torch.tensor([5, 15])
-    got = conv_at(x, positions, [conv], [torch.Generator().manual_seed(3)], [0.5], drop=True)[0][0]
+    got = conv_at(x, positions, torch.zeros(2, dtype=torch.long), [(conv, 2)], [torch.Generator().manual_seed(3)],
+                  [0.5], drop=True)[0][0]
     needed = torch.unique(neighbourhoods(positions, 4, 4))  # [U], 16 = the padding column
-    keep = (torch.rand((3, needed.numel()), generator=torch.Generator().manual_seed(3)) >= 0.5).float()
+    keep = (torch.rand((needed.numel(), 3), generator=torch.Generator().manual_seed(3)) >= 0.5).float()
     mask = torch.zeros(3, 17)
-    mask[:, needed] = keep
+    mask[:, needed] = keep.T
     dropped = x.reshape(3, 16) * mask[:, :16] * 2.0
     full = conv(dropped.reshape(1, 3, 4, 4))[0].reshape(2, -1)[:, positions].T
     torch.testing.assert_close(got, full, atol=1e-5, rtol=0)

@@ -20,15 +20,16 @@ from det_al.inference.postprocess import Raw
 from det_al.inference.prefix import Prefix
 
 
-def one_stage_probs(cls: list[Tensor], ctr: list[Tensor] | None, num_classes: int) -> Tensor:
-    """``[N, R, C - 1]``: every anchor's per-class probabilities (the quantity the family scores
-    detections with, background column left out), in torchvision's ``[H * W * A]`` anchor order."""
+def one_stage_probs(cls: list[Tensor], ctr: list[Tensor] | None, num_classes: int, first: int = 1) -> Tensor:
+    """``[N, R, C - first]``: every anchor's per-class probabilities (the quantity the family
+    scores detections with; ``first=1`` leaves the background column out), in torchvision's
+    ``[H * W * A]`` anchor order."""
     levels = []
     for level, logits in enumerate(cls):
         n, _, h, w = logits.shape
         a_count = logits.shape[1] // num_classes
         x = logits.float().view(n, a_count, num_classes, h, w).permute(0, 3, 4, 1, 2)
-        p = torch.sigmoid(x.reshape(n, h * w * a_count, num_classes)[..., 1:])
+        p = torch.sigmoid(x.reshape(n, h * w * a_count, num_classes)[..., first:])
         if ctr is not None:
             c = ctr[level].float().view(n, a_count, h, w).permute(0, 2, 3, 1).reshape(n, h * w * a_count, 1)
             p = torch.sqrt(p * torch.sigmoid(c))
@@ -36,11 +37,10 @@ def one_stage_probs(cls: list[Tensor], ctr: list[Tensor] | None, num_classes: in
     return torch.cat(levels, 1)
 
 
-def choose_candidates(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[Tensor],
-                      ctr: list[Tensor] | None, num_classes: int) -> None:
+def choose_candidates(dense: Sequence[DenseAccumulator], probs: Tensor) -> None:
     """The deterministic pass picks each image's candidates: its ``max_candidates`` anchors of
-    highest foreground probability (all with ``max_candidates`` 0), in anchor order."""
-    probs = one_stage_probs(cls, ctr, num_classes)  # [B, R, C - 1]
+    highest foreground probability (all with ``max_candidates`` 0), in anchor order.
+    ``probs``: :func:`one_stage_probs` ``[B, R, C - 1]`` of the deterministic pass."""
     for i, acc in enumerate(dense):
         foreground = probs[i].amax(-1) if probs.shape[-1] else probs[i].sum(-1)
         r = int(foreground.shape[0])
@@ -79,14 +79,15 @@ def add_candidates(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[
 # --------------------------------------------------------------------------- restricted tail
 #
 # ``passes.tail: candidates``: the stochastic passes evaluate the head's last convolutions only
-# at the positions of the deterministic pass's candidate anchors (its ``passes.dense_candidates``
-# best by foreground probability, plus every anchor above the score threshold), as one matrix
-# product over the 3x3 neighbourhoods of those positions per pass batch, instead of a
-# convolution over every position. A pass can then detect only at those positions: what it
-# misses against ``exact`` is measured by ``benchmarks/bench_passes.py``. Dropout is drawn on the
-# input pixels the neighbourhoods read (element-wise, as the hook does, so neighbouring
-# positions share their inputs' masks), from the pass's own generator, but in a different order
-# than a whole-map mask: the passes differ from ``exact`` ones, not their distribution.
+# for the deterministic pass's candidate anchors (its ``passes.dense_candidates`` best by
+# foreground probability, plus every anchor above the score threshold), as matrix products over
+# the gathered 3x3 neighbourhoods of their positions (one per anchor shape and pass batch),
+# instead of a convolution over every position and anchor. A pass can then detect only at those
+# anchors: what that changes against ``exact`` is measured by ``benchmarks/bench_passes.py``.
+# Dropout is drawn on the input pixels the neighbourhoods read (element-wise, as the hook does,
+# so neighbouring anchors share their inputs' masks), from the pass's own generator, but in a
+# different order than a whole-map mask: the passes differ from ``exact`` ones, not their
+# distribution.
 
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # the order of a 3x3 kernel
 
@@ -112,79 +113,73 @@ def neighbourhoods(positions: Tensor, height: int, width: int) -> Tensor:
     return torch.where(inside, yy * width + xx, torch.full_like(yy, height * width))
 
 
-def conv_at(x: Tensor, positions: Tensor, convs: Sequence[nn.Conv2d], generators: Sequence["torch.Generator | None"],
-            rates: Sequence[float], drop: bool) -> list[Tensor]:
-    """Each 3x3 conv of ``convs`` at ``positions`` of ``x`` ``[C, H, W]`` for P passes: ``[P, n, O]`` each.
+def conv_at(x: Tensor, positions: Tensor, groups: Tensor, convs: Sequence[tuple[nn.Conv2d, int]],
+            generators: Sequence["torch.Generator | None"], rates: Sequence[float], drop: bool) -> list[Tensor]:
+    """3x3 convolutions of ``x`` ``[C, H, W]`` at ``m`` rows for P passes: ``[P, m, width]`` per conv.
 
-    With ``drop``, pass ``p`` first applies inverted dropout at rate ``rates[p]`` to the input
-    pixels the neighbourhoods read (keep-mask ``rand([C, U]) >= rate`` from ``generators[p]``,
-    U the distinct pixels); all ``convs`` read the same dropped input.
+    Row ``j`` is output channels ``groups[j] * width .. (groups[j] + 1) * width`` of ``conv`` at
+    flat position ``positions[j]`` (``y * W + x``): one anchor's outputs when a head lays its
+    channels out anchor by anchor, as torchvision's do. With ``drop``, pass ``p`` first applies
+    inverted dropout at rate ``rates[p]`` to the input pixels the rows read (keep-mask
+    ``rand([U, C]) >= rate`` from ``generators[p]``, U the distinct pixels in sorted order, the
+    zero padding last); all ``convs`` read the same dropped input.
     """
     c, h, w = x.shape
-    index = neighbourhoods(positions, h, w)  # [n, 9]
+    order = torch.argsort(groups * (h * w + 1) + positions)  # group-major: one matmul per group
+    index = neighbourhoods(positions[order], h, w)  # [m, 9]
     needed, inverse = torch.unique(index, return_inverse=True)
-    flat = torch.cat([x.reshape(c, h * w), x.new_zeros((c, 1))], 1)[:, needed]  # [C, U]
+    flat = torch.cat([x.reshape(c, h * w), x.new_zeros((c, 1))], 1)[:, needed].t().contiguous()  # [U, C]
     p_count = len(rates)
     if drop and any(r > 0.0 for r in rates):
-        rows = []
-        for g, r in zip(generators, rates):
+        values = flat.new_empty((p_count, *flat.shape))  # [P, U, C]
+        for g, r, v in zip(generators, rates, values):
             if r == 0.0:
-                rows.append(flat)
-                continue
-            keep = torch.rand(flat.shape, generator=g, device=flat.device) >= r
-            rows.append(flat * keep.to(flat.dtype) * (1.0 / (1.0 - r)))
-        values = torch.stack(rows)  # [P, C, U]
+                v.copy_(flat)
+            else:  # keep-mask rand >= r, kept values scaled by 1 / (1 - r), without temporaries
+                torch.rand(flat.shape, generator=g, device=flat.device, out=v)
+                v.ge_(r).mul_(flat).mul_(1.0 / (1.0 - r))
     else:
         values = flat[None]
-    patches = values[:, :, inverse].permute(0, 2, 1, 3).reshape(values.shape[0], -1, c * 9)  # [P|1, n, 9C]
+    patches = values[:, inverse].reshape(values.shape[0], -1, 9 * c)  # [P|1, m, 9C], kernel-major
+    counts = torch.bincount(groups, minlength=1).tolist()
     out = []
-    for conv in convs:
-        y = torch.matmul(patches, conv.weight.reshape(conv.out_channels, -1).t().to(patches.dtype))
-        if conv.bias is not None:
-            y = y + conv.bias.to(y.dtype)
-        out.append(y.expand(p_count, -1, -1))
+    for conv, width in convs:
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 9 * c).to(patches.dtype)
+        y = patches.new_empty((patches.shape[0], patches.shape[1], width))
+        start = 0
+        for g, n in enumerate(counts):
+            if n:
+                rows_g = slice(g * width, (g + 1) * width)
+                y[:, start:start + n] = torch.matmul(patches[:, start:start + n], weight[rows_g].t())
+                if conv.bias is not None:
+                    y[:, start:start + n] += conv.bias[rows_g].to(y.dtype)
+            start += n
+        result = torch.empty_like(y)
+        result[:, order] = y
+        out.append(result.expand(p_count, -1, -1))
     return out
 
 
-def _level_shapes(cls: list[Tensor], num_classes: int) -> list[tuple[int, int, int]]:
-    """``(A, H, W)`` of each level of the heads' native ``[N, A * K, H, W]`` outputs."""
-    return [(int(x.shape[1]) // num_classes, int(x.shape[2]), int(x.shape[3])) for x in cls]
-
-
-def choose_positions(prefix: Prefix, cls: list[Tensor], ctr: list[Tensor] | None, num_classes: int,
-                     score_thresh: float, max_candidates: int,
-                     dense: Sequence[DenseAccumulator] | None = None) -> None:
-    """The deterministic pass picks, per image and level, the positions the restricted tail
-    evaluates (``prefix.tail_positions``, sorted): those of its ``max_candidates`` anchors of
-    highest foreground probability (the dense accumulators' choice when given) and of every
-    anchor with a class probability above ``score_thresh`` (every position when ``max_candidates``
-    is 0)."""
-    shapes = _level_shapes(cls, num_classes)
-    sizes = [a * h * w for a, h, w in shapes]
-    positions: list[list[Tensor]] = []
-    for i in range(cls[0].shape[0]):
-        levels = []
-        for level, logits in enumerate(cls):
-            a_count, h, w = shapes[level]
-            x = logits[i].float().view(a_count, num_classes, h * w)
-            p = torch.sigmoid(x)
-            if ctr is not None:
-                p = torch.sqrt(p * torch.sigmoid(ctr[level][i].float().view(a_count, 1, h * w)))
-            levels.append(p.permute(2, 0, 1).reshape(h * w * a_count, num_classes))
-        probs = torch.cat(levels)  # [R, K], torchvision's anchor order
-        chosen = (probs > score_thresh).any(1)
+def choose_anchors(prefix: Prefix, probs: Tensor, sizes: Sequence[int], score_thresh: float,
+                   max_candidates: int, dense: Sequence[DenseAccumulator] | None = None) -> None:
+    """The deterministic pass picks, per image and level, the anchors the restricted tail
+    evaluates (``prefix.tail_anchors``, sorted indices within the level): its ``max_candidates``
+    anchors of highest foreground probability (the dense accumulators' choice when given) and
+    every anchor with a class probability above ``score_thresh`` (every anchor when
+    ``max_candidates`` is 0). ``probs``: :func:`one_stage_probs` with ``first=0``, ``[B, R, C]``;
+    ``sizes``: the anchors of each level."""
+    chosen_anchors: list[list[Tensor]] = []
+    for i in range(probs.shape[0]):
+        chosen = (probs[i] > score_thresh).any(1)
         if max_candidates <= 0:
             chosen[:] = True
         elif dense is not None and dense[i].index is not None:
             chosen[dense[i].index] = True
         else:
-            foreground = probs[:, 1:].amax(1) if num_classes > 1 else probs[:, 0]
+            foreground = probs[i, :, 1:].amax(1) if probs.shape[-1] > 1 else probs[i, :, 0]
             chosen[foreground.topk(min(max_candidates, int(foreground.shape[0]))).indices] = True
-        per_level = []
-        for (a_count, _, _), part in zip(shapes, chosen.split(sizes)):
-            per_level.append(torch.unique(torch.where(part)[0] // a_count))
-        positions.append(per_level)
-    prefix.tail_positions = positions
+        chosen_anchors.append([torch.where(part)[0] for part in chosen.split(list(sizes))])
+    prefix.tail_anchors = chosen_anchors
 
 
 def tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generators, rates: Sequence[float],
@@ -203,22 +198,21 @@ def tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generato
     for i in range(len(prefix.rows)):
         gens = [generators[p][i] for p in range(p_count)]
         levels = []
-        for level, positions in enumerate(prefix.tail_positions[i]):
-            logits = conv_at(cls_tower[level][i], positions, [cls_head.cls_logits], gens, rates,
-                             drop["classification_head.cls_logits"])[0]
-            deltas = conv_at(reg_tower[level][i], positions, [reg_head.bbox_reg], gens, rates,
-                             drop["regression_head.bbox_reg"])[0]
-            n = int(positions.shape[0])
-            logits = logits.float().reshape(p_count, n * a_count, num_classes)
-            deltas = deltas.float().reshape(p_count, n * a_count, 4)
+        for level, anchors in enumerate(prefix.tail_anchors[i]):
+            positions, groups = anchors // a_count, anchors % a_count
+            cls_site = (cls_tower[level][i], positions, groups)
+            reg_site = (reg_tower[level][i], positions, groups)
+            logits = conv_at(*cls_site, [(cls_head.cls_logits, num_classes)], gens, rates,
+                             drop["classification_head.cls_logits"])[0].float()
+            deltas = conv_at(*reg_site, [(reg_head.bbox_reg, 4)], gens, rates,
+                             drop["regression_head.bbox_reg"])[0].float()
             if fcos:
                 deltas = F.relu(deltas)
-                centerness = conv_at(reg_tower[level][i], positions, [reg_head.bbox_ctrness], gens, rates,
-                                     drop["regression_head.bbox_ctrness"])[0]
-                probs = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(centerness.float().reshape(p_count, -1, 1)))
+                centerness = conv_at(*reg_site, [(reg_head.bbox_ctrness, 1)], gens, rates,
+                                     drop["regression_head.bbox_ctrness"])[0].float()
+                probs = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(centerness))
             else:
                 probs = torch.sigmoid(logits)
-            anchors = (positions[:, None] * a_count + torch.arange(a_count, device=positions.device)).reshape(-1)
             levels.append((probs, deltas, anchors))
         if dense is not None:
             _add_restricted(prefix, dense[i], i, levels, sizes)

@@ -35,7 +35,7 @@ class Prefix:
     references: list[Tensor]  # proposals (R-CNN) or anchors (one-stage) per image
     shared_masks: "SharedMasks | None" = None
     objectness: list[Tensor] | None = None  # R-CNN: the RPN probability of each proposal
-    tail_positions: list[list[Tensor]] | None = None  # restricted tail: [B][level] positions
+    tail_anchors: list[list[Tensor]] | None = None  # restricted tail: [B][level] anchor indices
 
 
 @dataclass

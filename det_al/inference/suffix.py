@@ -81,7 +81,7 @@ def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
         return _rcnn(model, prefix, control, chunks, generators, rates, masks, dense, choose)
     if prefix.family in ("retinanet", "fcos"):
         if tail is not None and not choose:
-            if prefix.tail_positions is None:  # a TTA view: its own deterministic choice first
+            if prefix.tail_anchors is None:  # a TTA view: its own deterministic choice first
                 _one_stage(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
                            1, None, True, tail)
             return one_stage.tail_passes(model, prefix, control.sites, generators, rates, dense)
@@ -133,14 +133,16 @@ def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: lis
             reg.append(F.relu(reg_head.bbox_reg(t)) if fcos else reg_head.bbox_reg(t))
             if fcos:
                 ctr.append(reg_head.bbox_ctrness(t))
-    if dense is not None:
-        if choose:
-            one_stage.choose_candidates(prefix, dense, cls, ctr or None, cls_head.num_classes)
-        else:
-            one_stage.add_candidates(prefix, dense, cls, ctr or None, cls_head.num_classes, p_count)
-    if choose and tail is not None:
-        one_stage.choose_positions(prefix, cls, ctr or None, cls_head.num_classes, model.score_thresh,
-                                   tail.max_candidates, dense)
+    num_classes = cls_head.num_classes
+    if choose and (dense is not None or tail is not None):
+        probs = one_stage.one_stage_probs(cls, ctr or None, num_classes, first=0)  # [B, R, C]
+        if dense is not None:
+            one_stage.choose_candidates(dense, probs[..., 1:])
+        if tail is not None:
+            sizes = [int(x.shape[1]) // num_classes * int(x.shape[2]) * int(x.shape[3]) for x in cls]
+            one_stage.choose_anchors(prefix, probs, sizes, model.score_thresh, tail.max_candidates, dense)
+    elif dense is not None:
+        one_stage.add_candidates(prefix, dense, cls, ctr or None, num_classes, p_count)
     return dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
 
 
