@@ -113,6 +113,18 @@ class Detections:
             return self.masks
         return paste_masks(self.masks, self.boxes, self.image_size)
 
+    @staticmethod
+    def gather_window_masks(detections: "list[Detections]", picks: list[tuple[int, int]],
+                            window: tuple[int, int, int, int]) -> Tensor:
+        """``[n, y1 - y0, x1 - x0]``: the masks of detection ``i`` of ``detections[t]`` for each
+        ``(t, i)`` of ``picks``, inside the image window ``(x0, y0, x1, y1)``
+        (:meth:`window_masks` of each, box-frame masks pasted in one call)."""
+        if all(detections[t].image_size is not None for t, _ in picks):
+            masks = torch.stack([detections[t].masks[i] for t, i in picks])
+            boxes = torch.stack([detections[t].boxes[i] for t, i in picks])
+            return paste_masks_in_window(masks, boxes, window)
+        return torch.stack([detections[t].window_masks([i], window)[0] for t, i in picks])
+
     @classmethod
     def empty(
         cls, num_classes: int, prob_kind: str = "softmax", mask_size: tuple[int, int] | None = None

@@ -310,8 +310,8 @@ def mask_disagreement(passes: list[Detections], objects: Objects, margin: float 
         ya, yb = max(int(math.floor(y0 - dy)), 0), min(int(math.ceil(y1 + dy)), height)
         if xb <= xa or yb <= ya:
             continue  # no pixel of the object lies in the image
-        crops = [passes[t].window_masks([i], (xa, ya, xb, yb))[0] for t, i in found_at]  # box-frame masks pasted
-        probs = torch.stack(crops).float().cpu()  # [n, h, w]
+        # box-frame masks (Detections.image_size) are pasted into the window only
+        probs = Detections.gather_window_masks(passes, found_at, (xa, ya, xb, yb)).float().cpu()  # [n, h, w]
         # The n thresholded masks and, last, the mean mask, encoded in one call.
         binary = torch.cat([probs > 0.5, (probs.mean(0) > 0.5)[None]])  # [n + 1, h, w]
         rles = mask_util.encode(np.asfortranarray(binary.permute(1, 2, 0).numpy().view(np.uint8)))
