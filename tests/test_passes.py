@@ -276,3 +276,27 @@ def test_shared_masks_with_tta_views_and_a_batch_match_exact_without_dropout():
         assert s.views == e.views
         for a, b in zip(s.passes, e.passes, strict=True):
             assert_same(a, b)
+
+
+def test_shared_masks_compute_a_lonely_box_once_for_all_passes():
+    """A box far from every deterministic one, found by two passes (IoU 0.9 between them): its
+    mask features are computed once, for the first pass, and the second pass reuses them."""
+    from det_al.inference.dropout import Chunk, mc_dropout
+    from det_al.inference.masks import _partners
+    from det_al.inference.prefix import compute_prefix
+    from det_al.inference.postprocess import Raw
+    from det_al.inference.suffix import run_suffix
+
+    model = model_for("mask")
+    im = image(64, 80, 10)
+    with torch.inference_mode(), mc_dropout(model, ("roi_heads.mask_predictor",), 0.0, [None]) as control:
+        with control.layout([Chunk(None, 0.0)]):
+            prefix = compute_prefix(model, [im], "rcnn")
+        run_suffix(model, prefix, control, [[None]], [0.0], masks="shared")
+        n_det = prefix.shared_masks.boxes[0].shape[0]
+        near = prefix.shared_masks.boxes[0][:1]
+        far = [torch.tensor([[60.0, 50.0, 79.0, 63.0]]), torch.tensor([[60.0, 50.0, 79.0, 62.0]])]
+        rows = [[Raw(torch.cat([near, b]), torch.ones(2), torch.tensor([1, 2]), torch.ones(2, 4) / 4, "softmax")]
+                for b in far]
+        sources, extra = _partners(model, prefix, control, rows)
+    assert sources[0].tolist() == [0, n_det, 0, n_det] and extra[0].shape[0] == 1

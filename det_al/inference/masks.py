@@ -87,32 +87,37 @@ def store_shared(model: nn.Module, prefix: Prefix, control: MCDropout, determini
 
 
 def _partners(model: nn.Module, prefix: Prefix, control: MCDropout,
-              out: list[list[Raw]]) -> tuple[list[list[tuple[Tensor, Tensor]]], list[Tensor]]:
-    """For each pass detection, the deterministic detection whose features it reuses (IoU >=
-    ``SHARE_IOU``, else -1) and its row among the features computed for the others ("lonely")."""
+              out: list[list[Raw]]) -> tuple[list[Tensor], list[Tensor]]:
+    """Whose mask features each pass detection uses: ``[B]`` tensors over the image's pass
+    detections (pass-major), index into ``cat([deterministic features, extra features])``, and
+    the extra features ``[B]`` ``[E_i, D, M, M]``.
+
+    A detection takes the deterministic detection it overlaps most when that box IoU is >=
+    ``SHARE_IOU``; else the first earlier pass's "lonely" detection it overlaps that much
+    (passes in order), else it is computed for itself (an extra)."""
     cache = prefix.shared_masks
-    b_count = len(prefix.rows)
-    sources: list[list[tuple[Tensor, Tensor]]] = []  # [P][B] (partner index or -1, own row or -1)
-    extra: list[list[Tensor]] = [[] for _ in range(b_count)]
-    n_extra = [0] * b_count
-    for row_out in out:
-        row = []
-        for i, raw in enumerate(row_out):
-            boxes = raw.boxes
-            partner = torch.full((boxes.shape[0],), -1, dtype=torch.long, device=boxes.device)
-            if cache.boxes[i].shape[0] and boxes.shape[0]:
-                best, index = box_ops.box_iou(boxes, cache.boxes[i]).max(dim=1)
-                partner = torch.where(best >= SHARE_IOU, index, partner)
-            lonely = torch.where(partner < 0)[0]
-            own = torch.full_like(partner, -1)
-            own[lonely] = torch.arange(n_extra[i], n_extra[i] + lonely.numel(), device=boxes.device)
-            n_extra[i] += int(lonely.numel())
-            extra[i].append(boxes[lonely])
-            row.append((partner, own))
-        sources.append(row)
+    sources, extras = [], []
+    for i in range(len(prefix.rows)):
+        known = cache.boxes[i]  # deterministic boxes, then the extras as they are found
+        n_det, rows = int(known.shape[0]), []
+        for row_out in out:
+            boxes = row_out[i].boxes
+            source = torch.full((boxes.shape[0],), -1, dtype=torch.long, device=boxes.device)
+            if known.shape[0] and boxes.shape[0]:
+                iou = box_ops.box_iou(boxes, known)
+                # a deterministic partner first (ranked 1 higher), then an earlier extra; -1: none
+                rank = torch.where(iou >= SHARE_IOU, iou, -1.0)
+                rank[:, :n_det] += (rank[:, :n_det] >= 0).to(rank.dtype)
+                best, index = rank.max(dim=1)
+                source = torch.where(best >= 0, index, source)
+            lonely = torch.where(source < 0)[0]
+            source[lonely] = torch.arange(known.shape[0], known.shape[0] + lonely.numel(), device=boxes.device)
+            known = torch.cat([known, boxes[lonely]])
+            rows.append(source)
+        sources.append(torch.cat(rows) if rows else known.new_zeros((0,), dtype=torch.long))
+        extras.append(known[n_det:])
     with control.layout([Chunk(None, 0.0)]):
-        extra_features = mask_features(model, prefix, [torch.cat(e) if e else cache.boxes[i][:0]
-                                                       for i, e in enumerate(extra)])
+        extra_features = mask_features(model, prefix, extras)
     return sources, extra_features
 
 
@@ -122,10 +127,12 @@ def shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout, generator
 
     ``prefix.shared_masks`` must hold the deterministic detections (:func:`store_shared`). A
     pass detection takes the features of the deterministic box it overlaps most when that IoU
-    is >= ``SHARE_IOU``, else its own. Each pass applies ``mask_fcn_logits`` for the
-    detection's label with *channel* dropout on its input when a dropout site lies in the mask
-    branch (keep-mask ``rand([n, D]) >= rate`` from the pass's generator, kept channels scaled
-    by ``1 / (1 - rate)``: D draws per detection instead of ``D * M * M``).
+    is >= ``SHARE_IOU``, else those of an earlier pass's detection it overlaps that much, else
+    its own (:func:`_partners`). Each pass applies ``mask_fcn_logits`` for the detection's label
+    with *channel* dropout on its input when a dropout site lies in the mask branch (keep-mask
+    ``rand([n, D]) >= rate`` from the pass's generator, kept channels scaled by
+    ``1 / (1 - rate)``: D draws per detection instead of ``D * M * M``), as one matrix product
+    per feature source.
 
     What this leaves out, compared with ``exact``: the mask head's response to each pass's
     slightly different RoI, and element-wise dropout at the predictor's input. Box, label and
@@ -137,17 +144,31 @@ def shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout, generator
     sources, extra_features = _partners(model, prefix, control, out)
     weight = predictor.mask_fcn_logits.weight[:, :, 0, 0]  # [C, D]
     bias = predictor.mask_fcn_logits.bias
-    for p, row_out in enumerate(out):
-        for i, raw in enumerate(row_out):
-            partner, own = sources[p][i]
-            f = prefix.shared_masks.features[i][partner.clamp(min=0)]  # [n, D, M, M]
-            lonely = own >= 0
-            if bool(lonely.any()):
-                f[lonely] = extra_features[i][own[lonely]]
+    for i, source in enumerate(sources):
+        weights, labels = [], []
+        for p, row_out in enumerate(out):
+            raw = row_out[i]
             w = weight[raw.labels]  # [n, D]
             g, rate = generators[p][i], float(rates[p])
             if masked and rate > 0.0 and w.shape[0]:
                 keep = torch.rand(w.shape, generator=g, device=w.device) >= rate
                 w = w * keep.to(w.dtype) * (1.0 / (1.0 - rate))
-            logits = torch.einsum("nd,ndhw->nhw", w.to(f.dtype), f) + bias[raw.labels].to(f.dtype)[:, None, None]
-            raw.masks = logits.float().sigmoid()[:, None]
+            weights.append(w)
+            labels.append(raw.labels)
+        features = prefix.shared_masks.features[i]
+        if extra_features[i].numel():
+            features = torch.cat([features, extra_features[i]]) if features.numel() else extra_features[i]
+        w_all, label_all = torch.cat(weights), torch.cat(labels)
+        if w_all.shape[0] == 0:
+            masks = w_all.new_zeros((0, 1, 1, 1))
+        else:
+            d, m = features.shape[1], features.shape[-1]
+            flat = features.reshape(features.shape[0], d, m * m)
+            logits = flat.new_empty((w_all.shape[0], m * m))
+            for j in torch.unique(source).tolist():  # one matrix product per feature source
+                rows = torch.where(source == j)[0]
+                logits[rows] = w_all[rows].to(flat.dtype) @ flat[j]
+            logits = logits + bias[label_all].to(logits.dtype)[:, None]
+            masks = logits.float().sigmoid().view(-1, 1, m, m)
+        for raw, piece in zip((row_out[i] for row_out in out), masks.split([len(w) for w in weights])):
+            raw.masks = piece
