@@ -51,9 +51,10 @@ class PassesConfig:
     ``passes`` times. ``chunk`` caps how many passes run in one batched call (0: all).
 
     ``masks`` (Mask R-CNN, fast path): ``exact`` runs the mask branch on every pass's own boxes
-    (what T whole-model passes give); ``shared`` runs it once on the deterministic boxes and
-    derives each pass's masks from those features (see :mod:`det_al.inference.passes`), so T passes cost
-    about one mask branch instead of T.
+    (what T whole-model passes give); ``shared`` (the default) runs it once on the deterministic boxes and
+    derives each pass's masks from those features (see :mod:`det_al.inference.masks`), so T
+    passes cost about one mask branch instead of T. Pass masks stay 28x28 in the box frame
+    either way; only the deterministic pass is pasted into the image.
 
     ``dense_candidates`` (RetinaNet, FCOS): how many anchors, those the deterministic pass
     gives the highest foreground probability, are the pre-threshold candidates of the dense
@@ -71,7 +72,7 @@ class PassesConfig:
     tta: tuple[str, ...] = ()
     fast: bool = True
     chunk: int = 0
-    masks: str = "exact"
+    masks: str = "shared"
     batch_size: int = 1
     num_workers: int = 0
     seed: int = 0

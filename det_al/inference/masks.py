@@ -89,8 +89,8 @@ def store_shared(model: nn.Module, prefix: Prefix, control: MCDropout, determini
 def _partners(model: nn.Module, prefix: Prefix, control: MCDropout,
               out: list[list[Raw]]) -> tuple[list[Tensor], list[Tensor]]:
     """Whose mask features each pass detection uses: ``[B]`` tensors over the image's pass
-    detections (pass-major), index into ``cat([deterministic features, extra features])``, and
-    the extra features ``[B]`` ``[E_i, D, M, M]``.
+    detections (pass-major), rows of ``prefix.shared_masks.features[i]``, to which the features
+    of the detections computed for themselves are appended (also returned, ``[B]`` ``[E_i, D, M, M]``).
 
     A detection takes the deterministic detection it overlaps most when that box IoU is >=
     ``SHARE_IOU``; else the first earlier pass's "lonely" detection it overlaps that much
@@ -98,8 +98,8 @@ def _partners(model: nn.Module, prefix: Prefix, control: MCDropout,
     cache = prefix.shared_masks
     sources, extras = [], []
     for i in range(len(prefix.rows)):
-        known = cache.boxes[i]  # deterministic boxes, then the extras as they are found
-        n_det, rows = int(known.shape[0]), []
+        known = cache.boxes[i]  # deterministic boxes, then the extras as earlier passes found them
+        n_det, n_known, rows = cache.deterministic[i], int(known.shape[0]), []
         for row_out in out:
             boxes = row_out[i].boxes
             source = torch.full((boxes.shape[0],), -1, dtype=torch.long, device=boxes.device)
@@ -115,9 +115,13 @@ def _partners(model: nn.Module, prefix: Prefix, control: MCDropout,
             known = torch.cat([known, boxes[lonely]])
             rows.append(source)
         sources.append(torch.cat(rows) if rows else known.new_zeros((0,), dtype=torch.long))
-        extras.append(known[n_det:])
+        extras.append(known[n_known:])
+        cache.boxes[i] = known
     with control.layout([Chunk(None, 0.0)]):
         extra_features = mask_features(model, prefix, extras)
+    for i, f in enumerate(extra_features):  # later chunks of passes reuse them too
+        if f.numel():
+            cache.features[i] = torch.cat([cache.features[i], f]) if cache.features[i].numel() else f
     return sources, extra_features
 
 
@@ -156,8 +160,6 @@ def shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout, generator
             weights.append(w)
             labels.append(raw.labels)
         features = prefix.shared_masks.features[i]
-        if extra_features[i].numel():
-            features = torch.cat([features, extra_features[i]]) if features.numel() else extra_features[i]
         w_all, label_all = torch.cat(weights), torch.cat(labels)
         if w_all.shape[0] == 0:
             masks = w_all.new_zeros((0, 1, 1, 1))
