@@ -18,7 +18,7 @@ keeps its masks at 28 x 28 in the box frame, so T adds little.
 
 Usage::
 
-    python benchmarks/bench_memory.py [--passes 1 3 10] [--masks exact] [--width 4000 --height 3000]
+    python benchmarks/bench_memory.py [--passes 1 3 10] [--masks shared] [--width 4000 --height 3000]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", nargs="+", type=int, default=[1, 3, 10])
-    parser.add_argument("--masks", default="exact", choices=["exact", "shared"])
+    parser.add_argument("--masks", default="shared", choices=["exact", "shared"])
     parser.add_argument("--width", type=int, default=4000)
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--detections", type=int, default=100)
