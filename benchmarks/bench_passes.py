@@ -1,20 +1,24 @@
-"""Benchmark the pass engine (issue 3): T stochastic passes should cost about one.
+"""Benchmark the pass engine (issues 3, 25): T stochastic passes should cost about one.
 
-For each model, one 512-px image, T in --passes, seconds per image for
+For each model (all five families by default), one 512-px image, T in --passes, seconds per image for
 
   (a) one deterministic pass: torchvision's own ``model(images)``;
-  (b) the plain path: ``run_passes(fast=False)``: the deterministic pass + T whole-model passes
-      under the same dropout hooks and generators;
-  (c) det_al's engine: ``run_passes(fast=True)``: the prefix once, the T suffixes batched;
+  (b) the plain path (``--plain``): ``run_passes(fast=False)``: the deterministic pass + T
+      whole-model passes under the same dropout hooks and generators;
+  (c) det_al's engine: ``run_passes(fast=True)``, once per mode of the family: Mask R-CNN
+      ``passes.masks`` exact / shared, RetinaNet and FCOS ``passes.tail`` exact / candidates;
 
-and the ratios (c)/(a) and (b)/(c), printed as one table. Two columns give the cost of the dense,
-pre-threshold candidates (issue 18: at most 10 % at T = 10 on Faster R-CNN): ``dense %``, the
-time spent in their own work (accumulators, one-stage anchor gathering, ``dense_scores``; see
-:func:`dense_work`) as a share of (c); ``on-off %``, ``run_passes`` with against without them
-(``dense=False``, the engine before them), the least CPU time of ``--dense-repeats`` alternated
-runs each: the end-to-end check, which a loaded machine blurs by several percent. When det_al.scoring.matching and
-det_al.scoring.uncertainty exist, the time of ``match_passes`` + ``score_objects`` on the T = max
-passes of (c) is printed as a share of (c).
+and the ratio (c)/(a), in wall time and in this process's CPU time (``time.process_time``: on
+a machine shared with other jobs, wall time measures the load as much as the work; CPU time
+much less). Beside each approximate mode, its agreement with the exact computation (the exact
+fast path equals the plain path, which ``tests/test_passes.py`` checks): ``box IoU``, the IoU
+between the mean box (over the passes that found it) of each deterministic detection's object
+in this mode and in exact mode, averaged; ``rho``, Spearman's rank correlation of the
+objects' uncertainty (:func:`det_al.scoring.uncertainty.score_objects`) between this mode and
+exact mode. ``IoU seeds`` and ``rho seeds`` are the same between two exact runs with different
+seeds: the MC noise floor an approximation cannot be asked to beat. Two optional columns
+(``--dense-repeats N``) give the cost of the dense candidates (issue 18): ``dense %``, the
+time in their own work as a share of (c); ``on-off %``, ``run_passes`` with against without them.
 
 Random weights (no download) give near-uniform R-CNN softmax scores (~1/C) and RetinaNet
 sigmoid scores near the 0.01 prior, so a fixed score threshold would give either nothing or
@@ -30,19 +34,27 @@ What bounds (c)/(a) per family (multiply-accumulates at 512 px, 100 detections):
   are shared, so T passes cost little more than one.
 - RetinaNet: the dropout sites are the inputs of ``cls_logits`` (a 3x3 conv 256 -> A*K = 819
   channels over every position of P3-P7, ~10 GMAC) and ``bbox_reg``: ~15% of a deterministic
-  pass per stochastic pass, plus the per-pass top-k/NMS over ~5 M logits.
+  pass per stochastic pass with ``tail: exact``. ``tail: candidates`` evaluates them only at the
+  positions of the deterministic pass's 1,000 best anchors and those above threshold (at most
+  1,000 of the 5,456 positions; fewer when anchors of one position cluster): per pass
+  ~2 GMAC at worst, plus the gather of the 3x3 neighbourhoods and per-pass top-k/NMS.
+- FCOS: the same with one anchor per position (``cls_logits`` 256 -> 91, ``bbox_reg``,
+  ``bbox_ctrness``): the head's last convs are ~1.2 GMAC per pass with ``tail: exact``.
+- SSD300: the site is the input of the whole head (3x3 convs on six feature maps, ~4.5 GMAC
+  of the ~35 GMAC model), run for every pass: ~13% of a deterministic pass per pass.
 - Mask R-CNN, ``passes.masks: exact``: each pass runs the mask head (four 3x3 256-channel convs
   at 14x14, ~0.46 GMAC per RoI, ~46 GMAC for 100 boxes) and the 2x2 transposed conv to 28x28 on
-  its own boxes, about as much as the rest of the model, plus pasting 100 full-image masks per
-  pass: the mask branch dominates and scales with T x boxes. ``shared`` runs it once on the
-  deterministic boxes and reuses those features for pass detections within box IoU 0.5 of one;
-  with random weights most pass detections are new boxes (printed below the table), so the
-  saving here is a lower bound of what a trained model gets (``bench_shared_masks.py``).
+  its own boxes, about as much as the rest of the model: the mask branch dominates and scales
+  with T x boxes. Pass masks stay 28x28 in the box frame (no full-image paste per pass).
+  ``shared`` runs it once on the deterministic boxes and reuses those features for pass
+  detections within box IoU 0.5 of one; with random weights most pass detections are new
+  boxes (printed below the table), so the saving here is a lower bound of what a trained
+  model gets (``bench_shared_masks.py``, and the demo figures in docs/scoring.md).
 
 Usage::
 
-    python benchmarks/bench_passes.py [--families fasterrcnn maskrcnn retinanet]
-        [--passes 1 5 10 20] [--size 512] [--repeats 1] [--threads N] [--mask-modes exact shared]
+    python benchmarks/bench_passes.py [--families fasterrcnn maskrcnn retinanet fcos ssd]
+        [--passes 1 10 20] [--size 512] [--repeats 1] [--threads N] [--plain] [--dense-repeats N]
 """
 
 from __future__ import annotations
@@ -52,39 +64,48 @@ import os
 import time
 import warnings
 
+import numpy as np
 import torch
+from scipy.stats import spearmanr
+from torchvision.ops import box_iou
 
 from det_al.config import ModelConfig, PassesConfig, ScoringConfig
+from det_al.inference import one_stage
+from det_al.inference.candidates import DenseAccumulator
 from det_al.inference.dropout import Chunk, MCDropout
+from det_al.inference.passes import ImagePasses, compute_prefix, run_passes, run_suffix, torchvision_forward
 from det_al.models.build import build_model
 from det_al.scoring.dense import dense_scores
-from det_al.inference.passes import compute_prefix, run_passes, run_suffix, torchvision_forward
+from det_al.scoring.matching import match_passes
+from det_al.scoring.uncertainty import score_objects
 
 MODELS = {
     "fasterrcnn": "fasterrcnn_resnet50_fpn",
     "maskrcnn": "maskrcnn_resnet50_fpn",
     "retinanet": "retinanet_resnet50_fpn",
     "fcos": "fcos_resnet50_fpn",
+    "ssd": "ssd300_vgg16",
 }
+# The fast-path modes timed per family: (config field, values); the first value is exact.
+MODES = {"maskrcnn": ("masks", ["exact", "shared"]), "retinanet": ("tail", ["exact", "candidates"]),
+         "fcos": ("tail", ["exact", "candidates"])}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--families", nargs="+", default=["fasterrcnn", "maskrcnn", "retinanet"],
-                        choices=sorted(MODELS))
-    parser.add_argument("--passes", nargs="+", type=int, default=[1, 5, 10, 20])
+    parser.add_argument("--families", nargs="+", default=list(MODELS), choices=sorted(MODELS))
+    parser.add_argument("--passes", nargs="+", type=int, default=[1, 10, 20])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed runs per cell; the fastest is reported (the least disturbed by other load)")
-    parser.add_argument("--dense-repeats", type=int, default=5,
-                        help="alternated runs without/with the dense candidates for the 'dense +%%' column")
+    parser.add_argument("--dense-repeats", type=int, default=0,
+                        help="alternated runs without/with the dense candidates for the 'on-off %%' column (0: skip "
+                             "both dense columns)")
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--detections", type=int, default=100, help="target detections per image")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-plain", action="store_true", help="do not time (b)")
-    parser.add_argument("--mask-modes", nargs="+", default=["exact", "shared"], choices=["exact", "shared"],
-                        help="Mask R-CNN: time (c) with each passes.masks mode (one row each)")
+    parser.add_argument("--plain", action="store_true", help="also time (b), the plain path")
     return parser
 
 
@@ -120,24 +141,22 @@ def calibrate_threshold(model: torch.nn.Module, image: torch.Tensor, target: int
         return lo, count(lo)
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """The fastest of ``repeats`` runs of ``fn`` and its last result."""
-    times, out = [], None
+def timed(fn, repeats: int) -> tuple[float, float, object]:
+    """The fastest of ``repeats`` runs of ``fn``: wall seconds, this process's CPU seconds, last result."""
+    walls, cpus, out = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus), out
 
 
 def dense_work(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, device: str) -> float:
     """Seconds spent in the dense candidates' own work during one ``run_passes``: the
     accumulators (``DenseAccumulator.add`` / ``candidates``) and the one-stage anchor gathering
-    (``_choose_one_stage`` / ``_add_one_stage``), timed by wrapping them, plus ``dense_scores``.
+    (:mod:`det_al.inference.one_stage`), timed by wrapping them, plus ``dense_scores``.
     On a loaded machine this resolves a few percent where a difference of two runs cannot."""
-    import det_al.inference.passes as passes_module
-    from det_al.inference.candidates import DenseAccumulator
-
     spent = [0.0]
 
     def timed_call(fn):
@@ -149,18 +168,16 @@ def dense_work(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, 
                 spent[0] += time.perf_counter() - start
         return wrapper
 
-    originals = {"add": DenseAccumulator.add, "candidates": DenseAccumulator.candidates,
-                 "_choose_one_stage": passes_module._choose_one_stage, "_add_one_stage": passes_module._add_one_stage}
+    patched = [(DenseAccumulator, "add"), (DenseAccumulator, "candidates"), (one_stage, "choose_candidates"),
+               (one_stage, "add_candidates"), (one_stage, "_add_restricted")]
+    originals = [getattr(owner, name) for owner, name in patched]
     try:
-        DenseAccumulator.add = timed_call(originals["add"])
-        DenseAccumulator.candidates = timed_call(originals["candidates"])
-        passes_module._choose_one_stage = timed_call(originals["_choose_one_stage"])
-        passes_module._add_one_stage = timed_call(originals["_add_one_stage"])
+        for (owner, name), original in zip(patched, originals):
+            setattr(owner, name, timed_call(original))
         res = run_passes(model, [img], config, seeds=[0], device=device, fast=True)[0]
     finally:
-        DenseAccumulator.add, DenseAccumulator.candidates = originals["add"], originals["candidates"]
-        passes_module._choose_one_stage = originals["_choose_one_stage"]
-        passes_module._add_one_stage = originals["_add_one_stage"]
+        for (owner, name), original in zip(patched, originals):
+            setattr(owner, name, original)
     det = res.deterministic
     start = time.perf_counter()
     dense_scores(res.candidates, det.boxes, det.scores, ScoringConfig())
@@ -195,7 +212,7 @@ def matching_share(result, seconds: float) -> str:
         return objects
 
     run()  # warm-up, as for (a)-(c)
-    elapsed, objects = timed(run, 3)
+    elapsed, _, objects = timed(run, 3)
     return f"{elapsed:.3f} s = {100 * elapsed / seconds:.1f}% of (c) ({len(objects.anchor)} objects, fastest of 3)"
 
 
@@ -210,6 +227,86 @@ def partners(result) -> str:
     return f"{near}/{total}"
 
 
+def anchored(result: ImagePasses) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per deterministic detection: its object's uncertainty ``[N]`` and mean box over the passes
+    that found it ``[N, 4]`` (NaN where no pass did)."""
+    objects = match_passes(result.deterministic, result.passes, 0.5, False)
+    values = score_objects(result.deterministic, result.passes, objects, ScoringConfig())
+    n = len(result.deterministic)
+    uncertainty, boxes = torch.zeros(n), torch.full((n, 4), float("nan"))
+    for k in torch.where(objects.anchor >= 0)[0].tolist():
+        a = int(objects.anchor[k])
+        uncertainty[a] = values["uncertainty"][k]
+        found = [result.passes[t].boxes[i] for t, i in enumerate(objects.index[k].tolist()) if i >= 0]
+        if found:
+            boxes[a] = torch.stack(found).mean(0)
+    return uncertainty, boxes
+
+
+def agreement(reference: ImagePasses, other: ImagePasses) -> tuple[float, float]:
+    """(mean IoU of the objects' mean boxes, Spearman rho of their uncertainty) between two runs
+    whose deterministic passes are the same."""
+    u_ref, b_ref = anchored(reference)
+    u_other, b_other = anchored(other)
+    both = ~(b_ref.isnan().any(1) | b_other.isnan().any(1))
+    iou = box_iou(b_ref[both], b_other[both]).diagonal().mean().item() if both.any() else float("nan")
+    if len(u_ref) < 3 or np.ptp(u_ref.numpy()) == 0 or np.ptp(u_other.numpy()) == 0:
+        return iou, float("nan")  # no ranking to compare (e.g. T = 1: no disagreement)
+    rho = float(spearmanr(u_ref.numpy(), u_other.numpy()).statistic)
+    return iou, rho
+
+
+def bench_model(key: str, args: argparse.Namespace, image: torch.Tensor, notes: list[str]) -> list[tuple]:
+    """The rows of one model: per T and mode, times, ratios and agreement with exact mode."""
+    family = "rcnn" if "rcnn" in key else key
+    options = {} if key == "ssd" else {"min_size": args.size, "max_size": args.size}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(MODELS[key], 91, options)).to(args.device)
+    img = image.to(args.device)
+    thresh, n = calibrate_threshold(model, img, args.detections, family)
+    notes.append(f"{key}: score_thresh calibrated to {thresh:.6f} -> {n} detections in the deterministic pass")
+    torchvision_forward(model, [img])  # warm-up
+    a_wall, a_cpu, _ = timed(lambda: torchvision_forward(model, [img]), args.repeats)
+    field, modes = MODES.get(key, ("masks", ["exact"]))
+    rows = []
+    for t in args.passes:
+        b_wall = float("nan")
+        if args.plain:
+            config = PassesConfig(passes=t, dropout=args.dropout)
+            b_wall, _, _ = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
+                                                    fast=False), args.repeats)
+        exact = None
+        for mode in modes:
+            config = PassesConfig(passes=t, dropout=args.dropout, **{field: mode})
+            if t == args.passes[0]:
+                run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)  # warm-up
+            c_wall, c_cpu, res = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
+                                                          fast=True)[0], args.repeats)
+            if exact is None:
+                exact = res
+                other_seed = run_passes(model, [img], config, seeds=[1], device=args.device, fast=True)[0]
+                noise_iou, noise = agreement(exact, other_seed)
+                iou, rho = 1.0, 1.0
+            else:
+                iou, rho = agreement(exact, res)
+            work = diff = float("nan")
+            if args.dense_repeats:
+                t_0, t_1 = dense_cost(model, img, config, args.device, args.dense_repeats)
+                work = 100 * min(dense_work(model, img, config, args.device) for _ in range(2)) / c_wall
+                diff = 100 * (t_1 - t_0) / t_0
+            mean_dets = sum(len(p) for p in res.passes) / len(res.passes)
+            name = MODELS[key] + ("" if len(modes) == 1 else f" {field}:{mode}")
+            rows.append((name, t, a_wall, b_wall, c_wall, c_wall / a_wall, c_cpu / a_cpu, mean_dets,
+                         iou, noise_iou, rho, noise, work, diff))
+            if mode == "shared" and t == max(args.passes):
+                notes.append(f"{key} (shared masks) at T={t}: {partners(res)} of the pass detections "
+                             f"reuse a deterministic detection's mask features (box IoU >= 0.5)")
+            print(f"  {name} T={t}: a={a_wall:.2f}s b={b_wall:.2f}s c={c_wall:.2f}s", flush=True)
+    if exact is not None:
+        notes.append(f"{key}: matching + scoring at T={max(args.passes)}: {matching_share(exact, rows[-len(modes)][4])}")
+    return rows
+
+
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,51 +315,19 @@ def main(args: argparse.Namespace) -> None:
     image = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     rows, notes = [], []
     for key in args.families:
-        family = "rcnn" if "rcnn" in key else key
-        options = {"min_size": args.size, "max_size": args.size}
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(MODELS[key], 91, options)).to(args.device)
-        img = image.to(args.device)
-        thresh, n = calibrate_threshold(model, img, args.detections, family)
-        notes.append(f"{key}: score_thresh calibrated to {thresh:.6f} -> {n} detections in the deterministic pass")
-        torchvision_forward(model, [img])  # warm-up
-        t_a, _ = timed(lambda: torchvision_forward(model, [img]), args.repeats)
-        last = None
-        modes = args.mask_modes if key == "maskrcnn" else ["exact"]
-        for t in args.passes:
-            t_b = float("nan")
-            if not args.skip_plain:
-                config = PassesConfig(passes=t, dropout=args.dropout)
-                t_b, _ = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device, fast=False),
-                               args.repeats)
-            for mode in modes:
-                config = PassesConfig(passes=t, dropout=args.dropout, masks=mode)
-                run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)  # warm-up
-                t_c, res = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
-                                                    fast=True)[0], args.repeats)
-                t_0, t_1 = dense_cost(model, img, config, args.device, args.dense_repeats)
-                t_w = min(dense_work(model, img, config, args.device) for _ in range(2))
-                mean_dets = sum(len(p) for p in res.passes) / len(res.passes)
-                name = MODELS[key] + (f" ({mode} masks)" if key == "maskrcnn" else "")
-                rows.append((name, t, t_a, t_b, t_c, t_c / t_a, t_b / t_c, mean_dets,
-                             100 * t_w / t_c, 100 * (t_1 - t_0) / t_0))
-                if mode == modes[0]:
-                    last = (t, res, t_c)
-                if mode == "shared" and t == max(args.passes):
-                    notes.append(f"{key} (shared masks) at T={t}: {partners(res)} of the pass detections "
-                                 f"reuse a deterministic detection's mask features (box IoU >= 0.5)")
-                print(f"  {name} T={t}: a={t_a:.2f}s b={t_b:.2f}s c={t_c:.2f}s", flush=True)
-        if last is not None:
-            notes.append(f"{key}: matching + scoring at T={last[0]}: {matching_share(last[1], last[2])}")
-    header = f"{'model':<40} {'T':>3} {'(a) det s':>10} {'(b) plain s':>12} {'(c) fast s':>11} " \
-             f"{'(c)/(a)':>8} {'(b)/(c)':>8} {'dets/pass':>10} {'dense %':>8} {'on-off %':>9}"
-    print(f"\nsize {args.size}px, device {args.device}, torch threads {torch.get_num_threads()}, "
+        rows += bench_model(key, args, image, notes)
+    header = (f"{'model':<42} {'T':>3} {'(a) det s':>9} {'(b) plain':>9} {'(c) fast':>9} {'(c)/(a)':>8} "
+              f"{'cpu':>6} {'dets/pass':>9} {'box IoU':>8} {'IoU seeds':>9} {'rho':>6} {'rho seeds':>9} {'dense %':>8} "
+              f"{'on-off %':>8}")
+    print(f"\nsize {args.size}px (SSD300: 300px), device {args.device}, torch threads {torch.get_num_threads()}, "
           f"dropout {args.dropout}, fastest of {args.repeats}, load average at the end "
-          f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} cpus)")
+          f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} cpus); (c)/(a) in wall time, 'cpu' the same ratio in "
+          f"process CPU time")
     print(header)
     print("-" * len(header))
-    for name, t, a, b, c, ca, bc, d, work, diff in rows:
-        print(f"{name:<40} {t:>3} {a:>10.3f} {b:>12.3f} {c:>11.3f} {ca:>8.2f} {bc:>8.2f} {d:>10.1f} {work:>8.1f} {diff:>9.1f}")
+    for name, t, a, b, c, ca, cpu, d, iou, noise_iou, rho, noise, work, diff in rows:
+        print(f"{name:<42} {t:>3} {a:>9.3f} {b:>9.3f} {c:>9.3f} {ca:>8.2f} {cpu:>6.2f} {d:>9.1f} {iou:>8.3f} "
+              f"{noise_iou:>9.3f} {rho:>6.3f} {noise:>9.3f} {work:>8.1f} {diff:>8.1f}")
     for note in notes:
         print(note)
 

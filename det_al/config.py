@@ -38,6 +38,7 @@ class ModelConfig:
 
 
 MASK_MODES = ("exact", "shared")
+TAIL_MODES = ("exact", "candidates")
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,19 @@ class PassesConfig:
     ``passes`` times. ``chunk`` caps how many passes run in one batched call (0: all).
 
     ``masks`` (Mask R-CNN, fast path): ``exact`` runs the mask branch on every pass's own boxes
-    (what T whole-model passes give); ``shared`` runs it once on the deterministic boxes and
-    derives each pass's masks from those features (see :mod:`det_al.inference.passes`), so T passes cost
-    about one mask branch instead of T.
+    (what T whole-model passes give); ``shared`` (the default) runs it once on the deterministic boxes and
+    derives each pass's masks from those features (see :mod:`det_al.inference.masks`), so T
+    passes cost about one mask branch instead of T. Pass masks stay 28x28 in the box frame
+    either way; only the deterministic pass is pasted into the image.
 
     ``dense_candidates`` (RetinaNet, FCOS): how many anchors, those the deterministic pass
     gives the highest foreground probability, are the pre-threshold candidates of the dense
     signals (:mod:`det_al.scoring.dense`; 0: every anchor).
+
+    ``tail`` (RetinaNet, FCOS, fast path): ``exact`` runs the heads' last convolutions of every
+    pass over every position; ``candidates`` only at the positions of the deterministic pass's
+    ``dense_candidates`` anchors and of its anchors above the score threshold, one matrix
+    product per pass batch (see :mod:`det_al.inference.one_stage`).
     """
 
     passes: int = 10
@@ -65,11 +72,12 @@ class PassesConfig:
     tta: tuple[str, ...] = ()
     fast: bool = True
     chunk: int = 0
-    masks: str = "exact"
+    masks: str = "shared"
     batch_size: int = 1
     num_workers: int = 0
     seed: int = 0
     dense_candidates: int = 1000
+    tail: str = "exact"
 
     def rates(self) -> list[float]:
         """The dropout rate of each pass, ``len == passes``."""
@@ -397,6 +405,8 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError(f"passes.dropout rates must be in [0, 1), got {rates}", source)
     if p.masks not in MASK_MODES:
         raise InputError(f"passes.masks must be one of {', '.join(MASK_MODES)}, got {p.masks!r}", source)
+    if p.tail not in TAIL_MODES:
+        raise InputError(f"passes.tail must be one of {', '.join(TAIL_MODES)}, got {p.tail!r}", source)
     if p.dense_candidates < 0:
         raise InputError(f"passes.dense_candidates must be >= 0 (0: every anchor), got {p.dense_candidates}", source)
     if p.batch_size < 1 or p.chunk < 0 or p.num_workers < 0:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from det_al.inference.mask_paste import paste_masks, paste_masks_in_window
+
 PROB_KINDS = ("softmax", "sigmoid")
 
 
@@ -27,8 +29,12 @@ class Detections:
             softmax including background (index 0) for R-CNN and SSD, per-class sigmoid for
             RetinaNet and FCOS (see ``prob_kind``).
         masks: ``[N, H, W]`` float mask probabilities in the original image size (Mask R-CNN),
-            or ``None``.
+            or ``None``; with ``image_size`` set, ``[N, M, M]`` in the frame of each box (the
+            mask head's own output, what the stochastic passes keep: see
+            :mod:`det_al.inference.mask_paste`).
         prob_kind: ``"softmax"`` or ``"sigmoid"``.
+        image_size: ``(H, W)`` of the image box-frame masks belong to; ``None`` when the masks
+            (if any) are full-image maps.
     """
 
     boxes: Tensor
@@ -37,6 +43,7 @@ class Detections:
     probs: Tensor
     masks: Tensor | None = None
     prob_kind: str = "softmax"
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0] if self.boxes.ndim == 2 else -1
@@ -69,6 +76,7 @@ class Detections:
             probs=self.probs[index],
             masks=None if self.masks is None else self.masks[index],
             prob_kind=self.prob_kind,
+            image_size=self.image_size,
         )
 
     def to(self, device: torch.device | str) -> "Detections":
@@ -79,7 +87,43 @@ class Detections:
             probs=self.probs.to(device),
             masks=None if self.masks is None else self.masks.to(device),
             prob_kind=self.prob_kind,
+            image_size=self.image_size,
         )
+
+    @property
+    def mask_canvas(self) -> tuple[int, int]:
+        """``(H, W)`` of the image the masks belong to (full-image or box-frame masks)."""
+        if self.masks is None:
+            raise ValueError("these detections have no masks")
+        return self.image_size if self.image_size is not None else tuple(self.masks.shape[-2:])
+
+    def window_masks(self, index: Tensor | list[int], window: tuple[int, int, int, int]) -> Tensor:
+        """``[n, y1 - y0, x1 - x0]``: the mask probabilities of detections ``index`` inside the
+        image window ``(x0, y0, x1, y1)``, pasted there when the masks are in the box frame."""
+        if self.masks is None:
+            raise ValueError("these detections have no masks")
+        x0, y0, x1, y1 = window
+        if self.image_size is None:
+            return self.masks[index, y0:y1, x0:x1]
+        return paste_masks_in_window(self.masks[index], self.boxes[index], window)
+
+    def image_masks(self) -> Tensor | None:
+        """``[N, H, W]`` full-image mask probabilities (pasting box-frame masks), or ``None``."""
+        if self.masks is None or self.image_size is None:
+            return self.masks
+        return paste_masks(self.masks, self.boxes, self.image_size)
+
+    @staticmethod
+    def gather_window_masks(detections: "list[Detections]", picks: list[tuple[int, int]],
+                            window: tuple[int, int, int, int]) -> Tensor:
+        """``[n, y1 - y0, x1 - x0]``: the masks of detection ``i`` of ``detections[t]`` for each
+        ``(t, i)`` of ``picks``, inside the image window ``(x0, y0, x1, y1)``
+        (:meth:`window_masks` of each, box-frame masks pasted in one call)."""
+        if all(detections[t].image_size is not None for t, _ in picks):
+            masks = torch.stack([detections[t].masks[i] for t, i in picks])
+            boxes = torch.stack([detections[t].boxes[i] for t, i in picks])
+            return paste_masks_in_window(masks, boxes, window)
+        return torch.stack([detections[t].window_masks([i], window)[0] for t, i in picks])
 
     @classmethod
     def empty(

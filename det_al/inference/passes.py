@@ -21,10 +21,15 @@ from the model's own submodules:
              torchvision scores (and thresholds) FCOS detections with; score = probs[label]
   ========== =========================================================================
 
-  Mask R-CNN runs ``mask_roi_pool`` / ``mask_head`` / ``mask_predictor`` on each pass's own
-  boxes (all passes of an image in one batched call) and pastes the mask probabilities into
-  the original image with torchvision's ``paste_masks_in_image``; ``passes.masks: shared``
-  runs that branch once, on the deterministic boxes (:func:`_shared_masks`).
+  Mask R-CNN runs the mask branch on each pass's own boxes (all passes of a batch in one
+  call; ``passes.masks: shared`` runs it once, on the deterministic boxes) and keeps every
+  pass's masks at the mask head's own resolution in the box frame; only the deterministic
+  pass is pasted into the image (:mod:`det_al.inference.masks`).
+
+The modules: :mod:`~det_al.inference.prefix` (the shared part), :mod:`~det_al.inference.suffix`
+(the batched stochastic part and its family dispatch), :mod:`~det_al.inference.postprocess`,
+:mod:`~det_al.inference.masks`, :mod:`~det_al.inference.one_stage` (dense candidates and the
+restricted tail), :mod:`~det_al.inference.tta` (views); this one drives them.
 
 The fast path computes the prefix once per image batch and TTA view; the plain path
 (``fast=False``) runs prefix + suffix once per pass and image, hooks and generators identical,
@@ -41,26 +46,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import boxes as box_ops
 
 from det_al.config import PassesConfig
 from det_al.inference.candidates import Candidates, DenseAccumulator
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout, default_sites, mc_dropout
-from det_al.models.build import model_family
-from det_al.inference.prefix import Prefix, SharedMasks
-from det_al.inference.postprocess import Raw, dense_postprocess, rcnn_postprocess, ssd_postprocess
+from det_al.inference.prefix import Prefix, compute_prefix, embeddings
+from det_al.inference.one_stage import restrictable
+from det_al.inference.suffix import Tail, run_suffix
 from det_al.inference.tta import View, apply_view, parse_views, unapply_view
+from det_al.models.build import model_family
+
+__all__ = ["ImagePasses", "compute_prefix", "embeddings", "pass_seed", "resolve_sites", "run_passes",
+           "run_suffix", "torchvision_forward"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,340 +120,6 @@ def in_suffix(site: str, family: str) -> bool:
     return any(site == m or site.startswith(m + ".") for m in SUFFIX_MODULES[family])
 
 
-# --------------------------------------------------------------------------- prefixes
-
-
-def compute_prefix(model: nn.Module, images: Sequence[Tensor], family: str) -> Prefix:
-    """Run the deterministic upstream part for ``images`` (float ``[3, H, W]`` in [0, 1])."""
-    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    image_list, _ = model.transform(list(images))
-    features = model.backbone(image_list.tensors)
-    if isinstance(features, Tensor):
-        features = OrderedDict([("0", features)])
-    padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
-    sizes = [(int(h), int(w)) for h, w in image_list.image_sizes]
-    levels = list(features.values())
-    if family == "rcnn":
-        proposals, objectness = _rpn(model.rpn, image_list, features)
-        box_features = model.roi_heads.box_roi_pool(features, proposals, image_list.image_sizes)
-        box_features = model.roi_heads.box_head(box_features)
-        return Prefix(family, sizes, original_sizes, padded, features, box_features,
-                      [int(p.shape[0]) for p in proposals], proposals, objectness=objectness)
-    anchors = model.anchor_generator(image_list, levels)
-    if family in ("retinanet", "fcos"):
-        cls_tower = [model.head.classification_head.conv(f) for f in levels]
-        reg_tower = [model.head.regression_head.conv(f) for f in levels]
-        return Prefix(family, sizes, original_sizes, padded, features, (cls_tower, reg_tower),
-                      [1] * len(images), anchors)
-    if family == "ssd":
-        return Prefix(family, sizes, original_sizes, padded, features, levels, [1] * len(images), anchors)
-    raise ValueError(f"unknown model family {family!r}")
-
-
-def _rpn(rpn: nn.Module, image_list, features: "OrderedDict[str, Tensor]") -> tuple[list[Tensor], list[Tensor]]:
-    """``RegionProposalNetwork.forward`` at inference, keeping what it drops: each proposal's
-    objectness probability (``filter_proposals``' scores). Returns ``(proposals [R_i, 4],
-    objectness [R_i])`` per image."""
-    levels = list(features.values())
-    objectness, deltas = rpn.head(levels)
-    anchors = rpn.anchor_generator(image_list, levels)
-    per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
-    objectness, deltas = concat_box_prediction_layers(objectness, deltas)
-    proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
-    boxes, scores = rpn.filter_proposals(proposals, objectness, image_list.image_sizes, per_level)
-    return boxes, scores
-
-
-def embeddings(prefix: Prefix) -> Tensor:
-    """``[B, D]``: mean of the coarsest feature map over each image's own (unpadded) area."""
-    coarsest = list(prefix.features.values())[-1]
-    out = []
-    ph, pw = prefix.padded_size
-    h_map, w_map = coarsest.shape[-2:]
-    for i, (h, w) in enumerate(prefix.image_sizes):
-        rows = max(1, min(h_map, -(-h * h_map // ph)))
-        cols = max(1, min(w_map, -(-w * w_map // pw)))
-        out.append(coarsest[i, :, :rows, :cols].float().mean(dim=(-2, -1)))
-    return torch.stack(out)
-
-
-# --------------------------------------------------------------------------- suffixes
-
-
-def _pass_chunks(generators: list[list[torch.Generator | None]], rates: Sequence[float],
-                 rows: Sequence[int]) -> list[Chunk]:
-    """Pass-major row layout: pass p, image i -> ``Chunk(generators[p][i], rates[p], rows[i])``."""
-    return [Chunk(g, float(r), n) for gens, r in zip(generators, rates) for g, n in zip(gens, rows)]
-
-
-def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout,
-               generators: list[list[torch.Generator | None]], rates: Sequence[float],
-               masks: str = "exact", dense: Sequence[DenseAccumulator] | None = None,
-               choose: bool = False) -> list[list[Detections]]:
-    """The stochastic part for P passes in one batched call.
-
-    Args:
-        generators: ``[P][B]`` one generator per pass and image (``None`` where the rate is 0).
-        rates: ``[P]`` the dropout rate of each pass.
-        masks: Mask R-CNN: ``exact`` (the mask branch on each pass's boxes) or ``shared``
-            (:func:`_shared_masks`; a call with all rates 0 fills ``prefix.shared_masks``).
-        dense: ``[B]`` accumulators that receive every candidate's class probabilities of the
-            P passes before any threshold (:mod:`det_al.scoring.dense`), or ``None``.
-        choose: the call is the deterministic pass: RetinaNet/FCOS accumulators keep the indices
-            of its ``max_candidates`` anchors of highest foreground probability (the candidates
-            of the stochastic passes); nothing is accumulated.
-
-    Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
-    """
-    family = prefix.family
-    p_count = len(rates)
-    chunks = _pass_chunks(generators, rates, prefix.rows)
-    if family == "rcnn":
-        x = prefix.site.repeat(p_count, 1) if p_count > 1 else prefix.site
-        with control.layout(chunks):
-            class_logits, box_regression = model.roi_heads.box_predictor(x)
-        probs = F.softmax(class_logits.float(), -1)
-        if dense is not None and not choose:
-            pieces = probs.split(prefix.rows * p_count)
-            b_count = len(prefix.rows)
-            for i, acc in enumerate(dense):
-                acc.add(torch.stack([pieces[p * b_count + i] for p in range(p_count)], 1),
-                        prefix.references[i], prefix.objectness[i] if prefix.objectness else None)
-        out = rcnn_postprocess(model, prefix, class_logits.float(), box_regression.float(), p_count, probs)
-        if model.roi_heads.has_mask():
-            if masks == "shared":
-                _shared_masks(model, prefix, control, generators, rates, out)
-            else:
-                _rcnn_masks(model, prefix, control, generators, rates, out)
-        return _to_original(prefix, out)
-    if family in ("retinanet", "fcos"):
-        cls_tower, reg_tower = prefix.site
-        cls_head, reg_head = model.head.classification_head, model.head.regression_head
-        with control.layout(chunks):
-            cls = [cls_head.cls_logits(_tile(t, p_count)) for t in cls_tower]
-            reg, ctr = [], []
-            for t in reg_tower:
-                t = _tile(t, p_count)
-                if family == "fcos":
-                    reg.append(F.relu(reg_head.bbox_reg(t)))
-                    ctr.append(reg_head.bbox_ctrness(t))
-                else:
-                    reg.append(reg_head.bbox_reg(t))
-        if dense is not None:
-            if choose:
-                _choose_one_stage(prefix, dense, cls, ctr or None, cls_head.num_classes)
-            else:
-                _add_one_stage(prefix, dense, cls, ctr or None, cls_head.num_classes, p_count)
-        out = dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
-        return _to_original(prefix, out)
-    if family == "ssd":
-        with control.layout(chunks):
-            head_outputs = model.head([_tile(f, p_count) for f in prefix.site])
-        if dense is not None and not choose:
-            probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)  # [P * B, R, C]
-            b_count = len(prefix.rows)
-            for i, acc in enumerate(dense):
-                acc.add(probs[i::b_count].transpose(0, 1), prefix.references[i])
-        out = ssd_postprocess(model, prefix, head_outputs, p_count)
-        return _to_original(prefix, out)
-    raise ValueError(f"unknown model family {family!r}")
-
-
-def _one_stage_probs(cls: list[Tensor], ctr: list[Tensor] | None, num_classes: int) -> Tensor:
-    """``[N, R, C - 1]``: every anchor's per-class probabilities (the quantity the family scores
-    detections with, background column left out), in torchvision's ``[H * W * A]`` anchor order."""
-    levels = []
-    for level, logits in enumerate(cls):
-        n, _, h, w = logits.shape
-        a_count = logits.shape[1] // num_classes
-        x = logits.float().view(n, a_count, num_classes, h, w).permute(0, 3, 4, 1, 2)
-        p = torch.sigmoid(x.reshape(n, h * w * a_count, num_classes)[..., 1:])
-        if ctr is not None:
-            c = ctr[level].float().view(n, a_count, h, w).permute(0, 2, 3, 1).reshape(n, h * w * a_count, 1)
-            p = torch.sqrt(p * torch.sigmoid(c))
-        levels.append(p)
-    return torch.cat(levels, 1)
-
-
-def _choose_one_stage(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[Tensor],
-                      ctr: list[Tensor] | None, num_classes: int) -> None:
-    """The deterministic pass picks each image's candidates: its ``max_candidates`` anchors of
-    highest foreground probability (all with ``max_candidates`` 0), in anchor order."""
-    probs = _one_stage_probs(cls, ctr, num_classes)  # [B, R, C - 1]
-    for i, acc in enumerate(dense):
-        foreground = probs[i].amax(-1) if probs.shape[-1] else probs[i].sum(-1)
-        r = int(foreground.shape[0])
-        m = r if acc.max_candidates <= 0 else min(acc.max_candidates, r)
-        acc.index = foreground.topk(m).indices.sort().values
-
-
-def _add_one_stage(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[Tensor],
-                   ctr: list[Tensor] | None, num_classes: int, p_count: int) -> None:
-    """The chosen candidates' per-class probabilities of P passes (:func:`_one_stage_probs`),
-    gathered from the heads' native ``[P * B, A * K, H, W]`` layout, to ``dense``."""
-    b_count = len(prefix.rows)
-    for i, acc in enumerate(dense):
-        if acc.index is None:  # no deterministic choice: every anchor
-            probs = _one_stage_probs([x[i::b_count] for x in cls], [c[i::b_count] for c in ctr] if ctr else None,
-                                     num_classes)
-            acc.add(probs.transpose(0, 1), prefix.references[i])
-            continue
-        pieces, start = [], 0
-        for level, logits in enumerate(cls):
-            _, channels, h, w = logits.shape
-            a_count = channels // num_classes
-            stop = start + h * w * a_count
-            index = acc.index[(acc.index >= start) & (acc.index < stop)] - start
-            start = stop
-            pos, a = torch.div(index, a_count, rounding_mode="floor"), index % a_count
-            x = logits[i::b_count].float().view(p_count, a_count, num_classes, h * w)
-            p = torch.sigmoid(x[:, a, 1:, pos])  # [m, P, C - 1]
-            if ctr is not None:
-                c = ctr[level][i::b_count].float().view(p_count, a_count, h * w)[:, a, pos]  # [P, m]
-                p = torch.sqrt(p * torch.sigmoid(c).T[..., None])
-            pieces.append(p)
-        acc.add(torch.cat(pieces), prefix.references[i][acc.index])
-
-
-def _tile(x: Tensor, p_count: int) -> Tensor:
-    return x.repeat(p_count, *([1] * (x.ndim - 1))) if p_count > 1 else x
-
-
-def _rcnn_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
-                generators: list[list[torch.Generator | None]], rates: Sequence[float],
-                out: list[list[Raw]]) -> None:
-    """Mask probabilities ``[N, 1, M, M]`` of each pass's own boxes (all passes of an image batched)."""
-    rh = model.roi_heads
-    p_count, b_count = len(out), len(prefix.rows)
-    per_image = [torch.cat([out[p][i].boxes for p in range(p_count)]) for i in range(b_count)]
-    if sum(int(b.shape[0]) for b in per_image) == 0:
-        for row in out:
-            for raw in row:
-                raw.masks = raw.boxes.new_zeros((0, 1, 1, 1))
-        return
-    # mask_roi_pool orders RoIs image by image: image-major, then pass.
-    chunks = [Chunk(generators[p][i], float(rates[p]), int(out[p][i].boxes.shape[0]))
-              for i in range(b_count) for p in range(p_count)]
-    features = rh.mask_roi_pool(prefix.features, per_image, prefix.image_sizes)
-    features = rh.mask_head(features)
-    with control.layout(chunks):
-        mask_logits = rh.mask_predictor(features)
-    probs = mask_logits.float().sigmoid()
-    labels = torch.cat([out[p][i].labels for i in range(b_count) for p in range(p_count)])
-    probs = probs[torch.arange(probs.shape[0], device=probs.device), labels][:, None]
-    pieces = probs.split([c.rows for c in chunks])
-    k = 0
-    for i in range(b_count):
-        for p in range(p_count):
-            out[p][i].masks = pieces[k]
-            k += 1
-
-
-# Passes closer than this (box IoU) to a deterministic detection reuse its mask features.
-SHARE_IOU = 0.5
-
-
-def _mask_features(model: nn.Module, prefix: Prefix, boxes: list[Tensor]) -> list[Tensor]:
-    """``[N_i, D, M, M]`` per image: the mask branch up to ``mask_fcn_logits`` on ``boxes``."""
-    rh = model.roi_heads
-    counts = [int(b.shape[0]) for b in boxes]
-    if sum(counts) == 0:
-        return [b.new_zeros((0, 0, 0, 0)) for b in boxes]
-    x = rh.mask_head(rh.mask_roi_pool(prefix.features, boxes, prefix.image_sizes))
-    x = rh.mask_predictor.relu(rh.mask_predictor.conv5_mask(x))
-    return list(x.split(counts))
-
-
-def _shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout,
-                  generators: list[list[torch.Generator | None]], rates: Sequence[float],
-                  out: list[list[Raw]]) -> None:
-    """Masks of P passes from the deterministic detections' mask features (``passes.masks: shared``).
-
-    The mask branch up to the final 1x1 ``mask_fcn_logits`` runs once per image, on the
-    deterministic boxes (a call with all rates 0 is the deterministic pass: it stores them in
-    ``prefix.shared_masks``). A pass detection whose box overlaps a deterministic box by IoU
-    >= ``SHARE_IOU`` takes the features of the one it overlaps most; the others (rare on a
-    trained model, common on an untrained one) get their own, in one batched call. Each pass
-    then applies ``mask_fcn_logits`` for the detection's own label with *channel* dropout on its
-    input when a dropout site lies in the mask branch (keep-mask ``rand([n, D]) >= rate`` from
-    the pass's generator, kept channels scaled by ``1 / (1 - rate)``: D draws per detection
-    instead of ``D * M * M``), and the probabilities are pasted into the pass's own box.
-
-    What this leaves out, compared with ``exact``: the mask head's response to each pass's
-    slightly different RoI, and element-wise dropout at the predictor's input. Box, label and
-    score of every detection are the same as ``exact``.
-    """
-    rh = model.roi_heads
-    predictor = rh.mask_predictor
-    if not isinstance(getattr(predictor, "mask_fcn_logits", None), nn.Conv2d) or \
-            predictor.mask_fcn_logits.kernel_size != (1, 1):
-        raise ValueError("passes.masks: shared needs torchvision's MaskRCNNPredictor (a 1x1 mask_fcn_logits)")
-    masked = any(s.startswith("roi_heads.mask_") for s in control.sites)
-    p_count, b_count = len(out), len(prefix.rows)
-    with control.layout([Chunk(None, 0.0)]):
-        if all(r == 0.0 for r in rates) and prefix.shared_masks is None:
-            boxes = [out[0][i].boxes for i in range(b_count)]
-            prefix.shared_masks = SharedMasks(boxes, _mask_features(model, prefix, boxes))
-        if prefix.shared_masks is None:  # a TTA view: its own deterministic detections first
-            run_suffix(model, prefix, control, [[None] * b_count], [0.0], masks="shared")
-        cache = prefix.shared_masks
-        sources: list[list[tuple[Tensor, Tensor]]] = []  # [P][B] (partner index or -1, own row)
-        extra: list[list[Tensor]] = [[] for _ in range(b_count)]
-        n_extra = [0] * b_count
-        for p in range(p_count):
-            row = []
-            for i in range(b_count):
-                boxes = out[p][i].boxes
-                partner = torch.full((boxes.shape[0],), -1, dtype=torch.long, device=boxes.device)
-                if cache.boxes[i].shape[0] and boxes.shape[0]:
-                    best, index = box_ops.box_iou(boxes, cache.boxes[i]).max(dim=1)
-                    partner = torch.where(best >= SHARE_IOU, index, partner)
-                lonely = torch.where(partner < 0)[0]
-                own = torch.full_like(partner, -1)
-                own[lonely] = torch.arange(n_extra[i], n_extra[i] + lonely.numel(), device=boxes.device)
-                n_extra[i] += int(lonely.numel())
-                extra[i].append(boxes[lonely])
-                row.append((partner, own))
-            sources.append(row)
-        extra_features = _mask_features(model, prefix, [torch.cat(e) if e else cache.boxes[i][:0]
-                                                        for i, e in enumerate(extra)])
-    weight = predictor.mask_fcn_logits.weight[:, :, 0, 0]  # [C, D]
-    bias = predictor.mask_fcn_logits.bias
-    for p in range(p_count):
-        for i in range(b_count):
-            raw = out[p][i]
-            partner, own = sources[p][i]
-            f = cache.features[i][partner.clamp(min=0)]  # [n, D, M, M]
-            lonely = own >= 0
-            if bool(lonely.any()):
-                f[lonely] = extra_features[i][own[lonely]]
-            w = weight[raw.labels]  # [n, D]
-            g, rate = generators[p][i], float(rates[p])
-            if masked and rate > 0.0 and w.shape[0]:
-                keep = torch.rand(w.shape, generator=g, device=w.device) >= rate
-                w = w * keep.to(w.dtype) * (1.0 / (1.0 - rate))
-            logits = torch.einsum("nd,ndhw->nhw", w.to(f.dtype), f) + bias[raw.labels].to(f.dtype)[:, None, None]
-            raw.masks = logits.float().sigmoid()[:, None]
-
-
-def _to_original(prefix: Prefix, out: list[list[Raw]]) -> list[list[Detections]]:
-    """``transform.postprocess``: boxes back to the input image size, masks pasted into it."""
-    result = []
-    for row in out:
-        dets = []
-        for i, raw in enumerate(row):
-            boxes = resize_boxes(raw.boxes, prefix.image_sizes[i], prefix.original_sizes[i])
-            masks = None
-            if raw.masks is not None:
-                if raw.masks.shape[0] == 0:
-                    masks = boxes.new_zeros((0, *prefix.original_sizes[i]))
-                else:
-                    masks = paste_masks_in_image(raw.masks, boxes, prefix.original_sizes[i])[:, 0]
-            dets.append(Detections(boxes, raw.scores, raw.labels, raw.probs, masks, raw.kind))
-        result.append(dets)
-    return result
-
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -465,10 +135,32 @@ def _apply_view(view: View, image: Tensor) -> Tensor:
 
 
 def _unapply_view(view: View, det: Detections, size: tuple[int, int]) -> Detections:
+    """``det`` (made on ``view`` of an image of ``size``) in the original image's coordinates.
+
+    Box-frame masks follow their box: mirrored with an ``hflip``, unchanged by a rescale."""
     if view.kind == "identity":
         return det
-    boxes, masks = unapply_view(view, det.boxes, det.masks, size)
-    return Detections(boxes, det.scores, det.labels, det.probs, masks, det.prob_kind)
+    frame = det.image_size is not None
+    boxes, masks = unapply_view(view, det.boxes, None if frame else det.masks, size)
+    if frame:
+        masks = det.masks.flip(-1) if view.kind == "hflip" else det.masks
+    return Detections(boxes, det.scores, det.labels, det.probs, masks, det.prob_kind, size if frame else None)
+
+
+@dataclass
+class _Run:
+    """What the passes of one batch share: the resolved options, generators and accumulators."""
+
+    model: nn.Module
+    images: list[Tensor]
+    family: str
+    rates: list[float]
+    views: list[View]
+    gens: list[list[list[torch.Generator]]]  # [B][V][T]
+    dense: list[DenseAccumulator] | None
+    chunk: int
+    masks: str
+    tail: Tail | None = None
 
 
 def run_passes(
@@ -495,7 +187,9 @@ def run_passes(
         dense: gather the pre-threshold candidates (``ImagePasses.candidates``; False: ``None``,
             what ``benchmarks/bench_passes.py`` compares against).
 
-    Returns one :class:`ImagePasses` per image, tensors on the CPU.
+    Returns one :class:`ImagePasses` per image, tensors on the CPU. Mask R-CNN: the
+    deterministic pass's masks are full-image maps, the passes' stay in the box frame
+    (``Detections.image_size``; ``Detections.image_masks()`` pastes them).
     """
     if not images:
         return []
@@ -509,59 +203,94 @@ def run_passes(
         seeds = [config.seed + i for i in range(len(images))]
     if len(seeds) != len(images):
         raise ValueError(f"got {len(seeds)} seeds for {len(images)} images")
-    rates = config.rates()
-    views = parse_views(["identity", *config.tta])
     if model.training:
         raise ValueError("run_passes expects the model in eval() mode")
+    rates = config.rates()
+    views = parse_views(["identity", *config.tta])
     model.to(device)
-    images = [im.to(device) for im in images]
-    b_count = len(images)
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     gens = [[[torch.Generator(device=device).manual_seed(pass_seed(s, v, t)) for t in range(len(rates))]
              for v in range(len(views))] for s in seeds]
-    results: list[list[list[Detections]]] = [[[] for _ in views] for _ in images]
     kind = "softmax" if family in ("rcnn", "ssd") else "sigmoid"
-    dense = [DenseAccumulator(kind, config.dense_candidates) for _ in images] if dense else None  # identity view
-    chunk = config.chunk if config.chunk > 0 else len(rates)
+    run = _Run(model, [im.to(device) for im in images], family, rates, views, gens,
+               [DenseAccumulator(kind, config.dense_candidates) for _ in images] if dense else None,
+               config.chunk if config.chunk > 0 else len(rates), config.masks if fast else "exact")
+    run = replace(run, tail=_tail(model, family, sites, config) if fast else None)
     autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
         with control.layout([Chunk(None, 0.0)]):
-            base = compute_prefix(model, images, family)
-        masks = config.masks if fast else "exact"
-        deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0], masks, dense, choose=True)[0]
+            base = compute_prefix(model, run.images, family)
+        b_count = len(run.images)
+        deterministic = run_suffix(model, base, control, [[None] * b_count], [0.0], run.masks, run.dense,
+                                   choose=True, paste=True, tail=run.tail)[0]
         embedding = embeddings(base)
-        for v, view in enumerate(views):
-            if fast:
-                prefix = base if view.kind == "identity" else _view_prefix(model, images, view, family, control)
-                for start in range(0, len(rates), chunk):
-                    stop = min(start + chunk, len(rates))
-                    g = [[gens[i][v][t] for i in range(b_count)] for t in range(start, stop)]
-                    acc = dense if view.kind == "identity" and dense else None
-                    dets = run_suffix(model, prefix, control, g, rates[start:stop], masks, acc)
-                    for row in dets:
-                        for i in range(b_count):
-                            results[i][v].append(row[i])
-            else:
+        results = _fast_passes(run, base, control) if fast else _plain_passes(run, control)
+    return [_image_passes(run, i, base, deterministic[i], embedding[i], results[i]) for i in range(b_count)]
+
+
+# The one-stage modules the restricted tail computes itself (passes.tail: candidates).
+TAIL_SITES = ("head.classification_head.cls_logits", "head.regression_head.bbox_reg",
+              "head.regression_head.bbox_ctrness")
+
+
+def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | None:
+    """The restricted tail when ``passes.tail`` asks for it and the heads allow it, else ``None``."""
+    if config.tail != "candidates" or family not in ("retinanet", "fcos"):
+        return None
+    modules = dict(model.named_modules())
+    convs = [modules[s] for s in TAIL_SITES if s in modules]
+    if not all(s in TAIL_SITES for s in sites) or not all(restrictable(c) for c in convs):
+        logger.info("passes.tail: candidates needs plain 3x3 head convolutions and sites among %s: exact tail",
+                    TAIL_SITES)
+        return None
+    return Tail(config.dense_candidates)
+
+
+def _fast_passes(run: _Run, base: Prefix, control: MCDropout) -> list[list[list[Detections]]]:
+    """``[B][V][T]``: per view, the prefix once and the passes in chunks of batched suffixes."""
+    b_count = len(run.images)
+    results: list[list[list[Detections]]] = [[[] for _ in run.views] for _ in run.images]
+    for v, view in enumerate(run.views):
+        identity = view.kind == "identity"
+        prefix = base if identity else _view_prefix(run.model, run.images, view, run.family, control)
+        for start in range(0, len(run.rates), run.chunk):
+            stop = min(start + run.chunk, len(run.rates))
+            g = [[run.gens[i][v][t] for i in range(b_count)] for t in range(start, stop)]
+            acc = run.dense if identity and run.dense else None
+            for row in run_suffix(run.model, prefix, control, g, run.rates[start:stop], run.masks, acc,
+                                  tail=run.tail):
                 for i in range(b_count):
-                    for t, rate in enumerate(rates):
-                        g = gens[i][v][t]
-                        # the whole model per pass: user sites upstream of the suffix get dropout too
-                        with control.layout([Chunk(g, rate)]):
-                            prefix = _view_prefix(model, [images[i]], view, family, control, layout=False)
-                        acc = [dense[i]] if view.kind == "identity" and dense else None
-                        results[i][v].append(run_suffix(model, prefix, control, [[g]], [rate], dense=acc)[0][0])
-    out = []
-    for i in range(b_count):
-        passes, names = [], []
-        for v, view in enumerate(views):
-            for det in results[i][v]:
-                passes.append(_unapply_view(view, det, sizes[i]).to("cpu"))
-                names.append(view.name)
-        candidates = dense[i].candidates() if dense else None
-        if candidates is not None:
-            candidates.boxes = resize_boxes(candidates.boxes, base.image_sizes[i], base.original_sizes[i])
-        out.append(ImagePasses(deterministic[i].to("cpu"), passes, names, embedding[i].cpu(), candidates))
-    return out
+                    results[i][v].append(row[i])
+    return results
+
+
+def _plain_passes(run: _Run, control: MCDropout) -> list[list[list[Detections]]]:
+    """``[B][V][T]``: the whole model once per image, view and pass."""
+    results: list[list[list[Detections]]] = [[[] for _ in run.views] for _ in run.images]
+    for i, im in enumerate(run.images):
+        for v, view in enumerate(run.views):
+            for t, rate in enumerate(run.rates):
+                g = run.gens[i][v][t]
+                # the whole model per pass: user sites upstream of the suffix get dropout too
+                with control.layout([Chunk(g, rate)]):
+                    prefix = _view_prefix(run.model, [im], view, run.family, control, layout=False)
+                acc = [run.dense[i]] if view.kind == "identity" and run.dense else None
+                results[i][v].append(run_suffix(run.model, prefix, control, [[g]], [rate], dense=acc)[0][0])
+    return results
+
+
+def _image_passes(run: _Run, i: int, base: Prefix, deterministic: Detections, embedding: Tensor,
+                  per_view: list[list[Detections]]) -> ImagePasses:
+    """Image ``i``'s passes mapped back to its own coordinates, on the CPU."""
+    size = (int(run.images[i].shape[-2]), int(run.images[i].shape[-1]))
+    passes, names = [], []
+    for view, dets in zip(run.views, per_view):
+        for det in dets:
+            passes.append(_unapply_view(view, det, size).to("cpu"))
+            names.append(view.name)
+    candidates = run.dense[i].candidates() if run.dense else None
+    if candidates is not None:
+        candidates.boxes = resize_boxes(candidates.boxes, base.image_sizes[i], base.original_sizes[i])
+    return ImagePasses(deterministic.to("cpu"), passes, names, embedding.cpu(), candidates)
 
 
 def _view_prefix(model: nn.Module, images: Sequence[Tensor], view: View, family: str,

@@ -287,7 +287,8 @@ def mask_disagreement(passes: list[Detections], objects: Objects, margin: float 
     ``margin`` of the union's width and height on each side plus 2 pixels (clipped to the
     image): mask probabilities outside that region are taken to be at most 0.5, as they are for
     torchvision, which pastes each mask into its box enlarged by 1/14. Inside the crop the
-    IoUs are those of the full masks.
+    IoUs are those of the full masks: box-frame masks (``Detections.image_size``) are pasted
+    into the crop only, with the pixels a full paste would give.
     """
     k = len(objects)
     out = torch.zeros(k)
@@ -303,14 +304,14 @@ def mask_disagreement(passes: list[Detections], objects: Objects, margin: float 
     done, values = [], []
     for obj, (x0, y0, x1, y1), row in zip(several.tolist(), union.tolist(), objects.index[several].tolist()):
         found_at = [(t, i) for t, i in enumerate(row) if i >= 0]
-        height, width = passes[found_at[0][0]].masks.shape[-2:]
+        height, width = passes[found_at[0][0]].mask_canvas
         dx, dy = margin * (x1 - x0) + 2, margin * (y1 - y0) + 2
         xa, xb = max(int(math.floor(x0 - dx)), 0), min(int(math.ceil(x1 + dx)), width)
         ya, yb = max(int(math.floor(y0 - dy)), 0), min(int(math.ceil(y1 + dy)), height)
         if xb <= xa or yb <= ya:
             continue  # no pixel of the object lies in the image
-        crops = [passes[t].masks[i, ya:yb, xa:xb] for t, i in found_at]
-        probs = torch.stack(crops).float().cpu()  # [n, h, w]
+        # box-frame masks (Detections.image_size) are pasted into the window only
+        probs = Detections.gather_window_masks(passes, found_at, (xa, ya, xb, yb)).float().cpu()  # [n, h, w]
         # The n thresholded masks and, last, the mean mask, encoded in one call.
         binary = torch.cat([probs > 0.5, (probs.mean(0) > 0.5)[None]])  # [n + 1, h, w]
         rles = mask_util.encode(np.asfortranarray(binary.permute(1, 2, 0).numpy().view(np.uint8)))
