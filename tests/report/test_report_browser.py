@@ -6,45 +6,16 @@ named ``<script>alert(1)</script>`` shows as text without running. Saves a scree
 printed; copied to $DET_AL_SCREENSHOT when set). Set up with ``.ci/setup_browser.sh``.
 
 Skips only when no Chromium is installed and not under CI (CI=true makes a missing browser or
-driver a failure).
+driver a failure): the ``headless_chromium`` fixture in conftest.py.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
-import pytest
-
 from det_al.report.write import write_report
-
-sys.path.insert(0, str(Path(__file__).parent))  # the fixture pool of test_report.py, any import mode
-from test_report import BROKEN, BY_CLASS, DOG, POOL, WEIRD, XSS, make_scores  # noqa: E402
-
-CHROMIUM = next((p for p in (os.environ.get("DET_AL_CHROMIUM"), shutil.which("chromium"),
-                             "/usr/bin/chromium") if p and os.path.exists(p)), None)
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--disable-default-apps", "--disable-extensions"]
-
-
-def _require_browser():
-    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    if CHROMIUM is None:
-        if in_ci:
-            pytest.fail("Chromium not found under CI: run .ci/setup_browser.sh")
-        pytest.skip("no chromium found (install with .ci/setup_browser.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if in_ci:
-            pytest.fail("playwright (Python) not installed under CI: run .ci/setup_browser.sh")
-        pytest.skip("chromium found but the playwright Python package is not installed "
-                    "(install with .ci/setup_browser.sh)")
-    return sync_playwright
-
 
 def _ranks(page) -> list[int]:
     """Ranks of the visible gallery cards, top to bottom."""
@@ -52,74 +23,69 @@ def _ranks(page) -> list[int]:
         "#gallery .card", "cs => cs.filter(c => !c.hidden).map(c => Number(c.dataset.rank))")
 
 
-def test_report_in_headless_chromium(tmp_path):
-    sync_playwright = _require_browser()
-    scores, images = make_scores(tmp_path)
+def test_report_in_headless_chromium(headless_chromium, report_pool, tmp_path):
+    scores, images = report_pool.make_scores(tmp_path)
     csv = tmp_path / "loop.csv"
     csv.write_text("strategy,seed,round,n_images,mAP\nrandom,0,0,10,0.10\nrandom,0,1,20,0.18\n"
                    "informativeness,0,0,10,0.10\ninformativeness,0,1,20,0.24\n")
     index = write_report(scores, images, tmp_path / "report", top=5, loop_csv=csv)
 
     requests, dialogs, errors = [], [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.on("request", lambda r: requests.append(r.url))
-            # belt and braces: anything that is not a local file is aborted (and still recorded)
-            context.route(lambda url: not url.startswith(("file:", "data:")), lambda route: route.abort())
-            page = context.new_page()
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(index.as_uri(), wait_until="load")
+    with headless_chromium() as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.on("request", lambda r: requests.append(r.url))
+        # belt and braces: anything that is not a local file is aborted (and still recorded)
+        context.route(lambda url: not url.startswith(("file:", "data:")), lambda route: route.abort())
+        page = context.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(index.as_uri(), wait_until="load")
 
-            # the gallery: the top 5 images in ranking order, thumbnails loaded
-            assert _ranks(page) == [1, 2, 3, 4, 5]
-            files = page.eval_on_selector_all("#gallery .card .file", "es => es.map(e => e.textContent)")
-            assert files == [row[1] for row in POOL[:5]]
-            assert page.eval_on_selector_all(
-                "#gallery img.main", "is => is.map(i => i.complete && i.naturalWidth > 0)") == [True] * 5
-            assert page.text_content("#count") == "showing 5 of 5"
+        # the gallery: the top 5 images in ranking order, thumbnails loaded
+        assert _ranks(page) == [1, 2, 3, 4, 5]
+        files = page.eval_on_selector_all("#gallery .card .file", "es => es.map(e => e.textContent)")
+        assert files == [row[1] for row in report_pool.POOL[:5]]
+        assert page.eval_on_selector_all(
+            "#gallery img.main", "is => is.map(i => i.complete && i.naturalWidth > 0)") == [True] * 5
+        assert page.text_content("#count") == "showing 5 of 5"
 
-            # user text is text: the category shows literally, nothing ran
-            xss = page.locator("#gallery .cat").get_by_text(XSS, exact=True)
-            assert xss.count() == 1 and xss.is_visible()
-            assert XSS in page.eval_on_selector_all("#class option", "os => os.map(o => o.textContent)")
-            assert page.evaluate("document.querySelectorAll('#gallery script').length") == 0
-            assert page.get_by_text(WEIRD, exact=True).is_visible()
-            assert page.locator("#gallery .cat").get_by_text(DOG, exact=True).first.is_visible()
-            page.click("text=1 image could not be scored")
-            assert page.get_by_text(BROKEN, exact=True).is_visible()
+        # user text is text: the category shows literally, nothing ran
+        xss = page.locator("#gallery .cat").get_by_text(report_pool.XSS, exact=True)
+        assert xss.count() == 1 and xss.is_visible()
+        assert report_pool.XSS in page.eval_on_selector_all("#class option", "os => os.map(o => o.textContent)")
+        assert page.evaluate("document.querySelectorAll('#gallery script').length") == 0
+        assert page.get_by_text(report_pool.WEIRD, exact=True).is_visible()
+        assert page.locator("#gallery .cat").get_by_text(report_pool.DOG, exact=True).first.is_visible()
+        page.click("text=1 image could not be scored")
+        assert page.get_by_text(report_pool.BROKEN, exact=True).is_visible()
 
-            # sorting by class: main class by name, then rank; images without boxes last
-            page.select_option("#sort", "class")
-            assert _ranks(page) == BY_CLASS
-            page.select_option("#sort", "low")
-            assert _ranks(page) == [5, 4, 3, 2, 1]
-            page.select_option("#sort", "rank")
-            # filtering by class and by certainty
-            page.select_option("#class", "cat")
-            assert _ranks(page) == [1, 5]
-            assert page.text_content("#count") == "showing 2 of 5"
-            page.select_option("#class", XSS)
-            assert _ranks(page) == [2]
-            page.select_option("#class", "")
-            page.select_option("#certain", "certain")
-            assert _ranks(page) == [3, 4]
-            page.select_option("#certain", "all")
+        # sorting by class: main class by name, then rank; images without boxes last
+        page.select_option("#sort", "class")
+        assert _ranks(page) == report_pool.BY_CLASS
+        page.select_option("#sort", "low")
+        assert _ranks(page) == [5, 4, 3, 2, 1]
+        page.select_option("#sort", "rank")
+        # filtering by class and by certainty
+        page.select_option("#class", "cat")
+        assert _ranks(page) == [1, 5]
+        assert page.text_content("#count") == "showing 2 of 5"
+        page.select_option("#class", report_pool.XSS)
+        assert _ranks(page) == [2]
+        page.select_option("#class", "")
+        page.select_option("#certain", "certain")
+        assert _ranks(page) == [3, 4]
+        page.select_option("#certain", "all")
 
-            # the passes view swaps the thumbnails of the images that have passes
-            assert page.locator("img.passes").first.is_hidden()
-            page.check("#passes")
-            assert page.locator("img.passes").first.is_visible()
-            assert page.locator("img.main").first.is_hidden()
-            page.uncheck("#passes")
+        # the passes view swaps the thumbnails of the images that have passes
+        assert page.locator("img.passes").first.is_hidden()
+        page.check("#passes")
+        assert page.locator("img.passes").first.is_visible()
+        assert page.locator("img.main").first.is_hidden()
+        page.uncheck("#passes")
 
-            screenshot = tmp_path / "report_screenshot.png"
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+        screenshot = tmp_path / "report_screenshot.png"
+        page.screenshot(path=str(screenshot), full_page=True)
 
     print(f"\nreport screenshot: {screenshot}")
     if os.environ.get("DET_AL_SCREENSHOT"):

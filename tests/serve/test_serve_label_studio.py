@@ -63,7 +63,7 @@ print(json.dumps(ml.id))
 def _start_backend(args: list[str], log: Path, port: int = 0, auth: str | None = None) -> tuple[subprocess.Popen, str]:
     """``det-al serve ARGS --port PORT`` as a process (``auth``: ``USER:PASSWORD`` for Basic auth);
     returns it and its URL (from its first line)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
     if auth:
         env["DET_AL_SERVE_BASIC_AUTH"] = auth
@@ -95,7 +95,7 @@ def _tasks_by_score(server, project: int) -> list[dict]:
     return server.call("GET", f"/api/tasks?project={project}&fields=all&page_size=100&query={query}")["tasks"]
 
 
-def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoint, tmp_path):
+def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoint, headless_chromium, tmp_path):
     server = label_studio
     checkpoint = os.environ.get("DET_AL_SERVE_CHECKPOINT") or tiny_checkpoint
     min_score = ["--min-score", "0.5"] if os.environ.get("DET_AL_SERVE_CHECKPOINT") else []
@@ -170,7 +170,7 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
 
         if os.environ.get("DET_AL_SERVE_SCREENSHOT"):
             shown = next(t for t in listed if t["predictions"][0]["result"])  # the first with regions to show
-            _screenshot(server, project, shown["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
+            _screenshot(headless_chromium, server, project, shown["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
 
         # an annotation posted through the API reaches the journal within the webhook's 1 s
         result = predictions[0]["result"][:1]
@@ -230,35 +230,26 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
         _stop(backend)
 
 
-def _screenshot(server, project: int, task_id: int, path: Path) -> None:
+def _screenshot(headless_chromium, server, project: int, task_id: int, path: Path) -> None:
     """The project's labelling view of one task, with det_al's pre-annotations, in headless Chromium."""
-    from test_report_browser import BROWSER_ARGS, _require_browser
-
-    import test_report_browser
-
-    sync_playwright = _require_browser()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=test_report_browser.CHROMIUM, headless=True, args=BROWSER_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
-            page.goto(server.url + "/user/login", wait_until="load")
-            page.fill("#email", server.user)
-            page.fill("#password", server.password)
-            page.click("button[type=submit]")
-            page.wait_for_load_state("networkidle")
-            assert "/user/login" not in page.url, page.content()[:3000]
-            # a tab ordered by prediction score, its list showing id, image and score
-            columns = server.call("GET", f"/api/dm/columns?project={project}")["columns"]
-            names = {"tasks:" + ("data." if c.get("parent") == "data" else "") + c["id"] for c in columns}
-            hidden = sorted(names - {"tasks:id", "tasks:data.image", "tasks:predictions_score", "tasks:data"})
-            view = server.call("POST", f"/api/dm/views?project={project}", {"project": project, "data": {
-                "title": "by prediction score", "ordering": ["tasks:predictions_score"],
-                "hiddenColumns": {"explore": hidden, "labeling": hidden}}})
-            page.goto(f"{server.url}/projects/{project}/data?tab={view['id']}&task={task_id}", wait_until="networkidle")
-            page.wait_for_timeout(3000)
-            png = page.screenshot()
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
+        page.goto(server.url + "/user/login", wait_until="load")
+        page.fill("#email", server.user)
+        page.fill("#password", server.password)
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+        assert "/user/login" not in page.url, page.content()[:3000]
+        # a tab ordered by prediction score, its list showing id, image and score
+        columns = server.call("GET", f"/api/dm/columns?project={project}")["columns"]
+        names = {"tasks:" + ("data." if c.get("parent") == "data" else "") + c["id"] for c in columns}
+        hidden = sorted(names - {"tasks:id", "tasks:data.image", "tasks:predictions_score", "tasks:data"})
+        view = server.call("POST", f"/api/dm/views?project={project}", {"project": project, "data": {
+            "title": "by prediction score", "ordering": ["tasks:predictions_score"],
+            "hiddenColumns": {"explore": hidden, "labeling": hidden}}})
+        page.goto(f"{server.url}/projects/{project}/data?tab={view['id']}&task={task_id}", wait_until="networkidle")
+        page.wait_for_timeout(3000)
+        png = page.screenshot()
     import io
 
     from PIL import Image
