@@ -189,27 +189,14 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
 
 
 def score_images(
-    model: nn.Module | LoadedModel,
-    images: Any,
-    *,
-    categories: Sequence[dict | str] | None = None,
-    passes: int | None = None,
-    dropout: float | Sequence[float] | None = None,
-    tta: str | Sequence[str] | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    config: Config | Mapping | str | os.PathLike | None = None,
-    image_root: str | os.PathLike | None = None,
-    labelled: Any = None,
-    labelled_root: str | os.PathLike | None = None,
+    model: nn.Module | LoadedModel, images: Any, *, categories: Sequence[dict | str] | None = None,
+    passes: int | None = None, dropout: float | Sequence[float] | None = None, tta: str | Sequence[str] | None = None,
+    seed: int | None = None, batch_size: int | None = None, device: str | torch.device | None = None,
+    config: Config | Mapping | str | os.PathLike | None = None, image_root: str | os.PathLike | None = None,
+    labelled: Any = None, labelled_root: str | os.PathLike | None = None,
     reference: Scores | Mapping | str | os.PathLike | None = None,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    amp: bool = False,
-    progress: bool = True,
-    allow_outside_root: bool = False,
+    out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+    amp: bool = False, progress: bool = True, allow_outside_root: bool = False,
     extra_info: Mapping[str, Any] | None = None,
 ) -> Scores:
     """Rank ``images`` by how informative they are to label, with the detector ``model``.
@@ -257,19 +244,9 @@ def score_images(
             have, an unsupported model, categories that do not fit it, a malformed config or
             pool, or an in-memory image of the wrong kind.
     """
-    if resume and out_dir is None:
-        raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
-    if device is not None:  # a device this machine lacks: before anything is written
-        check_device(device)
-    if out_dir is not None and not resume and not overwrite:
-        refuse_existing_results(out_dir)
-    if isinstance(model, LoadedModel):  # load_model's result: its config and categories unless given
-        config = model.config if config is None else config
-        categories = model.categories if categories is None else categories
-        model = model.model
-    model = unwrap_model(model)
-    overrides = passes_overrides(passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size)
-    config = override_config(as_config(config, model_num_classes(model)), overrides, "score_images")
+    _refuse_before_scoring(out_dir, resume, overwrite, device)
+    model, config, categories = _model_config_categories(model, config, categories, passes_overrides(
+        passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size))
     source = pool_source(images, image_root)
     run_device = str(model_device(model) if device is None else check_device(device))
     with preserved_model(model):
@@ -285,14 +262,44 @@ def score_images(
             lines = score_in_memory(model, config, categories, source.pool["images"], source.image_root,
                                     device=run_device, amp=amp, progress=progress, make_dataset=source.make_dataset)
             return _note_stale_sizes(Scores.from_results(lines, categories, config, info, embedded), source, None)
-        if overwrite:  # a torchrun run's shards would sit beside this run's results
-            remove_earlier_outputs([Path(out_dir) / SHARDS])
-        if source.folder_coco is not None:
-            write_json(Path(out_dir) / "pool.json", source.folder_coco, indent=1)
-        score_to_dir(model, config, categories, source.pool, source.image_root, out_dir, model_sha256(model),
-                     resume=resume, overwrite=overwrite, device=run_device, amp=amp, progress=progress,
-                     run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded)
+        _score_into(Path(out_dir), model, config, categories, source, info, embedded, resume=resume,
+                    overwrite=overwrite, device=run_device, amp=amp, progress=progress)
     return _note_stale_sizes(Scores.load(out_dir), source, Path(out_dir))
+
+
+def _score_into(out_dir: Path, model: nn.Module, config: Config, categories: list[dict], source: PoolSource,
+                info: dict, embedded: np.ndarray | None, *, overwrite: bool, **run: Any) -> None:
+    """The resumable run into ``out_dir`` (:func:`det_al.run.pool_run.score_to_dir`), after
+    removing an overwritten run's shards and writing a folder pool's ``pool.json``."""
+    if overwrite:  # a torchrun run's shards would sit beside this run's results
+        remove_earlier_outputs([out_dir / SHARDS])
+    if source.folder_coco is not None:
+        write_json(out_dir / "pool.json", source.folder_coco, indent=1)
+    score_to_dir(model, config, categories, source.pool, source.image_root, out_dir, model_sha256(model),
+                 overwrite=overwrite, run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded,
+                 **run)
+
+
+def _refuse_before_scoring(out_dir, resume: bool, overwrite: bool, device) -> None:
+    """The checks of :func:`score_images` that need no model: ``resume`` without ``out_dir``, a
+    device this machine lacks, a folder holding results without ``resume``/``overwrite``."""
+    if resume and out_dir is None:
+        raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
+    if device is not None:  # a device this machine lacks: before anything is written
+        check_device(device)
+    if out_dir is not None and not resume and not overwrite:
+        refuse_existing_results(out_dir)
+
+
+def _model_config_categories(model, config, categories, overrides: dict) -> tuple[nn.Module, Config, Any]:
+    """The detector (unwrapped), its config with ``overrides`` of the passes section, and the
+    categories: those given, else a :class:`LoadedModel`'s own."""
+    if isinstance(model, LoadedModel):  # load_model's result: its config and categories unless given
+        config = model.config if config is None else config
+        categories = model.categories if categories is None else categories
+        model = model.model
+    model = unwrap_model(model)
+    return model, override_config(as_config(config, model_num_classes(model)), overrides, "score_images"), categories
 
 
 def _note_stale_sizes(scores: Scores, source: PoolSource, out_dir: Path | None) -> Scores:
