@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from det_al.annotation import cvat, label_studio
+from det_al.annotation import cvat_import, label_studio
 from det_al.annotation.merge import ImportReport
 from det_al.data.coco import load_coco
 from det_al.data.files import read_json, write_json
@@ -78,7 +78,7 @@ def import_cvat(
 
     A frame that still holds only the model's pre-annotations, unchanged, is nobody's work and is
     skipped, unless ``finished`` names it (frame names a person finished, or ``"all"``): see
-    :mod:`det_al.annotation.cvat`."""
-    labels, report = cvat.cvat_export_to_coco(Path(export), _selection_coco(selection), frame_names, keep_empty,
-                                              finished)
+    :mod:`det_al.annotation.cvat_import`."""
+    labels, report = cvat_import.cvat_export_to_coco(Path(export), _selection_coco(selection), frame_names,
+                                                     keep_empty, finished)
     return _written(labels, report, out_dir)

@@ -11,15 +11,14 @@ import pytest
 
 from det_al.cli import main
 from det_al.annotation.cvat import (
-    cvat_coco_to_coco,
     cvat_rle_to_mask,
-    cvat_xml_to_coco,
     frame_name,
     frame_names,
     mask_to_cvat_rle,
     selection_to_cvat_coco,
     selection_to_cvat_xml,
 )
+from det_al.annotation.cvat_import import cvat_coco_to_coco, cvat_xml_to_coco
 from det_al.errors import InputError
 from det_al.data.segmentation import segmentation_to_mask
 
@@ -326,5 +325,5 @@ def test_untouched_polygons_and_coco_masks_are_recognised(export_xml, hand_score
      [(1, [[0, 0, 10, 10]]), (1, [[30, 30, 40, 40]])], False),
 ])
 def test_unchanged(annotations, pre, expected):
-    from det_al.annotation.cvat import unchanged
+    from det_al.annotation.cvat_import import unchanged
     assert unchanged(annotations, pre) is expected
