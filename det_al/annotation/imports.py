@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from det_al.annotation import cvat_import, label_studio
+from det_al.annotation import cvat_import, label_studio_import
 from det_al.annotation.merge import ImportReport
 from det_al.data.coco import load_coco
 from det_al.data.files import read_json, write_json
@@ -60,7 +60,7 @@ def import_label_studio(
     finished annotation are skipped (``keep_empty`` keeps images labelled with no object)."""
     path = None if isinstance(export, list) else Path(export)
     tasks = export if path is None else read_json(path)
-    labels, report = label_studio.tasks_to_coco(tasks, _selection_coco(selection), keep_empty, path)
+    labels, report = label_studio_import.tasks_to_coco(tasks, _selection_coco(selection), keep_empty, path)
     return _written(labels, report, out_dir)
 
 

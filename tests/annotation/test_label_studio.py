@@ -21,11 +21,10 @@ from det_al.annotation.label_studio import (
     mask_to_polygons,
     prediction_scores,
     prefixed_url,
-    region_to_annotation,
     selection_to_tasks,
-    tasks_to_coco,
     validate_percent_value,
 )
+from det_al.annotation.label_studio_import import region_to_annotation, tasks_to_coco
 from det_al.data.segmentation import segmentation_to_mask
 
 # mask_b traced by findContours: boundary pixel centres, (x, y) pixels

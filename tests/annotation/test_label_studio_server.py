@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from det_al.cli import main
-from det_al.annotation.label_studio import brush_rle_to_mask
+from det_al.annotation.label_studio_import import brush_rle_to_mask
 
 VALIDATE = """
 import json, sys
