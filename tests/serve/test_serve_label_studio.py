@@ -33,6 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,10 +96,9 @@ def _tasks_by_score(server, project: int) -> list[dict]:
     return server.call("GET", f"/api/tasks?project={project}&fields=all&page_size=100&query={query}")["tasks"]
 
 
-def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoint, headless_chromium, tmp_path):
-    server = label_studio
-    checkpoint = os.environ.get("DET_AL_SERVE_CHECKPOINT") or tiny_checkpoint
-    min_score = ["--min-score", "0.5"] if os.environ.get("DET_AL_SERVE_CHECKPOINT") else []
+def _scored_project(server, tiny_pool, checkpoint, tmp_path: Path) -> SimpleNamespace:
+    """The tiny pool under Label Studio's document root, scored without one image (scored on
+    demand later), and a project of its 6 images plus one missing image, served from local files."""
     images = server.documents / "serve_pool"
     shutil.copytree(tiny_pool["root"] / "images", images / "images")
     coco = tiny_pool["coco"]
@@ -119,58 +119,106 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
              for im in coco["images"]]
     tasks.append({"data": {"image": local_files_url(images / "images" / "missing.png", server.documents)}})
     server.call("POST", f"/api/projects/{project}/import", tasks)
+    return SimpleNamespace(images=images, coco=coco, on_demand=on_demand, ranking=ranking, config=config,
+                           project=project, tasks=tasks)
 
+
+def _check_predictions(server, run: SimpleNamespace) -> tuple[list[dict], list[dict], list[str]]:
+    """After the first "Retrieve predictions": the 6 readable tasks have one valid prediction
+    each, in det_al's ranking order by prediction score; the missing image's task has none.
+    Returns the listed tasks (by score), their predictions and their file names."""
+    listed = _tasks_by_score(server, run.project)
+    assert len(listed) == 7 and listed[-1]["data"]["image"] == run.tasks[-1]["data"]["image"]
+    assert listed[-1]["predictions"] == [] and listed[-1]["predictions_score"] is None  # sorts last: no score
+    listed = listed[:-1]
+    for task in listed:
+        assert [p["model_version"] for p in task["predictions"]] == [MODEL_VERSION]
+    predictions = [t["predictions"][0] for t in listed]
+    errors = server.sdk(VALIDATE, {"config": run.config, "predictions": predictions})
+    assert errors == [[]] * 6
+    regions = [r for p in predictions for r in p["result"]]
+    # a Mask R-CNN: masks as polygons (a box where the mask is empty), all inside the image
+    assert "polygonlabels" in {r["type"] for r in regions} <= {"polygonlabels", "rectanglelabels"}
+    for r in regions:
+        if r["type"] == "polygonlabels":
+            assert all(0.0 <= v <= 100.0 for point in r["value"]["points"] for v in point)
+        else:
+            v = r["value"]
+            assert min(v["x"], v["y"]) >= 0 and v["x"] + v["width"] <= 100 and v["y"] + v["height"] <= 100
+
+    # the order by prediction score is det_al's ranking; the on-demand image sits where its score puts it
+    name_of = {local_files_url(run.images / im["file_name"], server.documents): im["file_name"]
+               for im in run.coco["images"]}
+    order = [name_of[t["data"]["image"]] for t in listed]
+    assert [name for name in order if name != run.on_demand["file_name"]] == [r["file_name"] for r in run.ranking]
+    scores = [t["predictions_score"] for t in listed]
+    assert scores == sorted(scores) and len(set(scores)) == 6
+    return listed, predictions, order
+
+
+def _check_a_new_version_with_basic_auth(server, run: SimpleNamespace, ml: int, url: str, auth: str,
+                                         journal: Path, annotation: dict) -> None:
+    """A new model version (as after det-al retrain) behind Basic auth ``auth`` at ``url``: the
+    backend's title and credentials PATCHed, the project follows, the next retrieve asks for every
+    task again, and with the credentials in the webhook's header the next annotation is journalled."""
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        _get(url + "/health")
+    version = _get(url + "/health", auth)["model_version"]
+    assert version.startswith("det_al-") and version != MODEL_VERSION  # the checkpoint's hash by default
+    user, password = auth.split(":")
+    server.call("PATCH", f"/api/ml/{ml}", {"url": url, "project": run.project, "title": version,
+                                           "auth_method": "BASIC_AUTH", "basic_auth_user": user,
+                                           "basic_auth_pass": password})
+    assert server.call("GET", f"/api/projects/{run.project}")["model_version"] == version
+    server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={run.project}",
+                {"selectedItems": {"all": True, "excluded": []}})
+    health = _get(url + "/health", auth)
+    assert (health["tasks"], health["scored"], health["unreadable"]) == (7, 6, 1)
+    relisted = _tasks_by_score(server, run.project)[:-1]
+    assert all(version in [p["model_version"] for p in t["predictions"]] for t in relisted)
+    open_tasks = [t["id"] for t in relisted if not t["annotations"]]  # the annotated one is done
+    assert server.call("GET", f"/api/projects/{run.project}/next")["id"] == open_tasks[0]
+
+    # Label Studio does not send the backend's credentials with webhook events: give the
+    # webhook the header, and the next annotation is journalled again
+    hook = next(h for h in server.call("GET", f"/api/webhooks/?project={run.project}") if h["url"] == url + "/webhook")
+    server.call("PATCH", f"/api/webhooks/{hook['id']}/", {
+        "headers": {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}})
+    second = server.call("POST", f"/api/tasks/{open_tasks[0]}/annotations/", {"result": []})
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [x["annotation"]["id"] for x in lines] == [annotation["id"], second["id"]]
+
+
+def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoint, headless_chromium, tmp_path):
+    server = label_studio
+    checkpoint = os.environ.get("DET_AL_SERVE_CHECKPOINT") or tiny_checkpoint
+    min_score = ["--min-score", "0.5"] if os.environ.get("DET_AL_SERVE_CHECKPOINT") else []
+    run = _scored_project(server, tiny_pool, checkpoint, tmp_path)
     journal = tmp_path / "journal.jsonl"
     backend, url = _start_backend(
         ["--checkpoint", str(checkpoint), *min_score, "--local-files-root", str(server.documents), "--image-root",
-         str(images), "--scores", str(tmp_path / "scores"), "--passes", "2", "--seed", "0", "--model-version",
+         str(run.images), "--scores", str(tmp_path / "scores"), "--passes", "2", "--seed", "0", "--model-version",
          MODEL_VERSION, "--journal", str(journal)], tmp_path / "serve.log")
     try:
         assert _get(url + "/health")["model_version"] == MODEL_VERSION
         # the README's two label-studio-sdk calls: connect the backend, retrieve predictions for every task
         started = time.monotonic()
-        ml = server.sdk(CONNECT, {"url": server.url, "token": server.token, "project": project, "backend": url,
+        ml = server.sdk(CONNECT, {"url": server.url, "token": server.token, "project": run.project, "backend": url,
                                   "version": MODEL_VERSION})
         took = time.monotonic() - started
-        assert server.call("GET", f"/api/projects/{project}")["model_version"] == MODEL_VERSION
+        assert server.call("GET", f"/api/projects/{run.project}")["model_version"] == MODEL_VERSION
         health = _get(url + "/health")
         assert (health["tasks"], health["from_scores"], health["scored"], health["unreadable"]) == (7, 5, 1, 1)
-
-        # the task whose image is missing got no prediction (it sorts last: no score)
-        listed = _tasks_by_score(server, project)
-        assert len(listed) == 7 and listed[-1]["data"]["image"] == tasks[-1]["data"]["image"]
-        assert listed[-1]["predictions"] == [] and listed[-1]["predictions_score"] is None
-        listed = listed[:-1]
-        for task in listed:
-            assert [p["model_version"] for p in task["predictions"]] == [MODEL_VERSION]
-        predictions = [t["predictions"][0] for t in listed]
-        errors = server.sdk(VALIDATE, {"config": config, "predictions": predictions})
-        assert errors == [[]] * 6
-        regions = [r for p in predictions for r in p["result"]]
-        # a Mask R-CNN: masks as polygons (a box where the mask is empty), all inside the image
-        assert "polygonlabels" in {r["type"] for r in regions} <= {"polygonlabels", "rectanglelabels"}
-        for r in regions:
-            if r["type"] == "polygonlabels":
-                assert all(0.0 <= v <= 100.0 for point in r["value"]["points"] for v in point)
-            else:
-                v = r["value"]
-                assert min(v["x"], v["y"]) >= 0 and v["x"] + v["width"] <= 100 and v["y"] + v["height"] <= 100
-
-        # the order by prediction score is det_al's ranking; the on-demand image sits where its score puts it
-        name_of = {local_files_url(images / im["file_name"], server.documents): im["file_name"] for im in coco["images"]}
-        order = [name_of[t["data"]["image"]] for t in listed]
-        assert [name for name in order if name != on_demand["file_name"]] == [r["file_name"] for r in ranking]
-        scores = [t["predictions_score"] for t in listed]
-        assert scores == sorted(scores) and len(set(scores)) == 6
-
-        served = server.call("GET", f"/api/projects/{project}/next")
+        listed, predictions, order = _check_predictions(server, run)
+        served = server.call("GET", f"/api/projects/{run.project}/next")
         assert served["id"] == listed[0]["id"]
-        if order[0] != on_demand["file_name"]:
-            assert order[0] == ranking[0]["file_name"]
+        if order[0] != run.on_demand["file_name"]:
+            assert order[0] == run.ranking[0]["file_name"]
 
         if os.environ.get("DET_AL_SERVE_SCREENSHOT"):
             shown = next(t for t in listed if t["predictions"][0]["result"])  # the first with regions to show
-            _screenshot(headless_chromium, server, project, shown["id"], Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
+            _screenshot(headless_chromium, server, run.project, shown["id"],
+                        Path(os.environ["DET_AL_SERVE_SCREENSHOT"]))
 
         # an annotation posted through the API reaches the journal within the webhook's 1 s
         result = predictions[0]["result"][:1]
@@ -183,49 +231,21 @@ def test_serve_as_the_projects_ml_backend(label_studio, tiny_pool, tiny_checkpoi
             ("ANNOTATION_CREATED", annotation["id"], listed[0]["id"])]
 
         # a second "Retrieve predictions" asks again for the task without prediction only
-        server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+        server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={run.project}",
                     {"selectedItems": {"all": True, "excluded": []}})
         health = _get(url + "/health")
         assert (health["tasks"], health["scored"], health["unreadable"]) == (8, 1, 2)
-        assert sum(len(t["predictions"]) for t in _tasks_by_score(server, project)) == 6
+        assert sum(len(t["predictions"]) for t in _tasks_by_score(server, run.project)) == 6
 
         print(f"connect and retrieve predictions for 7 tasks: {took:.2f} s; backend {ml}")
-
-        # a new model version (as after det-al retrain), now with Basic auth: restart on the same
-        # port (Label Studio made its webhook for that URL once), PATCH the backend's title and
-        # credentials; the project follows and the next retrieve asks for every task again
+        # restart on the same port (Label Studio made its webhook for that URL once), with Basic auth
         _stop(backend)
         auth = "ls-backend:" + os.urandom(6).hex()
         backend, url = _start_backend(
-            ["--checkpoint", str(checkpoint), "--image-root", str(images), "--local-files-root", str(server.documents),
-             "--passes", "2", "--seed", "0", "--journal", str(journal)], tmp_path / "serve2.log",
-            port=int(url.rsplit(":", 1)[1]), auth=auth)
-        with pytest.raises(urllib.error.HTTPError, match="401"):
-            _get(url + "/health")
-        version = _get(url + "/health", auth)["model_version"]
-        assert version.startswith("det_al-") and version != MODEL_VERSION  # the checkpoint's hash by default
-        user, password = auth.split(":")
-        server.call("PATCH", f"/api/ml/{ml}", {"url": url, "project": project, "title": version,
-                                               "auth_method": "BASIC_AUTH", "basic_auth_user": user,
-                                               "basic_auth_pass": password})
-        assert server.call("GET", f"/api/projects/{project}")["model_version"] == version
-        server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
-                    {"selectedItems": {"all": True, "excluded": []}})
-        health = _get(url + "/health", auth)
-        assert (health["tasks"], health["scored"], health["unreadable"]) == (7, 6, 1)
-        relisted = _tasks_by_score(server, project)[:-1]
-        assert all(version in [p["model_version"] for p in t["predictions"]] for t in relisted)
-        open_tasks = [t["id"] for t in relisted if not t["annotations"]]  # the annotated one is done
-        assert server.call("GET", f"/api/projects/{project}/next")["id"] == open_tasks[0]
-
-        # Label Studio does not send the backend's credentials with webhook events: give the
-        # webhook the header, and the next annotation is journalled again
-        hook = next(h for h in server.call("GET", f"/api/webhooks/?project={project}") if h["url"] == url + "/webhook")
-        server.call("PATCH", f"/api/webhooks/{hook['id']}/", {
-            "headers": {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}})
-        second = server.call("POST", f"/api/tasks/{open_tasks[0]}/annotations/", {"result": []})
-        lines = [json.loads(line) for line in journal.read_text().splitlines()]
-        assert [x["annotation"]["id"] for x in lines] == [annotation["id"], second["id"]]
+            ["--checkpoint", str(checkpoint), "--image-root", str(run.images), "--local-files-root",
+             str(server.documents), "--passes", "2", "--seed", "0", "--journal", str(journal)],
+            tmp_path / "serve2.log", port=int(url.rsplit(":", 1)[1]), auth=auth)
+        _check_a_new_version_with_basic_auth(server, run, ml, url, auth, journal, annotation)
     finally:
         _stop(backend)
 
