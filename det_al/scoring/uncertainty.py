@@ -1,10 +1,10 @@
 """Per-object uncertainty components, vectorised over objects, pass axis last.
 
 Given the anchor (deterministic) detections, the T stochastic passes and the matched
-:class:`~det_al.scoring.matching.Objects`, :func:`~det_al.scoring.gather.gather` builds ``found [K, T]``, ``scores [K, T]``,
-``labels [K, T]``, ``boxes [K, T, 4]`` and ``probs [K, T, C]``; a pass that missed an object
-contributes :func:`~det_al.inference.detections.background_probs` (softmax: all mass on background;
-sigmoid: every class 0), score 0 and no box (:func:`score_objects` reads the class
+:class:`~det_al.scoring.matching.Objects`, :func:`~det_al.scoring.gather.gather` builds
+``found [K, T]``, ``scores [K, T]``, ``labels [K, T]``, ``boxes [K, T, 4]`` and ``probs [K, T, C]``;
+a pass that missed an object contributes :func:`~det_al.inference.detections.background_probs`
+(softmax: all mass on background; sigmoid: every class 0), score 0 and no box (:func:`score_objects` reads the class
 probabilities of the found passes only and adds the misses in closed form, see
 :func:`found_class_components`). :func:`score_objects` then computes, per object,
 components in ``[0, 1]`` where 1 is maximal disagreement. ``p_t`` is the probability vector of

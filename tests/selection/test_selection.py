@@ -27,7 +27,8 @@ def test_one_strategy_registry(hand_scores):
     assert not hasattr(det_al.selection.files, "STRATEGIES")  # the registry lives in det_al.selection.strategies only
     by_class = select_batch(hand_scores.ranking, hand_scores.pseudo_labels(), 1, "top:class")
     assert [im["id"] for im in by_class["images"]] == [11]
-    assert select_batch(hand_scores.ranking, hand_scores.pseudo_labels(), 1, strategies.random, seed=0)["images"][0]["id"] in hand_scores.images
+    chosen = select_batch(hand_scores.ranking, hand_scores.pseudo_labels(), 1, strategies.random, seed=0)
+    assert chosen["images"][0]["id"] in hand_scores.images
     with pytest.raises(InputError, match="unknown strategy 'nope'"):
         select_batch(hand_scores.ranking, hand_scores.pseudo_labels(), 1, "nope")
 
@@ -53,7 +54,8 @@ def test_selection_refuses_unknown_or_mismatched_images(hand_scores):
     with pytest.raises(InputError, match="image_id 99"):
         select_batch([{"image_id": 99, "rank": 1, "informativeness": 0.1}], hand_scores.pseudo_labels(), 1)
     with pytest.raises(InputError, match="file_name"):
-        select_batch([{"image_id": 10, "file_name": "other.png", "rank": 1, "informativeness": 0.1}], hand_scores.pseudo_labels(), 1)
+        select_batch([{"image_id": 10, "file_name": "other.png", "rank": 1, "informativeness": 0.1}],
+                     hand_scores.pseudo_labels(), 1)
 
 
 @pytest.mark.parametrize("lines, message", [
