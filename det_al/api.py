@@ -245,7 +245,7 @@ def score_images(
             pool, or an in-memory image of the wrong kind.
     """
     _refuse_before_scoring(out_dir, resume, overwrite, device)
-    model, config, categories = _model_config_categories(model, config, categories, passes_overrides(
+    model, config, categories = _model_config_categories(model, config, categories, dict(
         passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size))
     source = pool_source(images, image_root)
     run_device = str(model_device(model) if device is None else check_device(device))
@@ -291,14 +291,16 @@ def _refuse_before_scoring(out_dir, resume: bool, overwrite: bool, device) -> No
         refuse_existing_results(out_dir)
 
 
-def _model_config_categories(model, config, categories, overrides: dict) -> tuple[nn.Module, Config, Any]:
-    """The detector (unwrapped), its config with ``overrides`` of the passes section, and the
-    categories: those given, else a :class:`LoadedModel`'s own."""
+def _model_config_categories(model, config, categories, shortcuts: dict) -> tuple[nn.Module, Config, Any]:
+    """The detector (unwrapped), its config with the ``shortcuts`` of the passes section applied
+    (:func:`~det_al.config.passes_overrides`), and the categories: those given, else a
+    :class:`LoadedModel`'s own."""
     if isinstance(model, LoadedModel):  # load_model's result: its config and categories unless given
         config = model.config if config is None else config
         categories = model.categories if categories is None else categories
         model = model.model
     model = unwrap_model(model)
+    overrides = passes_overrides(**shortcuts)
     return model, override_config(as_config(config, model_num_classes(model)), overrides, "score_images"), categories
 
 
