@@ -66,6 +66,12 @@ def _tiny_checkpoint(path: Path, name: str, categories: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def make_checkpoint():
+    """``make_checkpoint(path, model_name, categories)``: an untrained tiny checkpoint (seed 0) at ``path``."""
+    return _tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_pool) -> Path:
     """An untrained maskrcnn_tiny checkpoint with score threshold 0, so it detects something."""
     path = tmp_path_factory.mktemp("ckpt") / "maskrcnn_tiny.pt"
