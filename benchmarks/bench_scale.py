@@ -93,23 +93,14 @@ class RenderedPool:
         return {"image_id": image_id, "file_name": f"rendered/{image_id:08d}.png", "image": to_tensor(image)}
 
 
-def child_stream(args: argparse.Namespace) -> None:
-    """One streaming run in this (fresh) process; prints a JSON line of measurements."""
-    import numpy as np
-    import torch
-
+def _time_the_bookkeeping() -> tuple[dict, dict, dict, object]:
+    """Wrap, in this process, what the ``--resume`` bookkeeping costs with timers: the
+    ``ResultsWriter`` methods and the pool hash (``book["seconds"]``, fsync inside them
+    ``book["fsync"]``), the JSON encoding of result lines (``encode``) and the final assembly
+    (``assembly``, with the peak RSS before it). Returns the three dicts and the ``timed`` wrapper."""
     import det_al.run.pool_run
-    import det_al.run.score_lines
     import det_al.run.stream
-    from det_al.models.checkpoint import load_checkpoint
-    from det_al.config import apply_overrides, config_from_dict, config_to_dict
     from det_al.data.pool import PoolImages
-    from det_al.run.stream import file_sha256
-
-    torch.set_num_threads(args.threads)
-    model, config, categories, _ = load_checkpoint(args.checkpoint)
-    config = config_from_dict(apply_overrides(config_to_dict(config), [f"passes.batch_size={args.batch_size}"]))
-    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     book = {"seconds": 0.0, "fsync": 0.0, "inside": False}
 
@@ -164,21 +155,51 @@ def child_stream(args: argparse.Namespace) -> None:
             assembly["seconds"] += time.perf_counter() - t
 
     det_al.run.pool_run.assemble_outputs = assemble
+    return book, encode, assembly, timed
 
-    if args.stub:
-        # Machinery only: every image gets the passes of the first one (the model runs once);
-        # rendering, matching, scoring, results lines and assembly run for every image.
-        real_run_passes = det_al.run.score_lines.run_passes
-        canned = real_run_passes(model, [RenderedPool([{"id": 1, "file_name": "1.png"}], size=args.image_size)[0]["image"]], config.passes, seeds=[1])[0]
-        det_al.run.score_lines.run_passes = lambda model, images, *a, **k: [canned] * len(images)
-    # The pool as det-al score holds it after read_pool: compact arrays, no list of dicts.
+
+def _stub_the_model(model, config, image_size: int) -> None:
+    """Machinery only: every image gets the passes of the first one (the model runs once);
+    rendering, matching, scoring, results lines and assembly run for every image."""
+    import det_al.run.score_lines
+
+    real_run_passes = det_al.run.score_lines.run_passes
+    first = RenderedPool([{"id": 1, "file_name": "1.png"}], size=image_size)[0]["image"]
+    canned = real_run_passes(model, [first], config.passes, seeds=[1])[0]
+    det_al.run.score_lines.run_passes = lambda model, images, *a, **k: [canned] * len(images)
+
+
+def _rendered_pool(n: int, image_size: int, categories: list[dict]) -> dict:
+    """The pool as det-al score holds it after read_pool: compact arrays, no list of dicts."""
+    import numpy as np
+
+    from det_al.data.pool import PoolImages
+
     names = bytearray()
-    for start in range(1, args.n + 1, 8192):
-        names += b"".join(b"rendered/%08d.png" % i for i in range(start, min(start + 8192, args.n + 1)))
-    offsets = np.arange(args.n + 1, dtype=np.int64) * len(b"rendered/00000001.png")
-    sizes = np.full(args.n, args.image_size, dtype=np.int32)
-    pool = {"images": PoolImages(np.arange(1, args.n + 1), names, offsets, sizes, sizes), "categories": categories}
-    del names
+    for start in range(1, n + 1, 8192):
+        names += b"".join(b"rendered/%08d.png" % i for i in range(start, min(start + 8192, n + 1)))
+    offsets = np.arange(n + 1, dtype=np.int64) * len(b"rendered/00000001.png")
+    sizes = np.full(n, image_size, dtype=np.int32)
+    return {"images": PoolImages(np.arange(1, n + 1), names, offsets, sizes, sizes), "categories": categories}
+
+
+def child_stream(args: argparse.Namespace) -> None:
+    """One streaming run in this (fresh) process; prints a JSON line of measurements."""
+    import torch
+
+    import det_al.run.pool_run
+    from det_al.models.checkpoint import load_checkpoint
+    from det_al.config import apply_overrides, config_from_dict, config_to_dict
+    from det_al.run.stream import file_sha256
+
+    torch.set_num_threads(args.threads)
+    model, config, categories, _ = load_checkpoint(args.checkpoint)
+    config = config_from_dict(apply_overrides(config_to_dict(config), [f"passes.batch_size={args.batch_size}"]))
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    book, encode, assembly, timed = _time_the_bookkeeping()
+    if args.stub:
+        _stub_the_model(model, config, args.image_size)
+    pool = _rendered_pool(args.n, args.image_size, categories)
     t = time.perf_counter()
     sha = timed(file_sha256)(args.checkpoint)
     counts = det_al.run.pool_run.score_to_dir(model, config, categories, pool, "/nonexistent", args.out, sha, progress=False,

@@ -190,27 +190,14 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
 
 
 def score_images(
-    model: nn.Module | LoadedModel | Sequence[nn.Module | LoadedModel],
-    images: Any,
-    *,
-    categories: Sequence[dict | str] | None = None,
-    passes: int | None = None,
-    dropout: float | Sequence[float] | None = None,
-    tta: str | Sequence[str] | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    config: Config | Mapping | str | os.PathLike | None = None,
-    image_root: str | os.PathLike | None = None,
-    labelled: Any = None,
-    labelled_root: str | os.PathLike | None = None,
+    model: nn.Module | LoadedModel | Sequence[nn.Module | LoadedModel], images: Any, *, categories: Sequence[dict | str] | None = None,
+    passes: int | None = None, dropout: float | Sequence[float] | None = None, tta: str | Sequence[str] | None = None,
+    seed: int | None = None, batch_size: int | None = None, device: str | torch.device | None = None,
+    config: Config | Mapping | str | os.PathLike | None = None, image_root: str | os.PathLike | None = None,
+    labelled: Any = None, labelled_root: str | os.PathLike | None = None,
     reference: Scores | Mapping | str | os.PathLike | None = None,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    amp: bool = False,
-    progress: bool = True,
-    allow_outside_root: bool = False,
+    out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+    amp: bool = False, progress: bool = True, allow_outside_root: bool = False,
     extra_info: Mapping[str, Any] | None = None,
 ) -> Scores:
     """Rank ``images`` by how informative they are to label, with the detector ``model``.
@@ -220,13 +207,10 @@ def score_images(
             the like are unwrapped) in any mode: it runs in ``eval()`` with MC dropout hooks,
             and its mode, hooks and device are restored afterwards. Or :func:`load_model`'s
             result: its config and categories are used unless ``config`` / ``categories`` are given.
-            Or a list of such models, an ensemble (:mod:`det_al.run.ensemble`): one family, one
-            class count (and the same category names where :func:`load_model` knows them). Each
-            member runs the passes with its own seeds and all members' passes are scored
-            together (``M`` members x ``T`` passes = ``M * T`` passes; ``passes=1, dropout=0``: a
-            plain ensemble). The pseudo-labels, embeddings and dense signals are the first
-            member's, and so are config and categories when it is a :func:`load_model` result.
-            A one-model list is that model.
+            Or a list of such models of one family and class count, an ensemble
+            (:mod:`det_al.run.ensemble`): ``M`` members x ``T`` passes scored together (``passes=1,
+            dropout=0``: a plain ensemble); pseudo-labels, embeddings, dense signals, config and
+            categories are the first member's.
         images: a folder, a COCO file or dict, a list of paths, of PIL images, of ``[H, W, 3]``
             uint8 arrays or of float ``[3, H, W]`` tensors in [0, 1], or a torch ``Dataset`` of
             such images (see :func:`det_al.data.sources.pool_source`).
@@ -242,7 +226,8 @@ def score_images(
             and the report default to it.
         labelled: the labelled set, a COCO file or dict (its images relative to ``labelled_root``)
             or its ``[M, D]`` embeddings: each image gets its ``novelty``, the distance to it
-            (:mod:`det_al.scoring.novelty`); :func:`select` then defaults to ``fused``.
+            (:mod:`det_al.scoring.novelty`); from a COCO set also its objects per class, and
+            :func:`select` then defaults to ``class-balanced:fused`` (``fused`` from embeddings).
         reference: an earlier scored pool (:class:`Scores`, its ``det-al score`` folder or
             ``run.json``): the informativeness of these images is the value they would have
             had in that pool, so a batch scored tomorrow, or one image alone, compares with it.
@@ -250,38 +235,23 @@ def score_images(
         out_dir: also stream per-image results there and write the files of ``det-al score``;
             with ``resume`` an interrupted run continues where it stopped (same model, config,
             pool); a folder holding results is refused unless ``resume`` or ``overwrite``.
-        amp: mixed precision (CUDA).
-        progress: a progress bar.
-        allow_outside_root: read COCO ``file_name`` entries that escape ``image_root``
-            (absolute paths, ``../``); refused by default (a COCO file from elsewhere must not
-            make det_al read arbitrary files of this machine).
+        amp, progress: mixed precision (CUDA); a progress bar.
+        allow_outside_root: read COCO ``file_name`` entries that escape ``image_root`` (absolute
+            paths, ``../``), refused by default: a COCO file must not make det_al read any file.
         extra_info: more entries for ``run.json`` (``det-al score`` records its checkpoint).
 
     Returns:
         :class:`Scores`, most informative first. Images that cannot be read are in ``.skipped``.
 
     Raises:
-        InputError: before anything is scored or written, for a device this machine does not
-            have, an unsupported model, categories that do not fit it, a malformed config or
+        InputError: before anything is scored or written, for a device this machine lacks, an
+            unsupported model or ensemble, categories that do not fit it, a malformed config or
             pool, or an in-memory image of the wrong kind.
     """
-    if resume and out_dir is None:
-        raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
-    if device is not None:  # a device this machine lacks: before anything is written
-        check_device(device)
-    if out_dir is not None and not resume and not overwrite:
-        refuse_existing_results(out_dir)
-    members = list(model) if isinstance(model, (list, tuple)) and not isinstance(model, LoadedModel) else [model]
-    if not members:
-        raise InputError("model: an empty list of models (an ensemble needs at least one)")
-    if isinstance(members[0], LoadedModel):  # load_model's result: its config and categories unless given
-        config = members[0].config if config is None else config
-        categories = members[0].categories if categories is None else categories
-    member_categories = [m.categories if isinstance(m, LoadedModel) else None for m in members]
-    models = [unwrap_model(m.model if isinstance(m, LoadedModel) else m) for m in members]
+    _refuse_before_scoring(out_dir, resume, overwrite, device)
+    models, config, categories, member_categories = _members_config_categories(model, config, categories, dict(
+        passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size))
     model = models[0]
-    overrides = passes_overrides(passes=passes, dropout=dropout, tta=tta, seed=seed, batch_size=batch_size)
-    config = override_config(as_config(config, model_num_classes(model)), overrides, "score_images")
     check_members(models, categories=member_categories, sites=config.passes.sites)
     source = pool_source(images, image_root)
     run_device = str(model_device(model) if device is None else check_device(device))
@@ -302,15 +272,52 @@ def score_images(
             lines = score_in_memory(models, config, categories, source.pool["images"], source.image_root,
                                     device=run_device, amp=amp, progress=progress, make_dataset=source.make_dataset)
             return _note_stale_sizes(Scores.from_results(lines, categories, config, info, embedded), source, None)
-        if overwrite:  # a torchrun run's shards would sit beside this run's results
-            remove_earlier_outputs([Path(out_dir) / SHARDS])
-        if source.folder_coco is not None:
-            write_json(Path(out_dir) / "pool.json", source.folder_coco, indent=1)
-        score_to_dir(models, config, categories, source.pool, source.image_root, out_dir,
-                     members_sha256([model_sha256(m) for m in models]),
-                     resume=resume, overwrite=overwrite, device=run_device, amp=amp, progress=progress,
-                     run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded)
+        _score_into(Path(out_dir), models, config, categories, source, info, embedded, resume=resume,
+                    overwrite=overwrite, device=run_device, amp=amp, progress=progress)
     return _note_stale_sizes(Scores.load(out_dir), source, Path(out_dir))
+
+
+def _score_into(out_dir: Path, models: list[nn.Module], config: Config, categories: list[dict], source: PoolSource,
+                info: dict, embedded: np.ndarray | None, *, overwrite: bool, **run: Any) -> None:
+    """The resumable run of the ensemble ``models`` (one model: a list of one) into ``out_dir``
+    (:func:`det_al.run.pool_run.score_to_dir`), after removing an overwritten run's shards and
+    writing a folder pool's ``pool.json``."""
+    if overwrite:  # a torchrun run's shards would sit beside this run's results
+        remove_earlier_outputs([out_dir / SHARDS])
+    if source.folder_coco is not None:
+        write_json(out_dir / "pool.json", source.folder_coco, indent=1)
+    score_to_dir(models, config, categories, source.pool, source.image_root, out_dir,
+                 members_sha256([model_sha256(m) for m in models]),
+                 overwrite=overwrite, run_info=info, make_dataset=source.make_dataset, labelled_embeddings=embedded,
+                 **run)
+
+
+def _refuse_before_scoring(out_dir, resume: bool, overwrite: bool, device) -> None:
+    """The checks of :func:`score_images` that need no model: ``resume`` without ``out_dir``, a
+    device this machine lacks, a folder holding results without ``resume``/``overwrite``."""
+    if resume and out_dir is None:
+        raise InputError("resume=True needs out_dir (the folder of the interrupted run)")
+    if device is not None:  # a device this machine lacks: before anything is written
+        check_device(device)
+    if out_dir is not None and not resume and not overwrite:
+        refuse_existing_results(out_dir)
+
+
+def _members_config_categories(model, config, categories, shortcuts: dict) -> tuple[list[nn.Module], Config, Any, list]:
+    """The detectors of an ensemble (one model: a list of one; unwrapped), the config with the
+    ``shortcuts`` of the passes section applied (:func:`~det_al.config.passes_overrides`), the
+    categories (those given, else the first :class:`LoadedModel`'s own) and each member's own
+    categories (``None`` where unknown), for :func:`det_al.run.ensemble.check_members`."""
+    members = list(model) if isinstance(model, (list, tuple)) and not isinstance(model, LoadedModel) else [model]
+    if not members:
+        raise InputError("model: an empty list of models (an ensemble needs at least one)")
+    if isinstance(members[0], LoadedModel):  # load_model's result: its config and categories unless given
+        config = members[0].config if config is None else config
+        categories = members[0].categories if categories is None else categories
+    member_categories = [m.categories if isinstance(m, LoadedModel) else None for m in members]
+    models = [unwrap_model(m.model if isinstance(m, LoadedModel) else m) for m in members]
+    config = override_config(as_config(config, model_num_classes(models[0])), passes_overrides(**shortcuts), "score_images")
+    return models, config, categories, member_categories
 
 
 def _note_stale_sizes(scores: Scores, source: PoolSource, out_dir: Path | None) -> Scores:

@@ -1,5 +1,10 @@
-"""Shared fixtures: a tiny synthetic pool, an untrained tiny checkpoint (no download), and a real
-Label Studio server for the tests that need one."""
+"""Shared fixtures: a tiny synthetic pool, an untrained tiny checkpoint (no download), one tiny
+model of each detector family, a hand-written scored pool, the benchmark scripts, headless
+Chromium, and a real Label Studio server for the tests that need one.
+
+Test files never import each other or this file (pytest runs with ``--import-mode=importlib``):
+what several of them share lives here, or in the ``conftest.py`` of their folder, as fixtures;
+a helper function is handed out by a fixture that returns it."""
 
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +66,12 @@ def _tiny_checkpoint(path: Path, name: str, categories: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def make_checkpoint():
+    """``make_checkpoint(path, model_name, categories)``: an untrained tiny checkpoint (seed 0) at ``path``."""
+    return _tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_pool) -> Path:
     """An untrained maskrcnn_tiny checkpoint with score threshold 0, so it detects something."""
     path = tmp_path_factory.mktemp("ckpt") / "maskrcnn_tiny.pt"
@@ -79,7 +92,7 @@ def tiny_data(tmp_path_factory):
     return {"root": image_root, "train": root / "train.json", "val": root / "val.json", "coco": train}
 
 
-def load_benchmark(name: str):
+def _load_benchmark(name: str):
     """The module of ``benchmarks/NAME.py`` (benchmarks are scripts, not a package)."""
     import importlib.util
 
@@ -88,6 +101,204 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(NAME)``: the module of ``benchmarks/NAME.py``."""
+    return _load_benchmark
+
+
+# --------------------------------------------------------------------------- one tiny model per family
+
+SMALL = {"min_size": 64, "max_size": 96}
+#: family -> (det_al model name, options): untrained, 64-96 px inputs, score thresholds 0 so there are detections
+FAMILY_MODELS = {
+    "rcnn": ("fasterrcnn_mobilenet_v3_large_fpn", {**SMALL, "box_score_thresh": 0.0}),
+    "mask": ("maskrcnn_tiny", {**SMALL, "box_score_thresh": 0.0, "box_detections_per_img": 20}),
+    "retinanet": ("retinanet_resnet50_fpn", {**SMALL, "score_thresh": 0.0, "detections_per_img": 60}),
+    "fcos": ("fcos_resnet50_fpn", {**SMALL, "score_thresh": 0.0, "detections_per_img": 60}),
+    "ssd": ("tiny_ssd", {"score_thresh": 0.0, "detections_per_img": 60}),
+}
+_family_models: dict[str, torch.nn.Module] = {}
+
+
+def _tiny_ssd(num_classes: int, **options) -> torch.nn.Module:
+    """torchvision's SSD class over det_al's tiny backbone at 96 px.
+
+    ssd300_vgg16 costs ~8 s per forward here, and ssdlite320 with random weights has vanishing
+    (~1e-14) features, so every score is exactly 1/C and dropout changes nothing.
+    """
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD, SSDHead
+
+    from det_al.models.build import TinyBackbone
+
+    anchors = DefaultBoxGenerator([[2], [2, 3]])
+    head = SSDHead([128, 128], anchors.num_anchors_per_location(), num_classes)
+    return SSD(TinyBackbone(), anchors, (96, 96), num_classes, head=head, **options).eval()
+
+
+def _model_for(family: str) -> torch.nn.Module:
+    """The tiny untrained model of ``family`` (4 classes), built once per session."""
+    from det_al.config import ModelConfig
+    from det_al.models.build import build_model
+
+    if family not in _family_models:
+        name, options = FAMILY_MODELS[family]
+        torch.manual_seed(0)
+        if name == "tiny_ssd":
+            _family_models[family] = _tiny_ssd(4, **options)
+        else:
+            _family_models[family] = build_model(ModelConfig(name, 4, options))
+    return _family_models[family]
+
+
+def _image(h: int = 64, w: int = 80, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=list(FAMILY_MODELS))
+def family(request) -> str:
+    """Each detector family in turn: rcnn, mask, retinanet, fcos, ssd."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def model_for():
+    """``model_for(family)``: that family's tiny untrained model (shared: do not train it)."""
+    return _model_for
+
+
+@pytest.fixture(scope="session")
+def image():
+    """``image(h, w, seed)``: a seeded random ``[3, h, w]`` image in [0, 1)."""
+    return _image
+
+
+# --------------------------------------------------------------------------- a hand-written scored pool
+
+
+class HandScores:
+    """A hand-written ``det-al score`` output: three small images (one in a sub-folder), four
+    pseudo-labels (one with an L-shaped mask on image b), a ranking. The selection, Label Studio
+    and CVAT tests compare what comes back with these values."""
+
+    categories = [{"id": 3, "name": "cat", "supercategory": ""}, {"id": 7, "name": "dog", "supercategory": ""}]
+    #: id -> (file_name, width, height)
+    images = {10: ("a.png", 40, 30), 11: ("b.png", 50, 40), 12: ("sub/c.png", 32, 32)}
+    ranking = [
+        {"image_id": 11, "file_name": "b.png", "rank": 1, "informativeness": 0.9, "class": 0.5, "box": 0.4,
+         "mask": 0.3, "presence": 0.2, "n_objects": 2, "certain": False, "empty": False},
+        {"image_id": 10, "file_name": "a.png", "rank": 2, "informativeness": 0.5, "class": 0.3, "box": 0.2,
+         "mask": 0.0, "presence": 0.1, "n_objects": 1, "certain": False, "empty": False},
+        {"image_id": 12, "file_name": "sub/c.png", "rank": 3, "informativeness": 0.2, "class": 0.1, "box": 0.1,
+         "mask": 0.0, "presence": 0.0, "n_objects": 1, "certain": True, "empty": False},
+    ]
+
+    @staticmethod
+    def mask_b() -> np.ndarray:
+        """The mask of annotation 3 on image b (50x40): an L shape, rows 5..14, columns 10..29."""
+        mask = np.zeros((40, 50), bool)
+        mask[5:15, 10:30] = True
+        mask[10:15, 20:30] = False  # the notch: rows 10..14, columns 20..29 removed
+        return mask
+
+    def pseudo_labels(self) -> dict:
+        from pycocotools import mask as mask_utils
+
+        rle = mask_utils.encode(np.asfortranarray(self.mask_b().astype(np.uint8)))
+        mask = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        images = [{"id": i, "file_name": f, "width": w, "height": h} for i, (f, w, h) in self.images.items()]
+        extra = {"uncertainty": 0.3, "entropy": 0.2, "presence": 0.9}
+        annotations = [
+            {"id": 1, "image_id": 10, "category_id": 3, "bbox": [2.5, 3.25, 10.0, 8.0], "area": 80.0, "iscrowd": 0,
+             "score": 0.9, **extra},
+            {"id": 2, "image_id": 11, "category_id": 7, "bbox": [0.0, 0.0, 50.0, 40.0], "area": 2000.0, "iscrowd": 0,
+             "score": 0.6, **extra},
+            {"id": 3, "image_id": 11, "category_id": 3, "bbox": [10.0, 5.0, 20.0, 10.0], "area": 150.0, "iscrowd": 0,
+             "score": 0.75, "segmentation": mask, **extra},
+            {"id": 4, "image_id": 12, "category_id": 7, "bbox": [30.0, 0.0, 2.0, 2.0], "area": 4.0, "iscrowd": 0,
+             "score": 0.5, **extra},
+        ]
+        return {"images": images, "categories": self.categories, "annotations": annotations}
+
+    def select(self, budget: int = 3) -> dict:
+        """``select_batch`` of the ranking: the top ``budget`` images with their pseudo-labels."""
+        from det_al.selection.files import select_batch
+
+        return select_batch(self.ranking, self.pseudo_labels(), budget)
+
+    def write(self, root: Path) -> dict[str, Path]:
+        """The three images as PNGs under ``root/images`` and the score output folder.
+
+        Returns paths: images (the image root), score (folder), ranking, pseudo_labels, pool.
+        """
+        import cv2
+
+        images = root / "images"
+        rng = np.random.default_rng(0)
+        for file_name, width, height in self.images.values():
+            (images / file_name).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(images / file_name), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        score = root / "score"
+        score.mkdir(parents=True, exist_ok=True)
+        (score / "ranking.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.ranking))
+        (score / "pseudo_labels.json").write_text(json.dumps(self.pseudo_labels()))
+        pool = {"images": self.pseudo_labels()["images"], "categories": self.categories, "annotations": []}
+        (root / "pool.json").write_text(json.dumps(pool))
+        return {"images": images, "score": score, "ranking": score / "ranking.jsonl",
+                "pseudo_labels": score / "pseudo_labels.json", "pool": root / "pool.json"}
+
+
+@pytest.fixture(scope="session")
+def hand_scores() -> HandScores:
+    """The hand-written scored pool (:class:`HandScores`)."""
+    return HandScores()
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+CHROMIUM = next((p for p in (os.environ.get("DET_AL_CHROMIUM"), shutil.which("chromium"),
+                             "/usr/bin/chromium") if p and os.path.exists(p)), None)
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-default-apps", "--disable-extensions"]
+
+
+def _require_browser():
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    if CHROMIUM is None:
+        if in_ci:
+            pytest.fail("Chromium not found under CI: run .ci/setup_browser.sh")
+        pytest.skip("no chromium found (install with .ci/setup_browser.sh)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if in_ci:
+            pytest.fail("playwright (Python) not installed under CI: run .ci/setup_browser.sh")
+        pytest.skip("chromium found but the playwright Python package is not installed "
+                    "(install with .ci/setup_browser.sh)")
+    return sync_playwright
+
+
+@contextmanager
+def _launch_chromium():
+    """Headless Debian Chromium under Playwright (no download), closed on exit. Skips when either
+    is missing, fails instead under CI (CI=true)."""
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def headless_chromium():
+    """``with headless_chromium() as browser:`` a Playwright browser; checked only when called."""
+    return _launch_chromium
 
 
 # --------------------------------------------------------------------------- Label Studio server

@@ -406,7 +406,8 @@ def test_mc_dropout_context_manager():
 def test_untrained_torchvision_model_end_to_end(folder, tmp_path):
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
-    from det_al.annotation.label_studio import tasks_to_coco, validate_percent_value
+    from det_al.annotation.label_studio import validate_percent_value
+    from det_al.annotation.label_studio_import import tasks_to_coco
 
     torch.manual_seed(0)
     model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3,

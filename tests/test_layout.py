@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1] / "det_al"
 FORWARD_ALLOWED = {"det_al.loop.training"}
 #: The folders (and top-level modules) of det_al, lowest first: each imports only those before it.
 LAYERS = (
-    "det_al", "det_al.errors", "det_al.config", "data", "models", "inference", "scoring", "run", "selection",
+    "det_al", "det_al.errors", "config", "data", "models", "inference", "scoring", "run", "selection",
     "det_al.scores", "annotation", "det_al.api", "loop", "report", "serve", "cli", "det_al.__main__",
 )
 
@@ -165,4 +165,4 @@ def test_only_inference_calls_the_model():
 
 def test_top_level_holds_subpackages_and_a_few_small_modules():
     modules = sorted(p.name for p in ROOT.glob("*.py"))
-    assert modules == ["__init__.py", "__main__.py", "api.py", "config.py", "errors.py", "scores.py"]
+    assert modules == ["__init__.py", "__main__.py", "api.py", "errors.py", "scores.py"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from det_al.annotation import cvat, label_studio
+from det_al.annotation import cvat_import, label_studio_import
 from det_al.annotation.merge import ImportReport
 from det_al.data.coco import load_coco
 from det_al.data.files import read_json, write_json
@@ -60,7 +60,7 @@ def import_label_studio(
     finished annotation are skipped (``keep_empty`` keeps images labelled with no object)."""
     path = None if isinstance(export, list) else Path(export)
     tasks = export if path is None else read_json(path)
-    labels, report = label_studio.tasks_to_coco(tasks, _selection_coco(selection), keep_empty, path)
+    labels, report = label_studio_import.tasks_to_coco(tasks, _selection_coco(selection), keep_empty, path)
     return _written(labels, report, out_dir)
 
 
@@ -78,7 +78,7 @@ def import_cvat(
 
     A frame that still holds only the model's pre-annotations, unchanged, is nobody's work and is
     skipped, unless ``finished`` names it (frame names a person finished, or ``"all"``): see
-    :mod:`det_al.annotation.cvat`."""
-    labels, report = cvat.cvat_export_to_coco(Path(export), _selection_coco(selection), frame_names, keep_empty,
-                                              finished)
+    :mod:`det_al.annotation.cvat_import`."""
+    labels, report = cvat_import.cvat_export_to_coco(Path(export), _selection_coco(selection), frame_names,
+                                                     keep_empty, finished)
     return _written(labels, report, out_dir)

@@ -141,10 +141,31 @@ def merge_labels(
     ``paths`` (train, labels, pool file names) only serve error messages.
     """
     train_path, labels_path, pool_path = paths
+    category_map = _category_map(train, labels, train_path, labels_path)
+    new_images, renumbered, not_in_pool = _new_images(train, labels, pool, labels_path, pool_path)
+    new_annotations = _new_annotations(train, labels, category_map, renumbered, labels_path)
+
+    new_train = copy.deepcopy(train)
+    new_train["images"] = list(new_train.get("images", [])) + new_images
+    new_train["annotations"] = list(new_train.get("annotations", [])) + new_annotations
+    new_train.setdefault("categories", [])
+    new_pool, n_removed = _pool_without(pool, {im["file_name"] for im in new_images})
+    return MergeResult(
+        train=new_train,
+        pool=new_pool,
+        n_added_images=len(new_images),
+        n_added_annotations=len(new_annotations),
+        n_removed_from_pool=n_removed,
+        not_in_pool=not_in_pool,
+        renumbered_images=renumbered,
+    )
+
+
+def _category_map(train: dict, labels: dict, train_path, labels_path) -> dict:
+    """Labels category id -> the training set's id of the same name; a name it lacks is an error."""
     train_by_name = category_ids_by_name(train.get("categories", []), train_path)
-    labels_by_id = {c["id"]: c["name"] for c in labels.get("categories", [])}
     category_map = {}
-    for cat_id, name in labels_by_id.items():
+    for cat_id, name in ((c["id"], c["name"]) for c in labels.get("categories", [])):
         if name not in train_by_name:
             raise InputError(
                 f"category {name!r} (id {cat_id}) is not a category of the training set "
@@ -152,7 +173,13 @@ def merge_labels(
                 labels_path,
             )
         category_map[cat_id] = train_by_name[name]
+    return category_map
 
+
+def _new_images(train: dict, labels: dict, pool: dict | None, labels_path, pool_path) -> tuple[list, dict, list]:
+    """The labelled images as the training set will hold them, ids renumbered where ``train``
+    uses them; also ``{old id: new id}`` and the names the pool lacks. Checks each image once:
+    repeated, already in ``train``, or of another size than in the pool (all such in one error)."""
     train_names = {im["file_name"] for im in train.get("images", [])}
     pool_by_name = {im["file_name"]: im for im in (pool or {}).get("images", [])}
     used_ids = {im["id"] for im in train.get("images", [])}
@@ -161,10 +188,9 @@ def merge_labels(
     all_ids = used_ids | _image_ids(pool) | _image_ids(labels)
     next_id = max([i for i in all_ids if isinstance(i, int)], default=0) + 1
 
-    label_images = labels.get("images", [])
     seen_names: set[str] = set()
     new_images, renumbered, not_in_pool, resized = [], {}, [], []
-    for image in label_images:
+    for image in labels.get("images", []):
         name = image["file_name"]
         if name in seen_names:
             raise InputError(f"image {name!r} appears twice", labels_path)
@@ -194,8 +220,13 @@ def merge_labels(
         )
     if not_in_pool and pool is not None:
         logger.warning("%d labelled images are not in the pool: %s", len(not_in_pool), ", ".join(not_in_pool[:5]))
+    return new_images, renumbered, not_in_pool
 
-    image_ids = {im["id"] for im in label_images}
+
+def _new_annotations(train: dict, labels: dict, category_map: dict, renumbered: dict, labels_path) -> list[dict]:
+    """Copies of the labels' annotations with fresh ids after ``train``'s largest, the training
+    set's category ids and the renumbered image ids."""
+    image_ids = _image_ids(labels)
     next_ann_id = max([a["id"] for a in train.get("annotations", []) if isinstance(a.get("id"), int)], default=0) + 1
     new_annotations = []
     for ann in labels.get("annotations", []):
@@ -210,26 +241,18 @@ def merge_labels(
         new_ann["image_id"] = renumbered.get(ann["image_id"], ann["image_id"])
         new_ann["category_id"] = category_map[ann["category_id"]]
         new_annotations.append(new_ann)
+    return new_annotations
 
-    new_train = copy.deepcopy(train)
-    new_train["images"] = list(new_train.get("images", [])) + new_images
-    new_train["annotations"] = list(new_train.get("annotations", [])) + new_annotations
-    new_train.setdefault("categories", [])
 
+def _pool_without(pool: dict | None, file_names: set[str]) -> tuple[dict, int]:
+    """A copy of ``pool`` without the images named ``file_names`` and their annotations, and how
+    many images it lost (no pool: an empty one)."""
     new_pool = copy.deepcopy(pool) if pool is not None else {"images": [], "annotations": [], "categories": []}
-    removed_ids = {im["id"] for im in new_pool.get("images", []) if im["file_name"] in seen_names}
+    removed_ids = {im["id"] for im in new_pool.get("images", []) if im["file_name"] in file_names}
     new_pool["images"] = [im for im in new_pool.get("images", []) if im["id"] not in removed_ids]
     if "annotations" in new_pool:
         new_pool["annotations"] = [a for a in new_pool["annotations"] if a["image_id"] not in removed_ids]
-    return MergeResult(
-        train=new_train,
-        pool=new_pool,
-        n_added_images=len(new_images),
-        n_added_annotations=len(new_annotations),
-        n_removed_from_pool=len(removed_ids),
-        not_in_pool=not_in_pool,
-        renumbered_images=renumbered,
-    )
+    return new_pool, len(removed_ids)
 
 
 def merge(

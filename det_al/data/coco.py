@@ -58,65 +58,18 @@ def validate_coco(
         InputError: naming ``path`` and the problem.
     """
 
-    def fail(message: str):
-        raise InputError(message, path)
-
     if not isinstance(dataset, dict):
-        fail(f"not a COCO file: expected a JSON object, got a {_json_type(dataset)}")
+        raise InputError(f"not a COCO file: expected a JSON object, got a {_json_type(dataset)}", path)
     keys = ("images", "categories") + (("annotations",) if require_annotations else ())
     for key in keys:
         if key not in dataset:
-            fail(f"missing key '{key}'")
+            raise InputError(f"missing key '{key}'", path)
     for key in ("images", "categories", "annotations"):
         if key in dataset and not isinstance(dataset[key], list):
-            fail(f"'{key}' must be a list, got a {_json_type(dataset[key])}")
-
-    image_ids: dict[int, int] = {}
-    for i, image in enumerate(dataset["images"]):
-        problem = image_problem(image, i)
-        if problem:
-            fail(problem)
-        if image["id"] in image_ids:
-            fail(f"duplicate image id {image['id']} (images[{image_ids[image['id']]}] and images[{i}])")
-        image_ids[image["id"]] = i
-
-    category_ids: dict[int, int] = {}
-    names: dict[str, int] = {}
-    for i, category in enumerate(dataset["categories"]):
-        where = f"categories[{i}]"
-        if not isinstance(category, dict):
-            fail(f"{where}: expected an object, got a {_json_type(category)}")
-        if not _is_int(category.get("id")):
-            fail(f"{where}: 'id' must be an integer, got {category.get('id')!r}")
-        if not isinstance(category.get("name"), str):
-            fail(f"{where} (id {category['id']}): missing or non-string 'name'")
-        if category["id"] in category_ids:
-            fail(
-                f"duplicate category id {category['id']} "
-                f"(categories[{category_ids[category['id']]}] and {where})"
-            )
-        if category["name"] in names:
-            fail(
-                f"duplicate category name {category['name']!r} "
-                f"(categories[{names[category['name']]}] and {where})"
-            )
-        category_ids[category["id"]] = i
-        names[category["name"]] = i
-
-    annotation_ids: dict[int, int] = {}
-    for i, ann in enumerate(dataset.get("annotations", [])):
-        problem = annotation_problem(ann, i)
-        if problem:
-            fail(problem)
-        where = f"annotations[{i}] (id {ann['id']})"
-        if ann["id"] in annotation_ids:
-            fail(f"duplicate annotation id {ann['id']} (annotations[{annotation_ids[ann['id']]}] and annotations[{i}])")
-        annotation_ids[ann["id"]] = i
-        if ann["image_id"] not in image_ids:
-            fail(f"{where}: unknown image id {ann['image_id']}")
-        if ann["category_id"] not in category_ids:
-            fail(f"{where}: unknown category id {ann['category_id']}")
-
+            raise InputError(f"'{key}' must be a list, got a {_json_type(dataset[key])}", path)
+    image_ids = _image_indices(dataset["images"], path)
+    category_ids = _category_indices(dataset["categories"], path)
+    _check_annotations(dataset.get("annotations", []), image_ids, category_ids, path)
     name_counts = Counter(im["file_name"] for im in dataset["images"])
     duplicates = [name for name, count in name_counts.items() if count > 1]
     if duplicates:
@@ -125,6 +78,65 @@ def validate_coco(
             path or "COCO data", len(duplicates), duplicates[0],
         )
     return dataset
+
+
+def _image_indices(images: list, path) -> dict[int, int]:
+    """``{image id: index}`` of valid images with unique ids, else the first problem as an InputError."""
+    image_ids: dict[int, int] = {}
+    for i, image in enumerate(images):
+        problem = image_problem(image, i)
+        if problem:
+            raise InputError(problem, path)
+        if image["id"] in image_ids:
+            raise InputError(f"duplicate image id {image['id']} (images[{image_ids[image['id']]}] and images[{i}])",
+                             path)
+        image_ids[image["id"]] = i
+    return image_ids
+
+
+def _category_indices(categories: list, path) -> dict[int, int]:
+    """``{category id: index}`` of categories with an integer id and a string name, ids and names
+    unique; else the first problem as an InputError."""
+    category_ids: dict[int, int] = {}
+    names: dict[str, int] = {}
+    for i, category in enumerate(categories):
+        where = f"categories[{i}]"
+        if not isinstance(category, dict):
+            raise InputError(f"{where}: expected an object, got a {_json_type(category)}", path)
+        if not _is_int(category.get("id")):
+            raise InputError(f"{where}: 'id' must be an integer, got {category.get('id')!r}", path)
+        if not isinstance(category.get("name"), str):
+            raise InputError(f"{where} (id {category['id']}): missing or non-string 'name'", path)
+        if category["id"] in category_ids:
+            raise InputError(
+                f"duplicate category id {category['id']} (categories[{category_ids[category['id']]}] and {where})",
+                path)
+        if category["name"] in names:
+            raise InputError(
+                f"duplicate category name {category['name']!r} (categories[{names[category['name']]}] and {where})",
+                path)
+        category_ids[category["id"]] = i
+        names[category["name"]] = i
+    return category_ids
+
+
+def _check_annotations(annotations: list, image_ids: dict, category_ids: dict, path) -> None:
+    """Each annotation valid (:func:`annotation_problem`), its id unique, its image and category known."""
+    annotation_ids: dict[int, int] = {}
+    for i, ann in enumerate(annotations):
+        problem = annotation_problem(ann, i)
+        if problem:
+            raise InputError(problem, path)
+        where = f"annotations[{i}] (id {ann['id']})"
+        if ann["id"] in annotation_ids:
+            raise InputError(
+                f"duplicate annotation id {ann['id']} (annotations[{annotation_ids[ann['id']]}] and annotations[{i}])",
+                path)
+        annotation_ids[ann["id"]] = i
+        if ann["image_id"] not in image_ids:
+            raise InputError(f"{where}: unknown image id {ann['image_id']}", path)
+        if ann["category_id"] not in category_ids:
+            raise InputError(f"{where}: unknown category id {ann['category_id']}", path)
 
 
 def image_problem(image: Any, index: int) -> str | None:

@@ -277,63 +277,11 @@ def load_checkpoint(
     """
     path = os.fspath(path)
     obj = _torch_load(path)
-    extra: dict = {}
     if isinstance(obj, Mapping) and "format" in obj:
-        if obj.get("format") != FORMAT:
-            raise InputError(f"unsupported checkpoint format {obj.get('format')!r} (expected {FORMAT!r})", path)
-        for key in ("state_dict", "config", "categories"):
-            if key not in obj:
-                raise InputError(f"det_al checkpoint lacks '{key}'", path)
-        if not isinstance(obj["config"], Mapping):
-            raise InputError("det_al checkpoint 'config' is not a mapping", path)
-        if config is None:
-            try:
-                config = config_from_dict(obj["config"], source=None)
-            except InputError as e:
-                raise InputError(f"stored config is invalid: {e}", path) from e
-        else:
-            if config.model.num_classes is None:  # "from the data": the checkpoint's
-                stored_classes = (obj["config"].get("model") or {}).get("num_classes")
-                config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=stored_classes))
-            # Only the architecture must agree; the stored config's other keys may be from
-            # another det_al version and are not needed.
-            stored = obj["config"].get("model") or {}
-            stored_name, stored_classes = stored.get("name"), stored.get("num_classes")
-            if config.model.name != stored_name:
-                raise InputError(
-                    f"checkpoint is a '{stored_name}' model but config model.name is '{config.model.name}'",
-                    path,
-                )
-            if config.model.num_classes != stored_classes:
-                raise InputError(
-                    f"checkpoint has {stored_classes} classes but config model.num_classes is "
-                    f"{config.model.num_classes}",
-                    path,
-                )
-        if config.model.num_classes is None:
-            raise InputError("det_al checkpoint's config has no model.num_classes", path)
-        cats = _check_categories(obj["categories"], config.model.num_classes, path, "checkpoint")
-        if not _is_state_dict(obj["state_dict"]):
-            raise InputError("det_al checkpoint 'state_dict' is not a mapping of names to tensors", path)
-        state_dict = obj["state_dict"]
-        extra = dict(obj.get("extra") or {})
+        config, cats, state_dict, extra = _det_al_checkpoint(obj, config, path)
     else:
-        if config is None:
-            raise InputError(
-                "this is a plain state dict without det_al config: pass a config (--config) naming "
-                "the model and num_classes",
-                path,
-            )
-        if config.model.num_classes is None:
-            if not categories:
-                raise InputError(
-                    "this is a plain state dict: set model.num_classes in the config (categories + background)", path
-                )
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(categories) + 1))
-        state_dict = _plain_state_dict(obj, path)
-        cats = [] if categories is None else _check_categories(
-            categories, config.model.num_classes, path, "categories given for"
-        )
+        config, cats, state_dict = _plain_checkpoint(obj, config, categories, path)
+        extra = {}
     try:
         model = build_model(config.model)
     except InputError as e:
@@ -343,6 +291,69 @@ def load_checkpoint(
     _load_weights(model, state_dict, path, config.model.name, config.model.num_classes)
     logger.info("loaded %s (%s, %d classes)", path, config.model.name, config.model.num_classes)
     return model.to(device).eval(), config, cats, extra
+
+
+def _det_al_checkpoint(obj: Mapping, config: Config | None, path: str) -> tuple[Config, list[dict], Mapping, dict]:
+    """``(config, categories, state_dict, extra)`` of a det_al checkpoint, each part checked;
+    the config is ``config`` when given (checked against the stored one), else the stored one."""
+    if obj.get("format") != FORMAT:
+        raise InputError(f"unsupported checkpoint format {obj.get('format')!r} (expected {FORMAT!r})", path)
+    for key in ("state_dict", "config", "categories"):
+        if key not in obj:
+            raise InputError(f"det_al checkpoint lacks '{key}'", path)
+    if not isinstance(obj["config"], Mapping):
+        raise InputError("det_al checkpoint 'config' is not a mapping", path)
+    config = _checkpoint_config(obj["config"], config, path)
+    if config.model.num_classes is None:
+        raise InputError("det_al checkpoint's config has no model.num_classes", path)
+    cats = _check_categories(obj["categories"], config.model.num_classes, path, "checkpoint")
+    if not _is_state_dict(obj["state_dict"]):
+        raise InputError("det_al checkpoint 'state_dict' is not a mapping of names to tensors", path)
+    return config, cats, obj["state_dict"], dict(obj.get("extra") or {})
+
+
+def _checkpoint_config(stored: Mapping, config: Config | None, path: str) -> Config:
+    """The stored config, or ``config`` when given: then only the architecture must agree (the
+    stored config's other keys may be from another det_al version and are not needed), and a
+    ``num_classes`` of ``None`` ("from the data") becomes the checkpoint's."""
+    if config is None:
+        try:
+            return config_from_dict(stored, source=None)
+        except InputError as e:
+            raise InputError(f"stored config is invalid: {e}", path) from e
+    stored_model = stored.get("model") or {}
+    stored_name, stored_classes = stored_model.get("name"), stored_model.get("num_classes")
+    if config.model.num_classes is None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=stored_classes))
+    if config.model.name != stored_name:
+        raise InputError(f"checkpoint is a '{stored_name}' model but config model.name is '{config.model.name}'", path)
+    if config.model.num_classes != stored_classes:
+        raise InputError(
+            f"checkpoint has {stored_classes} classes but config model.num_classes is {config.model.num_classes}", path)
+    return config
+
+
+def _plain_checkpoint(obj: Any, config: Config | None, categories: list[dict] | None,
+                      path: str) -> tuple[Config, list[dict], Mapping]:
+    """``(config, categories, state_dict)`` of a plain torchvision state dict: ``config`` is
+    required; without ``model.num_classes`` it is the categories' count plus background."""
+    if config is None:
+        raise InputError(
+            "this is a plain state dict without det_al config: pass a config (--config) naming "
+            "the model and num_classes",
+            path,
+        )
+    if config.model.num_classes is None:
+        if not categories:
+            raise InputError(
+                "this is a plain state dict: set model.num_classes in the config (categories + background)", path
+            )
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(categories) + 1))
+    state_dict = _plain_state_dict(obj, path)
+    cats = [] if categories is None else _check_categories(
+        categories, config.model.num_classes, path, "categories given for"
+    )
+    return config, cats, state_dict
 
 
 __all__ = [

@@ -128,6 +128,42 @@ def _pair_iou(
     return iou
 
 
+class _Unanchored:
+    """The objects that no anchor detection started, as :func:`match_passes` grows them pass by
+    pass: ``n`` of them so far, with their running box sums, counts and labels (their mean box
+    is what a later pass's leftovers are matched to)."""
+
+    def __init__(self, capacity: int):
+        self.sums = np.zeros((capacity, 4))
+        self.counts = np.zeros(capacity)
+        self.labels = np.zeros(capacity, dtype=np.int64)
+        self.n = 0
+
+    def take(self, column: np.ndarray, left: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+             iou_threshold: float, class_aware: bool) -> None:
+        """One pass's leftovers (their positions ``left`` in the pass, ``boxes`` ``[L, 4]``,
+        ``labels``): each joins the object whose mean box it is assigned to, the rest start new
+        objects. ``column`` is the pass's column of the index from the first unanchored row; it
+        gets the positions."""
+        taken = np.zeros(left.size, dtype=bool)
+        if self.n:
+            mean_box = torch.from_numpy(self.sums[: self.n] / self.counts[: self.n, None])
+            iou = _pair_iou(mean_box, torch.from_numpy(self.labels[: self.n]), torch.from_numpy(boxes),
+                            torch.from_numpy(labels), class_aware)
+            r, c = _assign(iou, iou_threshold)
+            column[r] = left[c]
+            self.sums[r] += boxes[c]
+            self.counts[r] += 1
+            taken[c] = True
+        start = np.flatnonzero(~taken)  # leftovers that start objects n..end - 1
+        end = self.n + start.size
+        column[self.n : end] = left[start]
+        self.sums[self.n : end] = boxes[start]
+        self.counts[self.n : end] = 1
+        self.labels[self.n : end] = labels[start]
+        self.n = end
+
+
 def match_passes(
     anchor: Detections,
     passes: list[Detections],
@@ -171,13 +207,10 @@ def match_passes(
 
     # The books are numpy arrays (many small updates). Every detection is in exactly one object,
     # so there are at most n_anchor + total objects: rows n_anchor.. of index are the
-    # not-anchored objects, n_new of them so far, with their running box sums, counts, labels.
+    # not-anchored objects.
     det_boxes, det_labels = all_boxes.double().numpy(), all_labels.numpy()
     index = np.full((n_anchor + total, num_passes), -1, dtype=np.int64)
-    new_sum = np.zeros((total, 4))
-    new_count = np.zeros(total)
-    new_label = np.zeros(total, dtype=np.int64)
-    n_new = 0
+    unanchored = _Unanchored(total)
     for t in range(num_passes):
         claimed = np.zeros(sizes[t], dtype=bool)
         if n_anchor and sizes[t]:
@@ -185,29 +218,10 @@ def match_passes(
             index[r, t] = c
             claimed[c] = True
         left = np.flatnonzero(~claimed)  # the leftovers: detections no anchor claimed
-        if left.size == 0:
-            continue
-        boxes, labels = det_boxes[starts[t] + left], det_labels[starts[t] + left]
-        taken = np.zeros(left.size, dtype=bool)
-        if n_new:
-            mean_box = torch.from_numpy(new_sum[:n_new] / new_count[:n_new, None])
-            iou = _pair_iou(
-                mean_box, torch.from_numpy(new_label[:n_new]), torch.from_numpy(boxes),
-                torch.from_numpy(labels), class_aware,
-            )
-            r, c = _assign(iou, iou_threshold)
-            index[n_anchor + r, t] = left[c]
-            new_sum[r] += boxes[c]
-            new_count[r] += 1
-            taken[c] = True
-        start = np.flatnonzero(~taken)  # leftovers that start objects n_new..end - 1
-        end = n_new + start.size
-        index[n_anchor + n_new : n_anchor + end, t] = left[start]
-        new_sum[n_new:end] = boxes[start]
-        new_count[n_new:end] = 1
-        new_label[n_new:end] = labels[start]
-        n_new = end
-
+        if left.size:
+            unanchored.take(index[n_anchor:, t], left, det_boxes[starts[t] + left], det_labels[starts[t] + left],
+                            iou_threshold, class_aware)
+    n_new = unanchored.n
     anchor_index = torch.cat(
         [torch.arange(n_anchor, dtype=torch.int64), torch.full((n_new,), -1, dtype=torch.int64)]
     )

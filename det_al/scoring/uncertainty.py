@@ -1,10 +1,10 @@
 """Per-object uncertainty components, vectorised over objects, pass axis last.
 
 Given the anchor (deterministic) detections, the T stochastic passes and the matched
-:class:`~det_al.scoring.matching.Objects`, :func:`gather` builds ``found [K, T]``, ``scores [K, T]``,
-``labels [K, T]``, ``boxes [K, T, 4]`` and ``probs [K, T, C]``; a pass that missed an object
-contributes :func:`~det_al.inference.detections.background_probs` (softmax: all mass on background;
-sigmoid: every class 0), score 0 and no box (:func:`score_objects` reads the class
+:class:`~det_al.scoring.matching.Objects`, :func:`~det_al.scoring.gather.gather` builds
+``found [K, T]``, ``scores [K, T]``, ``labels [K, T]``, ``boxes [K, T, 4]`` and ``probs [K, T, C]``;
+a pass that missed an object contributes :func:`~det_al.inference.detections.background_probs`
+(softmax: all mass on background; sigmoid: every class 0), score 0 and no box (:func:`score_objects` reads the class
 probabilities of the found passes only and adds the misses in closed form, see
 :func:`found_class_components`). :func:`score_objects` then computes, per object,
 components in ``[0, 1]`` where 1 is maximal disagreement. ``p_t`` is the probability vector of
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,6 +65,7 @@ from torchvision.ops import box_area
 
 from det_al.config import ScoringConfig
 from det_al.inference.detections import Detections, background_probs
+from det_al.scoring.gather import flat_index, found_probs, gather, take
 from det_al.scoring.matching import Objects
 
 logger = logging.getLogger(__name__)
@@ -78,88 +78,6 @@ CLASS_TERMS = {
 """``ScoringConfig.class_term`` -> the component used as the ``class`` term."""
 
 TERMS = ("class", "box", "mask", "presence")
-
-
-@dataclass
-class Gathered:
-    """The detections of each object in each pass.
-
-    Attributes:
-        found: ``[K, T]`` bool, pass ``t`` found object ``k``.
-        scores: ``[K, T]`` float, confidence (0 for a miss).
-        labels: ``[K, T]`` int64, label (0 for a miss).
-        boxes: ``[K, T, 4]`` float xyxy (0 for a miss).
-        probs: ``[K, T, C]`` float, class probabilities (``background_probs`` for a miss);
-            ``None`` when not gathered (see :func:`gather`).
-    """
-
-    found: Tensor
-    scores: Tensor
-    labels: Tensor
-    boxes: Tensor
-    probs: Tensor | None
-
-
-def _check_passes(anchor: Detections, passes: list[Detections], objects: Objects) -> None:
-    if objects.num_passes != len(passes):
-        raise ValueError(f"objects have {objects.num_passes} passes, got {len(passes)} passes")
-    for t, p in enumerate(passes):
-        if p.num_classes != anchor.num_classes or p.prob_kind != anchor.prob_kind:
-            raise ValueError(
-                f"pass {t} has {p.num_classes} {p.prob_kind} probabilities, the anchor "
-                f"{anchor.num_classes} {anchor.prob_kind}"
-            )
-
-
-def _flat_index(passes: list[Detections], objects: Objects) -> Tensor:
-    """``[K, T]`` index into the passes' detections concatenated; a miss points one past the end."""
-    sizes = torch.tensor([len(p) for p in passes], dtype=torch.int64)
-    offsets = torch.cumsum(sizes, 0) - sizes
-    miss = int(sizes.sum())
-    return torch.where(objects.found, objects.index + offsets, torch.full_like(objects.index, miss))
-
-
-def _take(passes: list[Detections], field: str, flat: Tensor, miss_row: Tensor) -> Tensor:
-    """``field`` of the passes' detections at ``flat`` (:func:`_flat_index`), ``miss_row`` for a miss."""
-    parts = [getattr(p, field).cpu() for p in passes]
-    parts.append(miss_row[None].to(parts[0].dtype if parts else miss_row.dtype))
-    return torch.cat(parts)[flat]
-
-
-def gather(anchor: Detections, passes: list[Detections], objects: Objects, probs: bool = True) -> Gathered:
-    """Gather per-object, per-pass tensors (see :class:`Gathered`, on the CPU), pass axis last.
-
-    ``probs=False`` skips the ``[K, T, C]`` probabilities, mostly copies of the miss vector when
-    the passes disagree: :func:`score_objects` reads the found ones with :func:`found_probs`.
-    """
-    _check_passes(anchor, passes, objects)
-    k, t = objects.index.shape
-    c = anchor.num_classes
-    flat = _flat_index(passes, objects)
-    return Gathered(
-        found=objects.found,
-        scores=_take(passes, "scores", flat, torch.zeros(())).float().reshape(k, t),
-        labels=_take(passes, "labels", flat, torch.zeros((), dtype=torch.int64)).reshape(k, t),
-        boxes=_take(passes, "boxes", flat, torch.zeros(4)).float().reshape(k, t, 4),
-        probs=(
-            _take(passes, "probs", flat, background_probs(c, anchor.prob_kind)).float().reshape(k, t, c)
-            if probs else None
-        ),
-    )
-
-
-def found_probs(passes: list[Detections], objects: Objects) -> tuple[Tensor, Tensor]:
-    """The class probabilities of the found (object, pass) pairs, on the CPU.
-
-    Returns:
-        ``(probs, object_index)``: ``[F, C]`` float, one row per ``True`` of ``objects.found``
-        in row-major order, and ``[F]`` int64, the object of each row.
-    """
-    object_index, _ = objects.found.nonzero(as_tuple=True)
-    flat = _flat_index(passes, objects)[objects.found]
-    if not passes:
-        return torch.zeros((0, 0)), object_index
-    return torch.cat([p.probs.cpu() for p in passes])[flat].float(), object_index
 
 
 def _entropy(p: Tensor) -> Tensor:
@@ -189,7 +107,7 @@ def class_components(probs: Tensor, prob_kind: str) -> dict[str, Tensor]:
 def found_class_components(
     probs: Tensor, object_index: Tensor, num_objects: int, num_passes: int, prob_kind: str
 ) -> dict[str, Tensor]:
-    """:func:`class_components` from the found detections only (:func:`found_probs`).
+    """:func:`class_components` from the found detections only (:func:`~det_al.scoring.gather.found_probs`).
 
     Args:
         probs: ``[F, C]``, the class probabilities of the found (object, pass) pairs.
@@ -296,7 +214,7 @@ def mask_disagreement(passes: list[Detections], objects: Objects, margin: float 
         return out
     several = (objects.found.sum(1) >= 2).nonzero().squeeze(1)  # the objects there is work for
     found = objects.found[several]  # [S, T]
-    boxes = _take(passes, "boxes", _flat_index(passes, objects)[several], torch.zeros(4)).float()
+    boxes = take(passes, "boxes", flat_index(passes, objects)[several], torch.zeros(4)).float()
     inf = torch.tensor(float("inf"))
     lo = torch.where(found[..., None], boxes[..., :2], inf).amin(1)  # [S, 2]
     hi = torch.where(found[..., None], boxes[..., 2:], -inf).amax(1)  # [S, 2]

@@ -9,7 +9,7 @@ Nothing else happens in the request: training runs later, from the file (:mod:`d
 
 :func:`journal_tasks` folds the journal into the shape of Label Studio's JSON export (one task
 per task id, ``{"id", "data", "annotations"}`` with the latest version of each annotation;
-deleted annotations removed), which :func:`det_al.annotation.label_studio.tasks_to_coco` reads.
+deleted annotations removed), which :func:`det_al.annotation.label_studio_import.tasks_to_coco` reads.
 """
 
 from __future__ import annotations

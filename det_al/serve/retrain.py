@@ -6,7 +6,7 @@ request:
 1. :func:`journal_to_coco` folds the journal (:func:`det_al.serve.journal.journal_tasks`) into
    tasks of Label Studio's JSON export, maps each task's image back to its file (the same
    :class:`det_al.serve.paths.ImageRoots` as the backend) and reads them with det_al's importer
-   (:func:`det_al.annotation.label_studio.tasks_to_coco`): ``labels.json``;
+   (:func:`det_al.annotation.label_studio_import.tasks_to_coco`): ``labels.json``;
 2. the labels are added to the training set (``--train``, with
    :func:`det_al.annotation.merge.merge_labels`; the labels alone without one) and the model is
    fine-tuned from the served checkpoint with ``det-al train``'s
@@ -45,7 +45,7 @@ def journal_to_coco(journal: str | os.PathLike, roots: ImageRoots, categories: S
     read from the files. A task whose image cannot be mapped under the roots is an
     :class:`InputError`.
     """
-    from det_al.annotation.label_studio import tasks_to_coco
+    from det_al.annotation.label_studio_import import tasks_to_coco
     from det_al.data.images import ImageReadError, image_size
     from det_al.serve.journal import journal_tasks
 

@@ -8,28 +8,30 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from test_selection import CATEGORIES, make_selection, mask_b, write_score_outputs
 
 from det_al.cli import main
 from det_al.annotation.cvat import (
-    cvat_coco_to_coco,
     cvat_rle_to_mask,
-    cvat_xml_to_coco,
     frame_name,
     frame_names,
     mask_to_cvat_rle,
     selection_to_cvat_coco,
     selection_to_cvat_xml,
 )
+from det_al.annotation.cvat_import import cvat_coco_to_coco, cvat_xml_to_coco
 from det_al.errors import InputError
 from det_al.data.segmentation import segmentation_to_mask
 
 POLYGON_B = [[10, 5], [10, 14], [19, 14], [19, 10], [20, 9], [29, 9], [29, 5]]
 
 
-def export_xml(shapes: str = "mask", budget: int = 3) -> tuple[dict, str]:
-    selection = make_selection(budget)
-    return selection, selection_to_cvat_xml(selection, frame_names(selection["images"]), shapes)
+@pytest.fixture
+def export_xml(hand_scores):
+    """``export_xml(shapes, budget)``: the hand-written selection of ``budget`` images and its CVAT XML."""
+    def export(shapes: str = "mask", budget: int = 3) -> tuple[dict, str]:
+        selection = hand_scores.select(budget)
+        return selection, selection_to_cvat_xml(selection, frame_names(selection["images"]), shapes)
+    return export
 
 
 def test_frame_names():
@@ -66,7 +68,7 @@ def test_cvat_rle_round_trip_random_masks():
         cvat_rle_to_mask([0, 4], 3, 3, 2, 2, 4, 4)
 
 
-def test_xml_export_structure():
+def test_xml_export_structure(export_xml, hand_scores):
     selection, xml = export_xml()
     root = ET.fromstring(xml)
     assert root.findtext("version") == "1.1"
@@ -88,12 +90,12 @@ def test_xml_export_structure():
     runs = [int(r) for r in mask.get("rle").split(", ")]
     # row-major over the 20x10 box: 5 full rows + the next row's first 10 pixels set, then 10/10 alternating
     assert runs == [0, 110] + [10] * 9
-    assert np.array_equal(cvat_rle_to_mask(runs, 10, 5, 20, 10, 50, 40), mask_b())
+    assert np.array_equal(cvat_rle_to_mask(runs, 10, 5, 20, 10, 50, 40), hand_scores.mask_b())
     a_box = images[1].find("box")
     assert [a_box.get(k) for k in ("xtl", "ytl", "xbr", "ybr")] == ["2.50", "3.25", "12.50", "11.25"]
 
 
-def test_xml_export_polygons_and_boxes():
+def test_xml_export_polygons_and_boxes(export_xml):
     _, xml = export_xml("polygon", 1)
     polygon = ET.fromstring(xml).find("image/polygon")
     assert polygon.get("points") == ";".join(f"{x}.00,{y}.00" for x, y in POLYGON_B)
@@ -104,7 +106,7 @@ def test_xml_export_polygons_and_boxes():
         export_xml("ellipse")
 
 
-def test_xml_round_trip_gives_the_same_boxes_and_masks():
+def test_xml_round_trip_gives_the_same_boxes_and_masks(export_xml, hand_scores):
     selection, xml = export_xml()
     labels, report = cvat_xml_to_coco(xml, selection, finished="all")
     assert report.skipped == [] and report.n_annotations == 4
@@ -115,11 +117,11 @@ def test_xml_round_trip_gives_the_same_boxes_and_masks():
         assert back["category_id"] == original["category_id"]
         assert back["bbox"] == pytest.approx(original["bbox"], abs=0.01)
         if "segmentation" in original:
-            assert np.array_equal(segmentation_to_mask(back["segmentation"], 40, 50), mask_b())
-            assert back["area"] == mask_b().sum()
+            assert np.array_equal(segmentation_to_mask(back["segmentation"], 40, 50), hand_scores.mask_b())
+            assert back["area"] == hand_scores.mask_b().sum()
 
 
-def test_xml_polygon_round_trip():
+def test_xml_polygon_round_trip(export_xml):
     selection, xml = export_xml("polygon", 1)
     labels, _ = cvat_xml_to_coco(xml, selection, finished="all")
     polygon = labels["annotations"][1]
@@ -127,7 +129,7 @@ def test_xml_polygon_round_trip():
     assert polygon["bbox"] == [10.0, 5.0, 19.0, 9.0]
 
 
-def test_xml_import_skips_frames_without_shapes_and_reads_edits():
+def test_xml_import_skips_frames_without_shapes_and_reads_edits(export_xml):
     selection, xml = export_xml()
     root = ET.fromstring(xml)
     frames = root.findall("image")
@@ -156,7 +158,7 @@ def test_xml_import_skips_frames_without_shapes_and_reads_edits():
     (lambda root: root.append(ET.Element("track")), "CVAT for video"),
     (lambda root: root.find("image/mask").set("width", "3"), "bad <mask>"),
 ])
-def test_xml_import_errors(edit, message):
+def test_xml_import_errors(export_xml, edit, message):
     selection, xml = export_xml()
     root = ET.fromstring(xml)
     edit(root)
@@ -166,8 +168,8 @@ def test_xml_import_errors(edit, message):
         cvat_xml_to_coco("<annotations>", selection)
 
 
-def test_coco_export_for_cvat():
-    selection = make_selection(3)
+def test_coco_export_for_cvat(hand_scores):
+    selection = hand_scores.select(3)
     coco = selection_to_cvat_coco(selection, frame_names(selection["images"]))
     assert [(im["id"], im["file_name"]) for im in coco["images"]] == [(1, "b.png"), (2, "a.png"), (3, "c.png")]
     assert [c["id"] for c in coco["categories"]] == [3, 7]
@@ -183,14 +185,14 @@ def test_coco_export_for_cvat():
     assert [a["category_id"] for a in coco["annotations"]] == [2, 1, 1, 2]
 
 
-def test_coco_round_trip_and_cvat_style_export():
-    selection = make_selection(3)
+def test_coco_round_trip_and_cvat_style_export(hand_scores):
+    selection = hand_scores.select(3)
     coco = selection_to_cvat_coco(selection, frame_names(selection["images"]))
     labels, report = cvat_coco_to_coco(coco, selection, finished="all")
     assert report.n_annotations == 4 and [im["id"] for im in labels["images"]] == [11, 10, 12]
-    assert np.array_equal(segmentation_to_mask(labels["annotations"][1]["segmentation"], 40, 50), mask_b())
+    assert np.array_equal(segmentation_to_mask(labels["annotations"][1]["segmentation"], 40, 50), hand_scores.mask_b())
     # what CVAT's COCO 1.0 export looks like: categories renumbered, masks as uncompressed RLE
-    runs = [int(v) for v in np.diff(np.flatnonzero(np.diff(np.r_[-1, mask_b().T.ravel(), -1]))).tolist()]
+    runs = [int(v) for v in np.diff(np.flatnonzero(np.diff(np.r_[-1, hand_scores.mask_b().T.ravel(), -1]))).tolist()]
     cvat_style = {
         "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
         "images": [{"id": 1, "file_name": "b.png", "width": 50, "height": 40},
@@ -206,7 +208,7 @@ def test_coco_round_trip_and_cvat_style_export():
     assert [(s["image_id"], s["reason"]) for s in report.skipped] == [(10, "no shapes")]
     mask_ann, polygon_ann = labels["annotations"]
     assert mask_ann["category_id"] == 3 and polygon_ann["category_id"] == 7
-    assert np.array_equal(segmentation_to_mask(mask_ann["segmentation"], 40, 50), mask_b())
+    assert np.array_equal(segmentation_to_mask(mask_ann["segmentation"], 40, 50), hand_scores.mask_b())
     assert mask_ann["bbox"] == [10.0, 5.0, 20.0, 10.0]
     assert polygon_ann["bbox"] == [1.0, 2.0, 11.0, 10.0] and len(polygon_ann["segmentation"]) == 2
     cvat_style["categories"][0]["name"] = "cow"
@@ -214,8 +216,8 @@ def test_coco_round_trip_and_cvat_style_export():
         cvat_coco_to_coco(cvat_style, selection)
 
 
-def test_export_and_import_commands(tmp_path, capsys):
-    paths = write_score_outputs(tmp_path)
+def test_export_and_import_commands(hand_scores, tmp_path, capsys):
+    paths = hand_scores.write(tmp_path)
     sel = tmp_path / "sel"
     assert main(["select", "--ranking", str(paths["ranking"]), "--budget", "3", "--out", str(sel)]) == 0
     out = tmp_path / "cvat"
@@ -266,10 +268,10 @@ def test_export_and_import_commands(tmp_path, capsys):
     assert ET.parse(out / "annotations.xml").getroot().findall("image")[2].get("name") == "sub/c.png"
     assert main(["import", "cvat", str(out / "annotations.xml"), "--selection", str(sel / "selection.json"),
                  "--frame-names", "path", "--out", str(tmp_path / "p"), "--all-finished"]) == 0
-    assert CATEGORIES[0]["name"] == "cat"
+    assert hand_scores.categories[0]["name"] == "cat"
 
 
-def test_untouched_frames_are_never_imported_as_labels():
+def test_untouched_frames_are_never_imported_as_labels(export_xml):
     """A frame holding exactly the uploaded pre-annotations is nobody's work: left out unless named
     finished. A moved, relabelled, added or deleted shape, or a person's ``source``, makes it a label."""
     selection, xml = export_xml()  # b.png: dog box + cat mask; a.png: cat box; c.png: dog box
@@ -295,11 +297,11 @@ def test_untouched_frames_are_never_imported_as_labels():
         imported(lambda f: None, finished=["nope.png"])
 
 
-def test_untouched_polygons_and_coco_masks_are_recognised():
+def test_untouched_polygons_and_coco_masks_are_recognised(export_xml, hand_scores):
     # a traced polygon's box is 1 px smaller than its mask's: still the pre-annotation
     selection, xml = export_xml("polygon", 1)
     assert cvat_xml_to_coco(xml, selection)[0]["images"] == []
-    selection = make_selection(3)
+    selection = hand_scores.select(3)
     coco = selection_to_cvat_coco(selection, frame_names(selection["images"]))
     assert cvat_coco_to_coco(coco, selection)[1].n_images == 0
     coco["annotations"][0]["bbox"][0] += 2.0  # the dog box on b.png moved by 2 px
@@ -323,5 +325,5 @@ def test_untouched_polygons_and_coco_masks_are_recognised():
      [(1, [[0, 0, 10, 10]]), (1, [[30, 30, 40, 40]])], False),
 ])
 def test_unchanged(annotations, pre, expected):
-    from det_al.annotation.cvat import unchanged
+    from det_al.annotation.cvat_import import unchanged
     assert unchanged(annotations, pre) is expected

@@ -2,11 +2,10 @@
 and its comparison reads paired seeds as it should (hand-made rows)."""
 
 import pytest
-from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(load_benchmark):
     return load_benchmark("bench_label_efficiency")
 
 

@@ -26,7 +26,6 @@ from det_al.run.score_lines import score_image
 from det_al.scoring.matching import match_passes
 from det_al.scoring.uncertainty import score_objects
 
-from conftest import _tiny_checkpoint
 
 SCORE = ["--no-progress", "--passes", "2", "--seed", "5"]
 OUTPUTS = ("ranking.jsonl", "pseudo_labels.json", "passes.jsonl", "skipped.json", "key.json", "embeddings.npy",
@@ -146,11 +145,11 @@ def test_members_passes_are_concatenated_with_their_own_seeds(tiny_pool, tiny_ch
         assert b["passes"][2:] != a["passes"]
 
 
-def test_different_weights_disagree_as_their_own_passes(tiny_pool, tmp_path):
+def test_different_weights_disagree_as_their_own_passes(tiny_pool, tmp_path, make_checkpoint):
     """Two untrained models (other init seeds), one deterministic pass each: the ensemble's
     per-object values are score_objects of member 0's anchor against both members' passes."""
     categories = tiny_pool["coco"]["categories"]
-    paths = [_tiny_checkpoint(tmp_path / "a.pt", "fasterrcnn_tiny", categories)]
+    paths = [make_checkpoint(tmp_path / "a.pt", "fasterrcnn_tiny", categories)]
     torch.manual_seed(1)
     model_b, config, _ = det_al.load_model(paths[0])
     with torch.no_grad():
@@ -177,11 +176,11 @@ def test_different_weights_disagree_as_their_own_passes(tiny_pool, tmp_path):
             assert ann[name] == pytest.approx(float(want[name][k]), abs=2e-6), name
 
 
-def test_cli_refuses_mismatched_members_in_one_line(tiny_pool, tiny_checkpoint, tmp_path, capsys):
+def test_cli_refuses_mismatched_members_in_one_line(tiny_pool, tiny_checkpoint, tmp_path, capsys, make_checkpoint):
     other = [{"id": c["id"], "name": c["name"] + "_x"} for c in tiny_pool["coco"]["categories"]]
-    renamed = _tiny_checkpoint(tmp_path / "renamed.pt", "maskrcnn_tiny", other)
-    fewer = _tiny_checkpoint(tmp_path / "fewer.pt", "maskrcnn_tiny", tiny_pool["coco"]["categories"][:1])
-    faster = _tiny_checkpoint(tmp_path / "faster.pt", "fasterrcnn_tiny", tiny_pool["coco"]["categories"])
+    renamed = make_checkpoint(tmp_path / "renamed.pt", "maskrcnn_tiny", other)
+    fewer = make_checkpoint(tmp_path / "fewer.pt", "maskrcnn_tiny", tiny_pool["coco"]["categories"][:1])
+    faster = make_checkpoint(tmp_path / "faster.pt", "fasterrcnn_tiny", tiny_pool["coco"]["categories"])
     base = ["score", "-p", str(tiny_pool["pool"]), *SCORE, "--checkpoints", str(tiny_checkpoint)]
     for bad, says in ((fewer, "ensemble member has 2 classes (background included) but"),
                       (renamed, "ensemble member's class 1 is"),
@@ -194,10 +193,10 @@ def test_cli_refuses_mismatched_members_in_one_line(tiny_pool, tiny_checkpoint, 
         assert not out.exists()  # refused before anything is written
 
 
-def test_resume_refuses_a_changed_member_list(tiny_pool, tiny_checkpoint, tmp_path, capsys):
+def test_resume_refuses_a_changed_member_list(tiny_pool, tiny_checkpoint, tmp_path, capsys, make_checkpoint):
     copy = tmp_path / "copy.pt"
     shutil.copy(tiny_checkpoint, copy)
-    other = _tiny_checkpoint(tmp_path / "other.pt", "maskrcnn_tiny", tiny_pool["coco"]["categories"])
+    other = make_checkpoint(tmp_path / "other.pt", "maskrcnn_tiny", tiny_pool["coco"]["categories"])
     with torch.no_grad():  # same class list, other weights
         obj = torch.load(other, weights_only=True)
         for k, v in obj["state_dict"].items():
@@ -222,8 +221,8 @@ def test_resume_refuses_a_changed_member_list(tiny_pool, tiny_checkpoint, tmp_pa
     assert main(["score", "--checkpoints", str(copy), str(tiny_checkpoint), *pool, "--resume"]) == 0
 
 
-def test_sharded_ensemble_merges_into_the_single_run(tiny_pool, tiny_checkpoint, tmp_path):
-    other = _tiny_checkpoint(tmp_path / "other.pt", "maskrcnn_tiny", tiny_pool["coco"]["categories"])
+def test_sharded_ensemble_merges_into_the_single_run(tiny_pool, tiny_checkpoint, tmp_path, make_checkpoint):
+    other = make_checkpoint(tmp_path / "other.pt", "maskrcnn_tiny", tiny_pool["coco"]["categories"])
     run = ["score", "--checkpoints", str(tiny_checkpoint), str(other), "-p", str(tiny_pool["pool"]), *SCORE]
     assert main([*run, "-o", str(tmp_path / "single")]) == 0
     dirs = [str(tmp_path / f"shard{i}") for i in range(2)]

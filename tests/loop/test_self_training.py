@@ -3,8 +3,6 @@
 from det_al.loop.data import LoopRun
 from det_al.loop.self_training import pseudo_labelled
 
-from tests.test_loop import tiny_data
-
 
 def det(image_id, score, category_id=1, bbox=(0, 0, 4, 5)):
     return {"image_id": image_id, "category_id": category_id, "bbox": list(bbox), "score": score, "uncertainty": 0.3}
@@ -83,8 +81,8 @@ def test_training_erases_ignore_regions_and_gives_them_no_target(tmp_path):
     assert target["labels"].tolist() == [1, 1]
 
 
-def test_a_run_trains_on_labelled_plus_pseudo_labels_with_fresh_ids():
-    run = LoopRun("top", 0, tiny_data())
+def test_a_run_trains_on_labelled_plus_pseudo_labels_with_fresh_ids(loop_data):
+    run = LoopRun("top", 0, loop_data())
     run.pseudo = pseudo_labelled(run.pool()["images"], [det(2, 0.95, 5)], 0.7, 0.2)
     train = run.training_set()
     assert [im["id"] for im in train["images"]] == [1, 2]
@@ -133,7 +131,7 @@ def test_loop_self_training_trains_round_one_on_the_pseudo_labels(tmp_path):
     assert rows[1]["labelled_images"] == 6  # pseudo-labelled images are not counted as labelled
 
 
-def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path):
+def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(loop_data, tmp_path):
     import json
 
     import pytest
@@ -142,7 +140,7 @@ def test_a_resume_reads_the_rounds_pseudo_labels_or_says_why_it_cannot(tmp_path)
     from det_al.errors import InputError
     from det_al.loop.rounds import PSEUDO_LABELS, _pseudo_labels_for
 
-    run = LoopRun("top", 0, tiny_data())
+    run = LoopRun("top", 0, loop_data())
     saved = pseudo_labelled(run.pool()["images"], [det(3, 0.9, 5)], 0.7, 0.2)
     (tmp_path / "round1").mkdir()
     (tmp_path / "round1" / PSEUDO_LABELS).write_text(json.dumps(saved))

@@ -11,7 +11,6 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 from PIL import Image
-from test_selection import CATEGORIES, make_selection, mask_b, write_score_outputs
 
 from det_al.cli import main
 from det_al.errors import InputError
@@ -22,11 +21,10 @@ from det_al.annotation.label_studio import (
     mask_to_polygons,
     prediction_scores,
     prefixed_url,
-    region_to_annotation,
     selection_to_tasks,
-    tasks_to_coco,
     validate_percent_value,
 )
+from det_al.annotation.label_studio_import import region_to_annotation, tasks_to_coco
 from det_al.data.segmentation import segmentation_to_mask
 
 # mask_b traced by findContours: boundary pixel centres, (x, y) pixels
@@ -92,8 +90,8 @@ def test_validate_polygon():
         validate_percent_value({"points": [[1, 1], [2, 2], [101, 3]]}, "polygonlabels")
 
 
-def test_mask_to_polygons_traces_the_largest_part_first():
-    mask = mask_b().copy()
+def test_mask_to_polygons_traces_the_largest_part_first(hand_scores):
+    mask = hand_scores.mask_b().copy()
     mask[30:32, 40:42] = True  # a small second part
     polygons = mask_to_polygons(mask)
     assert polygons[0].tolist() == POLYGON_B
@@ -101,8 +99,8 @@ def test_mask_to_polygons_traces_the_largest_part_first():
     assert mask_to_polygons(np.zeros((4, 4), bool)) == []
 
 
-def test_tasks_in_rank_order_with_one_prediction_each():
-    tasks = selection_to_tasks(make_selection(3), url, "det_al-7")
+def test_tasks_in_rank_order_with_one_prediction_each(hand_scores):
+    tasks = selection_to_tasks(hand_scores.select(3), url, "det_al-7")
     assert [t["data"]["image_id"] for t in tasks] == [11, 10, 12]
     assert tasks[0]["data"] == {"image": "https://h/b.png", "image_id": 11, "file_name": "b.png", "width": 50,
                                 "height": 40, "rank": 1, "informativeness": 0.9}
@@ -127,15 +125,15 @@ def test_prediction_scores_keep_the_order():
     assert prediction_scores([]) == []
 
 
-def test_boxes_only_when_asked():
-    tasks = selection_to_tasks(make_selection(1), url, "v", polygons=False)
+def test_boxes_only_when_asked(hand_scores):
+    tasks = selection_to_tasks(hand_scores.select(1), url, "v", polygons=False)
     assert [r["type"] for r in tasks[0]["predictions"][0]["result"]] == ["rectanglelabels", "rectanglelabels"]
     assert tasks[0]["predictions"][0]["result"][1]["value"] == {
         "x": 20.0, "y": 12.5, "width": 40.0, "height": 25.0, "rotation": 0, "rectanglelabels": ["cat"]}
 
 
-def test_labeling_config_matches_the_regions():
-    config = ET.fromstring(labeling_config(CATEGORIES, polygons=True))
+def test_labeling_config_matches_the_regions(hand_scores):
+    config = ET.fromstring(labeling_config(hand_scores.categories, polygons=True))
     image = config.find("Image")
     assert image.get("name") == "image" and image.get("value") == "$image"
     controls = {c.get("name"): c for c in config if c.tag.endswith("Labels")}
@@ -143,22 +141,22 @@ def test_labeling_config_matches_the_regions():
     for control in controls.values():
         assert control.get("toName") == "image"
         assert [(lab.get("value"), lab.get("category")) for lab in control] == [("cat", "3"), ("dog", "7")]
-    for task in selection_to_tasks(make_selection(3), url, "v"):
+    for task in selection_to_tasks(hand_scores.select(3), url, "v"):
         assert "image" in task["data"]
         for region in task["predictions"][0]["result"]:
             assert region["from_name"] in controls and region["to_name"] == "image"
     names = ET.fromstring(labeling_config([{"id": 1, "name": 'a "quoted" <name> & co'}]))
     assert names.find("RectangleLabels/Label").get("value") == 'a "quoted" <name> & co'
-    assert ET.fromstring(labeling_config(CATEGORIES)).find("PolygonLabels") is None
+    assert ET.fromstring(labeling_config(hand_scores.categories)).find("PolygonLabels") is None
 
 
-def test_accepted_predictions_come_back_unchanged():
-    selection = make_selection(3)
+def test_accepted_predictions_come_back_unchanged(hand_scores):
+    selection = hand_scores.select(3)
     labels, report = tasks_to_coco(finished(selection_to_tasks(selection, url, "v")), selection)
     assert report.skipped == [] and report.n_annotations == 4
     assert [im["id"] for im in labels["images"]] == [11, 10, 12]
     assert "rank" not in labels["images"][0]
-    assert labels["categories"] == CATEGORIES
+    assert labels["categories"] == hand_scores.categories
     by_source = {(a["image_id"], a["category_id"]): a for a in labels["annotations"]}
     for original in selection["annotations"]:
         back = by_source[(original["image_id"], original["category_id"])]
@@ -166,15 +164,15 @@ def test_accepted_predictions_come_back_unchanged():
             assert back["segmentation"] == [[float(v) for p in POLYGON_B for v in p]]
             assert back["bbox"] == pytest.approx([10, 5, 19, 9], abs=0.01)
             mask = segmentation_to_mask(back["segmentation"], 40, 50)
-            iou = (mask & mask_b()).sum() / (mask | mask_b()).sum()
+            iou = (mask & hand_scores.mask_b()).sum() / (mask | hand_scores.mask_b()).sum()
             assert iou > 0.7  # the polygon runs through boundary pixel centres
         else:
             assert back["bbox"] == pytest.approx(original["bbox"], abs=0.01)
     assert [a["id"] for a in labels["annotations"]] == [1, 2, 3, 4]
 
 
-def test_cancelled_unlabelled_and_empty_tasks_are_skipped_and_reported():
-    selection = make_selection(3)
+def test_cancelled_unlabelled_and_empty_tasks_are_skipped_and_reported(hand_scores):
+    selection = hand_scores.select(3)
     export = finished(selection_to_tasks(selection, url, "v"))
     export[0]["annotations"][0]["was_cancelled"] = True
     export[1]["annotations"] = []
@@ -188,8 +186,8 @@ def test_cancelled_unlabelled_and_empty_tasks_are_skipped_and_reported():
     assert [im["id"] for im in labels["images"]] == [12] and labels["annotations"] == []
 
 
-def test_latest_annotation_wins():
-    selection = make_selection(2)
+def test_latest_annotation_wins(hand_scores):
+    selection = hand_scores.select(2)
     export = finished(selection_to_tasks(selection, url, "v"))[1:]  # image a only
     newer = copy.deepcopy(export[0]["annotations"][0])
     newer.update(id=999, updated_at="2026-02-01T00:00:00Z")
@@ -225,9 +223,9 @@ def test_region_conversion_details():
     ({"x": 50, "y": 1, "width": -5, "height": 5}, "rectangle of negative or zero size"),
     ({"x": 50, "y": 1, "width": 5, "height": 0}, "rectangle of negative or zero size"),
 ])
-def test_a_task_with_a_broken_region_is_skipped_whole(value, reason):
+def test_a_task_with_a_broken_region_is_skipped_whole(hand_scores, value, reason):
     """Never written as a box, and never imported without it (its object would become background)."""
-    selection = make_selection(3)
+    selection = hand_scores.select(3)
     export = finished(selection_to_tasks(selection, url, "v"))
     for task in export[:2]:  # image b's box (beside its mask's polygon), and image a's one box
         region = next(r for r in task["annotations"][0]["result"] if r["type"] == "rectanglelabels")
@@ -239,8 +237,8 @@ def test_a_task_with_a_broken_region_is_skipped_whole(value, reason):
     assert all(math.isfinite(v) and v >= 0 for a in labels["annotations"] for v in a["bbox"])
 
 
-def test_a_polygon_with_a_non_finite_point_skips_its_task():
-    selection = make_selection(1)
+def test_a_polygon_with_a_non_finite_point_skips_its_task(hand_scores):
+    selection = hand_scores.select(1)
     export = finished(selection_to_tasks(selection, url, "v"))
     polygon = next(r for r in export[0]["annotations"][0]["result"] if r["type"] == "polygonlabels")
     polygon["value"]["points"][1] = [float("nan"), 3.0]
@@ -248,8 +246,8 @@ def test_a_polygon_with_a_non_finite_point_skips_its_task():
     assert labels["images"] == [] and report.skipped[0]["reason"] == "bad region: polygon points missing or not finite numbers"
 
 
-def test_unknown_image_is_an_error():
-    selection = make_selection(3)
+def test_unknown_image_is_an_error(hand_scores):
+    selection = hand_scores.select(3)
     export = finished(selection_to_tasks(selection, url, "v"))
     export[0]["data"]["image_id"] = 99
     with pytest.raises(InputError, match="image 99 is not in the selection"):
@@ -258,8 +256,8 @@ def test_unknown_image_is_an_error():
         tasks_to_coco({"tasks": []}, selection)
 
 
-def test_export_and_import_commands(tmp_path, capsys):
-    paths = write_score_outputs(tmp_path)
+def test_export_and_import_commands(hand_scores, tmp_path, capsys):
+    paths = hand_scores.write(tmp_path)
     sel = tmp_path / "sel"
     assert main(["select", "--ranking", str(paths["ranking"]), "--budget", "3", "--out", str(sel)]) == 0
     out = tmp_path / "ls"
@@ -283,14 +281,14 @@ def test_export_and_import_commands(tmp_path, capsys):
     assert report["skipped"] == [{"task": 3, "image_id": 12, "file_name": "sub/c.png", "reason": "cancelled"}]
 
 
-def test_export_checks_image_sizes_after_exif_rotation(tmp_path, capsys):
+def test_export_checks_image_sizes_after_exif_rotation(hand_scores, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 40x20, shown rotated 90 degrees: 20x40
     Image.new("RGB", (40, 20)).save(images / "r.jpg", exif=exif)
     selection = {"images": [{"id": 1, "file_name": "r.jpg", "width": 40, "height": 20, "rank": 1,
-                             "informativeness": 0.5}], "categories": CATEGORIES, "annotations": []}
+                             "informativeness": 0.5}], "categories": hand_scores.categories, "annotations": []}
     (tmp_path / "selection.json").write_text(json.dumps(selection))
     args = ["export", "label-studio", "--selection", str(tmp_path / "selection.json"), "--out", str(tmp_path / "o"),
             "--image-root", str(images), "--url-prefix", "https://h"]
@@ -303,10 +301,10 @@ def test_export_checks_image_sizes_after_exif_rotation(tmp_path, capsys):
     assert "--local-files-root needs --image-root" in capsys.readouterr().err
 
 
-def test_import_and_merge_from_python(tmp_path):
+def test_import_and_merge_from_python(hand_scores, tmp_path):
     import det_al
 
-    selection = make_selection(3)
+    selection = hand_scores.select(3)
     tasks = finished(selection_to_tasks(selection, url, "v"))
     done = det_al.import_label_studio(tasks, selection, tmp_path / "labels")
     labels, report = tasks_to_coco(tasks, selection)
@@ -314,7 +312,7 @@ def test_import_and_merge_from_python(tmp_path):
     assert json.loads(done.files["labels"].read_text()) == labels
     assert json.loads(done.files["report"].read_text()) == report.to_dict()
     assert det_al.import_label_studio(tasks, det_al.Selection(selection)).files == {}  # nothing written
-    train = {"images": [], "annotations": [], "categories": CATEGORIES}
+    train = {"images": [], "annotations": [], "categories": hand_scores.categories}
     merged = det_al.merge(train, done.labels, selection, out_dir=tmp_path / "next")
     assert [im["id"] for im in merged.train["images"]] == [11, 10, 12] and merged.pool["images"] == []
     assert len(merged.train["annotations"]) == 4

@@ -7,92 +7,14 @@ import json
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 
 from det_al.cli import main
 from det_al.errors import InputError
 from det_al.report.write import components_of, scan_ranking, write_report
 from det_al.report.draw import DrawnObject, draw_objects, fit_size, uncertainty_colour
 from det_al.report.plots import curve_columns, read_loop_csv
-
-XSS = "<script>alert(1)</script>"
-DOG = 'dog & "friends"'
-WEIRD = """we<b>ird "q" 'x'.png"""
-BROKEN = 'bro<b>ken</b> "x".jpg'
-CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": XSS}, {"id": 9, "name": DOG}]
-W, H = 160, 120
-
-# rank, file name, informativeness, certain, annotations (category id, xyxy box, uncertainty)
-POOL = [
-    (1, "a.png", 0.91, False, [(3, (10, 10, 60, 50), 0.8), (3, (70, 20, 120, 90), 0.5), (9, (20, 60, 60, 110), 0.2)]),
-    (2, WEIRD, 0.72, False, [(7, (30, 30, 100, 100), 0.6)]),
-    (3, "c.png", 0.55, True, [(9, (40, 20, 140, 100), 0.1)]),
-    (4, "d.png", 0.35, True, []),
-    (5, "missing.png", 0.22, False, [(3, (5, 5, 40, 40), 0.4)]),
-    (6, "f.png", 0.05, False, [(9, (50, 50, 90, 90), 0.3)]),
-]
-# What the gallery must show when sorted by class (main class by name, then rank; no class last)
-BY_CLASS = [2, 1, 5, 3, 4]
-
-
-def _image(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((H, W, 3), rng.integers(40, 200, 3), np.uint8)
-    img = cv2.add(img, rng.integers(0, 30, (H, W, 3), dtype=np.uint8))
-    for _ in range(3):
-        x, y = (int(v) for v in rng.integers(0, [W - 40, H - 40]))
-        cv2.rectangle(img, (x, y), (x + 35, y + 30), tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
-    return img
-
-
-def make_scores(root: Path, ranking_order: list[int] | None = None) -> tuple[Path, Path]:
-    """Write images and the outputs of `det-al score` for POOL; return (scores dir, image root)."""
-    images, scores = root / "images", root / "scores"
-    images.mkdir(parents=True)
-    scores.mkdir()
-    records, coco_images, annotations, passes = [], [], [], []
-    for image_id, (rank, name, info, certain, anns) in enumerate(POOL, start=1):
-        if name != "missing.png":
-            assert cv2.imwrite(str(images / name), _image(image_id))
-        coco_images.append({"id": image_id, "file_name": name, "width": W, "height": H})
-        record = {"image_id": image_id, "file_name": name, "rank": rank, "informativeness": info,
-                  "class": round(info * 0.9, 3), "box": round(info * 0.5, 3), "mask": 0.0,
-                  "presence": 0.1, "n_objects": len(anns), "n_detections": len(anns),
-                  "certain": certain, "empty": not anns}
-        if rank <= 2:
-            record["novelty"] = 0.42
-        records.append(record)
-        for category, (x1, y1, x2, y2), u in anns:
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                   "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-                   "score": 0.9, "uncertainty": u, "class_variance": u / 2, "entropy": u,
-                   "mutual_information": u / 3, "box_disagreement": 0.1, "box_spread": 0.1,
-                   "mask_disagreement": 0.0, "presence": 0.0}
-            if name == "c.png":  # one instance mask, as Mask R-CNN writes it
-                mask = np.zeros((H, W), np.uint8)
-                cv2.ellipse(mask, ((x1 + x2) // 2, (y1 + y2) // 2), ((x2 - x1) // 2, (y2 - y1) // 2), 0, 0, 360, 1, -1)
-                rle = mask_utils.encode(np.asfortranarray(mask))
-                ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-            annotations.append(ann)
-        if rank <= 3:
-            passes.append({"image_id": image_id, "views": ["identity"] * 3, "passes": [
-                [[x1 + t * 3, y1 - t, x2 - x1, y2 - y1, c, 0.8] for c, (x1, y1, x2, y2), _ in anns]
-                for t in range(3)]})
-    order = ranking_order or list(range(len(records)))
-    (scores / "ranking.jsonl").write_text("".join(json.dumps(records[i]) + "\n" for i in order))
-    (scores / "pseudo_labels.json").write_text(json.dumps(
-        {"images": coco_images, "categories": CATEGORIES, "annotations": annotations}))
-    (scores / "passes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passes))
-    (scores / "skipped.json").write_text(json.dumps(
-        [{"image_id": 99, "file_name": BROKEN, "reason": "truncated or corrupt image"}]))
-    (scores / "run.json").write_text(json.dumps(
-        {"det_al_version": "0.1.0", "checkpoint": "<i>ckpt</i>.pt", "n_scored": 6, "n_skipped": 1,
-         "config": {"passes": {"passes": 3}}}))
-    return scores, images
-
 
 def page_data(index: Path) -> dict:
     """The JSON the page's script reads."""
@@ -102,18 +24,18 @@ def page_data(index: Path) -> dict:
 
 
 @pytest.fixture
-def scored(tmp_path) -> tuple[Path, Path]:
-    return make_scores(tmp_path)
+def scored(report_pool, tmp_path) -> tuple[Path, Path]:
+    return report_pool.make_scores(tmp_path)
 
 
-def test_report_site_top_n(scored, tmp_path):
+def test_report_site_top_n(report_pool, scored, tmp_path):
     scores, images = scored
     index = write_report(scores, images, tmp_path / "report", top=5)
     assert index == tmp_path / "report" / "index.html"
     data = page_data(index)
     cards = data["cards"]
     assert [c["rank"] for c in cards] == [1, 2, 3, 4, 5]
-    assert [c["file_name"] for c in cards] == [p[1] for p in POOL[:5]]
+    assert [c["file_name"] for c in cards] == [p[1] for p in report_pool.POOL[:5]]
     thumbs = sorted(p.name for p in (tmp_path / "report" / "thumbnails").iterdir())
     # one thumbnail per top image, a passes thumbnail for the three images with passes
     assert thumbs == ["00001.jpg", "00001_passes.jpg", "00002.jpg", "00002_passes.jpg",
@@ -121,7 +43,7 @@ def test_report_site_top_n(scored, tmp_path):
     first = cards[0]
     assert first["components"] == [["class", 0.819], ["box", 0.455], ["mask", 0.0],
                                    ["presence", 0.1], ["novelty", 0.42]]
-    assert first["classes"] == ["cat", DOG]           # two cats, one dog
+    assert first["classes"] == ["cat", report_pool.DOG]           # two cats, one dog
     assert [o["uncertainty"] for o in first["objects"]] == [0.8, 0.5, 0.2]  # most uncertain first
     assert first["n_passes"] == 3 and cards[3]["passes_thumb"] is None
     assert cards[2]["certain"] and not cards[0]["certain"]
@@ -131,13 +53,13 @@ def test_report_site_top_n(scored, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "report", "scores"]
 
 
-def test_report_html_escapes_user_text(scored, tmp_path):
+def test_report_html_escapes_user_text(report_pool, scored, tmp_path):
     scores, images = scored
     text = write_report(scores, images, tmp_path / "report", top=5).read_text(encoding="utf-8")
-    for raw in (XSS, "we<b>ird", "bro<b>ken", "<i>ckpt", DOG):
+    for raw in (report_pool.XSS, "we<b>ird", "bro<b>ken", "<i>ckpt", report_pool.DOG):
         assert raw not in text
     assert text.count("<script") == 2            # the JSON block and the page's own script
-    assert html.escape(BROKEN) in text           # skipped table, escaped server-side
+    assert html.escape(report_pool.BROKEN) in text           # skipped table, escaped server-side
     assert html.escape("<i>ckpt</i>.pt") in text  # run.json values too
     # only XML namespace names (never fetched), no other address
     assert set(re.findall(r"https?://[^\s\"']*", text)) <= {"http://www.w3.org/2000/svg",
@@ -153,8 +75,8 @@ def test_report_stays_offline(scored, tmp_path):
     assert "Content-Security-Policy" in text and "default-src 'none'" in text
 
 
-def test_scan_ranking_streams_top_and_histogram(tmp_path):
-    scores, _ = make_scores(tmp_path, ranking_order=[3, 0, 5, 1, 4, 2])   # not in rank order
+def test_scan_ranking_streams_top_and_histogram(report_pool, tmp_path):
+    scores, _ = report_pool.make_scores(tmp_path, ranking_order=[3, 0, 5, 1, 4, 2])   # not in rank order
     summary = scan_ranking(scores / "ranking.jsonl", top=3, bins=10)
     assert [r["rank"] for r in summary.top] == [1, 2, 3]
     assert (summary.n_images, summary.n_certain, summary.n_empty) == (6, 2, 1)

@@ -4,11 +4,10 @@ import json
 import math
 
 import pytest
-from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(load_benchmark):
     return load_benchmark("bench_error_capture")
 
 

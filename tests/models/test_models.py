@@ -21,7 +21,7 @@ from det_al.models.build import (
     prob_kind,
 )
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 # name -> (family, has masks, options for a tiny forward)
 SMALL = {"min_size": 64, "max_size": 64}

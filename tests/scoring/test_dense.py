@@ -16,8 +16,6 @@ from det_al.scoring.dense import dense_scores, topk_mean
 from det_al.inference.passes import run_passes
 from det_al.run.score_lines import score_image
 
-from test_passes import FAMILIES, image, model_for
-
 BOXES = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 11.0]])
 
 
@@ -112,12 +110,13 @@ def _reference(model, img, key):
     return boxes, probs.amax(-1), hb.amax(-1)
 
 
-@pytest.mark.parametrize("key, limit", [(key, 1000) for key in FAMILIES] + [("retinanet", 50), ("fcos", 0)])
-def test_candidates_are_torchvisions_pre_threshold_outputs(key, limit):
-    model, img = model_for(key), image(64, 80, seed=3)
+@pytest.mark.parametrize("family, limit", [(family, 1000) for family in ("rcnn", "mask", "retinanet", "fcos", "ssd")]
+                         + [("retinanet", 50), ("fcos", 0)])
+def test_candidates_are_torchvisions_pre_threshold_outputs(image, model_for, family, limit):
+    model, img = model_for(family), image(64, 80, seed=3)
     (res,) = run_passes(model, [img], PassesConfig(passes=2, dropout=0.0, dense_candidates=limit))
-    boxes, foreground, entropy = _reference(model, img, key)
-    if key in ("retinanet", "fcos") and 0 < limit < len(boxes):  # the `limit` anchors of highest foreground
+    boxes, foreground, entropy = _reference(model, img, family)
+    if family in ("retinanet", "fcos") and 0 < limit < len(boxes):  # the `limit` anchors of highest foreground
         keep = foreground.topk(limit).indices.sort().values
         boxes, foreground, entropy = boxes[keep], foreground[keep], entropy[keep]
     c = res.candidates
@@ -126,12 +125,11 @@ def test_candidates_are_torchvisions_pre_threshold_outputs(key, limit):
     torch.testing.assert_close(c.foreground, foreground, atol=1e-5, rtol=0)
     torch.testing.assert_close(c.entropy, entropy, atol=1e-5, rtol=0)
     assert float(c.mutual_information.max()) < 1e-5  # identical passes: no disagreement
-    assert (c.objectness is not None) == (key in ("rcnn", "mask"))
+    assert (c.objectness is not None) == (family in ("rcnn", "mask"))
 
 
-@pytest.mark.parametrize("key", FAMILIES)
-def test_dropout_passes_give_dense_values_and_ranking_fields(key):
-    model, img = model_for(key), image(64, 80, seed=4)
+def test_dropout_passes_give_dense_values_and_ranking_fields(image, model_for, family):
+    model, img = model_for(family), image(64, 80, seed=4)
     config = PassesConfig(passes=3, dropout=0.3)
     (fast,) = run_passes(model, [img], config)
     (plain,) = run_passes(model, [img], config, fast=False)
@@ -143,7 +141,7 @@ def test_dropout_passes_give_dense_values_and_ranking_fields(key):
     expected = dense_scores(fast.candidates, fast.deterministic.boxes, fast.deterministic.scores, cfg.scoring)
     for name, value in expected.items():
         assert record[name] == (value if name == "n_candidates" else pytest.approx(value, abs=1e-6))
-    assert ("rpn_gap" in record) == (key in ("rcnn", "mask"))
+    assert ("rpn_gap" in record) == (family in ("rcnn", "mask"))
     scores = fast.deterministic.scores.double()
     assert record["least_confidence"] == pytest.approx(float(1 - scores.mean()), abs=1e-6)
     assert record["n_detections"] == len(fast.deterministic)

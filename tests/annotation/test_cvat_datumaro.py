@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_selection import make_selection, mask_b, write_score_outputs
 
 from det_al.cli import main
 from det_al.annotation.cvat import frame_names, mask_to_cvat_rle
@@ -83,10 +82,10 @@ def _dataset_dir(root: Path, annotation_file: Path, images: Path, selection: dic
 
 
 @pytest.fixture(scope="module")
-def parsed(tmp_path_factory):
+def parsed(hand_scores, tmp_path_factory):
     python = _tool_python()
     root = tmp_path_factory.mktemp("datumaro")
-    paths = write_score_outputs(root)
+    paths = hand_scores.write(root)
     selection_path = root / "sel" / "selection.json"
     assert main(["select", "--ranking", str(paths["ranking"]), "--budget", "3", "--out", str(selection_path.parent)]) == 0
     common = ["--selection", str(selection_path), "--image-root", str(paths["images"])]
@@ -94,7 +93,7 @@ def parsed(tmp_path_factory):
     assert main(["export", "cvat", *common, "--out", str(root / "polygon"), "--shapes", "polygon"]) == 0
     selection = json.loads(selection_path.read_text())
     rng = np.random.default_rng(1)
-    reference_masks = [mask_b()] + [rng.random((9, 11)) < p for p in (0.2, 0.5, 0.8)]
+    reference_masks = [hand_scores.mask_b()] + [rng.random((9, 11)) < p for p in (0.2, 0.5, 0.8)]
     (root / "masks").mkdir()
     mask_files = []
     for i, mask in enumerate(reference_masks):
@@ -123,7 +122,7 @@ def _by_item(items: list[dict]) -> dict[str, list[dict]]:
     return {item["id"]: item["annotations"] for item in items}
 
 
-def test_datumaro_reads_the_cvat_xml(parsed):
+def test_datumaro_reads_the_cvat_xml(hand_scores, parsed):
     items = parsed["out"]["datasets"]["xml_mask"]
     assert sorted((item["attributes"]["frame"], item["id"]) for item in items) == [(0, "b"), (1, "a"), (2, "c")]
     anns = _by_item(items)
@@ -131,7 +130,7 @@ def test_datumaro_reads_the_cvat_xml(parsed):
     assert (box["type"], box["label"], box["bbox"]) == ("bbox", "dog", [0.0, 0.0, 50.0, 40.0])
     assert box["attributes"]["score"] == "0.6000"  # declared, so kept
     assert (mask["type"], mask["label"], mask["attributes"]["score"]) == ("mask", "cat", "0.7500")
-    assert np.array_equal(np.load(mask["mask"]), mask_b())  # pixel for pixel
+    assert np.array_equal(np.load(mask["mask"]), hand_scores.mask_b())  # pixel for pixel
     assert anns["a"][0]["bbox"] == pytest.approx([2.5, 3.25, 10.0, 8.0], abs=0.005)
     assert anns["c"][0]["bbox"] == pytest.approx([30.0, 0.0, 2.0, 2.0])
 
@@ -142,14 +141,14 @@ def test_datumaro_reads_the_polygons(parsed):
     assert polygon["points"] == [10, 5, 10, 14, 19, 14, 19, 10, 20, 9, 29, 9, 29, 5]
 
 
-def test_datumaro_reads_the_coco_file(parsed):
+def test_datumaro_reads_the_coco_file(hand_scores, parsed):
     items = parsed["out"]["datasets"]["coco"]
     assert sorted((item["attributes"]["id"], item["id"]) for item in items) == [(1, "b"), (2, "a"), (3, "c")]
     anns = _by_item(items)
     kinds = sorted((a["type"], a["label"]) for a in anns["b"])
     assert kinds == [("bbox", "cat"), ("bbox", "dog"), ("mask", "cat")]  # ids 3 and 7 keep their labels
     mask = next(a for a in anns["b"] if a["type"] == "mask")
-    assert np.array_equal(np.load(mask["mask"]), mask_b())
+    assert np.array_equal(np.load(mask["mask"]), hand_scores.mask_b())
     assert mask["attributes"]["score"] == "0.7500"
 
 
@@ -161,7 +160,7 @@ def test_mask_rle_matches_cvat_sdk(parsed):
 
 
 @pytest.mark.parametrize("export", ["re_cvat", "re_coco"])
-def test_round_trip_through_datumaro_exports(parsed, export, tmp_path):
+def test_round_trip_through_datumaro_exports(hand_scores, parsed, export, tmp_path):
     root = parsed["root"]
     files = sorted((root / export).rglob("*.xml")) + sorted((root / export).rglob("*.json"))
     assert len(files) == 1, files
@@ -186,9 +185,9 @@ def test_round_trip_through_datumaro_exports(parsed, export, tmp_path):
             assert len(masked) == 1
             image = next(im for im in selection["images"] if im["id"] == original["image_id"])
             back = segmentation_to_mask(masked[0]["segmentation"], image["height"], image["width"])
-            assert np.array_equal(back, mask_b())
+            assert np.array_equal(back, hand_scores.mask_b())
             assert masked[0]["bbox"] == pytest.approx(original["bbox"], abs=0.01)
         else:
             assert any(a["bbox"] == pytest.approx(original["bbox"], abs=0.01) for a in candidates)
-    expected = make_selection(3)["annotations"]
+    expected = hand_scores.select(3)["annotations"]
     assert len(expected) == 4

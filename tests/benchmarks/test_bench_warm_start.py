@@ -4,14 +4,13 @@ oracle's gain, the gate) and a --quick run that writes summary.json in the docum
 import json
 
 import pytest
-from conftest import load_benchmark
 
 pytest.importorskip("mlxtend")
 pytest.importorskip("skimage")
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(load_benchmark):
     return load_benchmark("bench_warm_start")
 
 

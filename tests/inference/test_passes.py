@@ -1,6 +1,7 @@
 """det_al.inference.passes on tiny images for every model family.
 
-Untrained models (weights=None), 64-96 px inputs, score thresholds 0 so there are detections.
+Untrained models (weights=None), 64-96 px inputs, score thresholds 0 so there are detections
+(``family``, ``model_for`` and ``image`` in conftest.py).
 The references are torchvision's own ``model(images)`` (deterministic pass, and one dropout
 pass under the same hooks) and the plain path (whole model per pass) for the fast engine.
 """
@@ -10,50 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from det_al.config import ModelConfig, PassesConfig
+from det_al.config import PassesConfig
 from det_al.inference.detections import Detections
-from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-from torchvision.models.detection.ssd import SSD, SSDHead
-
-from det_al.models.build import TinyBackbone, build_model
 from det_al.inference.passes import pass_seed, resolve_sites, run_passes, torchvision_forward
-
-SMALL = {"min_size": 64, "max_size": 96}
-MODELS = {
-    "rcnn": ("fasterrcnn_mobilenet_v3_large_fpn", {**SMALL, "box_score_thresh": 0.0}),
-    "mask": ("maskrcnn_tiny", {**SMALL, "box_score_thresh": 0.0, "box_detections_per_img": 20}),
-    "retinanet": ("retinanet_resnet50_fpn", {**SMALL, "score_thresh": 0.0, "detections_per_img": 60}),
-    "fcos": ("fcos_resnet50_fpn", {**SMALL, "score_thresh": 0.0, "detections_per_img": 60}),
-    "ssd": ("tiny_ssd", {"score_thresh": 0.0, "detections_per_img": 60}),
-}
-FAMILIES = list(MODELS)
-_cache: dict[str, torch.nn.Module] = {}
-
-
-def tiny_ssd(num_classes: int, **options) -> SSD:
-    """torchvision's SSD class over det_al's tiny backbone at 96 px.
-
-    ssd300_vgg16 costs ~8 s per forward here, and ssdlite320 with random weights has vanishing
-    (~1e-14) features, so every score is exactly 1/C and dropout changes nothing.
-    """
-    anchors = DefaultBoxGenerator([[2], [2, 3]])
-    head = SSDHead([128, 128], anchors.num_anchors_per_location(), num_classes)
-    return SSD(TinyBackbone(), anchors, (96, 96), num_classes, head=head, **options).eval()
-
-
-def model_for(key: str) -> torch.nn.Module:
-    if key not in _cache:
-        name, options = MODELS[key]
-        torch.manual_seed(0)
-        if name == "tiny_ssd":
-            _cache[key] = tiny_ssd(4, **options)
-        else:
-            _cache[key] = build_model(ModelConfig(name, 4, options))
-    return _cache[key]
-
-
-def image(h: int = 64, w: int = 80, seed: int = 0) -> torch.Tensor:
-    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_same(a: Detections, b: Detections, atol: float = 1e-4) -> None:
@@ -76,9 +36,8 @@ def assert_equals_torchvision(det: Detections, ref: dict) -> None:
         torch.testing.assert_close(det.image_masks(), ref["masks"][:, 0], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("key", FAMILIES)
-def test_deterministic_pass_equals_torchvision_on_a_batch_of_two_sizes(key):
-    model = model_for(key)
+def test_deterministic_pass_equals_torchvision_on_a_batch_of_two_sizes(image, model_for, family):
+    model = model_for(family)
     images = [image(64, 80, 1), image(72, 64, 2)]
     refs = torchvision_forward(model, images)
     results = run_passes(model, images, PassesConfig(passes=2, dropout=0.2), seeds=[1, 2])
@@ -90,10 +49,9 @@ def test_deterministic_pass_equals_torchvision_on_a_batch_of_two_sizes(key):
             assert res.deterministic.masks.shape[1:] == im.shape[1:]
 
 
-@pytest.mark.parametrize("key", FAMILIES)
-def test_dropout_pass_equals_torchvision_under_the_same_hooks(key):
+def test_dropout_pass_equals_torchvision_under_the_same_hooks(image, model_for, family):
     """Pass 0 of image seed 7 == model(image) with the same hook and generator."""
-    model = model_for(key)
+    model = model_for(family)
     config = PassesConfig(passes=1, dropout=0.3, masks="exact")  # exact: what the whole model gives
     _, sites = resolve_sites(model, config)
     generator = torch.Generator().manual_seed(pass_seed(7, 0, 0))
@@ -103,13 +61,12 @@ def test_dropout_pass_equals_torchvision_under_the_same_hooks(key):
         assert_equals_torchvision(det, ref)
 
 
-@pytest.mark.parametrize("key", FAMILIES)
-def test_fast_path_equals_plain_path_and_probs_are_consistent(key):
-    model = model_for(key)
+def test_fast_path_equals_plain_path_and_probs_are_consistent(image, model_for, family):
+    model = model_for(family)
     config = PassesConfig(passes=3, dropout=(0.1, 0.3, 0.5), masks="exact")  # the mode that equals plain
     # two images for the cheap models (row layout across images); one for the ResNet-50 ones,
     # whose batched layout the chunked test covers
-    images = [image(64, 80, 3), image(64, 80, 4)][: 1 if key in ("retinanet", "fcos") else 2]
+    images = [image(64, 80, 3), image(64, 80, 4)][: 1 if family in ("retinanet", "fcos") else 2]
     seeds = [11, 12][: len(images)]
     fast = run_passes(model, images, config, seeds=seeds, fast=True)
     plain = run_passes(model, images, config, seeds=seeds, fast=False)
@@ -131,9 +88,9 @@ def test_fast_path_equals_plain_path_and_probs_are_consistent(key):
             assert (det.labels >= 1).all() or det.prob_kind == "sigmoid"
 
 
-@pytest.mark.parametrize("key", ["rcnn", "mask", "retinanet"])
-def test_chunked_equals_unchunked_and_seeds_do_not_depend_on_the_batch(key):
-    model = model_for(key)
+@pytest.mark.parametrize("family", ["rcnn", "mask", "retinanet"])
+def test_chunked_equals_unchunked_and_seeds_do_not_depend_on_the_batch(image, model_for, family):
+    model = model_for(family)
     config = PassesConfig(passes=3, dropout=0.3)  # masks: shared, whose reuse spans the chunks
     whole = run_passes(model, [image(64, 80, 5), image(64, 80, 6)], config, seeds=[21, 22])
     chunked = run_passes(model, [image(64, 80, 5), image(64, 80, 6)], PassesConfig(passes=3, dropout=0.3, chunk=2),
@@ -145,7 +102,7 @@ def test_chunked_equals_unchunked_and_seeds_do_not_depend_on_the_batch(key):
         assert_same(a, b)
 
 
-def test_rate_zero_pass_equals_the_deterministic_pass():
+def test_rate_zero_pass_equals_the_deterministic_pass(image, model_for):
     model = model_for("rcnn")
     res = run_passes(model, [image()], PassesConfig(passes=2, dropout=(0.0, 0.5)), seeds=[3])[0]
     assert_same(res.passes[0], res.deterministic)
@@ -153,7 +110,7 @@ def test_rate_zero_pass_equals_the_deterministic_pass():
                                                                             res.deterministic.scores)
 
 
-def test_user_site_upstream_of_the_suffix_uses_the_plain_path():
+def test_user_site_upstream_of_the_suffix_uses_the_plain_path(image, model_for):
     """A site in the box head (inside the R-CNN prefix): fast=True must still give the plain result."""
     model = model_for("rcnn")
     config = PassesConfig(passes=2, dropout=0.3, sites=("roi_heads.box_head.fc7",), masks="exact")
@@ -164,7 +121,7 @@ def test_user_site_upstream_of_the_suffix_uses_the_plain_path():
     assert not torch.equal(a.passes[0].scores[:5], a.deterministic.scores[:5])
 
 
-def test_hflip_view_maps_back_to_original_coordinates_and_fast_equals_plain():
+def test_hflip_view_maps_back_to_original_coordinates_and_fast_equals_plain(image, model_for):
     model = model_for("mask")
     im = image(64, 80, 8)
     ref = torchvision_forward(model, [im.flip(-1)])[0]
@@ -193,7 +150,7 @@ def test_hflip_view_maps_back_to_original_coordinates_and_fast_equals_plain():
 # --------------------------------------------------------------------------- passes.masks: shared
 
 
-def test_shared_masks_equal_exact_masks_without_dropout_and_keep_every_box():
+def test_shared_masks_equal_exact_masks_without_dropout_and_keep_every_box(image, model_for):
     model = model_for("mask")
     im = image(64, 80, 9)
     exact = run_passes(model, [im], PassesConfig(passes=2, dropout=0.0, masks="exact"), seeds=[5])[0]
@@ -216,7 +173,7 @@ def test_shared_masks_equal_exact_masks_without_dropout_and_keep_every_box():
         assert torch.equal(a.masks, b.masks)
 
 
-def test_shared_mask_logits_are_the_partner_features_through_channel_dropout():
+def test_shared_mask_logits_are_the_partner_features_through_channel_dropout(image, model_for):
     """By hand: sigmoid(sum_d W[c, d] keep_d / (1 - r) F_d + b_c) pasted into the pass's box."""
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
@@ -265,7 +222,7 @@ def test_passes_masks_must_be_exact_or_shared():
         config_from_dict({"passes": {"masks": "approximate"}})
 
 
-def test_shared_masks_with_tta_views_and_a_batch_match_exact_without_dropout():
+def test_shared_masks_with_tta_views_and_a_batch_match_exact_without_dropout(image, model_for):
     """Each view takes the features of its own deterministic detections; images of a batch stay apart."""
     model = model_for("mask")
     images = [image(64, 80, 11), image(64, 80, 12)]

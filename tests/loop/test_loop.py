@@ -4,24 +4,12 @@ import pytest
 
 from det_al.config import config_from_dict
 from det_al.errors import InputError
-from det_al.loop.data import LoopData, LoopRun, check_loop_config
+from det_al.loop.data import LoopRun, check_loop_config
 from det_al.loop.results import read_rows
 
 
-def tiny_data():
-    cats = [{"id": 5, "name": "a"}]
-    labelled = {"images": [{"id": 1, "file_name": "1.png"}], "annotations": [{"id": 9, "image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 2]}], "categories": cats}
-    oracle = {
-        "images": [{"id": 2, "file_name": "2.png", "domain": "old"}, {"id": 3, "file_name": "3.png", "domain": "drifted"}],
-        "annotations": [{"id": 1, "image_id": 3, "category_id": 5, "bbox": [1, 1, 2, 2]}, {"id": 2, "image_id": 3, "category_id": 5, "bbox": [0, 0, 1, 1]}],
-        "categories": cats,
-    }
-    pool = {"images": oracle["images"], "annotations": [], "categories": cats}
-    return LoopData(labelled=labelled, pool=pool, oracle=oracle, val=labelled, image_root=".", categories=cats)
-
-
-def test_run_reveals_oracle_labels_with_fresh_ids():
-    run = LoopRun("top", 0, tiny_data())
+def test_run_reveals_oracle_labels_with_fresh_ids(loop_data):
+    run = LoopRun("top", 0, loop_data())
     run.reveal([3])
     labelled = run.labelled()
     assert [im["id"] for im in labelled["images"]] == [1, 3]
@@ -46,12 +34,12 @@ def test_loop_config_checks(loop, message):
         check_loop_config(config_from_dict({"loop": loop}))
 
 
-def test_bad_train_section_stops_the_loop_before_it_writes(tmp_path):
+def test_bad_train_section_stops_the_loop_before_it_writes(loop_data, tmp_path):
     from det_al.loop.rounds import run_loop
 
     config = config_from_dict({"model": {"name": "fasterrcnn_tiny", "num_classes": 2}, "train": {"batchnorm": "bogus"}})
     with pytest.raises(InputError, match="train.batchnorm must be one of auto, train, frozen, sync, got 'bogus'"):
-        run_loop(config, tiny_data(), tmp_path / "out", progress=False)
+        run_loop(config, loop_data(), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # a fixed config then runs without --resume
 
 
@@ -136,7 +124,7 @@ def test_command_options_become_loop_settings(tmp_path):
         parser.parse_args(common + ["--budget", "7", "--budget-boxes", "3"])
 
 
-def test_fused_strategy_gets_novelty_and_the_fusion_settings():
+def test_fused_strategy_gets_novelty_and_the_fusion_settings(loop_data):
     import numpy as np
 
     from det_al.loop import rounds as loop
@@ -148,7 +136,7 @@ def test_fused_strategy_gets_novelty_and_the_fusion_settings():
     scores = Scores(records, {"categories": [], "images": [], "annotations": []},
                     embeddings=np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), embedding_ids=[2, 3],
                     labelled_embeddings=np.array([[1.0, 0.0]]))
-    pick = lambda weights: loop._select("fused", scores, tiny_data(), 1, None, 0, 3.0,  # noqa: E731
+    pick = lambda weights: loop._select("fused", scores, loop_data(), 1, None, 0, 3.0,  # noqa: E731
                                         fusion_weights=weights, fusion_k=60.0)
     assert [r["image_id"] for r in pick({"informativeness": 1, "novelty": 3})] == [3]
     assert [r["image_id"] for r in pick({"informativeness": 3, "novelty": 1})] == [2]

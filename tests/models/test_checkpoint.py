@@ -130,7 +130,7 @@ def test_truncated_checkpoint(saved, tmp_path):
 def test_pickled_object_is_refused(tmp_path):
     path = tmp_path / "obj.pt"
     torch.save({"format": FORMAT, "config": make_config()}, path)  # a dataclass: not weights_only
-    with pytest.raises(InputError, match="holds a Python object \(det_al.config.Config\)") as e:
+    with pytest.raises(InputError, match="holds a Python object \(det_al.config.sections.Config\)") as e:
         load_checkpoint(path)
     assert str(path) in str(e.value)
 

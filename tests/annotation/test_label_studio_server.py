@@ -17,10 +17,9 @@ import json
 
 import numpy as np
 import pytest
-from test_selection import CATEGORIES, mask_b, write_score_outputs
 
 from det_al.cli import main
-from det_al.annotation.label_studio import brush_rle_to_mask
+from det_al.annotation.label_studio_import import brush_rle_to_mask
 
 VALIDATE = """
 import json, sys
@@ -39,8 +38,8 @@ print(json.dumps(mask2rle(mask)))
 """
 
 
-def test_brush_decoder_matches_label_studio_sdk(label_studio):
-    mask = mask_b()
+def test_brush_decoder_matches_label_studio_sdk(hand_scores, label_studio):
+    mask = hand_scores.mask_b()
     rle = label_studio.sdk(BRUSH, mask.astype(int).tolist())
     assert np.array_equal(brush_rle_to_mask(rle, 50, 40), mask)
 
@@ -62,9 +61,9 @@ def _annotate(task: dict) -> tuple[dict, list[dict]]:
     return {"result": [], "was_cancelled": True}, []  # image c: skipped by the annotator
 
 
-def test_round_trip_through_label_studio(label_studio, tmp_path, capsys):
+def test_round_trip_through_label_studio(hand_scores, label_studio, tmp_path, capsys):
     server = label_studio
-    paths = write_score_outputs(server.documents)
+    paths = hand_scores.write(server.documents)
     work = tmp_path
     assert main(["select", "--ranking", str(paths["ranking"]), "--budget", "3", "--out", str(work / "sel")]) == 0
     selection_path = work / "sel" / "selection.json"
@@ -131,8 +130,8 @@ def test_round_trip_through_label_studio(label_studio, tmp_path, capsys):
     assert merged["annotations"][0] == train["annotations"][0]
 
 
-def test_uncertainty_sampling_serves_the_most_informative_first(label_studio, tmp_path):
-    paths = write_score_outputs(tmp_path)
+def test_uncertainty_sampling_serves_the_most_informative_first(hand_scores, label_studio, tmp_path):
+    paths = hand_scores.write(tmp_path)
     assert main(["select", "--ranking", str(paths["ranking"]), "--budget", "3", "--out", str(tmp_path / "sel")]) == 0
     assert main(["export", "label-studio", "--selection", str(tmp_path / "sel" / "selection.json"),
                  "--out", str(tmp_path / "ls"), "--url-prefix", "http://127.0.0.1:9/images"]) == 0
@@ -143,7 +142,7 @@ def test_uncertainty_sampling_serves_the_most_informative_first(label_studio, tm
     label_studio.call("POST", f"/api/projects/{project['id']}/import", tasks[::-1])  # least informative first
     served = label_studio.call("GET", f"/api/projects/{project['id']}/next")
     assert served["data"]["image_id"] == 11 and served["data"]["rank"] == 1
-    assert CATEGORIES[0]["name"] in config
+    assert hand_scores.categories[0]["name"] in config
 
 
 README_SDK = """
@@ -164,9 +163,9 @@ print(json.dumps(project.id))
 """
 
 
-def test_readme_sdk_commands(label_studio, tmp_path, capsys):
+def test_readme_sdk_commands(hand_scores, label_studio, tmp_path, capsys):
     """The label-studio-sdk calls the README shows, run with the SDK that comes with the server."""
-    paths = write_score_outputs(label_studio.documents / "readme")
+    paths = hand_scores.write(label_studio.documents / "readme")
     assert main(["select", "--ranking", str(paths["ranking"]), "--budget", "2", "--out", str(tmp_path / "sel")]) == 0
     assert main(["export", "label-studio", "--selection", str(tmp_path / "sel" / "selection.json"),
                  "--out", str(tmp_path / "ls"), "--image-root", str(paths["images"]),

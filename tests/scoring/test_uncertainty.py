@@ -13,12 +13,12 @@ import torch
 from det_al.config import ScoringConfig
 from det_al.inference.detections import Detections, background_probs
 from det_al.scoring.matching import Objects, match_passes
+from det_al.scoring.gather import gather
 from det_al.scoring.uncertainty import (
     box_components,
     class_components,
     combine_terms,
     found_class_components,
-    gather,
     mask_disagreement,
     score_objects,
 )
