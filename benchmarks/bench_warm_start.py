@@ -19,11 +19,13 @@ data order and dropout depend on the seed and round only).
 random batches, each fine-tuned from the same state with the same seed, the best by mAP on
 the oracle-validation split kept); ``random:matched`` (random stratified to the test mix:
 rare-domain quota and rarest classes first, by the pool's ground truth); the one-pass scores
-``top:least_confidence`` and ``top:n_detections``; ``fused`` (det_al's default: ``det-al select``
-on a pool scored with ``--labelled``: informativeness and novelty by rank); ``top`` (the
-informativeness alone); ``diverse``; ``typical`` (TypiClust on backbone embeddings) and
-``switch:fused`` (typical while the labelled set covers the pool poorly, then ``fused``);
-see :mod:`det_al.selection.typicality`. Scored arms score a random subset of the unlabelled
+``top:least_confidence`` and ``top:n_detections``; ``class-balanced:fused`` (det_al's default:
+``det-al select`` on a pool scored with ``--labelled TRAIN.json``: the rarest class of the
+labelled set first, by the model's predicted classes, each class's images by informativeness
+and novelty); ``fused`` (informativeness and novelty by rank, the default before); ``top`` (the
+informativeness alone); ``diverse``; ``class-balanced`` (filled by informativeness alone);
+``typical`` (TypiClust on backbone embeddings) and ``switch:fused`` (typical while the labelled
+set covers the pool poorly, then ``fused``); see :mod:`det_al.selection.typicality`. Scored arms score a random subset of the unlabelled
 pool each round (``--subset``, as CALD does) with det_al's own scoring of ``--passes``
 MC-dropout passes.
 
@@ -82,10 +84,10 @@ from det_al.loop.results import (  # noqa: E402
 from det_al.selection.strategies import get_strategy  # noqa: E402
 
 RANDOM, ORACLE, MATCHED = "random", "lookahead", "random:matched"
-LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH = "top:least_confidence", "top:n_detections", "fused", "switch:fused"
+LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH = "top:least_confidence", "top:n_detections", "class-balanced:fused", "switch:fused"
 STRATEGIES = (RANDOM, ORACLE, LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH)
-EXTRA = (MATCHED, "top", "diverse", "typical", "class-balanced", "class-balanced:fused")
-SCORED = {LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH, "top", "diverse", "typical", "class-balanced", "class-balanced:fused"}
+EXTRA = (MATCHED, "fused", "top", "diverse", "typical", "class-balanced")
+SCORED = {LEAST_CONFIDENCE, N_DETECTIONS, DEFAULT, SWITCH, "fused", "top", "diverse", "typical", "class-balanced"}
 TARGET_ADDED_PCT = 50.0
 
 SIZES = {

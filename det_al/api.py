@@ -42,7 +42,8 @@ from det_al.models.checkpoint import load_checkpoint
 from det_al.models.device import check_device
 from det_al.run.checks import check_run
 from det_al.run.ensemble import check_members, members_sha256
-from det_al.run.labelled import labelled_classes, labelled_embeddings
+from det_al.run.info import run_info
+from det_al.run.labelled import labelled_embeddings
 from det_al.run.pool_run import score_in_memory, score_to_dir
 from det_al.run.sizes import pool_with_true_sizes, stale_sizes
 from det_al.run.stream import SHARDS, refuse_existing_results
@@ -211,30 +212,26 @@ def score_images(
             (:mod:`det_al.run.ensemble`): ``M`` members x ``T`` passes scored together (``passes=1,
             dropout=0``: a plain ensemble); pseudo-labels, embeddings, dense signals, config and
             categories are the first member's.
-        images: a folder, a COCO file or dict, a list of paths, of PIL images, of ``[H, W, 3]``
-            uint8 arrays or of float ``[3, H, W]`` tensors in [0, 1], or a torch ``Dataset`` of
-            such images (see :func:`det_al.data.sources.pool_source`).
+        images: a folder, a COCO file or dict, a list of paths, PIL images, ``[H, W, 3]`` uint8
+            arrays or ``[3, H, W]`` float tensors in [0, 1], or a ``Dataset`` of them (:func:`pool_source`).
         categories: one per class of the model (label ``l`` is ``categories[l - 1]``), COCO dicts
             or names; default: the COCO input's, else ``class_1`` ... ``class_{C-1}``.
-        passes, dropout, tta, seed, batch_size: shortcuts for the ``passes`` section of the
-            config (``dropout``: one rate or one per pass; ``tta``: e.g. ``["hflip"]``).
+        passes, dropout, tta, seed, batch_size: the config's ``passes`` section (``dropout``: one
+            rate or one per pass; ``tta``: e.g. ``["hflip"]``).
         device: where to run; ``None``: the model's own device (the model is never moved).
-        config: a :class:`Config`, its plain data or a YAML file (``passes``, ``matching``,
-            ``scoring``); default: det_al's defaults.
+        config: a :class:`Config`, its plain data or a YAML file; default: det_al's defaults.
         image_root: the folder the file names of a COCO input or a list of paths are relative
             to; the scores remember the root used (:attr:`Scores.image_root`), the exporters
             and the report default to it.
-        labelled: the labelled set, a COCO file or dict (its images relative to ``labelled_root``)
-            or its ``[M, D]`` embeddings: each image gets its ``novelty``, the distance to it
-            (:mod:`det_al.scoring.novelty`); from a COCO set also its objects per class, and
-            :func:`select` then defaults to ``class-balanced:fused`` (``fused`` from embeddings).
-        reference: an earlier scored pool (:class:`Scores`, its ``det-al score`` folder or
-            ``run.json``): the informativeness of these images is the value they would have
-            had in that pool, so a batch scored tomorrow, or one image alone, compares with it.
-            Without it, values are ranks among ``images`` (one image alone always scores 1).
-        out_dir: also stream per-image results there and write the files of ``det-al score``;
-            with ``resume`` an interrupted run continues where it stopped (same model, config,
-            pool); a folder holding results is refused unless ``resume`` or ``overwrite``.
+        labelled: the labelled set, a COCO file or dict (images under ``labelled_root``) or its
+            ``[M, D]`` embeddings: each image gets its ``novelty``; :func:`select` then defaults
+            to ``class-balanced:fused`` (a COCO set's objects per class are kept) or ``fused``.
+        reference: an earlier scored pool (:class:`Scores`, its folder or ``run.json``): each
+            informativeness is the value it would have had there, so tomorrow's batch compares
+            with it; without it, values are ranks among ``images`` (one image alone scores 1).
+        out_dir: also stream per-image results there and write the files of ``det-al score``
+            (``resume``: an interrupted run goes on; results there are refused without it or
+            ``overwrite``).
         amp, progress: mixed precision (CUDA); a progress bar.
         allow_outside_root: read COCO ``file_name`` entries that escape ``image_root`` (absolute
             paths, ``../``), refused by default: a COCO file must not make det_al read any file.
@@ -263,9 +260,7 @@ def score_images(
                                pool_source=source.path, categories_source="categories", passes=config.passes)
         embedded = None if labelled is None else labelled_embeddings(
             labelled, model, labelled_root, run_device, allow_outside_root)
-        info = {**run_info(source, run_device, labelled), **(extra_info or {})}
-        if len(models) > 1:
-            info["members"] = len(models)
+        info = {**run_info(source, run_device, labelled, members=len(models)), **(extra_info or {})}
         if reference is not None:
             info["rank_reference"] = read_rank_reference(reference)
         if out_dir is None:
@@ -361,25 +356,6 @@ def read_rank_reference(reference: Scores | Mapping | str | os.PathLike) -> dict
         raise InputError("the reference has no rank_reference (a run of det_al before it kept one, or "
                          "scoring.image_combination is not rank): score that pool again", where)
     return dict(data)
-
-
-def run_info(source: PoolSource, device: torch.device | str, labelled: Any = None) -> dict:
-    """What ``run.json`` records of a run besides its config and counts: the device, the thread
-    count (CPU results depend on it in their last bits), the pool, its image root (absolute:
-    the exporters default to it), the labelled set when given as a file, and its objects per
-    class (``labelled_classes``, for ``class-balanced``) when given as COCO."""
-    info: dict[str, Any] = {"device": str(device), "threads_per_process": torch.get_num_threads(),
-                            "n_pool": len(source.pool["images"])}
-    if source.path is not None:
-        info["pool"] = os.fspath(source.path)
-    if source.file_root is not None:
-        info["image_root"] = os.path.abspath(source.file_root)
-    if isinstance(labelled, (str, os.PathLike)):
-        info["labelled"] = os.fspath(labelled)
-    counts = None if labelled is None else labelled_classes(labelled)
-    if counts is not None:
-        info["labelled_classes"] = {str(c): n for c, n in counts.items()}
-    return info
 
 
 # --------------------------------------------------------------------------- selection

@@ -139,7 +139,7 @@ def _load_model(args: argparse.Namespace, path: str, pool_categories: list[dict]
 def _run_shard(args, loaded, source, out_dir: Path, device: str, rank: int, world: int, info: dict, start: float) -> int:
     """A job-array shard (``--num-shards``) or a torchrun rank: the run package's entry, without
     assembly for a shard (``det-al merge-shards`` joins them)."""
-    from det_al.api import run_info
+    from det_al.run.info import run_info
     from det_al.data.files import remove_earlier_outputs, write_json
     from det_al.run.checks import check_run
     from det_al.run.ensemble import members_sha256
@@ -163,7 +163,7 @@ def _run_shard(args, loaded, source, out_dir: Path, device: str, rank: int, worl
                            pool_source=source.path, categories_source=paths[0], passes=config.passes)
     if source.folder_coco is not None and rank == 0:
         write_json(out_dir / "pool.json", source.folder_coco, indent=1)
-    info = {**info, **run_info(source, device), **({"members": len(members)} if len(members) > 1 else {})}
+    info = {**info, **run_info(source, device, members=len(members))}
     checkpoint_sha = members_sha256([file_sha256(path) for path in paths])
     if world > 1:
         return _run_distributed(args, models, config, categories, source.pool, source.image_root, out_dir, checkpoint_sha,

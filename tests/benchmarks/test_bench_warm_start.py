@@ -71,7 +71,7 @@ def test_paired_stats_hand_computed(bench):
 
 
 def test_quick_run_writes_the_summary(bench, tmp_path):
-    arms = "random,lookahead,top:least_confidence,top:n_detections,fused,switch:fused"
+    arms = "random,lookahead,top:least_confidence,top:n_detections,class-balanced:fused,switch:fused"
     args = bench.get_args_parser().parse_args(["--quick", "--out", str(tmp_path / "out"), "--strategies", arms])
     bench.main(args)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -91,6 +91,6 @@ def test_quick_run_writes_the_summary(bench, tmp_path):
     assert len({points[0]["map"] for points in summary["curves"].values()}) == 1
     assert {points[-1]["images"] for points in summary["curves"].values()} == {10 + 2 * 5}
     # a resume runs nothing again: the arms' files are kept as they are
-    before = (tmp_path / "out" / "seed0" / "fused.json").stat().st_mtime_ns
+    before = (tmp_path / "out" / "seed0" / "class-balanced_fused.json").stat().st_mtime_ns
     bench.main(bench.get_args_parser().parse_args(["--quick", "--out", str(tmp_path / "out"), "--strategies", arms, "--resume"]))
-    assert (tmp_path / "out" / "seed0" / "fused.json").stat().st_mtime_ns == before
+    assert (tmp_path / "out" / "seed0" / "class-balanced_fused.json").stat().st_mtime_ns == before
