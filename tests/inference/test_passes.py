@@ -235,7 +235,7 @@ def test_shared_masks_with_tta_views_and_a_batch_match_exact_without_dropout(ima
             assert_same(a, b)
 
 
-def test_shared_masks_compute_a_lonely_box_once_for_all_passes():
+def test_shared_masks_compute_a_lonely_box_once_for_all_passes(image, model_for):
     """A box far from every deterministic one, found by two passes (IoU 0.9 between them): its
     mask features are computed once, for the first pass, and the second pass reuses them."""
     from det_al.inference.dropout import Chunk, mc_dropout
