@@ -246,17 +246,23 @@ def cvat_xml_to_coco(
                 report.ignore(why)
             else:
                 anns.append({"category_id": category_ids[label], **ann})
-        if not anns and not keep_empty:
-            report.skip("no shapes", file_name=image["file_name"], image_id=image["id"], frame=name)
-            continue
-        if anns and not reviewed(image, anns, person_source):
-            report.skip(UNTOUCHED, file_name=image["file_name"], image_id=image["id"], frame=name)
+        if not _keep_frame(report, image, anns, name, keep_empty, lambda: reviewed(image, anns, person_source)):
             continue
         seen.add(image["id"])
         images.append(image)
         annotations.append(anns)
     _note_untouched(report)
     return report.finish(images, selection.get("categories", []), annotations)
+
+
+def _keep_frame(report, image: dict, anns: list, frame: str, keep_empty: bool, reviewed) -> bool:
+    """Whether a frame's shapes become labels; if not, the report says why: no shapes (unless
+    ``keep_empty``), or shapes that are the model's pre-annotations untouched (``reviewed()``
+    false)."""
+    why = "no shapes" if not anns and not keep_empty else UNTOUCHED if anns and not reviewed() else None
+    if why is not None:
+        report.skip(why, file_name=image["file_name"], image_id=image["id"], frame=frame)
+    return why is None
 
 
 def cvat_coco_to_coco(
@@ -306,11 +312,7 @@ def cvat_coco_to_coco(
                 report.ignore("empty shape")
                 continue
             anns.append({"category_id": category_ids[name], **new})
-        if not anns and not keep_empty:
-            report.skip("no shapes", file_name=image["file_name"], image_id=image["id"], frame=frame["file_name"])
-            continue
-        if anns and not reviewed(image, anns, False):
-            report.skip(UNTOUCHED, file_name=image["file_name"], image_id=image["id"], frame=frame["file_name"])
+        if not _keep_frame(report, image, anns, frame["file_name"], keep_empty, lambda: reviewed(image, anns, False)):
             continue
         seen.add(image["id"])
         images.append(image)
