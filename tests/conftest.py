@@ -306,15 +306,28 @@ def headless_chromium():
 START_TIMEOUT_S = 420
 
 
-def _label_studio_executable() -> Path:
-    exe = Path(os.environ.get("DET_AL_LABEL_STUDIO", "/tmp/ls-venv/bin/label-studio"))
-    if not exe.is_file():
-        reason = (f"Label Studio server not installed: {exe} not found (set DET_AL_LABEL_STUDIO to the "
-                  "label-studio executable; .ci/setup_annotation_tools.sh installs one)")
+def _annotation_tool(variable: str, default: str, what: str, names: str) -> Path:
+    """The file ``$variable`` (default ``default``) of an annotation tool's venv; missing: the test
+    skips, or fails under ``DET_AL_REQUIRE_ANNOTATION_TOOLS=1`` (CI)."""
+    path = Path(os.environ.get(variable, default))
+    if not path.is_file():
+        reason = (f"{what} not installed: {path} not found (set {variable} to {names}; "
+                  ".ci/setup_annotation_tools.sh installs one)")
         if os.environ.get("DET_AL_REQUIRE_ANNOTATION_TOOLS") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    return exe
+    return path
+
+
+@pytest.fixture(scope="session")
+def annotation_tool():
+    """``annotation_tool(variable, default, what, names)``: see :func:`_annotation_tool`."""
+    return _annotation_tool
+
+
+def _label_studio_executable() -> Path:
+    return _annotation_tool("DET_AL_LABEL_STUDIO", "/tmp/ls-venv/bin/label-studio", "Label Studio server",
+                            "the label-studio executable")
 
 
 def _free_port() -> int:

@@ -60,17 +60,6 @@ print(json.dumps(out))
 """
 
 
-def _tool_python() -> Path:
-    python = Path(os.environ.get("DET_AL_DATUMARO_PYTHON", "/tmp/dm-venv/bin/python"))
-    if not python.is_file():
-        reason = (f"datumaro/cvat-sdk not installed: {python} not found (set DET_AL_DATUMARO_PYTHON to a Python "
-                  "with datumaro and cvat-sdk; .ci/setup_annotation_tools.sh installs one)")
-        if os.environ.get("DET_AL_REQUIRE_ANNOTATION_TOOLS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return python
-
-
 def _dataset_dir(root: Path, annotation_file: Path, images: Path, selection: dict, under: str = "") -> Path:
     """A dataset folder as datumaro reads it: the annotation file (in ``under``) and images/<frame name>."""
     (root / "images").mkdir(parents=True)
@@ -82,8 +71,9 @@ def _dataset_dir(root: Path, annotation_file: Path, images: Path, selection: dic
 
 
 @pytest.fixture(scope="module")
-def parsed(hand_scores, tmp_path_factory):
-    python = _tool_python()
+def parsed(hand_scores, tmp_path_factory, annotation_tool):
+    python = annotation_tool("DET_AL_DATUMARO_PYTHON", "/tmp/dm-venv/bin/python", "datumaro/cvat-sdk",
+                             "a Python with datumaro and cvat-sdk")
     root = tmp_path_factory.mktemp("datumaro")
     paths = hand_scores.write(root)
     selection_path = root / "sel" / "selection.json"
