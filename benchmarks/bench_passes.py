@@ -6,7 +6,7 @@ For each model (all five families by default), one 512-px image, T in --passes, 
   (b) the plain path (``--plain``): ``run_passes(fast=False)``: the deterministic pass + T
       whole-model passes under the same dropout hooks and generators;
   (c) det_al's engine: ``run_passes(fast=True)``, once per mode of the family: Mask R-CNN
-      ``passes.masks`` exact / shared, RetinaNet and FCOS ``passes.tail`` exact / candidates;
+      ``passes.masks`` exact / shared, RetinaNet, FCOS and SSD ``passes.tail`` exact / candidates;
 
 and the ratio (c)/(a), in wall time and in this process's CPU time (``time.process_time``: on
 a machine shared with other jobs, wall time measures the load as much as the work; CPU time
@@ -41,7 +41,8 @@ What bounds (c)/(a) per family (multiply-accumulates at 512 px, 100 detections):
 - FCOS: the same with one anchor per position (``cls_logits`` 256 -> 91, ``bbox_reg``,
   ``bbox_ctrness``): the head's last convs are ~1.2 GMAC per pass with ``tail: exact``.
 - SSD300: the site is the input of the whole head (3x3 convs on six feature maps, ~4.5 GMAC
-  of the ~35 GMAC model), run for every pass: ~13% of a deterministic pass per pass.
+  of the ~35 GMAC model), run for every pass with ``tail: exact``: ~13% of a deterministic pass
+  per pass; ``tail: candidates`` evaluates them at the chosen anchors only, as for RetinaNet.
 - Mask R-CNN, ``passes.masks: exact``: each pass runs the mask head (four 3x3 256-channel convs
   at 14x14, ~0.46 GMAC per RoI, ~46 GMAC for 100 boxes) and the 2x2 transposed conv to 28x28 on
   its own boxes, about as much as the rest of the model: the mask branch dominates and scales
@@ -88,7 +89,7 @@ MODELS = {
 }
 # The fast-path modes timed per family: (config field, values); the first value is exact.
 MODES = {"maskrcnn": ("masks", ["exact", "shared"]), "retinanet": ("tail", ["exact", "candidates"]),
-         "fcos": ("tail", ["exact", "candidates"])}
+         "fcos": ("tail", ["exact", "candidates"]), "ssd": ("tail", ["exact", "candidates"])}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

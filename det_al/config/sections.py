@@ -45,10 +45,11 @@ class PassesConfig:
     gives the highest foreground probability, are the pre-threshold candidates of the dense
     signals (:mod:`det_al.scoring.dense`; 0: every anchor).
 
-    ``tail`` (RetinaNet, FCOS, fast path): ``exact`` runs the heads' last convolutions of every
-    pass over every position; ``candidates`` only at the positions of the deterministic pass's
-    ``dense_candidates`` anchors and of its anchors above the score threshold, one matrix
-    product per pass batch (see :mod:`det_al.inference.one_stage`).
+    ``tail`` (RetinaNet, FCOS, SSD; fast path): ``exact`` runs the heads' last convolutions of
+    every pass over every position; ``candidates`` only at the positions of the deterministic
+    pass's ``dense_candidates`` anchors and of its anchors above the score threshold, one matrix
+    product per pass batch (see :mod:`det_al.inference.restricted`); SSD's dense candidates are
+    then those ``dense_candidates`` anchors too, instead of every default box.
     """
 
     passes: int = 10

@@ -58,7 +58,7 @@ from det_al.inference.candidates import Candidates, DenseAccumulator
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout, default_sites, mc_dropout
 from det_al.inference.prefix import Prefix, compute_prefix, embeddings
-from det_al.inference.one_stage import restrictable
+from det_al.inference.restricted import restrictable
 from det_al.inference.suffix import Tail, run_suffix
 from det_al.inference.tta import View, apply_view, parse_views, unapply_view
 from det_al.models.build import model_family
@@ -227,20 +227,31 @@ def run_passes(
     return [_image_passes(run, i, base, deterministic[i], embedding[i], results[i]) for i in range(b_count)]
 
 
-# The one-stage modules the restricted tail computes itself (passes.tail: candidates).
-TAIL_SITES = ("head.classification_head.cls_logits", "head.regression_head.bbox_reg",
-              "head.regression_head.bbox_ctrness")
+# The dropout sites the restricted tail (passes.tail: candidates) handles itself, per family.
+TAIL_SITES = {
+    "retinanet": ("head.classification_head.cls_logits", "head.regression_head.bbox_reg"),
+    "fcos": ("head.classification_head.cls_logits", "head.regression_head.bbox_reg",
+             "head.regression_head.bbox_ctrness"),
+    "ssd": ("head",),
+}
+
+
+def _tail_convs(model: nn.Module, family: str) -> list[nn.Module]:
+    """The head convolutions the restricted tail evaluates."""
+    if family == "ssd":
+        head = model.head
+        return [*head.classification_head.module_list, *head.regression_head.module_list]
+    modules = dict(model.named_modules())
+    return [modules[s] for s in TAIL_SITES[family] if s in modules]
 
 
 def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | None:
     """The restricted tail when ``passes.tail`` asks for it and the heads allow it, else ``None``."""
-    if config.tail != "candidates" or family not in ("retinanet", "fcos"):
+    if config.tail != "candidates" or family not in TAIL_SITES:
         return None
-    modules = dict(model.named_modules())
-    convs = [modules[s] for s in TAIL_SITES if s in modules]
-    if not all(s in TAIL_SITES for s in sites) or not all(restrictable(c) for c in convs):
+    if not all(s in TAIL_SITES[family] for s in sites) or not all(restrictable(c) for c in _tail_convs(model, family)):
         logger.info("passes.tail: candidates needs plain 3x3 head convolutions and sites among %s: exact tail",
-                    TAIL_SITES)
+                    TAIL_SITES[family])
         return None
     return Tail(config.dense_candidates)
 

@@ -164,30 +164,28 @@ def ssd_postprocess(model: nn.Module, prefix: Prefix, head_outputs: dict[str, Te
     b_count = len(prefix.rows)
     all_probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)
     regression = head_outputs["bbox_regression"].float()
-    num_classes = all_probs.shape[-1]
-    out: list[list[Raw]] = []
-    for p in range(p_count):
-        row = []
-        for i in range(b_count):
-            n = p * b_count + i
-            probs = all_probs[n]
-            boxes = model.box_coder.decode_single(regression[n], prefix.references[i])
-            boxes = box_ops.clip_boxes_to_image(boxes, prefix.image_sizes[i])
-            image_boxes, image_scores, image_labels, image_sources = [], [], [], []
-            for label in range(1, num_classes):
-                score = probs[:, label]
-                source = torch.where(score > model.score_thresh)[0]
-                score = score[source]
-                num_topk = min(model.topk_candidates, int(score.shape[0]))
-                score, idxs = score.topk(num_topk)
-                source = source[idxs]
-                image_boxes.append(boxes[source])
-                image_scores.append(score)
-                image_labels.append(torch.full_like(source, label))
-                image_sources.append(source)
-            boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
-            labels, sources = torch.cat(image_labels), torch.cat(image_sources)
-            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
-            row.append(Raw(boxes[keep], scores[keep], labels[keep], probs[sources[keep]], "softmax"))
-        out.append(row)
-    return out
+    return [[ssd_detections(model, all_probs[p * b_count + i], regression[p * b_count + i], prefix.references[i],
+                            prefix.image_sizes[i]) for i in range(b_count)] for p in range(p_count)]
+
+
+def ssd_detections(model: nn.Module, probs: Tensor, deltas: Tensor, anchors: Tensor,
+                   image_size: tuple[int, int]) -> Raw:
+    """torchvision's SSD ``postprocess_detections`` for one image: ``probs`` ``[R, K]`` softmax
+    rows, ``deltas`` ``[R, 4]``, ``anchors`` ``[R, 4]`` (all the image's, or a subset in anchor order)."""
+    boxes = model.box_coder.decode_single(deltas, anchors)
+    boxes = box_ops.clip_boxes_to_image(boxes, image_size)
+    image_boxes, image_scores, image_labels, image_sources = [], [], [], []
+    for label in range(1, probs.shape[-1]):
+        score = probs[:, label]
+        source = torch.where(score > model.score_thresh)[0]
+        score = score[source]
+        score, idxs = score.topk(min(model.topk_candidates, int(score.shape[0])))
+        source = source[idxs]
+        image_boxes.append(boxes[source])
+        image_scores.append(score)
+        image_labels.append(torch.full_like(source, label))
+        image_sources.append(source)
+    boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
+    labels, sources = torch.cat(image_labels), torch.cat(image_sources)
+    keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
+    return Raw(boxes[keep], scores[keep], labels[keep], probs[sources[keep]], "softmax")

@@ -18,7 +18,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 
 from det_al.inference import masks as mask_branch
-from det_al.inference import one_stage
+from det_al.inference import one_stage, restricted
 from det_al.inference.candidates import DenseAccumulator
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout
@@ -55,7 +55,7 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
             of its ``max_candidates`` anchors of highest foreground probability (the candidates
             of the stochastic passes); nothing is accumulated.
         paste: masks pasted into the image (the deterministic pass); else kept in the box frame.
-        tail: RetinaNet/FCOS ``passes.tail: candidates`` (:class:`Tail`); ``None``: exact.
+        tail: RetinaNet/FCOS/SSD ``passes.tail: candidates`` (:class:`Tail`); ``None``: exact.
 
     Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
     """
@@ -87,7 +87,12 @@ def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
             return one_stage.tail_passes(model, prefix, control.sites, generators, rates, dense)
         return _one_stage(model, prefix, control, chunks, len(rates), dense, choose, tail)
     if prefix.family == "ssd":
-        return _ssd(model, prefix, control, chunks, len(rates), dense, choose)
+        if tail is not None and not choose:
+            if prefix.tail_anchors is None:  # a TTA view: its own deterministic choice first
+                _ssd(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
+                     1, None, True, tail)
+            return one_stage.ssd_tail_passes(model, prefix, control.sites, generators, rates, dense)
+        return _ssd(model, prefix, control, chunks, len(rates), dense, choose, tail)
     raise ValueError(f"unknown model family {prefix.family!r}")
 
 
@@ -136,20 +141,32 @@ def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: lis
     num_classes = cls_head.num_classes
     if choose and (dense is not None or tail is not None):
         probs = one_stage.one_stage_probs(cls, ctr or None, num_classes, first=0)  # [B, R, C]
+        foreground = probs[..., 1:].amax(-1) if num_classes > 1 else probs[..., 0]
         if dense is not None:
-            one_stage.choose_candidates(dense, probs[..., 1:])
+            one_stage.choose_candidates(dense, foreground)
         if tail is not None:
             sizes = [int(x.shape[1]) // num_classes * int(x.shape[2]) * int(x.shape[3]) for x in cls]
-            one_stage.choose_anchors(prefix, probs, sizes, model.score_thresh, tail.max_candidates, dense)
+            restricted.choose_anchors(prefix, (probs > model.score_thresh).any(-1), foreground, sizes,
+                                      tail.max_candidates, [acc.index for acc in dense] if dense else None)
     elif dense is not None:
         one_stage.add_candidates(prefix, dense, cls, ctr or None, num_classes, p_count)
     return dense_postprocess(model, prefix, cls, reg, ctr or None, p_count)
 
 
 def _ssd(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chunk], p_count: int,
-         dense: Sequence[DenseAccumulator] | None, choose: bool) -> list[list[Raw]]:
+         dense: Sequence[DenseAccumulator] | None, choose: bool, tail: Tail | None = None) -> list[list[Raw]]:
     with control.layout(chunks):
         head_outputs = model.head([tile(f, p_count) for f in prefix.site])
+    if choose and tail is not None:  # the restricted tail's anchors (and then the dense candidates' too)
+        probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)  # [B, R, K]
+        foreground = 1.0 - probs[..., 0]
+        if dense is not None:  # the restricted passes give only these anchors' probabilities
+            one_stage.choose_candidates(dense, foreground)
+        head = model.head.classification_head
+        a_counts = [int(c.out_channels) // head.num_columns for c in head.module_list]
+        sizes = [a * int(f.shape[-2]) * int(f.shape[-1]) for a, f in zip(a_counts, prefix.site)]
+        restricted.choose_anchors(prefix, (probs[..., 1:] > model.score_thresh).any(-1), foreground, sizes,
+                                  tail.max_candidates, [acc.index for acc in dense] if dense else None)
     if dense is not None and not choose:
         probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)  # [P * B, R, C]
         b_count = len(prefix.rows)
