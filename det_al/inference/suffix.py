@@ -79,20 +79,16 @@ def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
     chunks = pass_chunks(generators, rates, prefix.rows)
     if prefix.family == "rcnn":
         return _rcnn(model, prefix, control, chunks, generators, rates, masks, dense, choose)
-    if prefix.family in ("retinanet", "fcos"):
+    if prefix.family in ("retinanet", "fcos", "ssd"):
+        ssd = prefix.family == "ssd"
+        heads = _ssd if ssd else _one_stage
         if tail is not None and not choose:
             if prefix.tail_anchors is None:  # a TTA view: its own deterministic choice first
-                _one_stage(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
-                           1, None, True, tail)
-            return one_stage.tail_passes(model, prefix, control.sites, generators, rates, dense)
-        return _one_stage(model, prefix, control, chunks, len(rates), dense, choose, tail)
-    if prefix.family == "ssd":
-        if tail is not None and not choose:
-            if prefix.tail_anchors is None:  # a TTA view: its own deterministic choice first
-                _ssd(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
-                     1, None, True, tail)
-            return one_stage.ssd_tail_passes(model, prefix, control.sites, generators, rates, dense)
-        return _ssd(model, prefix, control, chunks, len(rates), dense, choose, tail)
+                heads(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
+                      1, None, True, tail)
+            restricted_passes = one_stage.ssd_tail_passes if ssd else one_stage.tail_passes
+            return restricted_passes(model, prefix, control.sites, generators, rates, dense)
+        return heads(model, prefix, control, chunks, len(rates), dense, choose, tail)
     raise ValueError(f"unknown model family {prefix.family!r}")
 
 
