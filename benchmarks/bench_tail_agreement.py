@@ -26,23 +26,33 @@ that holds 0 is "no difference"):
   pool by (``det_al.score_images`` with the default scoring);
 - ``top 1/4``: the share of the top quarter of one ranking that is in the other's.
 
+How much the restricted tail restricts depends on how many anchors the image has: at 128 px
+the tiny RetinaNet has 2,880 anchors (320 positions) and FCOS 320, so det_al's default
+``passes.dense_candidates: 1000`` makes the tail evaluate about a third of RetinaNet's anchors
+and every one of FCOS's (``candidates`` then differs from ``exact`` only in the order of the
+dropout draws). ``--dense-candidates 1000 50`` adds a regime where the tail evaluates 10-16 %
+of the positions (50 candidates plus every anchor above the score threshold), the share of
+``retinanet_resnet50_fpn`` at 512 px (at most 1,000 of 5,456 positions; less at 800 px). The
+share is printed with each block.
+
 The objects come from ``run_passes`` on the pool images (the fast path, as scoring runs it);
 the image values from ``det_al.score_images``, whose wall and process CPU time are the cost of
 scoring the whole pool in each mode (same process, same torch thread count, printed).
 
-Checkpoints are cached in ``--out/train_FAMILY/last.pt``: a rerun reuses them (and the data
-in ``--out/data``); ``--checkpoint FAMILY=PATH`` scores a given det_al checkpoint instead
+Checkpoints are cached in ``--out/train_FAMILY/last.pt``: a rerun reuses them, or resumes an
+interrupted training (and reuses the data in ``--out/data``); ``--checkpoint FAMILY=PATH`` scores a given det_al checkpoint instead
 (loaded with ``weights_only=True``).
 
 Usage::
 
     python benchmarks/bench_tail_agreement.py [--out bench_tail_out] [--families retinanet fcos]
-        [--passes 10 20] [--pairs 5] [--epochs 40] [--pool-size 80] [--threads 2] [--checkpoint FAMILY=PATH]
+        [--passes 10 20] [--pairs 5] [--dense-candidates 1000 50] [--epochs 40] [--pool-size 80] [--threads 2] [--checkpoint FAMILY=PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -66,6 +76,7 @@ import det_al  # noqa: E402
 from det_al.config import Config, config_from_dict  # noqa: E402
 from det_al.data.coco import load_coco  # noqa: E402
 from det_al.data.images import read_image, to_tensor  # noqa: E402
+from det_al.inference import one_stage  # noqa: E402
 from det_al.inference.passes import ImagePasses, run_passes  # noqa: E402
 from det_al.loop.error_capture import mean_ci  # noqa: E402
 
@@ -82,6 +93,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--families", nargs="+", default=list(MODELS), choices=sorted(MODELS))
     parser.add_argument("--passes", nargs="+", type=int, default=[10, 20])
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--dense-candidates", nargs="+", type=int, default=[1000],
+                        help="passes.dense_candidates values to compare at (1000: det_al's default); the output "
+                             "says what share of the anchors the restricted tail then evaluates")
     parser.add_argument("--epochs", type=int, default=40, help="training epochs of a model not cached in --out")
     parser.add_argument("--pool-size", type=int, default=80, help="pool images (half of them drifted)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
@@ -104,21 +118,20 @@ def training_config(name: str, epochs: int, seed: int) -> Config:
 
 
 def trained_checkpoint(family: str, args: argparse.Namespace, paths: Mapping[str, Path]) -> Path:
-    """The given checkpoint, else the one cached in ``--out``, else a newly trained one."""
+    """The given checkpoint, else the one trained in ``--out`` (an interrupted training goes on,
+    a finished one is reused as it is)."""
     given = dict(item.split("=", 1) for item in args.checkpoint)
     if family in given:
         return Path(given[family])
-    out = Path(args.out) / f"train_{family}"
-    if (out / "last.pt").exists():
-        print(f"{family}: reusing {out / 'last.pt'}", flush=True)
-        return out / "last.pt"
     from det_al.loop.training import train_model
 
-    print(f"{family}: training {MODELS[family]} for {args.epochs} epochs", flush=True)
+    out = Path(args.out) / f"train_{family}"
+    resume = (out / "last.pt").exists()
+    print(f"{family}: {'resuming or reusing' if resume else 'training'} {MODELS[family]} in {out} "
+          f"({args.epochs} epochs)", flush=True)
     summary = train_model(training_config(MODELS[family], args.epochs, args.seed), paths["train"],
-                          paths["image_root"], out, progress=False)
-    print(f"{family}: {summary['epochs']} epochs in {summary['seconds']:.0f} s, last loss "
-          f"{summary['final_loss']:.3f}", flush=True)
+                          paths["image_root"], out, resume=resume, progress=False)
+    print(f"{family}: {summary['epochs']} epochs, {summary['seconds']:.0f} s in this run", flush=True)
     return Path(summary["last"])
 
 
@@ -145,6 +158,29 @@ def object_passes(model: torch.nn.Module, images: Sequence[torch.Tensor], ids: S
         seeds = [1_000_003 * seed + int(i) for i in ids[start:start + chunk]]
         out += run_passes(model, list(images[start:start + chunk]), config.passes, seeds=seeds, fast=True)
     return out
+
+
+@contextlib.contextmanager
+def recorded_coverage(model: torch.nn.Module, record: list[tuple[int, int, int, int]]):
+    """Record, per image whose deterministic pass chooses the restricted tail's anchors
+    (:func:`det_al.inference.one_stage.choose_anchors`, wrapped meanwhile), ``(anchors chosen,
+    anchors, positions chosen, positions)`` over the levels."""
+    original = one_stage.choose_anchors
+    head = model.head.classification_head
+    a_count = int(head.cls_logits.out_channels) // int(head.num_classes)
+
+    def wrapper(prefix, probs, sizes, *rest, **options):
+        original(prefix, probs, sizes, *rest, **options)
+        for levels in prefix.tail_anchors:
+            chosen = sum(len(a) for a in levels)
+            positions = sum(len(torch.unique(a // a_count)) for a in levels)
+            record.append((chosen, sum(sizes), positions, sum(sizes) // a_count))
+
+    one_stage.choose_anchors = wrapper
+    try:
+        yield record
+    finally:
+        one_stage.choose_anchors = original
 
 
 def object_agreement(reference: Sequence[ImagePasses], other: Sequence[ImagePasses]) -> tuple[float, float, int]:
@@ -197,9 +233,9 @@ def image_agreement(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[flo
             top_quarter_shared(a, b))
 
 
-def with_passes(config: Config, passes: int, tail: str, seed: int, dropout: float) -> Config:
+def with_passes(config: Config, passes: int, tail: str, seed: int, dropout: float, candidates: int = 1000) -> Config:
     return dataclasses.replace(config, passes=dataclasses.replace(
-        config.passes, passes=passes, tail=tail, seed=seed, dropout=dropout, batch_size=4))
+        config.passes, passes=passes, tail=tail, seed=seed, dropout=dropout, batch_size=4, dense_candidates=candidates))
 
 
 def compare(runs: Mapping[str, tuple[list[ImagePasses], dict[int, float]]], other: str, reference: str) -> dict[str, float]:
@@ -226,16 +262,17 @@ def bench_family(family: str, args: argparse.Namespace, paths: Mapping[str, Path
     ids = [im["id"] for im in pool["images"]]
     images = [to_tensor(read_image(Path(paths["image_root"]) / im["file_name"])) for im in pool["images"]]
     lines, timings = [], []
-    for t in args.passes:
+    for candidates, t in [(c, t) for c in args.dense_candidates for t in args.passes]:
         noise, approx = [], []  # per seed pair: compare(exact B, exact A), compare(candidates A, exact A)
         seconds: dict[str, list[tuple[float, float]]] = {"exact": [], "candidates": []}
-        per_pass = []
+        per_pass, coverage = [], []
         for pair in range(args.pairs):
             runs = {}
             for name, tail, offset in RUNS:
                 seed = 2 * pair + offset
-                config = with_passes(loaded.config, t, tail, seed, args.dropout)
-                objects = object_passes(model, images, ids, config, seed)
+                config = with_passes(loaded.config, t, tail, seed, args.dropout, candidates)
+                with recorded_coverage(model, coverage):
+                    objects = object_passes(model, images, ids, config, seed)
                 start, cpu = time.perf_counter(), time.process_time()
                 scores = det_al.score_images(model, paths["pool"], categories=categories, config=config,
                                              image_root=paths["image_root"], progress=False)
@@ -245,8 +282,12 @@ def bench_family(family: str, args: argparse.Namespace, paths: Mapping[str, Path
             noise.append(compare(runs, "exact B", "exact A"))
             approx.append(compare(runs, "candidates A", "exact A"))
         dets = np.mean([len(p.deterministic) for p in runs["exact A"][0]])
-        lines.append(f"{MODELS[family]} T={t}: {noise[0]['objects']} objects ({dets:.1f} detections per image in "
-                     f"the deterministic pass, {np.mean(per_pass):.1f} per stochastic pass)")
+        share = np.array(coverage, dtype=float)
+        lines.append(f"{MODELS[family]} T={t}, dense_candidates {candidates}: the restricted tail evaluates "
+                     f"{100 * np.mean(share[:, 0] / share[:, 1]):.0f}% of the {share[0, 1]:.0f} anchors "
+                     f"({100 * np.mean(share[:, 2] / share[:, 3]):.0f}% of the {share[0, 3]:.0f} positions); "
+                     f"{noise[0]['objects']} objects ({dets:.1f} detections per image in the deterministic pass, "
+                     f"{np.mean(per_pass):.1f} per stochastic pass)")
         for key in ("box IoU", "object rho", "image rho", "top 1/4"):
             n_mean = mean_ci([r[key] for r in noise])[0]
             a_mean = mean_ci([r[key] for r in approx])[0]
@@ -255,10 +296,11 @@ def bench_family(family: str, args: argparse.Namespace, paths: Mapping[str, Path
                          f"{verdict(low, high)}")
         exact = np.mean(seconds["exact"], 0)
         cand = np.mean(seconds["candidates"], 0)
-        timings.append(f"{MODELS[family]} T={t}: scoring the {len(ids)}-image pool (det_al.score_images, mean of "
-                       f"{len(seconds['exact'])} exact and {len(seconds['candidates'])} candidates runs, interleaved): "
-                       f"exact {exact[0]:.2f} s (cpu {exact[1]:.2f}), candidates {cand[0]:.2f} s (cpu {cand[1]:.2f}): "
-                       f"candidates/exact {cand[0] / exact[0]:.2f} wall, {cand[1] / exact[1]:.2f} cpu")
+        timings.append(f"{MODELS[family]} T={t}, dense_candidates {candidates}: scoring the {len(ids)}-image pool "
+                       f"(det_al.score_images, mean of {len(seconds['exact'])} exact and {len(seconds['candidates'])} "
+                       f"candidates runs, interleaved): exact {exact[0]:.2f} s (cpu {exact[1]:.2f}), candidates "
+                       f"{cand[0]:.2f} s (cpu {cand[1]:.2f}): candidates/exact {cand[0] / exact[0]:.2f} wall, "
+                       f"{cand[1] / exact[1]:.2f} cpu")
         print("\n".join(lines[-5:] + timings[-1:]), flush=True)
     return lines, timings
 
