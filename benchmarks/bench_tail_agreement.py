@@ -96,7 +96,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dense-candidates", nargs="+", type=int, default=[1000],
                         help="passes.dense_candidates values to compare at (1000: det_al's default); the output "
                              "says what share of the anchors the restricted tail then evaluates")
-    parser.add_argument("--epochs", type=int, default=40, help="training epochs of a model not cached in --out")
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs (a model cached in --out with fewer trains on)")
     parser.add_argument("--pool-size", type=int, default=80, help="pool images (half of them drifted)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
     parser.add_argument("--pairs", type=int, default=5, help="seed pairs: the differences get a 95%% CI over them")
@@ -306,6 +306,10 @@ def bench_family(family: str, args: argparse.Namespace, paths: Mapping[str, Path
 
 
 def main(args: argparse.Namespace) -> None:
+    for item in args.checkpoint:
+        family, _, path = item.partition("=")
+        if family not in MODELS or not path:
+            raise SystemExit(f"--checkpoint {item}: expected FAMILY=PATH with FAMILY one of {', '.join(MODELS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)
