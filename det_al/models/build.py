@@ -1,4 +1,4 @@
-"""Detectors from configs: torchvision's builders plus two tiny CPU models.
+"""Detectors from configs: torchvision's builders plus tiny CPU models of each family.
 
 :data:`BUILDERS` maps a builder name to a callable ``builder(num_classes=C, **options)``
 returning a torchvision detection model. Every torchvision builder is called with
@@ -11,6 +11,12 @@ The tiny models, ``fasterrcnn_tiny`` and ``maskrcnn_tiny``, are torchvision's ow
 take 128-pixel images by default and train from scratch on CPU in minutes, which is what
 the demo and the tests need. Since they are the stock classes, every det_al code path
 (``transform``, ``backbone``, ``rpn``, ``roi_heads``) is the one real models take.
+
+``retinanet_tiny``, ``fcos_tiny`` and ``ssd_tiny`` are the one-stage families over the same
+backbone, with torchvision's default heads (plain 3x3 convs, which the restricted tail of
+:mod:`det_al.inference.one_stage` needs) and anchors sized for the synthetic shapes of
+:mod:`det_al.data.synthetic` (10-40 px at 128 px). They exist so that what det_al measures on
+one-stage models can be measured on trained ones (``benchmarks/bench_tail_agreement.py``).
 """
 
 from __future__ import annotations
@@ -23,13 +29,13 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 from torchvision.models import detection
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNet
-from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -138,6 +144,68 @@ def maskrcnn_tiny(
     kwargs.update(options)
     return MaskRCNN(**kwargs)
 
+# Anchors of the one-stage tiny models, per feature level (strides 8 and 16), for the 10-40 px
+# shapes of the synthetic data at 128 px: the R-CNN RPN's sizes shifted down, since a one-stage
+# head has no second stage to refine a loose anchor.
+_TINY_ANCHOR_SIZES = ((12, 16, 24), (32, 44, 60))
+
+
+def retinanet_tiny(num_classes: int, **options: Any) -> RetinaNet:
+    """torchvision's ``RetinaNet`` (default head: four 3x3 conv + ReLU layers and a 3x3
+    ``cls_logits`` / ``bbox_reg``) over :class:`TinyBackbone`, 128-pixel images, 9 anchors
+    per position. ``options`` are ``RetinaNet`` / ``GeneralizedRCNNTransform`` keyword
+    arguments and override the defaults."""
+    kwargs: dict[str, Any] = dict(
+        backbone=TinyBackbone(),
+        num_classes=num_classes,
+        min_size=128,
+        max_size=128,
+        anchor_generator=AnchorGenerator(sizes=_TINY_ANCHOR_SIZES, aspect_ratios=((0.5, 1.0, 2.0),) * 2),
+        detections_per_img=50,
+    )
+    kwargs.update(options)
+    return RetinaNet(**kwargs)
+
+
+def fcos_tiny(num_classes: int, **options: Any) -> FCOS:
+    """torchvision's ``FCOS`` (default head) over :class:`TinyBackbone`, 128-pixel images.
+
+    One anchor per position, as large as the level's stride (8 and 16 px), as torchvision's
+    ``fcos_resnet50_fpn`` has; FCOS assigns an object to a level by its extent (up to 4x the
+    anchor size on the first level), so the synthetic shapes mostly train the stride-8 level."""
+    kwargs: dict[str, Any] = dict(
+        backbone=TinyBackbone(),
+        num_classes=num_classes,
+        min_size=128,
+        max_size=128,
+        anchor_generator=AnchorGenerator(sizes=((8,), (16,)), aspect_ratios=((1.0,),) * 2),
+        detections_per_img=50,
+    )
+    kwargs.update(options)
+    return FCOS(**kwargs)
+
+
+def ssd_tiny(num_classes: int, **options: Any) -> SSD:
+    """torchvision's ``SSD`` with its ``SSDHead`` (one plain 3x3 conv per level and task) over
+    :class:`TinyBackbone`, fixed 128x128 input (SSD resizes to ``size``, ignoring aspect).
+
+    ``DefaultBoxGenerator`` boxes per position: scales 0.1 and 0.25 of the image (13 and 32 px),
+    each with the geometric mean of its scale and the next (20 and 40 px) and aspect ratios 2
+    and 1/2: 4 boxes per position."""
+    backbone = TinyBackbone()
+    anchor_generator = DefaultBoxGenerator(aspect_ratios=[[2], [2]], scales=[0.1, 0.25, 0.4], steps=[8, 16])
+    head = SSDHead([backbone.out_channels] * 2, anchor_generator.num_anchors_per_location(), num_classes)
+    kwargs: dict[str, Any] = dict(
+        backbone=backbone,
+        anchor_generator=anchor_generator,
+        size=(128, 128),
+        num_classes=num_classes,
+        head=head,
+        detections_per_img=50,
+    )
+    kwargs.update(options)
+    return SSD(**kwargs)
+
 
 # --------------------------------------------------------------------------- registry
 
@@ -161,6 +229,9 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "ssdlite320_mobilenet_v3_large": _no_download(detection.ssdlite320_mobilenet_v3_large),
     "fasterrcnn_tiny": fasterrcnn_tiny,
     "maskrcnn_tiny": maskrcnn_tiny,
+    "retinanet_tiny": retinanet_tiny,
+    "fcos_tiny": fcos_tiny,
+    "ssd_tiny": ssd_tiny,
 }
 """Builder name -> ``builder(num_classes=C, **options)``; no builder downloads weights."""
 
@@ -179,6 +250,9 @@ _MODEL_CLASS: dict[str, type] = {
     "ssdlite320_mobilenet_v3_large": SSD,
     "fasterrcnn_tiny": FasterRCNN,
     "maskrcnn_tiny": MaskRCNN,
+    "retinanet_tiny": RetinaNet,
+    "fcos_tiny": FCOS,
+    "ssd_tiny": SSD,
 }
 
 # Set by det_al itself, never through model.options.
@@ -363,12 +437,15 @@ __all__ = [
     "build_model",
     "count_parameters",
     "fasterrcnn_tiny",
+    "fcos_tiny",
     "get_builder",
     "has_masks",
     "maskrcnn_tiny",
     "model_family",
     "model_num_classes",
     "prob_kind",
+    "retinanet_tiny",
+    "ssd_tiny",
     "valid_options",
 ]
 

@@ -39,6 +39,9 @@ CASES = {
     "ssdlite320_mobilenet_v3_large": ("ssd", False, {"score_thresh": 0.0}),
     "fasterrcnn_tiny": ("rcnn", False, {"box_score_thresh": 0.0}),
     "maskrcnn_tiny": ("rcnn", True, {"box_score_thresh": 0.0}),
+    "retinanet_tiny": ("retinanet", False, SMALL),
+    "fcos_tiny": ("fcos", False, SMALL),
+    "ssd_tiny": ("ssd", False, {"score_thresh": 0.0}),
 }
 
 
