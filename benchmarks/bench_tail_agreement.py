@@ -76,13 +76,12 @@ import det_al  # noqa: E402
 from det_al.config import Config, config_from_dict  # noqa: E402
 from det_al.data.coco import load_coco  # noqa: E402
 from det_al.data.images import read_image, to_tensor  # noqa: E402
-from det_al.inference import one_stage  # noqa: E402
+from det_al.inference import restricted  # noqa: E402
 from det_al.inference.passes import ImagePasses, run_passes  # noqa: E402
 from det_al.loop.error_capture import mean_ci  # noqa: E402
 
-#: family -> tiny model; the families whose restricted tail is measured. SSD joins
-#: ("ssd": "ssd_tiny") once ``passes.tail: candidates`` covers SSD's head.
-MODELS = {"retinanet": "retinanet_tiny", "fcos": "fcos_tiny"}
+#: family -> tiny model; the families whose restricted tail is measured.
+MODELS = {"retinanet": "retinanet_tiny", "fcos": "fcos_tiny", "ssd": "ssd_tiny"}
 #: the three runs per family, T and seed pair k: (name, passes.tail, seed - 2k)
 RUNS = (("exact A", "exact", 0), ("exact B", "exact", 1), ("candidates A", "candidates", 0))
 
@@ -160,27 +159,34 @@ def object_passes(model: torch.nn.Module, images: Sequence[torch.Tensor], ids: S
     return out
 
 
+def anchors_per_position(model: torch.nn.Module) -> list[int]:
+    """Per feature level, the anchors of one position (RetinaNet/FCOS: the same on every level)."""
+    head = model.head.classification_head
+    if hasattr(head, "module_list"):  # SSD
+        return [int(conv.out_channels) // int(head.num_columns) for conv in head.module_list]
+    return [int(head.cls_logits.out_channels) // int(head.num_classes)] * 8
+
+
 @contextlib.contextmanager
 def recorded_coverage(model: torch.nn.Module, record: list[tuple[int, int, int, int]]):
     """Record, per image whose deterministic pass chooses the restricted tail's anchors
-    (:func:`det_al.inference.one_stage.choose_anchors`, wrapped meanwhile), ``(anchors chosen,
+    (:func:`det_al.inference.restricted.choose_anchors`, wrapped meanwhile), ``(anchors chosen,
     anchors, positions chosen, positions)`` over the levels."""
-    original = one_stage.choose_anchors
-    head = model.head.classification_head
-    a_count = int(head.cls_logits.out_channels) // int(head.num_classes)
+    original = restricted.choose_anchors
+    a_counts = anchors_per_position(model)
 
-    def wrapper(prefix, probs, sizes, *rest, **options):
-        original(prefix, probs, sizes, *rest, **options)
+    def wrapper(prefix, above, foreground, sizes, *rest, **options):
+        original(prefix, above, foreground, sizes, *rest, **options)
         for levels in prefix.tail_anchors:
             chosen = sum(len(a) for a in levels)
-            positions = sum(len(torch.unique(a // a_count)) for a in levels)
-            record.append((chosen, sum(sizes), positions, sum(sizes) // a_count))
+            positions = sum(len(torch.unique(a // n)) for a, n in zip(levels, a_counts))
+            record.append((chosen, sum(sizes), positions, sum(int(s) // n for s, n in zip(sizes, a_counts))))
 
-    one_stage.choose_anchors = wrapper
+    restricted.choose_anchors = wrapper
     try:
         yield record
     finally:
-        one_stage.choose_anchors = original
+        restricted.choose_anchors = original
 
 
 def object_agreement(reference: Sequence[ImagePasses], other: Sequence[ImagePasses]) -> tuple[float, float, int]:

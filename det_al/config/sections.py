@@ -23,7 +23,7 @@ class ModelConfig:
 
 
 MASK_MODES = ("exact", "shared")
-TAIL_MODES = ("exact", "candidates")
+TAIL_MODES = ("auto", "exact", "candidates")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,10 @@ class PassesConfig:
     every pass over every position; ``candidates`` only at the positions of the deterministic
     pass's ``dense_candidates`` anchors and of its anchors above the score threshold, one matrix
     product per pass batch (see :mod:`det_al.inference.restricted`); SSD's dense candidates are
-    then those ``dense_candidates`` anchors too, instead of every default box.
+    then those ``dense_candidates`` anchors too, instead of every default box. ``auto`` (the
+    default) is ``candidates`` for FCOS and SSD and ``exact`` for RetinaNet, whose image
+    ranking the restriction measurably changed on a trained model
+    (``benchmarks/bench_tail_agreement.py``, docs/scoring.md).
     """
 
     passes: int = 10
@@ -63,7 +66,7 @@ class PassesConfig:
     num_workers: int = 0
     seed: int = 0
     dense_candidates: int = 1000
-    tail: str = "exact"
+    tail: str = "auto"
 
     def rates(self) -> list[float]:
         """The dropout rate of each pass, ``len == passes``."""

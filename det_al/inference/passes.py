@@ -245,9 +245,15 @@ def _tail_convs(model: nn.Module, family: str) -> list[nn.Module]:
     return [modules[s] for s in TAIL_SITES[family] if s in modules]
 
 
+# passes.tail: auto, per family: the mode chosen by speed and by agreement with exact on trained
+# models (benchmarks/bench_passes.py, benchmarks/bench_tail_agreement.py; docs/scoring.md).
+AUTO_TAIL = {"retinanet": "exact", "fcos": "candidates", "ssd": "candidates"}
+
+
 def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | None:
     """The restricted tail when ``passes.tail`` asks for it and the heads allow it, else ``None``."""
-    if config.tail != "candidates" or family not in TAIL_SITES:
+    mode = AUTO_TAIL.get(family, "exact") if config.tail == "auto" else config.tail
+    if mode != "candidates" or family not in TAIL_SITES:
         return None
     if not all(s in TAIL_SITES[family] for s in sites) or not all(restrictable(c) for c in _tail_convs(model, family)):
         logger.info("passes.tail: candidates needs plain 3x3 head convolutions and sites among %s: exact tail",

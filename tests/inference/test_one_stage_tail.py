@@ -112,5 +112,22 @@ def test_passes_tail_must_be_exact_or_candidates():
     from det_al.errors import InputError
 
     assert config_from_dict({"passes": {"tail": "candidates"}}).passes.tail == "candidates"
-    with pytest.raises(InputError, match="passes.tail must be one of exact, candidates"):
+    with pytest.raises(InputError, match="passes.tail must be one of auto, exact, candidates"):
         config_from_dict({"passes": {"tail": "some"}})
+
+
+@pytest.mark.parametrize("family, restricted", [("retinanet", False), ("fcos", True), ("ssd", True)])
+def test_auto_tail_restricts_fcos_and_ssd_but_not_retinanet(family, restricted, model_for, monkeypatch):
+    from det_al.inference import one_stage
+
+    calls = []
+    for name in ("tail_passes", "ssd_tail_passes"):
+        original = getattr(one_stage, name)
+        monkeypatch.setattr(one_stage, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    im = torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(2))
+    assert PassesConfig().tail == "auto"
+    run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2), seeds=[1])
+    assert bool(calls) == restricted
+    calls.clear()
+    run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2, tail="exact"), seeds=[1])
+    assert not calls

@@ -52,7 +52,7 @@ def test_deterministic_pass_equals_torchvision_on_a_batch_of_two_sizes(image, mo
 def test_dropout_pass_equals_torchvision_under_the_same_hooks(image, model_for, family):
     """Pass 0 of image seed 7 == model(image) with the same hook and generator."""
     model = model_for(family)
-    config = PassesConfig(passes=1, dropout=0.3, masks="exact")  # exact: what the whole model gives
+    config = PassesConfig(passes=1, dropout=0.3, masks="exact", tail="exact")  # exact: what the whole model gives
     _, sites = resolve_sites(model, config)
     generator = torch.Generator().manual_seed(pass_seed(7, 0, 0))
     ref = torchvision_forward(model, [image()], sites, 0.3, generator)[0]
@@ -63,7 +63,7 @@ def test_dropout_pass_equals_torchvision_under_the_same_hooks(image, model_for, 
 
 def test_fast_path_equals_plain_path_and_probs_are_consistent(image, model_for, family):
     model = model_for(family)
-    config = PassesConfig(passes=3, dropout=(0.1, 0.3, 0.5), masks="exact")  # the mode that equals plain
+    config = PassesConfig(passes=3, dropout=(0.1, 0.3, 0.5), masks="exact", tail="exact")  # the modes that equal plain
     # two images for the cheap models (row layout across images); one for the ResNet-50 ones,
     # whose batched layout the chunked test covers
     images = [image(64, 80, 3), image(64, 80, 4)][: 1 if family in ("retinanet", "fcos") else 2]

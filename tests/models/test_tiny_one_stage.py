@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from det_al.config import ModelConfig
-from det_al.inference.one_stage import restrictable
+from det_al.inference.restricted import restrictable
 from det_al.models.build import build_model, model_family, model_num_classes
 
 # name -> (family, anchors at 128 px: (16 * 16 + 8 * 8) positions x anchors per position, loss names)
