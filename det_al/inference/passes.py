@@ -24,12 +24,15 @@ from the model's own submodules:
   Mask R-CNN runs the mask branch on each pass's own boxes (all passes of a batch in one
   call; ``passes.masks: shared`` runs it once, on the deterministic boxes) and keeps every
   pass's masks at the mask head's own resolution in the box frame; only the deterministic
-  pass is pasted into the image (:mod:`det_al.inference.masks`).
+  pass is pasted into the image (:mod:`det_al.inference.masks`). RetinaNet, FCOS and SSD with
+  ``passes.tail: candidates`` (the default ``auto`` for FCOS and SSD) evaluate the heads' last
+  convolutions only at the deterministic pass's candidate anchors.
 
 The modules: :mod:`~det_al.inference.prefix` (the shared part), :mod:`~det_al.inference.suffix`
 (the batched stochastic part and its family dispatch), :mod:`~det_al.inference.postprocess`,
 :mod:`~det_al.inference.masks`, :mod:`~det_al.inference.one_stage` (dense candidates and the
-restricted tail), :mod:`~det_al.inference.tta` (views); this one drives them.
+one-stage restricted tail), :mod:`~det_al.inference.restricted` (its convolutions at chosen
+anchors), :mod:`~det_al.inference.tta` (views); this one drives them.
 
 The fast path computes the prefix once per image batch and TTA view; the plain path
 (``fast=False``) runs prefix + suffix once per pass and image, hooks and generators identical,

@@ -14,7 +14,7 @@ the demo and the tests need. Since they are the stock classes, every det_al code
 
 ``retinanet_tiny``, ``fcos_tiny`` and ``ssd_tiny`` are the one-stage families over the same
 backbone, with torchvision's default heads (plain 3x3 convs, which the restricted tail of
-:mod:`det_al.inference.one_stage` needs) and anchors sized for the synthetic shapes of
+:mod:`det_al.inference.restricted` needs) and anchors sized for the synthetic shapes of
 :mod:`det_al.data.synthetic` (10-40 px at 128 px). They exist so that what det_al measures on
 one-stage models can be measured on trained ones (``benchmarks/bench_tail_agreement.py``).
 """
