@@ -10,9 +10,9 @@ scorer pastes pass masks into a small window where it compares them
 - ``exact`` (:func:`exact_masks`): ``mask_roi_pool`` / ``mask_head`` / ``mask_predictor`` on
   each pass's own boxes, all passes of the batch in one call: what T whole-model passes give.
 - ``shared`` (:func:`shared_masks`): the mask branch up to the final 1x1 ``mask_fcn_logits``
-  runs once on the deterministic boxes; each pass detection within box IoU ``SHARE_IOU`` of a
-  deterministic one reuses its features, the others get their own (one batched call), and each
-  pass applies ``mask_fcn_logits`` with channel dropout on its input.
+  runs once on the deterministic boxes; each pass detection reuses the features of the
+  deterministic detection it overlaps most and applies ``mask_fcn_logits`` with channel dropout
+  on its input; one that overlaps none gets an empty mask, which the scorer never reads.
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ from torchvision.ops import boxes as box_ops
 from det_al.inference.dropout import Chunk, MCDropout
 from det_al.inference.postprocess import Raw
 from det_al.inference.prefix import Prefix, SharedMasks
-
-# Passes closer than this (box IoU) to a deterministic detection reuse its mask features.
-SHARE_IOU = 0.5
 
 Generators = Sequence[Sequence["torch.Generator | None"]]
 
@@ -86,43 +83,20 @@ def store_shared(model: nn.Module, prefix: Prefix, control: MCDropout, determini
         prefix.shared_masks = SharedMasks(boxes, mask_features(model, prefix, boxes))
 
 
-def _partners(model: nn.Module, prefix: Prefix, control: MCDropout,
-              out: list[list[Raw]]) -> tuple[list[Tensor], list[Tensor]]:
+def _partners(prefix: Prefix, out: list[list[Raw]]) -> list[Tensor]:
     """Whose mask features each pass detection uses: ``[B]`` tensors over the image's pass
-    detections (pass-major), rows of ``prefix.shared_masks.features[i]``, to which the features
-    of the detections computed for themselves are appended (also returned, ``[B]`` ``[E_i, D, M, M]``).
-
-    A detection takes the deterministic detection it overlaps most when that box IoU is >=
-    ``SHARE_IOU``; else the first earlier pass's "lonely" detection it overlaps that much
-    (passes in order), else it is computed for itself (an extra)."""
-    cache = prefix.shared_masks
-    sources, extras = [], []
+    detections (pass-major), rows of ``prefix.shared_masks.features[i]``: the deterministic
+    detection it overlaps most (box IoU), ``-1`` for one that overlaps none."""
+    sources = []
     for i in range(len(prefix.rows)):
-        known = cache.boxes[i]  # deterministic boxes, then the extras as earlier passes found them
-        n_det, n_known, rows = cache.deterministic[i], int(known.shape[0]), []
-        for row_out in out:
-            boxes = row_out[i].boxes
-            source = torch.full((boxes.shape[0],), -1, dtype=torch.long, device=boxes.device)
-            if known.shape[0] and boxes.shape[0]:
-                iou = box_ops.box_iou(boxes, known)
-                # a deterministic partner first (ranked 1 higher), then an earlier extra; -1: none
-                rank = torch.where(iou >= SHARE_IOU, iou, -1.0)
-                rank[:, :n_det] += (rank[:, :n_det] >= 0).to(rank.dtype)
-                best, index = rank.max(dim=1)
-                source = torch.where(best >= 0, index, source)
-            lonely = torch.where(source < 0)[0]
-            source[lonely] = torch.arange(known.shape[0], known.shape[0] + lonely.numel(), device=boxes.device)
-            known = torch.cat([known, boxes[lonely]])
-            rows.append(source)
-        sources.append(torch.cat(rows) if rows else known.new_zeros((0,), dtype=torch.long))
-        extras.append(known[n_known:])
-        cache.boxes[i] = known
-    with control.layout([Chunk(None, 0.0)]):
-        extra_features = mask_features(model, prefix, extras)
-    for i, f in enumerate(extra_features):  # later chunks of passes reuse them too
-        if f.numel():
-            cache.features[i] = torch.cat([cache.features[i], f]) if cache.features[i].numel() else f
-    return sources, extra_features
+        known = prefix.shared_masks.boxes[i]
+        boxes = torch.cat([row_out[i].boxes for row_out in out])
+        source = torch.full((boxes.shape[0],), -1, dtype=torch.long, device=boxes.device)
+        if known.shape[0] and boxes.shape[0]:
+            best, index = box_ops.box_iou(boxes, known).max(dim=1)
+            source = torch.where(best > 0, index, source)
+        sources.append(source)
+    return sources
 
 
 def shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout, generators: Generators,
@@ -130,13 +104,14 @@ def shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout, generator
     """Masks of P passes from the deterministic detections' mask features (``passes.masks: shared``).
 
     ``prefix.shared_masks`` must hold the deterministic detections (:func:`store_shared`). A
-    pass detection takes the features of the deterministic box it overlaps most when that IoU
-    is >= ``SHARE_IOU``, else those of an earlier pass's detection it overlaps that much, else
-    its own (:func:`_partners`). Each pass applies ``mask_fcn_logits`` for the detection's label
-    with *channel* dropout on its input when a dropout site lies in the mask branch (keep-mask
-    ``rand([n, D]) >= rate`` from the pass's generator, kept channels scaled by
-    ``1 / (1 - rate)``: D draws per detection instead of ``D * M * M``), as one matrix product
-    per feature source.
+    pass detection takes the features of the deterministic detection it overlaps most
+    (:func:`_partners`) and applies ``mask_fcn_logits`` for its own label with *channel* dropout
+    on its input when a dropout site lies in the mask branch (keep-mask ``rand([n, D]) >= rate``
+    from the pass's generator, kept channels scaled by ``1 / (1 - rate)``: D draws per detection
+    instead of ``D * M * M``), as one matrix product per feature source. A pass detection that
+    overlaps no deterministic detection gets an empty mask (probability 0): it cannot join an
+    object the deterministic pass reports, the only ones whose mask disagreement is measured
+    (:func:`det_al.scoring.uncertainty.mask_disagreement`).
 
     What this leaves out, compared with ``exact``: the mask head's response to each pass's
     slightly different RoI, and element-wise dropout at the predictor's input. Box, label and
@@ -145,10 +120,9 @@ def shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout, generator
     check_shared_predictor(model)
     predictor = model.roi_heads.mask_predictor
     masked = any(s.startswith("roi_heads.mask_") for s in control.sites)
-    sources, extra_features = _partners(model, prefix, control, out)
     weight = predictor.mask_fcn_logits.weight[:, :, 0, 0]  # [C, D]
     bias = predictor.mask_fcn_logits.bias
-    for i, source in enumerate(sources):
+    for i, source in enumerate(_partners(prefix, out)):
         weights, labels = [], []
         for p, row_out in enumerate(out):
             raw = row_out[i]
@@ -164,13 +138,18 @@ def shared_masks(model: nn.Module, prefix: Prefix, control: MCDropout, generator
         if w_all.shape[0] == 0:
             masks = w_all.new_zeros((0, 1, 1, 1))
         else:
-            d, m = features.shape[1], features.shape[-1]
-            flat = features.reshape(features.shape[0], d, m * m)
-            logits = flat.new_empty((w_all.shape[0], m * m))
-            for j in torch.unique(source).tolist():  # one matrix product per feature source
+            m = features.shape[-1] if features.numel() else _mask_size(model)
+            logits = w_all.new_full((w_all.shape[0], m * m), float("-inf"))  # no partner: an empty mask
+            flat = features.reshape(features.shape[0], features.shape[1], m * m) if features.numel() else None
+            for j in torch.unique(source[source >= 0]).tolist():  # one matrix product per feature source
                 rows = torch.where(source == j)[0]
-                logits[rows] = w_all[rows].to(flat.dtype) @ flat[j]
-            logits = logits + bias[label_all].to(logits.dtype)[:, None]
+                logits[rows] = (w_all[rows].to(flat.dtype) @ flat[j]) + bias[label_all[rows]].to(flat.dtype)[:, None]
             masks = logits.float().sigmoid().view(-1, 1, m, m)
         for raw, piece in zip((row_out[i] for row_out in out), masks.split([len(w) for w in weights])):
             raw.masks = piece
+
+
+def _mask_size(model: nn.Module) -> int:
+    """The side of the mask head's output (twice ``mask_roi_pool``'s, for torchvision's predictor)."""
+    size = model.roi_heads.mask_roi_pool.output_size
+    return 2 * int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -43,18 +43,11 @@ class SharedMasks:
     """The deterministic detections' mask features of a batch (``passes.masks: shared``).
 
     ``boxes[i]`` ``[N_i, 4]`` in the prefix's (resized) image coordinates; ``features[i]``
-    ``[N_i, D, M, M]``: the input of the mask predictor's final 1x1 ``mask_fcn_logits``. The
-    first ``deterministic[i]`` rows are the deterministic detections; the pass detections that
-    needed features of their own are appended as chunks of passes find them.
+    ``[N_i, D, M, M]``: the input of the mask predictor's final 1x1 ``mask_fcn_logits``.
     """
 
     boxes: list[Tensor]
     features: list[Tensor]
-    deterministic: list[int] | None = None  # per image, how many leading rows are deterministic
-
-    def __post_init__(self) -> None:
-        if self.deterministic is None:
-            self.deterministic = [int(b.shape[0]) for b in self.boxes]
 
 
 def compute_prefix(model: nn.Module, images: Sequence[Tensor], family: str) -> Prefix:

@@ -201,6 +201,11 @@ def box_components(boxes: Tensor, found: Tensor) -> dict[str, Tensor]:
 def mask_disagreement(passes: list[Detections], objects: Objects, margin: float = 0.1) -> Tensor:
     """``1 - mean_t IoU(M_t, mean mask)`` over found passes, ``[K]`` (0 with < 2 found or no masks).
 
+    Only for the objects the deterministic pass reports (``objects.anchor >= 0``): their masks are
+    the pre-annotations people correct. An object only some passes see gets 0 here, its
+    uncertainty is its presence (and the pass masks of such detections need not be computed,
+    see ``passes.masks: shared`` in :mod:`det_al.inference.masks`).
+
     For speed each object's masks are cropped to the union of its found boxes, enlarged by
     ``margin`` of the union's width and height on each side plus 2 pixels (clipped to the
     image): mask probabilities outside that region are taken to be at most 0.5, as they are for
@@ -212,7 +217,7 @@ def mask_disagreement(passes: list[Detections], objects: Objects, margin: float 
     out = torch.zeros(k)
     if not passes or any(p.masks is None for p in passes):
         return out
-    several = (objects.found.sum(1) >= 2).nonzero().squeeze(1)  # the objects there is work for
+    several = ((objects.found.sum(1) >= 2) & (objects.anchor >= 0)).nonzero().squeeze(1)  # the work
     found = objects.found[several]  # [S, T]
     boxes = take(passes, "boxes", flat_index(passes, objects)[several], torch.zeros(4)).float()
     inf = torch.tensor(float("inf"))

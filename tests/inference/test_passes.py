@@ -178,7 +178,7 @@ def test_shared_mask_logits_are_the_partner_features_through_channel_dropout(ima
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from det_al.inference.dropout import Chunk, mc_dropout
-    from det_al.inference.masks import mask_features, shared_masks
+    from det_al.inference.masks import shared_masks
     from det_al.inference.prefix import compute_prefix
     from det_al.inference.suffix import run_suffix
     from det_al.inference.postprocess import Raw
@@ -191,26 +191,28 @@ def test_shared_mask_logits_are_the_partner_features_through_channel_dropout(ima
             prefix = compute_prefix(model, [im], "rcnn")
         run_suffix(model, prefix, control, [[None]], [0.0], masks="shared")
         cache = prefix.shared_masks
-        boxes = cache.boxes[0][:3].clone()
-        boxes[2] += torch.tensor([30.0, 30.0, 30.0, 30.0])  # far from every deterministic box
-        boxes[2] = boxes[2].clamp(max=63.0)
+        det = cache.boxes[0]
+        assert det.shape[0] >= 2
+        shifted = det[1] + torch.tensor([0.0, 0.0, 1.0, 1.0]) * (det[1, 2:] - det[1, :2]).repeat(2) * 0.5
+        boxes = torch.stack([det[0], shifted, torch.tensor([-50.0, -50.0, -40.0, -40.0])])  # 0, ~1, none
         labels = torch.tensor([1, 3, 2])
         raw = Raw(boxes, torch.ones(3), labels, torch.ones(3, 4) / 4, "softmax")
         shared_masks(model, prefix, control, [[torch.Generator().manual_seed(7)]], [0.25], [[raw]])
         from torchvision.ops import box_iou
-        iou = box_iou(boxes[2:], cache.boxes[0][: cache.deterministic[0]]).max()  # extras are appended
-        own = mask_features(model, prefix, [boxes[2:]])[0]
-    assert iou < 0.5
+        iou = box_iou(boxes, det)
+    assert iou[1].argmax() == 1 and 0 < iou[1, 1] < 0.9 and iou[2].max() == 0
     conv = model.roi_heads.mask_predictor.mask_fcn_logits
     keep = (torch.rand((3, conv.in_channels), generator=torch.Generator().manual_seed(7)) >= 0.25).float()
-    features = torch.cat([cache.features[0][:2], own])
     expected = []
-    for k in range(3):
-        w = conv.weight[labels[k], :, 0, 0] * keep[k] / 0.75
-        expected.append(torch.sigmoid((w[:, None, None] * features[k]).sum(0) + conv.bias[labels[k]]))
-    torch.testing.assert_close(raw.masks[:, 0], torch.stack(expected), atol=1e-5, rtol=0)
-    pasted = paste_masks_in_image(raw.masks, boxes, (64, 80))
-    assert pasted.shape == (3, 1, 64, 80)
+    features = cache.features[0].clone()  # out of inference mode
+    with torch.no_grad():
+        for k in range(2):  # each takes the features of the deterministic box it overlaps most
+            w = conv.weight[labels[k], :, 0, 0] * keep[k] / 0.75
+            expected.append(torch.sigmoid((w[:, None, None] * features[k]).sum(0) + conv.bias[labels[k]]))
+    torch.testing.assert_close(raw.masks[:2, 0], torch.stack(expected), atol=1e-5, rtol=0)
+    assert raw.masks[2].max() == 0  # overlaps no deterministic box: an empty mask, never read
+    pasted = paste_masks_in_image(raw.masks[:2], boxes[:2], (64, 80))
+    assert pasted.shape == (2, 1, 64, 80)
 
 
 def test_passes_masks_must_be_exact_or_shared():
@@ -235,9 +237,9 @@ def test_shared_masks_with_tta_views_and_a_batch_match_exact_without_dropout(ima
             assert_same(a, b)
 
 
-def test_shared_masks_compute_a_lonely_box_once_for_all_passes(image, model_for):
-    """A box far from every deterministic one, found by two passes (IoU 0.9 between them): its
-    mask features are computed once, for the first pass, and the second pass reuses them."""
+def test_shared_mask_partners_are_the_most_overlapping_deterministic_boxes(image, model_for):
+    """Across passes (pass-major), each detection's source is the deterministic box it overlaps
+    most, -1 for a box that overlaps none."""
     from det_al.inference.dropout import Chunk, mc_dropout
     from det_al.inference.masks import _partners
     from det_al.inference.prefix import compute_prefix
@@ -250,10 +252,9 @@ def test_shared_masks_compute_a_lonely_box_once_for_all_passes(image, model_for)
         with control.layout([Chunk(None, 0.0)]):
             prefix = compute_prefix(model, [im], "rcnn")
         run_suffix(model, prefix, control, [[None]], [0.0], masks="shared")
-        n_det = prefix.shared_masks.boxes[0].shape[0]
-        near = prefix.shared_masks.boxes[0][:1]
-        far = [torch.tensor([[60.0, 50.0, 79.0, 63.0]]), torch.tensor([[60.0, 50.0, 79.0, 62.0]])]
-        rows = [[Raw(torch.cat([near, b]), torch.ones(2), torch.tensor([1, 2]), torch.ones(2, 4) / 4, "softmax")]
-                for b in far]
-        sources, extra = _partners(model, prefix, control, rows)
-    assert sources[0].tolist() == [0, n_det, 0, n_det] and extra[0].shape[0] == 1
+        det = prefix.shared_masks.boxes[0]
+        far = torch.tensor([[-50.0, -50.0, -40.0, -40.0]])
+        rows = [[Raw(torch.cat([det[1:2], far]), torch.ones(2), torch.tensor([1, 2]), torch.ones(2, 4) / 4, "softmax")],
+                [Raw(det[:1], torch.ones(1), torch.tensor([1]), torch.ones(1, 4) / 4, "softmax")]]
+        sources = _partners(prefix, rows)
+    assert det.shape[0] >= 2 and sources[0].tolist() == [1, -1, 0]

@@ -228,7 +228,7 @@ def test_mask_disagreement_zero_cases():
 def test_mask_disagreement_several_objects():
     # Each pass holds two detections. Object 0: the three masks of test_mask_disagreement
     # (1/6); object 1: found by pass 0 only (0); object 2: the two masks of
-    # test_mask_just_outside_its_box_counts in passes 1 and 2 (.32).
+    # test_mask_just_outside_its_box_counts in passes 1 and 2 (.32), when anchored.
     a = torch.zeros(3, 10, 10)
     a[:, :4, :4] = 0.9
     a[2, :4, 4:8] = 0.9
@@ -244,8 +244,11 @@ def test_mask_disagreement_several_objects():
         )
         for t in range(3)
     ]
-    objects = Objects(index=torch.tensor([[0, 0, 0], [1, -1, -1], [-1, 1, 1]]), anchor=torch.tensor([0, -1, -1]))
+    objects = Objects(index=torch.tensor([[0, 0, 0], [1, -1, -1], [-1, 1, 1]]), anchor=torch.tensor([0, 1, 2]))
     assert mask_disagreement(passes, objects).tolist() == pytest.approx([1 / 6, 0.0, 0.32], abs=1e-6)
+    # objects the deterministic pass does not report get no mask term, whatever their masks
+    objects = Objects(index=objects.index, anchor=torch.tensor([0, -1, -1]))
+    assert mask_disagreement(passes, objects).tolist() == pytest.approx([1 / 6, 0.0, 0.0], abs=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
