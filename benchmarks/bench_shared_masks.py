@@ -6,8 +6,8 @@ their detections reshuffle from pass to pass. This script uses the checkpoint an
 pool drifted) and prints, for ``exact`` and ``shared``:
 
 - on the first ``--images`` pool images: the share of pass detections within box IoU 0.5 of a
-  deterministic detection (those reuse its mask features), and the mask IoU (``p > 0.5``)
-  between each pass detection's shared and exact mask;
+  deterministic detection (the members of the objects it reports, the only masks the mask
+  disagreement reads), and the mask IoU (``p > 0.5``) between their shared and exact masks;
 - on the whole pool: scoring seconds and how many drifted images reach the top quarter.
 
 Usage::
@@ -57,9 +57,11 @@ def main() -> None:
         det = exact.deterministic.boxes
         for a, b in zip(exact.passes, shared.passes):
             total += len(a)
-            if len(a) and len(det):
-                near += int((box_iou(a.boxes, det).max(1).values >= 0.5).sum())
-            ma, mb = a.masks > 0.5, b.masks > 0.5
+            if not (len(a) and len(det)):
+                continue
+            close = box_iou(a.boxes, det).max(1).values >= 0.5
+            near += int(close.sum())
+            ma, mb = a.masks[close] > 0.5, b.masks[close] > 0.5
             union = (ma | mb).flatten(1).sum(1)
             inter = (ma & mb).flatten(1).sum(1)
             ious += (inter[union > 0] / union[union > 0]).tolist()
