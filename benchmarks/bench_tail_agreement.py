@@ -76,7 +76,7 @@ import det_al  # noqa: E402
 from det_al.config import Config, config_from_dict  # noqa: E402
 from det_al.data.coco import load_coco  # noqa: E402
 from det_al.data.images import read_image, to_tensor  # noqa: E402
-from det_al.inference import restricted  # noqa: E402
+from det_al.inference import one_stage, restricted  # noqa: E402
 from det_al.inference.passes import ImagePasses, run_passes  # noqa: E402
 from det_al.loop.error_capture import mean_ci  # noqa: E402
 
@@ -163,7 +163,7 @@ def anchors_per_position(model: torch.nn.Module) -> list[int]:
     """Per feature level, the anchors of one position (RetinaNet/FCOS: the same on every level)."""
     head = model.head.classification_head
     if hasattr(head, "module_list"):  # SSD
-        return [int(conv.out_channels) // int(head.num_columns) for conv in head.module_list]
+        return one_stage.ssd_anchor_counts(model, [])[0]
     return [int(head.cls_logits.out_channels) // int(head.num_classes)] * 8
 
 

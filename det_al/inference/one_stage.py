@@ -116,19 +116,24 @@ def tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generato
                 probs = torch.sigmoid(logits)
             levels.append((probs, deltas, anchors))
         if dense is not None:
-            _add_restricted(prefix, dense[i], i, levels, sizes)
+            _add_restricted(prefix, dense[i], i, levels, _global_rows(levels, sizes))
         for p in range(p_count):
             level_pass = [(pr[p], d[p], a) for pr, d, a in levels]
             out[p].append(_tail_postprocess(model, prefix, i, level_pass, sizes, fcos))
     return out
 
 
-def _add_restricted(prefix: Prefix, acc: DenseAccumulator, i: int,
-                    levels: list[tuple[Tensor, Tensor, Tensor]], sizes: list[int], first: int = 1) -> None:
-    """The accumulator's candidates' probabilities ``[m, P, K - first]`` from the restricted
-    outputs (sigmoid heads leave the background column out, SSD's softmax keeps it)."""
+def _global_rows(levels: list[tuple[Tensor, Tensor, Tensor]], sizes: Sequence[int]) -> Tensor:
+    """The restricted anchors of every level as the image's anchor ids (sorted)."""
     offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).tolist()
-    rows = torch.cat([a + o for (_, _, a), o in zip(levels, offsets)])  # global anchor ids, sorted
+    return torch.cat([a + o for (_, _, a), o in zip(levels, offsets)])
+
+
+def _add_restricted(prefix: Prefix, acc: DenseAccumulator, i: int, levels: list[tuple[Tensor, Tensor, Tensor]],
+                    rows: Tensor, first: int = 1) -> None:
+    """The accumulator's candidates' probabilities ``[m, P, K - first]`` from the restricted
+    outputs at the anchor ids ``rows`` (sigmoid heads leave the background column out, SSD's
+    softmax keeps it)."""
     probs = torch.cat([pr for pr, _, _ in levels], 1)  # [P, n, K]
     index = acc.index if acc.index is not None else rows
     where = torch.searchsorted(rows, index)
@@ -173,9 +178,7 @@ def ssd_tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], gene
     num_classes = model.head.classification_head.num_columns
     drop = "head" in sites
     p_count = len(rates)
-    a_counts = [int(conv.out_channels) // num_classes for conv in cls_convs]
-    sizes = [a * int(f.shape[-2]) * int(f.shape[-1]) for a, f in zip(a_counts, prefix.site)]
-    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).tolist()
+    a_counts, sizes = ssd_anchor_counts(model, prefix.site)
     out: list[list[Raw]] = [[] for _ in range(p_count)]
     for i in range(len(prefix.rows)):
         gens = [generators[p][i] for p in range(p_count)]
@@ -185,12 +188,19 @@ def ssd_tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], gene
             logits, deltas = conv_at(prefix.site[level][i], anchors // a_count, anchors % a_count,
                                      [(cls_convs[level], num_classes), (reg_convs[level], 4)], gens, rates, drop)
             levels.append((F.softmax(logits.float(), -1), deltas.float(), anchors))
+        rows = _global_rows(levels, sizes)
         if dense is not None:
-            _add_restricted(prefix, dense[i], i, levels, sizes, first=0)
-        rows = torch.cat([a + o for (_, _, a), o in zip(levels, offsets)])
+            _add_restricted(prefix, dense[i], i, levels, rows, first=0)
         probs = torch.cat([pr for pr, _, _ in levels], 1)  # [P, n, K]
         deltas = torch.cat([d for _, d, _ in levels], 1)  # [P, n, 4]
         for p in range(p_count):
             out[p].append(ssd_detections(model, probs[p], deltas[p], prefix.references[i][rows],
                                          prefix.image_sizes[i]))
     return out
+
+
+def ssd_anchor_counts(model: nn.Module, features: Sequence[Tensor]) -> tuple[list[int], list[int]]:
+    """Per level of SSD's head input ``features``: default boxes per position, and in all."""
+    head = model.head.classification_head
+    a_counts = [int(conv.out_channels) // int(head.num_columns) for conv in head.module_list]
+    return a_counts, [a * int(f.shape[-2]) * int(f.shape[-1]) for a, f in zip(a_counts, features)]

@@ -158,9 +158,7 @@ def _ssd(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chun
         foreground = 1.0 - probs[..., 0]
         if dense is not None:  # the restricted passes give only these anchors' probabilities
             one_stage.choose_candidates(dense, foreground)
-        head = model.head.classification_head
-        a_counts = [int(c.out_channels) // head.num_columns for c in head.module_list]
-        sizes = [a * int(f.shape[-2]) * int(f.shape[-1]) for a, f in zip(a_counts, prefix.site)]
+        _, sizes = one_stage.ssd_anchor_counts(model, prefix.site)
         restricted.choose_anchors(prefix, (probs[..., 1:] > model.score_thresh).any(-1), foreground, sizes,
                                   tail.max_candidates, [acc.index for acc in dense] if dense else None)
     if dense is not None and not choose:
