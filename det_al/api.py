@@ -168,13 +168,15 @@ def load_model(checkpoint: str | os.PathLike, config: Config | Mapping | str | o
 
 @contextlib.contextmanager
 def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Sequence[str] | None = None,
-               seed: int | None = None) -> Iterator[Any]:
+               seed: int | None = None, groups: int = 0) -> Iterator[Any]:
     """MC dropout on ``model`` for the ``with`` block, for your own loops; removed on exit.
 
     Dropout with probability ``rate`` is applied to the *input* of each module in ``sites``
     (default: the family's heads, see :data:`det_al.inference.dropout.DEFAULT_SITES`) while the model stays
     in whatever mode it is in; weights are never changed. ``seed`` seeds the masks (default: the
-    global RNG). Yields the :class:`det_al.inference.dropout.MCDropout` control.
+    global RNG); ``groups`` > 0 keeps or drops the input's channels in that many groups, one draw
+    per group for all positions (``passes.dropout_groups``). Yields the
+    :class:`det_al.inference.dropout.MCDropout` control.
 
     >>> with det_al.mc_dropout(model, 0.2, seed=0):  # doctest: +SKIP
     ...     detections = model(images)
@@ -183,7 +185,7 @@ def mc_dropout(model: nn.Module, rate: float | Sequence[float] = 0.1, sites: Seq
     if sites is None:
         sites = mc.default_sites(model_family(model), model)
     generator = None if seed is None else torch.Generator(device=model_device(model)).manual_seed(int(seed))
-    with mc.mc_dropout(model, tuple(sites), rate, [generator]) as control:
+    with mc.mc_dropout(model, tuple(sites), rate, [generator], groups) as control:
         yield control
 
 

@@ -35,6 +35,13 @@ class PassesConfig:
     family's default sites. ``tta`` names views (``hflip``, ``scale:0.8``); each view is run
     ``passes`` times. ``chunk`` caps how many passes run in one batched call (0: all).
 
+    ``dropout_groups``: 0 (the default) drops each input value of a site on its own; N > 0
+    keeps or drops the site input's channels in N contiguous groups, one draw per group for
+    the whole image in a pass (dropout on the site's weights: each pass one sampled
+    sub-network). The heads' last convolutions of RetinaNet, FCOS and SSD are then computed
+    for all passes from N partial outputs (:mod:`det_al.inference.grouped`): exact, and about
+    the price of one convolution for any T.
+
     ``masks`` (Mask R-CNN, fast path): ``exact`` runs the mask branch on every pass's own boxes
     (what T whole-model passes give); ``shared`` (the default) runs it once on the deterministic boxes and
     derives each pass's masks from those features (see :mod:`det_al.inference.masks`), so T
@@ -52,11 +59,13 @@ class PassesConfig:
     then those ``dense_candidates`` anchors too, instead of every default box. ``auto`` (the
     default) is ``candidates`` for FCOS and SSD and ``exact`` for RetinaNet, whose image
     ranking the restriction measurably changed on a trained model
-    (``benchmarks/bench_tail_agreement.py``, docs/scoring.md).
+    (``benchmarks/bench_tail_agreement.py``, docs/scoring.md); with ``dropout_groups`` it is
+    ``exact`` for every family.
     """
 
     passes: int = 10
     dropout: float | tuple[float, ...] = 0.2
+    dropout_groups: int = 0
     sites: tuple[str, ...] = ()
     tta: tuple[str, ...] = ()
     fast: bool = True

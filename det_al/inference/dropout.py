@@ -5,6 +5,13 @@ of named modules ("sites") while the model stays in ``eval()`` (batch norm froze
 changes): a pre-hook multiplies the input by a Bernoulli keep-mask scaled by ``1 / (1 - p)``
 (inverted dropout, as ``nn.functional.dropout``).
 
+Channel groups (``passes.dropout_groups`` N > 0): instead of one draw per input value, the
+input's channels fall in N contiguous groups (channel ``c`` in group ``c * N // C``), and one draw
+per group keeps or drops the group's channels at every position and row of an (image, pass):
+dropout on the site's weights, one sampled sub-network per pass. The site's output is then a
+weighted sum of N per-group outputs, which :mod:`det_al.inference.grouped` computes once for all
+passes.
+
 Reproducible passes. Every stochastic pass of every image owns a ``torch.Generator``. The rows
 (dimension 0) of a site's input are laid out in :class:`Chunk` s, one per (image, pass), and
 each chunk draws its mask from its own generator. Pass ``t`` of image ``i`` therefore gets the
@@ -114,15 +121,54 @@ def chunk_rows(total: int, chunks: Sequence[Chunk]) -> list[int]:
     return [share if c.rows is None else c.rows for c in chunks]
 
 
-def drop_rows(x: Tensor, chunks: Sequence[Chunk]) -> Tensor:
+def group_of_channel(channels: int, groups: int, device: torch.device | str = "cpu") -> Tensor:
+    """``[C]``: the group of each channel, ``c * groups // channels`` (contiguous, near-equal groups).
+
+    >>> group_of_channel(6, 4).tolist()
+    [0, 0, 1, 2, 2, 3]
+    """
+    return torch.arange(channels, device=device) * groups // channels
+
+
+def group_keep(generator: torch.Generator | None, rate: float, groups: int,
+               device: torch.device | str = "cpu") -> Tensor:
+    """``[groups]`` float32 factors of one (image, pass): ``rand(groups) >= rate`` from
+    ``generator``, kept groups ``1 / (1 - rate)``, dropped ones 0 (all ones at rate 0, no draw)."""
+    if rate == 0.0:
+        return torch.ones(groups, device=device)
+    keep = torch.rand(groups, generator=generator, device=device) >= rate
+    return keep.float() * (1.0 / (1.0 - rate))
+
+
+def _drop_groups(x: Tensor, chunks: Sequence[Chunk], sizes: list[int], groups: int) -> Tensor:
+    """:func:`drop_rows` with channel groups: each chunk scales channel ``c`` (dim 1) of all its
+    rows and positions by its group's :func:`group_keep` factor."""
+    if x.ndim < 2:
+        raise ValueError(f"channel-group dropout needs a channel dimension (dim 1); the site's input is {tuple(x.shape)}")
+    index = group_of_channel(int(x.shape[1]), groups, x.device)
+    shape = (1, int(x.shape[1])) + (1,) * (x.ndim - 2)
+    pieces = []
+    for c, part in zip(chunks, x.split(sizes, dim=0)):
+        if c.rate == 0.0 or part.numel() == 0:
+            pieces.append(part)
+            continue
+        factors = group_keep(c.generator, c.rate, groups, x.device)[index]
+        pieces.append(part * factors.to(x.dtype).view(shape))
+    return torch.cat(pieces, dim=0)
+
+
+def drop_rows(x: Tensor, chunks: Sequence[Chunk], groups: int = 0) -> Tensor:
     """Inverted dropout on ``x`` (any shape, rows along dim 0), each chunk with its generator.
 
     The keep-mask of a chunk is ``rand(shape) >= rate`` drawn in float32 from the chunk's
-    generator; kept values are multiplied by ``1 / (1 - rate)``.
+    generator; kept values are multiplied by ``1 / (1 - rate)``. With ``groups`` > 0, one
+    draw per channel group instead (module docstring).
     """
     sizes = chunk_rows(x.shape[0], chunks)
     if all(c.rate == 0.0 for c in chunks):
         return x
+    if groups > 0:
+        return _drop_groups(x, chunks, sizes, groups)
     if x.dtype != torch.float32 or (x.requires_grad and torch.is_grad_enabled()):
         # half precision or autograd: out-of-place, the mask still drawn in float32
         pieces = []
@@ -143,14 +189,14 @@ def drop_rows(x: Tensor, chunks: Sequence[Chunk]) -> Tensor:
     return out
 
 
-def _drop_any(value: Any, chunks: Sequence[Chunk]) -> Any:
+def _drop_any(value: Any, chunks: Sequence[Chunk], groups: int = 0) -> Any:
     """Apply :func:`drop_rows` to a tensor, or to each tensor of a list/tuple/dict, in order."""
     if isinstance(value, Tensor) and value.is_floating_point():
-        return drop_rows(value, chunks)
+        return drop_rows(value, chunks, groups)
     if isinstance(value, (list, tuple)):
-        return type(value)(_drop_any(v, chunks) for v in value)
+        return type(value)(_drop_any(v, chunks, groups) for v in value)
     if isinstance(value, dict):
-        return type(value)((k, _drop_any(v, chunks)) for k, v in value.items())
+        return type(value)((k, _drop_any(v, chunks, groups)) for k, v in value.items())
     return value
 
 
@@ -158,12 +204,14 @@ class MCDropout:
     """What the installed hooks do; yielded by :func:`mc_dropout`.
 
     ``chunks`` is the row layout of the next calls (set it with :meth:`layout`); by default
-    one chunk per pass, equal shares, in pass order.
+    one chunk per pass, equal shares, in pass order. ``groups``: 0 element-wise dropout, N > 0
+    channel groups (module docstring).
     """
 
-    def __init__(self, sites: tuple[str, ...], chunks: list[Chunk]):
+    def __init__(self, sites: tuple[str, ...], chunks: list[Chunk], groups: int = 0):
         self.sites = sites
         self.chunks = chunks
+        self.groups = groups
 
     @contextlib.contextmanager
     def layout(self, chunks: Sequence[Chunk]) -> Iterator[None]:
@@ -178,7 +226,7 @@ class MCDropout:
     def hook(self, module: nn.Module, args: tuple) -> tuple:
         if not args:
             return args
-        return (_drop_any(args[0], self.chunks), *args[1:])
+        return (_drop_any(args[0], self.chunks, self.groups), *args[1:])
 
 
 def make_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -192,6 +240,7 @@ def mc_dropout(
     sites: Sequence[str],
     rates: float | Sequence[float] = 0.0,
     generators: Sequence[torch.Generator | None] | None = None,
+    groups: int = 0,
 ) -> Iterator[MCDropout]:
     """Install dropout pre-hooks on the modules named in ``sites`` for the ``with`` block.
 
@@ -211,6 +260,8 @@ def mc_dropout(
     rate_list = [float(rates)] * n if isinstance(rates, (int, float)) else [float(r) for r in rates]
     if len(rate_list) != n:
         raise ValueError(f"got {len(rate_list)} rates for {n} generators")
+    if groups < 0:
+        raise ValueError(f"dropout groups must be >= 0, got {groups}")
     if any(not 0.0 <= r < 1.0 for r in rate_list):
         raise ValueError(f"dropout rates must be in [0, 1), got {rate_list}")
     modules = dict(model.named_modules())
@@ -225,7 +276,7 @@ def mc_dropout(
             UserWarning,
             stacklevel=3,
         )
-    control = MCDropout(matched, [Chunk(g, r) for g, r in zip(gens, rate_list)])
+    control = MCDropout(matched, [Chunk(g, r) for g, r in zip(gens, rate_list)], groups)
     handles = []
     try:
         for name in matched:

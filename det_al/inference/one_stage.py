@@ -83,8 +83,9 @@ def add_candidates(prefix: Prefix, dense: Sequence[DenseAccumulator], cls: list[
 
 
 def tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generators, rates: Sequence[float],
-                dense: Sequence[DenseAccumulator] | None) -> list[list[Raw]]:
-    """RetinaNet / FCOS stochastic passes with the restricted tail: ``[P][B]`` :class:`Raw`."""
+                dense: Sequence[DenseAccumulator] | None, channel_groups: int = 0) -> list[list[Raw]]:
+    """RetinaNet / FCOS stochastic passes with the restricted tail: ``[P][B]`` :class:`Raw`
+    (``channel_groups``: channel-group dropout, :mod:`det_al.inference.dropout`)."""
     fcos = prefix.family == "fcos"
     cls_head, reg_head = model.head.classification_head, model.head.regression_head
     num_classes = cls_head.num_classes
@@ -103,16 +104,16 @@ def tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generato
             cls_site = (cls_tower[level][i], positions, groups)
             reg_site = (reg_tower[level][i], positions, groups)
             logits = conv_at(*cls_site, [(cls_head.cls_logits, num_classes)], gens, rates,
-                             drop["classification_head.cls_logits"])[0].float()
+                             drop["classification_head.cls_logits"], channel_groups=channel_groups)[0].float()
             if fcos:  # two sites on the regression tower: one gather, a draw for each conv
                 regression = [(reg_head.bbox_reg, 4), (reg_head.bbox_ctrness, 1)]
                 flags = [drop["regression_head.bbox_reg"], drop["regression_head.bbox_ctrness"]]
-                deltas, centerness = conv_at(*reg_site, regression, gens, rates, flags, shared=False)
+                deltas, centerness = conv_at(*reg_site, regression, gens, rates, flags, shared=False, channel_groups=channel_groups)
                 deltas = F.relu(deltas.float())
                 probs = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(centerness.float()))
             else:
                 deltas = conv_at(*reg_site, [(reg_head.bbox_reg, 4)], gens, rates,
-                                 drop["regression_head.bbox_reg"])[0].float()
+                                 drop["regression_head.bbox_reg"], channel_groups=channel_groups)[0].float()
                 probs = torch.sigmoid(logits)
             levels.append((probs, deltas, anchors))
         if dense is not None:
@@ -168,7 +169,7 @@ def _tail_postprocess(model: nn.Module, prefix: Prefix, i: int, levels: list[tup
 
 
 def ssd_tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generators, rates: Sequence[float],
-                    dense: Sequence[DenseAccumulator] | None) -> list[list[Raw]]:
+                    dense: Sequence[DenseAccumulator] | None, channel_groups: int = 0) -> list[list[Raw]]:
     """SSD stochastic passes with the restricted tail: ``[P][B]`` :class:`Raw`.
 
     The dropout site is the head's input (``head``): each level's class and box convolutions
@@ -186,7 +187,8 @@ def ssd_tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], gene
         for level, anchors in enumerate(prefix.tail_anchors[i]):
             a_count = a_counts[level]
             logits, deltas = conv_at(prefix.site[level][i], anchors // a_count, anchors % a_count,
-                                     [(cls_convs[level], num_classes), (reg_convs[level], 4)], gens, rates, drop)
+                                     [(cls_convs[level], num_classes), (reg_convs[level], 4)], gens, rates, drop,
+                                     channel_groups=channel_groups)
             levels.append((F.softmax(logits.float(), -1), deltas.float(), anchors))
         rows = _global_rows(levels, sizes)
         if dense is not None:

@@ -219,7 +219,7 @@ def run_passes(
                config.chunk if config.chunk > 0 else len(rates), config.masks if fast else "exact")
     run = replace(run, tail=_tail(model, family, sites, config) if fast else None)
     autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
-    with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None]) as control:
+    with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None], config.dropout_groups) as control:
         with control.layout([Chunk(None, 0.0)]):
             base = compute_prefix(model, run.images, family)
         b_count = len(run.images)
@@ -255,7 +255,10 @@ AUTO_TAIL = {"retinanet": "exact", "fcos": "candidates", "ssd": "candidates"}
 
 def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | None:
     """The restricted tail when ``passes.tail`` asks for it and the heads allow it, else ``None``."""
-    mode = AUTO_TAIL.get(family, "exact") if config.tail == "auto" else config.tail
+    if config.tail == "auto":  # channel groups: the exact tail costs about one convolution
+        mode = "exact" if config.dropout_groups > 0 else AUTO_TAIL.get(family, "exact")
+    else:
+        mode = config.tail
     if mode != "candidates" or family not in TAIL_SITES:
         return None
     if not all(s in TAIL_SITES[family] for s in sites) or not all(restrictable(c) for c in _tail_convs(model, family)):
@@ -346,8 +349,10 @@ def _view_transform(model: nn.Module, view: View):
 
 
 def torchvision_forward(model: nn.Module, images: Sequence[Tensor], sites: Sequence[str] = (),
-                        rate: float = 0.0, generator: torch.Generator | None = None) -> list[dict[str, Tensor]]:
-    """``model(images)`` itself, under the same hooks (one pass): the reference for the tests.
+                        rate: float = 0.0, generator: torch.Generator | None = None,
+                        groups: int = 0) -> list[dict[str, Tensor]]:
+    """``model(images)`` itself, under the same hooks (one pass; ``groups``: channel-group
+    dropout): the reference for the tests.
 
     With ``rate > 0`` the whole site input is one chunk, so give one image to compare with a
     pass of :func:`run_passes`.
@@ -355,5 +360,5 @@ def torchvision_forward(model: nn.Module, images: Sequence[Tensor], sites: Seque
     with torch.inference_mode():
         if not sites:
             return model(list(images))
-        with mc_dropout(model, sites, rate, [generator]):
+        with mc_dropout(model, sites, rate, [generator], groups):
             return model(list(images))

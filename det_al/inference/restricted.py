@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from det_al.inference.dropout import group_keep, group_of_channel
 from det_al.inference.prefix import Prefix
 
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # the order of a 3x3 kernel
@@ -73,12 +74,17 @@ def gather_pixels(x: Tensor, positions: Tensor, groups: Tensor) -> Pixels:
     return Pixels(values, inverse, order, torch.bincount(groups, minlength=1).tolist())
 
 
-def drop_pixels(values: Tensor, generators: Sequence["torch.Generator | None"], rates: Sequence[float]) -> Tensor:
+def drop_pixels(values: Tensor, generators: Sequence["torch.Generator | None"], rates: Sequence[float],
+                groups: int = 0) -> Tensor:
     """``[P, U, C]``: pass ``p`` applies inverted dropout at ``rates[p]`` to ``values`` ``[U, C]``
-    (keep-mask ``rand([U, C]) >= rate`` from ``generators[p]``, kept values scaled by ``1 / (1 - rate)``)."""
+    (keep-mask ``rand([U, C]) >= rate`` from ``generators[p]``, kept values scaled by ``1 / (1 - rate)``;
+    with ``groups`` > 0 one factor per channel group, the same for every pixel: :func:`~det_al.inference.dropout.group_keep`)."""
     out = values.new_empty((len(rates), *values.shape))
+    index = group_of_channel(int(values.shape[1]), groups, values.device) if groups > 0 else None
     for g, r, v in zip(generators, rates, out):
-        if r == 0.0:
+        if index is not None:
+            torch.mul(values, group_keep(g, r, groups, values.device)[index].to(values.dtype), out=v)
+        elif r == 0.0:
             v.copy_(values)
         else:  # without temporaries
             torch.rand(values.shape, generator=g, device=values.device, out=v)
@@ -130,7 +136,7 @@ def _columns(pixels: Pixels, width: int) -> Tensor:
 
 def conv_at(x: Tensor, positions: Tensor, groups: Tensor, convs: Sequence[tuple[nn.Conv2d, int]],
             generators: Sequence["torch.Generator | None"], rates: Sequence[float],
-            drop: bool | Sequence[bool], shared: bool = True) -> list[Tensor]:
+            drop: bool | Sequence[bool], shared: bool = True, channel_groups: int = 0) -> list[Tensor]:
     """3x3 convolutions of ``x`` ``[C, H, W]`` at ``m`` rows for P passes: ``[P, m, width]`` per conv.
 
     Row ``j`` is output channels ``groups[j] * width .. (groups[j] + 1) * width`` of ``conv`` at
@@ -139,20 +145,21 @@ def conv_at(x: Tensor, positions: Tensor, groups: Tensor, convs: Sequence[tuple[
     conv), pass ``p`` first applies inverted dropout at rate ``rates[p]`` to the input pixels the
     rows read (:func:`drop_pixels`): with ``shared`` one draw that all those convs read (one
     dropout site before all of them, as SSD's head input), else a draw per conv, in order (a
-    site at each conv's input). The pixels are gathered once for all ``convs``.
+    site at each conv's input); ``channel_groups`` > 0: channel-group dropout. The pixels are gathered
+    once for all ``convs``.
     """
     pixels = gather_pixels(x, positions, groups)
     p_count = len(rates)
     flags = [drop] * len(convs) if isinstance(drop, bool) else list(drop)
     active = any(r > 0.0 for r in rates)
     clean = pixels.values[None]
-    common = drop_pixels(pixels.values, generators, rates) if shared and active and any(flags) else None
+    common = drop_pixels(pixels.values, generators, rates, channel_groups) if shared and active and any(flags) else None
     out = []
     for (conv, width), flag in zip(convs, flags, strict=True):
         if not (flag and active):
             values = clean
         else:
-            values = common if shared else drop_pixels(pixels.values, generators, rates)
+            values = common if shared else drop_pixels(pixels.values, generators, rates, channel_groups)
         y = _conv_rows(values, pixels, conv, width)
         result = torch.empty_like(y)
         result[:, pixels.order] = y

@@ -9,6 +9,7 @@ split of each family into prefix and suffix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -18,7 +19,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 
 from det_al.inference import masks as mask_branch
-from det_al.inference import one_stage, restricted
+from det_al.inference import grouped, one_stage, restricted
 from det_al.inference.candidates import DenseAccumulator
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout
@@ -87,7 +88,7 @@ def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
                 heads(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
                       1, None, True, tail)
             restricted_passes = one_stage.ssd_tail_passes if ssd else one_stage.tail_passes
-            return restricted_passes(model, prefix, control.sites, generators, rates, dense)
+            return restricted_passes(model, prefix, control.sites, generators, rates, dense, control.groups)
         return heads(model, prefix, control, chunks, len(rates), dense, choose, tail)
     raise ValueError(f"unknown model family {prefix.family!r}")
 
@@ -126,14 +127,26 @@ def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: lis
     fcos = prefix.family == "fcos"
     cls_tower, reg_tower = prefix.site
     cls_head, reg_head = model.head.classification_head, model.head.regression_head
-    with control.layout(chunks):
-        cls = [cls_head.cls_logits(tile(t, p_count)) for t in cls_tower]
+    if _grouped_route(control, p_count, choose, [cls_head.cls_logits, reg_head.bbox_reg,
+                                                    *([reg_head.bbox_ctrness] if fcos else [])]):
+        # the draws in the hooks' order: every level's cls_logits, then bbox_reg (and bbox_ctrness) per level
+        conv = partial(_grouped_conv, control, chunks, p_count)
+        cls = [conv(cls_head.cls_logits, "head.classification_head.cls_logits", t) for t in cls_tower]
         reg, ctr = [], []
         for t in reg_tower:
-            t = tile(t, p_count)
-            reg.append(F.relu(reg_head.bbox_reg(t)) if fcos else reg_head.bbox_reg(t))
+            deltas = conv(reg_head.bbox_reg, "head.regression_head.bbox_reg", t)
+            reg.append(F.relu(deltas) if fcos else deltas)
             if fcos:
-                ctr.append(reg_head.bbox_ctrness(t))
+                ctr.append(conv(reg_head.bbox_ctrness, "head.regression_head.bbox_ctrness", t))
+    else:
+        with control.layout(chunks):
+            cls = [cls_head.cls_logits(tile(t, p_count)) for t in cls_tower]
+            reg, ctr = [], []
+            for t in reg_tower:
+                t = tile(t, p_count)
+                reg.append(F.relu(reg_head.bbox_reg(t)) if fcos else reg_head.bbox_reg(t))
+                if fcos:
+                    ctr.append(reg_head.bbox_ctrness(t))
     num_classes = cls_head.num_classes
     if choose and (dense is not None or tail is not None):
         probs = one_stage.one_stage_probs(cls, ctr or None, num_classes, first=0)  # [B, R, C]
@@ -151,8 +164,13 @@ def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: lis
 
 def _ssd(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chunk], p_count: int,
          dense: Sequence[DenseAccumulator] | None, choose: bool, tail: Tail | None = None) -> list[list[Raw]]:
-    with control.layout(chunks):
-        head_outputs = model.head([tile(f, p_count) for f in prefix.site])
+    head = model.head
+    convs = [*head.classification_head.module_list, *head.regression_head.module_list]
+    if control.sites == ("head",) and _grouped_route(control, p_count, choose, convs):
+        head_outputs = _ssd_grouped(head, control, chunks, prefix.site)
+    else:
+        with control.layout(chunks):
+            head_outputs = head([tile(f, p_count) for f in prefix.site])
     if choose and tail is not None:  # the restricted tail's anchors (and then the dense candidates' too)
         probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)  # [B, R, K]
         foreground = 1.0 - probs[..., 0]
@@ -167,6 +185,38 @@ def _ssd(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chun
         for i, acc in enumerate(dense):
             acc.add(probs[i::b_count].transpose(0, 1), prefix.references[i])
     return ssd_postprocess(model, prefix, head_outputs, p_count)
+
+
+def _grouped_route(control: MCDropout, p_count: int, choose: bool, convs: Sequence[nn.Module]) -> bool:
+    """Whether a one-stage suffix computes channel-group dropout as weighted sums of per-group
+    outputs (:mod:`det_al.inference.grouped`): groups set, several passes, plain convolutions.
+    One pass (the plain path) runs the hooks, the reference the fast path is tested against."""
+    return control.groups > 0 and p_count > 1 and not choose and all(grouped.decomposable(c) for c in convs)
+
+
+def _grouped_conv(control: MCDropout, chunks: list[Chunk], p_count: int, conv: nn.Conv2d, site: str,
+                  x: Tensor) -> Tensor:
+    """``conv`` over ``x`` ``[B, C, H, W]`` for P passes, ``[P * B, O, H', W']``: with group
+    dropout when ``site`` is a dropout site (the chunks' draws, as its hook makes them), else
+    once and repeated."""
+    if site not in control.sites:
+        return tile(conv(x), p_count)
+    return grouped.conv_passes(conv, x, grouped.group_factors(chunks, control.groups, x.device))
+
+
+def _ssd_grouped(head: nn.Module, control: MCDropout, chunks: list[Chunk], features: list[Tensor]) -> dict[str, Tensor]:
+    """``SSDHead.forward`` for P passes with group dropout on its input (the site ``head``): one
+    draw per level and chunk, as the hook drops the list of feature maps, read by both convs."""
+    cls_head, reg_head = head.classification_head, head.regression_head
+    outputs: dict[str, list[Tensor]] = {"cls_logits": [], "bbox_regression": []}
+    for level, f in enumerate(features):
+        factors = grouped.group_factors(chunks, control.groups, f.device)
+        for key, scoring in (("cls_logits", cls_head), ("bbox_regression", reg_head)):
+            y = grouped.conv_passes(scoring.module_list[level], f, factors)
+            n, _, height, width = y.shape  # SSDScoringHead._get_result_from_module_list's layout
+            y = y.view(n, -1, scoring.num_columns, height, width).permute(0, 3, 4, 1, 2)
+            outputs[key].append(y.reshape(n, -1, scoring.num_columns))
+    return {key: torch.cat(value, dim=1) for key, value in outputs.items()}
 
 
 def to_original(prefix: Prefix, out: list[list[Raw]], paste: bool = False) -> list[list[Detections]]:
