@@ -7,6 +7,9 @@ For each model (all five families by default), one 512-px image, T in --passes, 
       whole-model passes under the same dropout hooks and generators;
   (c) det_al's engine: ``run_passes(fast=True)``, once per mode of the family: Mask R-CNN
       ``passes.masks`` exact / shared, RetinaNet, FCOS and SSD ``passes.tail`` exact / candidates;
+      with ``--groups N`` also ``passes.dropout_groups: N`` (channel-group dropout,
+      :mod:`det_al.inference.grouped`): not an approximation but another dropout, so its
+      agreement columns say how far its passes are from element-wise ones;
 
 and the ratio (c)/(a), in wall time and in this process's CPU time (``time.process_time``: on
 a machine shared with other jobs, wall time measures the load as much as the work; CPU time
@@ -58,7 +61,7 @@ What bounds (c)/(a) per family (multiply-accumulates at 512 px, 100 detections):
 Usage::
 
     python benchmarks/bench_passes.py [--families fasterrcnn maskrcnn retinanet fcos ssd]
-        [--passes 1 10 20] [--size 512] [--repeats 1] [--threads N] [--plain] [--dense-repeats N]
+        [--passes 1 10 20] [--size 512] [--repeats 1] [--threads N] [--plain] [--dense-repeats N] [--groups N]
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--plain", action="store_true", help="also time (b), the plain path")
+    parser.add_argument("--groups", type=int, default=0, metavar="N",
+                        help="also time passes.dropout_groups=N per family (channel-group dropout; its agreement "
+                             "columns compare it with element-wise exact, a different dropout)")
     return parser
 
 
@@ -271,7 +277,10 @@ def bench_model(key: str, args: argparse.Namespace, image: torch.Tensor, notes: 
     notes.append(f"{key}: score_thresh calibrated to {thresh:.6f} -> {n} detections in the deterministic pass")
     torchvision_forward(model, [img])  # warm-up
     a_wall, a_cpu, _ = timed(lambda: torchvision_forward(model, [img]), args.repeats)
-    field, modes = MODES.get(key, ("masks", ["exact"]))
+    field, values = MODES.get(key, ("masks", ["exact"]))
+    modes = [(f"{field}:{v}", {field: v}) for v in values]
+    if args.groups:  # channel-group dropout: another dropout, compared with element-wise exact
+        modes.append((f"dropout_groups:{args.groups}", {"dropout_groups": args.groups}))
     rows = []
     for t in args.passes:
         b_wall = float("nan")
@@ -280,8 +289,8 @@ def bench_model(key: str, args: argparse.Namespace, image: torch.Tensor, notes: 
             b_wall, _, _ = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
                                                     fast=False), args.repeats)
         exact = None
-        for mode in modes:
-            config = PassesConfig(passes=t, dropout=args.dropout, **{field: mode})
+        for label, overrides in modes:
+            config = PassesConfig(passes=t, dropout=args.dropout, **overrides)
             if t == args.passes[0]:
                 run_passes(model, [img], config, seeds=[0], device=args.device, fast=True)  # warm-up
             c_wall, c_cpu, res = timed(lambda: run_passes(model, [img], config, seeds=[0], device=args.device,
@@ -299,10 +308,10 @@ def bench_model(key: str, args: argparse.Namespace, image: torch.Tensor, notes: 
                 work = 100 * min(dense_work(model, img, config, args.device) for _ in range(2)) / c_wall
                 diff = 100 * (t_1 - t_0) / t_0
             mean_dets = sum(len(p) for p in res.passes) / len(res.passes)
-            name = MODELS[key] + ("" if len(modes) == 1 else f" {field}:{mode}")
+            name = MODELS[key] + ("" if len(modes) == 1 else f" {label}")
             rows.append((name, t, a_wall, b_wall, c_wall, c_wall / a_wall, c_cpu / a_cpu, mean_dets,
                          iou, noise_iou, rho, noise, work, diff))
-            if mode == "shared" and t == max(args.passes):
+            if overrides.get("masks") == "shared" and t == max(args.passes):
                 notes.append(f"{key} (shared masks) at T={t}: {partners(res)} of the pass detections "
                              f"are within box IoU 0.5 of a deterministic detection (members of the objects it reports)")
             print(f"  {name} T={t}: a={a_wall:.2f}s b={b_wall:.2f}s c={c_wall:.2f}s", flush=True)
