@@ -42,6 +42,25 @@ def one_stage_probs(cls: list[Tensor], ctr: list[Tensor] | None, num_classes: in
     return torch.cat(levels, 1)
 
 
+def one_stage_foreground(cls: list[Tensor], ctr: list[Tensor] | None, num_classes: int) -> tuple[Tensor, Tensor]:
+    """``([B, R], [B, R])``: every anchor's highest probability over the classes (column 0 left out,
+    or the only column) and over all columns, as :func:`one_stage_probs` would give them, from the
+    highest logit (the probability is increasing in it) without squashing every logit."""
+    foreground, top = [], []
+    for level, logits in enumerate(cls):
+        n, _, h, w = logits.shape
+        a_count = logits.shape[1] // num_classes
+        x = logits.float().view(n, a_count, num_classes, h, w)
+        both = [x[:, :, 1:].amax(2) if num_classes > 1 else x[:, :, 0], x.amax(2)]  # [n, A, h, w]
+        for out, m in zip((foreground, top), both):
+            p = torch.sigmoid(m.permute(0, 2, 3, 1).reshape(n, h * w * a_count))
+            if ctr is not None:
+                c = ctr[level].float().view(n, a_count, h, w).permute(0, 2, 3, 1).reshape(n, h * w * a_count)
+                p = torch.sqrt(p * torch.sigmoid(c))
+            out.append(p)
+    return torch.cat(foreground, 1), torch.cat(top, 1)
+
+
 def choose_candidates(dense: Sequence[DenseAccumulator], foreground: Tensor) -> None:
     """The deterministic pass picks each image's candidates: its ``max_candidates`` anchors of
     highest ``foreground`` probability ``[B, R]`` (all with ``max_candidates`` 0), in anchor order."""

@@ -32,7 +32,8 @@ The modules: :mod:`~det_al.inference.prefix` (the shared part), :mod:`~det_al.in
 (the batched stochastic part and its family dispatch), :mod:`~det_al.inference.postprocess`,
 :mod:`~det_al.inference.masks`, :mod:`~det_al.inference.one_stage` (dense candidates and the
 one-stage restricted tail), :mod:`~det_al.inference.restricted` (its convolutions at chosen
-anchors), :mod:`~det_al.inference.tta` (views); this one drives them.
+anchors), :mod:`~det_al.inference.grouped` and :mod:`~det_al.inference.certified` (channel-group
+dropout for all passes at once), :mod:`~det_al.inference.tta` (views); this one drives them.
 
 The fast path computes the prefix once per image batch and TTA view; the plain path
 (``fast=False``) runs prefix + suffix once per pass and image, hooks and generators identical,
@@ -58,6 +59,7 @@ from torchvision.models.detection.transform import resize_boxes
 
 from det_al.config import PassesConfig
 from det_al.inference.candidates import Candidates, DenseAccumulator
+from det_al.inference.certified import Certified
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout, default_sites, mc_dropout
 from det_al.inference.prefix import Prefix, compute_prefix, embeddings
@@ -163,7 +165,7 @@ class _Run:
     dense: list[DenseAccumulator] | None
     chunk: int
     masks: str
-    tail: Tail | None = None
+    tail: Tail | Certified | None = None
 
 
 def run_passes(
@@ -253,12 +255,16 @@ def _tail_convs(model: nn.Module, family: str) -> list[nn.Module]:
 AUTO_TAIL = {"retinanet": "exact", "fcos": "candidates", "ssd": "candidates"}
 
 
-def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | None:
-    """The restricted tail when ``passes.tail`` asks for it and the heads allow it, else ``None``."""
+def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | Certified | None:
+    """The restricted tail when ``passes.tail`` asks for it and the heads allow it (RetinaNet with
+    channel groups and ``auto``: :mod:`det_al.inference.certified`), else ``None``."""
     if config.tail == "auto":  # channel groups: the exact tail costs about one convolution
         mode = "exact" if config.dropout_groups > 0 else AUTO_TAIL.get(family, "exact")
     else:
         mode = config.tail
+    if config.tail == "auto" and config.dropout_groups > 0 and family == "retinanet":
+        if all(s in TAIL_SITES[family] for s in sites) and all(restrictable(c) for c in _tail_convs(model, family)):
+            return Certified(config.dropout_groups, max(1.0 / (1.0 - r) for r in config.rates()))
     if mode != "candidates" or family not in TAIL_SITES:
         return None
     if not all(s in TAIL_SITES[family] for s in sites) or not all(restrictable(c) for c in _tail_convs(model, family)):

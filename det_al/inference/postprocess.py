@@ -75,12 +75,17 @@ def _positions(flat: Tensor, anchors: int, columns: int, height: int, width: int
     the anchor index is the row of that layout, ``(h * W + w) * A + a``. Sorting by the
     permuted flat index ``anchor * K + k`` gives the order torchvision's ``torch.where`` does.
     """
-    hw = height * width
-    channel, position = flat // hw, flat % hw
+    anchor, k, _ = sorted_positions(flat, anchors, columns, height * width)
+    return anchor, k
+
+
+def sorted_positions(flat: Tensor, anchors: int, columns: int, positions: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_positions` for a map of ``positions`` (``H * W``), and the order it sorted ``flat`` in."""
+    channel, position = flat // positions, flat % positions
     a, k = channel // columns, channel % columns
     anchor = position * anchors + a
     order = torch.argsort(anchor * columns + k)
-    return anchor[order], k[order]
+    return anchor[order], k[order], order
 
 
 def _gather_anchor_rows(x: Tensor, anchor: Tensor, anchors: int) -> Tensor:

@@ -36,6 +36,7 @@ class Prefix:
     shared_masks: "SharedMasks | None" = None
     objectness: list[Tensor] | None = None  # R-CNN: the RPN probability of each proposal
     tail_anchors: list[list[Tensor]] | None = None  # restricted tail: [B][level] anchor indices
+    certified: list[list[Any]] | None = None  # RetinaNet with channel groups: [B][level] certified.Level
 
 
 @dataclass

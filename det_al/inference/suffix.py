@@ -19,7 +19,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 
 from det_al.inference import masks as mask_branch
-from det_al.inference import grouped, one_stage, restricted
+from det_al.inference import certified, grouped, one_stage, restricted
 from det_al.inference.candidates import DenseAccumulator
 from det_al.inference.detections import Detections
 from det_al.inference.dropout import Chunk, MCDropout
@@ -42,7 +42,7 @@ def tile(x: Tensor, p_count: int) -> Tensor:
 def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators: Generators,
                rates: Sequence[float], masks: str = "exact",
                dense: Sequence[DenseAccumulator] | None = None, choose: bool = False,
-               paste: bool = False, tail: "Tail | None" = None) -> list[list[Detections]]:
+               paste: bool = False, tail: "Tail | certified.Certified | None" = None) -> list[list[Detections]]:
     """The stochastic part for P passes in one batched call.
 
     Args:
@@ -56,7 +56,8 @@ def run_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
             of its ``max_candidates`` anchors of highest foreground probability (the candidates
             of the stochastic passes); nothing is accumulated.
         paste: masks pasted into the image (the deterministic pass); else kept in the box frame.
-        tail: RetinaNet/FCOS/SSD ``passes.tail: candidates`` (:class:`Tail`); ``None``: exact.
+        tail: RetinaNet/FCOS/SSD ``passes.tail: candidates`` (:class:`Tail`); RetinaNet with
+            channel groups, :class:`~det_al.inference.certified.Certified`; ``None``: exact.
 
     Returns ``[P][B]`` detections in the coordinates of the images given to the prefix.
     """
@@ -74,7 +75,7 @@ class Tail:
 def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators: Generators,
                rates: Sequence[float], masks: str = "exact",
                dense: Sequence[DenseAccumulator] | None = None, choose: bool = False,
-               tail: Tail | None = None) -> list[list[Raw]]:
+               tail: "Tail | certified.Certified | None" = None) -> list[list[Raw]]:
     """:func:`run_suffix` before :func:`to_original`: ``[P][B]`` :class:`Raw` in the prefix's
     resized image coordinates, masks ``[N, 1, M, M]`` in the box frame."""
     chunks = pass_chunks(generators, rates, prefix.rows)
@@ -83,6 +84,12 @@ def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
     if prefix.family in ("retinanet", "fcos", "ssd"):
         ssd = prefix.family == "ssd"
         heads = _ssd if ssd else _one_stage
+        if isinstance(tail, certified.Certified) and not choose:
+            if prefix.certified is None:  # a TTA view: its own deterministic pass first
+                heads(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
+                      1, None, True, tail)
+            return certified.passes(model, prefix, tail, control.sites, certified.chunks_for(chunks, len(prefix.rows)),
+                                    len(rates), dense)
         if tail is not None and not choose:
             if prefix.tail_anchors is None:  # a TTA view: its own deterministic choice first
                 heads(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
@@ -123,12 +130,22 @@ def _rcnn(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chu
 
 
 def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chunk], p_count: int,
-               dense: Sequence[DenseAccumulator] | None, choose: bool, tail: Tail | None = None) -> list[list[Raw]]:
+               dense: Sequence[DenseAccumulator] | None, choose: bool,
+               tail: "Tail | certified.Certified | None" = None) -> list[list[Raw]]:
     fcos = prefix.family == "fcos"
     cls_tower, reg_tower = prefix.site
     cls_head, reg_head = model.head.classification_head, model.head.regression_head
-    if _grouped_route(control, p_count, choose, [cls_head.cls_logits, reg_head.bbox_reg,
-                                                    *([reg_head.bbox_ctrness] if fcos else [])]):
+    if isinstance(tail, certified.Certified) and choose:  # the logits as sums of the kept partial outputs
+        cls, reg, ctr = [], [], []
+        prefix.certified = [[] for _ in prefix.rows]
+        for x_cls, x_reg in zip(cls_tower, reg_tower):
+            per_image = [certified.prepare(model, tail, x_cls[i], x_reg[i], control.sites) for i in range(len(prefix.rows))]
+            cls.append(torch.stack([c for c, _ in per_image]))
+            reg.append(torch.stack([level.reg_det.view(-1, *x_reg.shape[-2:]) for _, level in per_image]))
+            for kept, (_, level) in zip(prefix.certified, per_image):
+                kept.append(level)
+    elif _grouped_route(control, p_count, choose, [cls_head.cls_logits, reg_head.bbox_reg,
+                                                      *([reg_head.bbox_ctrness] if fcos else [])]):
         # the draws in the hooks' order: every level's cls_logits, then bbox_reg (and bbox_ctrness) per level
         conv = partial(_grouped_conv, control, chunks, p_count)
         cls = [conv(cls_head.cls_logits, "head.classification_head.cls_logits", t) for t in cls_tower]
@@ -149,13 +166,15 @@ def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: lis
                     ctr.append(reg_head.bbox_ctrness(t))
     num_classes = cls_head.num_classes
     if choose and (dense is not None or tail is not None):
-        probs = one_stage.one_stage_probs(cls, ctr or None, num_classes, first=0)  # [B, R, C]
-        foreground = probs[..., 1:].amax(-1) if num_classes > 1 else probs[..., 0]
+        foreground, top = one_stage.one_stage_foreground(cls, ctr or None, num_classes)  # [B, R] each
+        sizes = [int(x.shape[1]) // num_classes * int(x.shape[2]) * int(x.shape[3]) for x in cls]
         if dense is not None:
             one_stage.choose_candidates(dense, foreground)
-        if tail is not None:
-            sizes = [int(x.shape[1]) // num_classes * int(x.shape[2]) * int(x.shape[3]) for x in cls]
-            restricted.choose_anchors(prefix, (probs > model.score_thresh).any(-1), foreground, sizes,
+        if isinstance(tail, certified.Certified):
+            for levels, acc in zip(prefix.certified, dense or []):
+                certified.add_candidates(model, tail, levels, acc.index, sizes)
+        elif tail is not None:
+            restricted.choose_anchors(prefix, top > model.score_thresh, foreground, sizes,
                                       tail.max_candidates, [acc.index for acc in dense] if dense else None)
     elif dense is not None:
         one_stage.add_candidates(prefix, dense, cls, ctr or None, num_classes, p_count)

@@ -10,6 +10,7 @@ from torch import nn
 from det_al.config import PassesConfig, config_from_dict
 from det_al.errors import InputError
 from det_al.inference import grouped
+from det_al.inference.certified import Certified
 from det_al.inference.dropout import Chunk, drop_rows, group_keep, mc_dropout
 from det_al.inference.passes import _tail, pass_seed, resolve_sites, run_passes, torchvision_forward
 from det_al.inference.restricted import drop_pixels
@@ -82,18 +83,26 @@ def _spread(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["retinanet_tiny", "fcos_tiny", "ssd_tiny"])
-def test_one_stage_fast_path_with_groups_equals_the_plain_path_and_torchvision(name, image):
+@pytest.mark.parametrize("name,tail", [("retinanet_tiny", "auto"), ("retinanet_tiny", "exact"), ("fcos_tiny", "auto"),
+                                       ("ssd_tiny", "auto")])
+def test_one_stage_fast_path_with_groups_equals_the_plain_path_and_torchvision(name, tail, image):
     torch.manual_seed(0)
     model = _spread(BUILDERS[name](num_classes=4, detections_per_img=30))
-    config = PassesConfig(passes=3, dropout=(0.2, 0.3, 0.5), dropout_groups=8)
+    config = PassesConfig(passes=3, dropout=(0.2, 0.3, 0.5), dropout_groups=8, tail=tail)
     family, sites = resolve_sites(model, config)
-    assert _tail(model, family, sites, config) is None  # auto with groups: the exact (grouped) tail
+    # auto with groups: RetinaNet's certified entries (scale 1 / (1 - 0.5)), else the dense grouped tail
+    expected = Certified(8, 2.0) if (family, tail) == ("retinanet", "auto") else None
+    assert _tail(model, family, sites, config) == expected
     images = [image(128, 128, 5), image(112, 128, 6)]
     fast = run_passes(model, images, config, seeds=[3, 4], fast=True)
     plain = run_passes(model, images, config, seeds=[3, 4], fast=False)
     for f, p in zip(fast, plain):
         assert len(f.passes) == 3
+        # the dense candidates' values over the passes, too
+        torch.testing.assert_close(f.candidates.boxes, p.candidates.boxes)
+        torch.testing.assert_close(f.candidates.mutual_information, p.candidates.mutual_information, atol=1e-5, rtol=0)
+        torch.testing.assert_close(f.candidates.foreground, p.candidates.foreground, atol=1e-5, rtol=0)
+        assert f.candidates.mutual_information.max() > 0
         for a, b in zip(f.passes, p.passes, strict=True):
             assert len(a) == len(b) > 0
             torch.testing.assert_close(a.boxes, b.boxes, atol=1e-3, rtol=0)
@@ -119,3 +128,32 @@ def test_dropout_groups_must_not_be_negative():
 def test_group_dropout_needs_a_channel_dimension():
     with pytest.raises(ValueError, match="channel dimension"):
         drop_rows(torch.ones(4), [Chunk(torch.Generator().manual_seed(0), 0.5)], groups=2)
+
+
+def test_certified_entries_hold_every_logit_a_pass_can_lift_over_the_threshold():
+    """The bound b + s * sum_g max(Y_g, 0): no draw of group factors lifts a left-out entry over it."""
+    from det_al.inference import certified
+
+    model = _spread(BUILDERS["retinanet_tiny"](num_classes=4)).eval()
+    conv = model.head.classification_head.cls_logits
+    torch.manual_seed(2)
+    x = torch.rand(conv.in_channels, 8, 8)
+    mode = certified.Certified(groups=4, scale=1.0 / (1.0 - 0.5))
+    model.score_thresh = 0.6
+    with torch.no_grad():
+        logits, level = certified.prepare(model, mode, x, torch.rand(conv.in_channels, 8, 8), [certified.CLS_SITE])
+        torch.testing.assert_close(logits, conv(x[None])[0], atol=1e-4, rtol=1e-5)
+        assert 0 < level.entries.numel() < logits.numel()  # it restricts, and keeps some
+        kept = torch.zeros(logits.numel(), dtype=torch.bool)
+        kept[level.entries] = True
+        threshold = torch.logit(torch.tensor(0.6))
+        index = torch.arange(conv.in_channels) * 4 // conv.in_channels
+        for _ in range(50):
+            f = (torch.rand(4) >= 0.5).float() * 2.0
+            z = conv(x[None] * f[index][None, :, None, None])[0].flatten()
+            assert not (z[~kept] > threshold).any()
+        # the kept entries' partial outputs give a pass's logits there
+        f = torch.tensor([2.0, 0.0, 2.0, 2.0])
+        z = conv(x[None] * f[index][None, :, None, None])[0].flatten()
+        combined = conv.bias[level.entries // 64] + f @ level.values
+        torch.testing.assert_close(combined, z[level.entries], atol=1e-4, rtol=1e-5)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from det_al.config import PassesConfig
+from det_al.inference import one_stage
 from det_al.inference.restricted import NARROW_OUTPUTS, conv_at, neighbourhoods, restrictable
 from det_al.inference.passes import run_passes
 
@@ -131,3 +132,16 @@ def test_auto_tail_restricts_fcos_and_ssd_but_not_retinanet(family, restricted, 
     calls.clear()
     run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2, tail="exact"), seeds=[1])
     assert not calls
+
+
+@pytest.mark.parametrize("centerness", [False, True])
+def test_foreground_from_the_highest_logit_equals_the_highest_probability(centerness):
+    torch.manual_seed(0)
+    cls = [torch.randn(2, 3 * 5, 4, 6), torch.randn(2, 3 * 5, 2, 3)]  # 3 anchors, 5 columns
+    ctr = [torch.randn(2, 3, 4, 6), torch.randn(2, 3, 2, 3)] if centerness else None
+    probs = one_stage.one_stage_probs(cls, ctr, 5, first=0)  # [2, R, 5]
+    foreground, top = one_stage.one_stage_foreground(cls, ctr, 5)
+    # equal up to the last bit sigmoid's vectorised and scalar code paths may differ in
+    torch.testing.assert_close(foreground, probs[..., 1:].amax(-1), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(top, probs.amax(-1), atol=1e-7, rtol=1e-6)
+    assert not torch.allclose(foreground, top)  # column 0 counts in top only
