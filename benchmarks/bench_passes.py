@@ -179,7 +179,7 @@ def dense_work(model: torch.nn.Module, img: torch.Tensor, config: PassesConfig, 
         return wrapper
 
     patched = [(DenseAccumulator, "add"), (DenseAccumulator, "candidates"), (one_stage, "choose_candidates"),
-               (one_stage, "add_candidates"), (one_stage, "_add_restricted")]
+               (one_stage, "add_candidates"), (one_stage, "add_restricted")]
     originals = [getattr(owner, name) for owner, name in patched]
     try:
         for (owner, name), original in zip(patched, originals):

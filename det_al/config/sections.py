@@ -38,10 +38,10 @@ class PassesConfig:
     ``dropout_groups``: 0 (the default) drops each input value of a site on its own; N > 0
     keeps or drops the site input's channels in N contiguous groups, one draw per group for
     the whole image in a pass (dropout on the site's weights: each pass one sampled
-    sub-network). The heads' last convolutions of FCOS and SSD are then computed for all
-    passes from N partial outputs (:mod:`det_al.inference.grouped`), RetinaNet's only at the
-    (anchor, class) entries a bound lets cross the score threshold
-    (:mod:`det_al.inference.certified`): exact passes for about the price of one convolution.
+    sub-network). The heads' last convolutions of FCOS are then computed for all passes from
+    N partial outputs (:mod:`det_al.inference.grouped`), RetinaNet's and SSD's only at the
+    entries or anchors a bound lets cross the score threshold (:mod:`det_al.inference.certified`):
+    exact passes for about the price of one convolution.
 
     ``masks`` (Mask R-CNN, fast path): ``exact`` runs the mask branch on every pass's own boxes
     (what T whole-model passes give); ``shared`` (the default) runs it once on the deterministic boxes and

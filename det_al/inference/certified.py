@@ -1,4 +1,4 @@
-"""RetinaNet passes with channel-group dropout, computed only where a pass can detect.
+"""RetinaNet and SSD passes with channel-group dropout, computed only where a pass can detect.
 
 With ``passes.dropout_groups`` N > 0 (:mod:`det_al.inference.grouped`) a pass's class logit
 ``z = b + sum_g f_g * Y_g`` has factors ``f_g`` in ``{0, s}`` (``s = 1 / (1 - rate)``), so no
@@ -11,13 +11,19 @@ logits, since every entry left out is below the threshold in every pass. Box del
 regression head's partial outputs; each detection's class-probability vector, and those of the
 dense candidates, from the convolution at its anchor with the pass's group factors.
 
-Used for RetinaNet when ``passes.dropout_groups`` > 0 and ``passes.tail`` is ``auto``
-(:func:`det_al.inference.passes._tail`); FCOS scores ``sqrt(p * centerness)``, for which this
-bound keeps most entries, and SSD a softmax: they take the dense grouped path.
+SSD (:func:`ssd_prepare`, :func:`ssd_passes`) scores a softmax, so the unit is the anchor:
+each logit lies between ``b + s * sum_g min(Y_g, 0)`` and ``b + s * sum_g max(Y_g, 0)``, which
+bounds every class probability (:func:`_ssd_can_detect`); the passes evaluate the anchors whose
+bound reaches the threshold, and the dense candidates, as ``passes.tail: candidates`` does.
+
+Used for RetinaNet and SSD when ``passes.dropout_groups`` > 0 and ``passes.tail`` is ``auto``
+(:func:`det_al.inference.passes._tail`); FCOS scores ``sqrt(p * centerness)``, for which such a
+bound keeps most entries: it takes the dense grouped path.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,10 +31,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
 
+from det_al.inference import one_stage
 from det_al.inference.candidates import DenseAccumulator
 from det_al.inference.dropout import Chunk, group_of_channel
 from det_al.inference.grouped import group_factors
-from det_al.inference.postprocess import Raw, _logit, sorted_positions
+from det_al.inference.postprocess import Raw, logit_of, sorted_positions, ssd_detections
 from det_al.inference.prefix import Prefix
 from det_al.inference.restricted import neighbourhoods
 
@@ -120,7 +127,7 @@ def prepare(model: nn.Module, mode: Certified, x_cls: Tensor, x_reg: Tensor, sit
     weight, bounds = _weight_columns(cls_conv, mode.groups)
     out_channels, positions = int(weight.shape[0]), int(cols.shape[1])
     bias = cls_conv.bias.to(cols.dtype)
-    threshold = _logit(model.score_thresh) - MARGIN
+    threshold = logit_of(model.score_thresh) - MARGIN
     logits = cols.new_empty((out_channels, positions))
     entries, values = [], []
     block = max(1, min(out_channels, PREPARE_VALUES // max(1, mode.groups * positions)))
@@ -201,7 +208,7 @@ def passes(model: nn.Module, prefix: Prefix, mode: Certified, sites: Sequence[st
     class_bias = bias.view(a_count, num_classes)
     reg_conv = model.head.regression_head.bbox_reg
     reg_bias = reg_conv.bias.view(a_count, 4)
-    threshold = _logit(model.score_thresh)
+    threshold = logit_of(model.score_thresh)
     out: list[list[Raw]] = [[] for _ in range(p_count)]
     for i, levels in enumerate(prefix.certified):
         chunks = chunks_of(i)
@@ -269,6 +276,130 @@ def passes(model: nn.Module, prefix: Prefix, mode: Certified, sites: Sequence[st
                     logits_at = class_bias[where[rows, 1] % a_count] + _combine(part[:, at], cls_f[level][p : p + 1])[0]
                     probs[rows] = torch.sigmoid(logits_at).float()
             out[p].append(Raw(boxes, scores, labels, probs, "sigmoid"))
+    return out
+
+
+# --------------------------------------------------------------------------- SSD
+
+SSD_SITE = "head"
+
+
+def ssd_prepare(model: nn.Module, mode: Certified, features: Sequence[Tensor],
+                sites: Sequence[str]) -> tuple[dict[str, Tensor], Tensor, list[list[tuple[Tensor, Tensor]]]]:
+    """SSD's deterministic pass from the partial outputs of its head (site ``head``: one draw
+    per level, read by the class and the box convolution).
+
+    Returns ``SSDHead``'s outputs (``cls_logits`` ``[B, R, K]``, ``bbox_regression`` ``[B, R, 4]``),
+    ``[B, R]`` whether an anchor can detect in some pass (:func:`_ssd_can_detect`), and
+    ``[B][level]`` the partial outputs of both convolutions (``[N, A * K, L]``, ``[N, A * 4, L]``)
+    for :func:`ssd_keep`."""
+    head = model.head
+    cls_head, reg_head = head.classification_head, head.regression_head
+    num_classes = cls_head.num_columns
+    dropped = SSD_SITE in sites
+    outputs: dict[str, list[Tensor]] = {"cls_logits": [], "bbox_regression": []}
+    can_detect, partials = [], [[] for _ in range(int(features[0].shape[0]))]
+    for level, f in enumerate(features):
+        per_key: dict[str, list[Tensor]] = {"cls_logits": [], "bbox_regression": []}
+        masks = []
+        for i in range(int(f.shape[0])):
+            cols = torch.nn.functional.unfold(f[i : i + 1], 3, padding=1)[0]
+            pair = []
+            for key, scoring, width in (("cls_logits", cls_head, num_classes), ("bbox_regression", reg_head, 4)):
+                conv = scoring.module_list[level]
+                weight, bounds = _weight_columns(conv, mode.groups)
+                part = _partials(weight, bounds, cols)  # [N, A * W, L]
+                pair.append(part)
+                det = part.sum(0) + conv.bias.to(part.dtype)[:, None]
+                a_count = conv.out_channels // width
+                # SSDScoringHead._get_result_from_module_list's layout: anchor (y * W + x) * A + a
+                per_key[key].append(det.view(a_count, width, -1).permute(2, 0, 1).reshape(-1, width))
+            masks.append(_ssd_can_detect(pair[0], cls_head.module_list[level].bias, num_classes,
+                                         mode.scale if dropped else 0.0, model.score_thresh))
+            partials[i].append((pair[0], pair[1]))
+        for key, value in per_key.items():
+            outputs[key].append(torch.stack(value))
+        can_detect.append(torch.stack(masks))
+    return ({key: torch.cat(value, 1) for key, value in outputs.items()}, torch.cat(can_detect, 1), partials)
+
+
+def _ssd_can_detect(part: Tensor, bias: Tensor, num_classes: int, scale: float, score_thresh: float) -> Tensor:
+    """``[L * A]`` (anchor order): whether a class ``k >= 1`` of the anchor can reach a softmax
+    probability above ``score_thresh`` in some pass.
+
+    With factors in ``{0, s}`` each logit lies in ``[lo_j, hi_j]``: ``b_j + s * sum_g min(Y_gj, 0)``
+    and ``b_j + s * sum_g max(Y_gj, 0)`` (``scale`` 0: no dropout, both the logit itself), so
+    ``p_k <= exp(hi_k) / (exp(hi_k) + sum_{j != k} exp(lo_j))``. Rounding only ever raises the
+    bound (the sum over the others is clamped at 0)."""
+    groups, channels, positions = part.shape
+    y = part.view(groups, -1, num_classes, positions).double()  # [N, A, K, L]
+    b = bias.view(-1, num_classes)[:, :, None].double()  # [A, K, 1]
+    if scale > 0:
+        positive = y.clamp(min=0).sum(0)
+        hi, lo = b + scale * positive, b + scale * (y.sum(0) - positive)
+    else:
+        hi = lo = b + y.sum(0)
+    top = lo.amax(1, keepdim=True)
+    others = ((lo - top).exp().sum(1, keepdim=True) - (lo - top).exp()).clamp(min=0)  # [A, K, L]
+    log_bound = (hi - top) - torch.logaddexp(hi - top, others.log())
+    can = (log_bound[:, 1:] > math.log(score_thresh) - MARGIN).any(1) if score_thresh > 0 else \
+        torch.ones(log_bound.shape[0], positions, dtype=torch.bool, device=part.device)
+    return can.t().reshape(-1)
+
+
+def ssd_keep(model: nn.Module, partials: list[list[tuple[Tensor, Tensor]]],
+             anchors: list[list[Tensor]]) -> list[list[tuple[Tensor, Tensor]]]:
+    """``[B][level]`` the partial outputs ``([N, n, K], [N, n, 4])`` at each level's chosen ``anchors``."""
+    num_classes = model.head.classification_head.num_columns
+    kept = []
+    for image_partials, image_anchors in zip(partials, anchors):
+        row = []
+        for (cls_part, reg_part), chosen in zip(image_partials, image_anchors):
+            groups, positions = int(cls_part.shape[0]), int(cls_part.shape[-1])
+            a_count = int(cls_part.shape[1]) // num_classes
+            kind, position = chosen % a_count, chosen // a_count
+            cls_at = cls_part.new_empty((groups, int(chosen.shape[0]), num_classes))
+            reg_at = reg_part.new_empty((groups, int(chosen.shape[0]), 4))
+            for a in torch.unique(kind).tolist():  # index_select per anchor kind: a two-index gather costs more
+                rows = torch.where(kind == a)[0]
+                at = position[rows]
+                cls_at.index_copy_(1, rows, cls_part.view(groups, a_count, num_classes, positions)[:, a]
+                                   .index_select(2, at).transpose(1, 2))
+                reg_at.index_copy_(1, rows, reg_part.view(groups, a_count, 4, positions)[:, a]
+                                   .index_select(2, at).transpose(1, 2))
+            row.append((cls_at, reg_at))
+        kept.append(row)
+    return kept
+
+
+def ssd_passes(model: nn.Module, prefix: Prefix, mode: Certified, sites: Sequence[str], chunks_of, p_count: int,
+               dense: Sequence[DenseAccumulator] | None) -> list[list[Raw]]:
+    """``[P][B]`` :class:`Raw`: SSD's stochastic passes at the anchors that can detect (and the
+    dense candidates), from their partial outputs; torchvision's post-processing over those."""
+    head = model.head
+    num_classes = head.classification_head.num_columns
+    a_counts, sizes = one_stage.ssd_anchor_counts(model, prefix.site)
+    out: list[list[Raw]] = [[] for _ in range(p_count)]
+    for i, kept in enumerate(prefix.certified):
+        chunks = chunks_of(i)
+        device = prefix.site[0].device
+        levels = []
+        for level, ((cls_part, reg_part), anchors) in enumerate(zip(kept, prefix.tail_anchors[i])):
+            factors = (group_factors(chunks, mode.groups, device) if SSD_SITE in sites
+                       else torch.ones((p_count, mode.groups), device=device))
+            kind = anchors % a_counts[level]
+            cls_bias = head.classification_head.module_list[level].bias.view(-1, num_classes)[kind]
+            reg_bias = head.regression_head.module_list[level].bias.view(-1, 4)[kind]
+            logits = cls_bias + _combine(cls_part, factors)  # [P, n, K]
+            deltas = reg_bias + _combine(reg_part, factors)
+            levels.append((torch.softmax(logits.float(), -1), deltas.float(), anchors))
+        rows = one_stage.global_rows(levels, sizes)
+        if dense is not None:
+            one_stage.add_restricted(prefix, dense[i], i, levels, rows, first=0)
+        probs = torch.cat([pr for pr, _, _ in levels], 1)
+        deltas = torch.cat([d for _, d, _ in levels], 1)
+        for p in range(p_count):
+            out[p].append(ssd_detections(model, probs[p], deltas[p], prefix.references[i][rows], prefix.image_sizes[i]))
     return out
 
 

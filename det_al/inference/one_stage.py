@@ -136,20 +136,20 @@ def tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], generato
                 probs = torch.sigmoid(logits)
             levels.append((probs, deltas, anchors))
         if dense is not None:
-            _add_restricted(prefix, dense[i], i, levels, _global_rows(levels, sizes))
+            add_restricted(prefix, dense[i], i, levels, global_rows(levels, sizes))
         for p in range(p_count):
             level_pass = [(pr[p], d[p], a) for pr, d, a in levels]
             out[p].append(_tail_postprocess(model, prefix, i, level_pass, sizes, fcos))
     return out
 
 
-def _global_rows(levels: list[tuple[Tensor, Tensor, Tensor]], sizes: Sequence[int]) -> Tensor:
+def global_rows(levels: list[tuple[Tensor, Tensor, Tensor]], sizes: Sequence[int]) -> Tensor:
     """The restricted anchors of every level as the image's anchor ids (sorted)."""
     offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).tolist()
     return torch.cat([a + o for (_, _, a), o in zip(levels, offsets)])
 
 
-def _add_restricted(prefix: Prefix, acc: DenseAccumulator, i: int, levels: list[tuple[Tensor, Tensor, Tensor]],
+def add_restricted(prefix: Prefix, acc: DenseAccumulator, i: int, levels: list[tuple[Tensor, Tensor, Tensor]],
                     rows: Tensor, first: int = 1) -> None:
     """The accumulator's candidates' probabilities ``[m, P, K - first]`` from the restricted
     outputs at the anchor ids ``rows`` (sigmoid heads leave the background column out, SSD's
@@ -209,9 +209,9 @@ def ssd_tail_passes(model: nn.Module, prefix: Prefix, sites: Sequence[str], gene
                                      [(cls_convs[level], num_classes), (reg_convs[level], 4)], gens, rates, drop,
                                      channel_groups=channel_groups)
             levels.append((F.softmax(logits.float(), -1), deltas.float(), anchors))
-        rows = _global_rows(levels, sizes)
+        rows = global_rows(levels, sizes)
         if dense is not None:
-            _add_restricted(prefix, dense[i], i, levels, rows, first=0)
+            add_restricted(prefix, dense[i], i, levels, rows, first=0)
         probs = torch.cat([pr for pr, _, _ in levels], 1)  # [P, n, K]
         deltas = torch.cat([d for _, d, _ in levels], 1)  # [P, n, 4]
         for p in range(p_count):

@@ -262,7 +262,7 @@ def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesCon
         mode = "exact" if config.dropout_groups > 0 else AUTO_TAIL.get(family, "exact")
     else:
         mode = config.tail
-    if config.tail == "auto" and config.dropout_groups > 0 and family == "retinanet":
+    if config.tail == "auto" and config.dropout_groups > 0 and family in ("retinanet", "ssd"):
         if all(s in TAIL_SITES[family] for s in sites) and all(restrictable(c) for c in _tail_convs(model, family)):
             return Certified(config.dropout_groups, max(1.0 / (1.0 - r) for r in config.rates()))
     if mode != "candidates" or family not in TAIL_SITES:

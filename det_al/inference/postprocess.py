@@ -119,7 +119,7 @@ def dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg: 
                 height, width = logits.shape[-2:]
                 if ctr is None:
                     # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, squash only the kept
-                    flat = torch.where(logits.flatten() > _logit(model.score_thresh))[0]
+                    flat = torch.where(logits.flatten() > logit_of(model.score_thresh))[0]
                     anchor_idxs, labels = _positions(flat, a_count, num_classes, height, width)
                     kept = _gather_anchor_rows(logits, anchor_idxs, a_count)
                     scores = torch.sigmoid(kept.gather(1, labels[:, None])[:, 0])
@@ -154,7 +154,7 @@ def dense_postprocess(model: nn.Module, prefix: Prefix, cls: list[Tensor], reg: 
     return out
 
 
-def _logit(p: float) -> float:
+def logit_of(p: float) -> float:
     """The logit of a probability threshold (``-inf`` for 0, ``inf`` for 1)."""
     if p <= 0.0:
         return float("-inf")
@@ -179,18 +179,18 @@ def ssd_detections(model: nn.Module, probs: Tensor, deltas: Tensor, anchors: Ten
     rows, ``deltas`` ``[R, 4]``, ``anchors`` ``[R, 4]`` (all the image's, or a subset in anchor order)."""
     boxes = model.box_coder.decode_single(deltas, anchors)
     boxes = box_ops.clip_boxes_to_image(boxes, image_size)
-    image_boxes, image_scores, image_labels, image_sources = [], [], [], []
-    for label in range(1, probs.shape[-1]):
-        score = probs[:, label]
-        source = torch.where(score > model.score_thresh)[0]
-        score = score[source]
-        score, idxs = score.topk(min(model.topk_candidates, int(score.shape[0])))
-        source = source[idxs]
-        image_boxes.append(boxes[source])
-        image_scores.append(score)
-        image_labels.append(torch.full_like(source, label))
-        image_sources.append(source)
-    boxes, scores = torch.cat(image_boxes), torch.cat(image_scores)
-    labels, sources = torch.cat(image_labels), torch.cat(image_sources)
+    # torchvision loops over the classes: per class the rows above the threshold, its top
+    # topk_candidates by score, concatenated class by class. The same in one sort (class, then
+    # score descending) and a rank within the class, without 90 small steps per pass.
+    sources, labels = torch.where(probs[:, 1:] > model.score_thresh)
+    scores = probs[sources, labels + 1]
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(labels[order], stable=True)]
+    sources, labels, scores = sources[order], labels[order] + 1, scores[order]
+    counts = torch.bincount(labels, minlength=probs.shape[-1])
+    starts = counts.cumsum(0) - counts
+    top = torch.arange(labels.shape[0], device=labels.device) - starts[labels] < model.topk_candidates
+    sources, labels, scores = sources[top], labels[top], scores[top]
+    boxes = boxes[sources]
     keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
     return Raw(boxes[keep], scores[keep], labels[keep], probs[sources[keep]], "softmax")

@@ -88,7 +88,8 @@ def raw_suffix(model: nn.Module, prefix: Prefix, control: MCDropout, generators:
             if prefix.certified is None:  # a TTA view: its own deterministic pass first
                 heads(model, prefix, control, pass_chunks([[None] * len(prefix.rows)], [0.0], prefix.rows),
                       1, None, True, tail)
-            return certified.passes(model, prefix, tail, control.sites, certified.chunks_for(chunks, len(prefix.rows)),
+            certified_passes = certified.ssd_passes if ssd else certified.passes
+            return certified_passes(model, prefix, tail, control.sites, certified.chunks_for(chunks, len(prefix.rows)),
                                     len(rates), dense)
         if tail is not None and not choose:
             if prefix.tail_anchors is None:  # a TTA view: its own deterministic choice first
@@ -182,10 +183,14 @@ def _one_stage(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: lis
 
 
 def _ssd(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chunk], p_count: int,
-         dense: Sequence[DenseAccumulator] | None, choose: bool, tail: Tail | None = None) -> list[list[Raw]]:
+         dense: Sequence[DenseAccumulator] | None, choose: bool,
+         tail: "Tail | certified.Certified | None" = None) -> list[list[Raw]]:
     head = model.head
     convs = [*head.classification_head.module_list, *head.regression_head.module_list]
-    if control.sites == ("head",) and _grouped_route(control, p_count, choose, convs):
+    partials = None
+    if isinstance(tail, certified.Certified) and choose:  # the outputs as sums of the partial outputs
+        head_outputs, can_detect, partials = certified.ssd_prepare(model, tail, prefix.site, control.sites)
+    elif control.sites == ("head",) and _grouped_route(control, p_count, choose, convs):
         head_outputs = _ssd_grouped(head, control, chunks, prefix.site)
     else:
         with control.layout(chunks):
@@ -196,8 +201,14 @@ def _ssd(model: nn.Module, prefix: Prefix, control: MCDropout, chunks: list[Chun
         if dense is not None:  # the restricted passes give only these anchors' probabilities
             one_stage.choose_candidates(dense, foreground)
         _, sizes = one_stage.ssd_anchor_counts(model, prefix.site)
-        restricted.choose_anchors(prefix, (probs[..., 1:] > model.score_thresh).any(-1), foreground, sizes,
-                                  tail.max_candidates, [acc.index for acc in dense] if dense else None)
+        chosen = [acc.index for acc in dense] if dense else None
+        if partials is not None:  # every anchor that can detect in some pass, and the dense candidates
+            none = [can_detect.new_zeros(0, dtype=torch.long)] * len(prefix.rows)
+            restricted.choose_anchors(prefix, can_detect, foreground, sizes, 1, chosen or none)
+            prefix.certified = certified.ssd_keep(model, partials, prefix.tail_anchors)
+        else:
+            restricted.choose_anchors(prefix, (probs[..., 1:] > model.score_thresh).any(-1), foreground, sizes,
+                                      tail.max_candidates, chosen)
     if dense is not None and not choose:
         probs = F.softmax(head_outputs["cls_logits"].float(), dim=-1)  # [P * B, R, C]
         b_count = len(prefix.rows)

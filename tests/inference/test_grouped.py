@@ -84,14 +84,17 @@ def _spread(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("name,tail", [("retinanet_tiny", "auto"), ("retinanet_tiny", "exact"), ("fcos_tiny", "auto"),
-                                       ("ssd_tiny", "auto")])
+                                       ("ssd_tiny", "auto"), ("ssd_tiny", "exact")])
 def test_one_stage_fast_path_with_groups_equals_the_plain_path_and_torchvision(name, tail, image):
     torch.manual_seed(0)
     model = _spread(BUILDERS[name](num_classes=4, detections_per_img=30))
-    config = PassesConfig(passes=3, dropout=(0.2, 0.3, 0.5), dropout_groups=8, tail=tail)
+    # SSD's restricted passes give their dense candidates only (like passes.tail: candidates), the
+    # plain path every default box: with dense_candidates 0 both give every one
+    config = PassesConfig(passes=3, dropout=(0.2, 0.3, 0.5), dropout_groups=8, tail=tail,
+                          dense_candidates=0 if name == "ssd_tiny" else 1000)
     family, sites = resolve_sites(model, config)
     # auto with groups: RetinaNet's certified entries (scale 1 / (1 - 0.5)), else the dense grouped tail
-    expected = Certified(8, 2.0) if (family, tail) == ("retinanet", "auto") else None
+    expected = Certified(8, 2.0) if family in ("retinanet", "ssd") and tail == "auto" else None
     assert _tail(model, family, sites, config) == expected
     images = [image(128, 128, 5), image(112, 128, 6)]
     fast = run_passes(model, images, config, seeds=[3, 4], fast=True)
@@ -157,3 +160,45 @@ def test_certified_entries_hold_every_logit_a_pass_can_lift_over_the_threshold()
         z = conv(x[None] * f[index][None, :, None, None])[0].flatten()
         combined = conv.bias[level.entries // 64] + f @ level.values
         torch.testing.assert_close(combined, z[level.entries], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["retinanet_tiny", "ssd_tiny"])
+def test_certified_passes_detect_as_the_plain_path_with_few_candidates(name, image):
+    """With 10 dense candidates the restricted passes evaluate only the entries (RetinaNet) or
+    anchors (SSD) that can detect, and still find every detection of the whole-model passes."""
+    torch.manual_seed(0)
+    model = _spread(BUILDERS[name](num_classes=4, detections_per_img=30))
+    model.score_thresh = 0.3 if name == "retinanet_tiny" else 0.6  # SSD: 787 of its 1280 anchors can detect
+    config = PassesConfig(passes=3, dropout=0.3, dropout_groups=4, dense_candidates=10)
+    fast = run_passes(model, [image(128, 128, 8)], config, seeds=[5])[0]
+    plain = run_passes(model, [image(128, 128, 8)], config, seeds=[5], fast=False)[0]
+    assert len(fast.candidates) == 10
+    for a, b in zip(fast.passes, plain.passes, strict=True):
+        assert len(a) == len(b) > 0
+        torch.testing.assert_close(a.boxes, b.boxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.probs, b.probs, atol=1e-5, rtol=0)
+
+
+def test_ssd_anchors_left_out_stay_below_the_threshold_in_every_draw():
+    from det_al.inference import certified
+
+    torch.manual_seed(3)
+    groups, anchors, classes, positions = 4, 2, 5, 30
+    part = 0.5 * torch.randn(groups, anchors * classes, positions)
+    bias = torch.randn(anchors, classes)
+    bias[:, 0] += 2.0  # the background usually wins
+    bias = bias.flatten()
+    can = certified._ssd_can_detect(part, bias, classes, 1.25, 0.5)  # [L * A], anchor order; rate 0.2
+    seen = torch.zeros_like(can)
+    for _ in range(200):
+        f = (torch.rand(groups) >= 0.2).float() * 1.25
+        logits = bias[:, None] + torch.einsum("g,gol->ol", f, part)  # [A * K, L]
+        probs = logits.view(anchors, classes, positions).softmax(1)
+        seen |= (probs[:, 1:] > 0.5).any(1).t().reshape(-1)
+    assert not (seen & ~can).any()
+    assert 0 < int(seen.sum()) <= int(can.sum()) < can.numel()  # some detect, the bound leaves some out
+    # without dropout (scale 0) the bound is the probability itself
+    exact = certified._ssd_can_detect(part, bias, classes, 0.0, 0.5)
+    probs = (bias[:, None] + part.sum(0)).view(anchors, classes, positions).softmax(1)
+    assert torch.equal(exact, (probs[:, 1:] > 0.5).any(1).t().reshape(-1))

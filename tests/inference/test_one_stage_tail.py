@@ -145,3 +145,22 @@ def test_foreground_from_the_highest_logit_equals_the_highest_probability(center
     torch.testing.assert_close(foreground, probs[..., 1:].amax(-1), atol=1e-7, rtol=1e-6)
     torch.testing.assert_close(top, probs.amax(-1), atol=1e-7, rtol=1e-6)
     assert not torch.allclose(foreground, top)  # column 0 counts in top only
+
+
+def test_ssd_detections_equal_torchvisions_class_by_class_postprocessing():
+    """One sort instead of torchvision's loop over the classes, with a per-class cap that bites."""
+    from det_al.inference.postprocess import ssd_detections
+    from det_al.models.build import BUILDERS
+
+    model = BUILDERS["ssd_tiny"](num_classes=5, score_thresh=0.15, topk_candidates=3, detections_per_img=12).eval()
+    torch.manual_seed(0)
+    r = 200
+    anchors = torch.rand(r, 2) * 80
+    anchors = torch.cat([anchors, anchors + 5 + torch.rand(r, 2) * 30], 1)
+    logits, deltas = torch.randn(1, r, 5) * 2, torch.randn(1, r, 4) * 0.1
+    ref = model.postprocess_detections({"cls_logits": logits, "bbox_regression": deltas}, [anchors], [(128, 128)])[0]
+    raw = ssd_detections(model, torch.softmax(logits[0], -1), deltas[0], anchors, (128, 128))
+    assert len(ref["boxes"]) == 12  # the cap, after 3 per class (4 classes) at most
+    torch.testing.assert_close(raw.boxes, ref["boxes"])
+    torch.testing.assert_close(raw.scores, ref["scores"])
+    assert torch.equal(raw.labels, ref["labels"])
