@@ -7,9 +7,11 @@ For each model (all five families by default), one 512-px image, T in --passes, 
       whole-model passes under the same dropout hooks and generators;
   (c) det_al's engine: ``run_passes(fast=True)``, once per mode of the family: Mask R-CNN
       ``passes.masks`` exact / shared, RetinaNet, FCOS and SSD ``passes.tail`` exact / candidates;
-      with ``--groups N`` also ``passes.dropout_groups: N`` (channel-group dropout,
-      :mod:`det_al.inference.grouped`): not an approximation but another dropout, so its
-      agreement columns say how far its passes are from element-wise ones;
+      all with element-wise dropout (``passes.dropout_groups: 0``); and for the one-stage
+      families their default, ``passes.dropout_groups: auto`` (8 channel groups; ``--groups N``
+      for N, which adds the row to the R-CNNs too): not an approximation but another dropout,
+      exact in its own right, so its agreement columns say how far its passes are from
+      element-wise ones;
 
 and the ratio (c)/(a), in wall time and in this process's CPU time (``time.process_time``: on
 a machine shared with other jobs, wall time measures the load as much as the work; CPU time
@@ -114,8 +116,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--plain", action="store_true", help="also time (b), the plain path")
     parser.add_argument("--groups", type=int, default=0, metavar="N",
-                        help="also time passes.dropout_groups=N per family (channel-group dropout; its agreement "
-                             "columns compare it with element-wise exact, a different dropout)")
+                        help="time passes.dropout_groups=N (default: auto, one-stage families only) beside the "
+                             "element-wise modes; its agreement columns compare it with element-wise exact")
     return parser
 
 
@@ -278,9 +280,10 @@ def bench_model(key: str, args: argparse.Namespace, image: torch.Tensor, notes: 
     torchvision_forward(model, [img])  # warm-up
     a_wall, a_cpu, _ = timed(lambda: torchvision_forward(model, [img]), args.repeats)
     field, values = MODES.get(key, ("masks", ["exact"]))
-    modes = [(f"{field}:{v}", {field: v}) for v in values]
-    if args.groups:  # channel-group dropout: another dropout, compared with element-wise exact
-        modes.append((f"dropout_groups:{args.groups}", {"dropout_groups": args.groups}))
+    modes = [(f"{field}:{v}", {field: v, "dropout_groups": 0}) for v in values]  # element-wise dropout
+    if args.groups or family != "rcnn":  # channel-group dropout: compared with element-wise exact
+        groups = args.groups or "auto"
+        modes.append((f"dropout_groups:{groups}", {"dropout_groups": groups}))
     rows = []
     for t in args.passes:
         b_wall = float("nan")

@@ -24,8 +24,9 @@ def validate(config: Config, source: str | None = None) -> None:
         raise InputError(f"passes.masks must be one of {', '.join(MASK_MODES)}, got {p.masks!r}", source)
     if p.tail not in TAIL_MODES:
         raise InputError(f"passes.tail must be one of {', '.join(TAIL_MODES)}, got {p.tail!r}", source)
-    if p.dropout_groups < 0:
-        raise InputError(f"passes.dropout_groups must be >= 0 (0: element-wise dropout), got {p.dropout_groups}", source)
+    if p.dropout_groups != "auto" and (isinstance(p.dropout_groups, str) or p.dropout_groups < 0):
+        raise InputError("passes.dropout_groups must be auto or an integer >= 0 (0: element-wise dropout), "
+                         f"got {p.dropout_groups!r}", source)
     if p.dense_candidates < 0:
         raise InputError(f"passes.dense_candidates must be >= 0 (0: every anchor), got {p.dense_candidates}", source)
     if p.batch_size < 1 or p.chunk < 0 or p.num_workers < 0:

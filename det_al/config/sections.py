@@ -35,10 +35,10 @@ class PassesConfig:
     family's default sites. ``tta`` names views (``hflip``, ``scale:0.8``); each view is run
     ``passes`` times. ``chunk`` caps how many passes run in one batched call (0: all).
 
-    ``dropout_groups``: 0 (the default) drops each input value of a site on its own; N > 0
-    keeps or drops the site input's channels in N contiguous groups, one draw per group for
-    the whole image in a pass (dropout on the site's weights: each pass one sampled
-    sub-network). The heads' last convolutions of FCOS are then computed for all passes from
+    ``dropout_groups``: 0 drops each input value of a site on its own; N > 0 keeps or drops
+    the site input's channels in N contiguous groups, one draw per group for the whole image in
+    a pass (dropout on the site's weights: each pass one sampled sub-network); ``auto`` (the
+    default) is 8 for RetinaNet, FCOS and SSD and 0 for the R-CNNs, as measured (docs/scoring.md). The heads' last convolutions of FCOS are then computed for all passes from
     N partial outputs (:mod:`det_al.inference.grouped`), RetinaNet's and SSD's only at the
     entries or anchors a bound lets cross the score threshold (:mod:`det_al.inference.certified`):
     exact passes for about the price of one convolution.
@@ -60,13 +60,13 @@ class PassesConfig:
     then those ``dense_candidates`` anchors too, instead of every default box. ``auto`` (the
     default) is ``candidates`` for FCOS and SSD and ``exact`` for RetinaNet, whose image
     ranking the restriction measurably changed on a trained model
-    (``benchmarks/bench_tail_agreement.py``, docs/scoring.md); with ``dropout_groups`` it is
-    ``exact`` for every family.
+    (``benchmarks/bench_tail_agreement.py``, docs/scoring.md), when dropout is element-wise;
+    with channel groups it is exact: only where a bound lets a pass detect for RetinaNet and SSD.
     """
 
     passes: int = 10
     dropout: float | tuple[float, ...] = 0.2
-    dropout_groups: int = 0
+    dropout_groups: int | str = "auto"
     sites: tuple[str, ...] = ()
     tta: tuple[str, ...] = ()
     fast: bool = True

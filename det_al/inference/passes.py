@@ -221,7 +221,8 @@ def run_passes(
                config.chunk if config.chunk > 0 else len(rates), config.masks if fast else "exact")
     run = replace(run, tail=_tail(model, family, sites, config) if fast else None)
     autocast = torch.autocast(device.type, enabled=amp) if amp else contextlib.nullcontext()
-    with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None], config.dropout_groups) as control:
+    groups = dropout_groups(family, config)
+    with torch.inference_mode(), autocast, mc_dropout(model, sites, 0.0, [None], groups) as control:
         with control.layout([Chunk(None, 0.0)]):
             base = compute_prefix(model, run.images, family)
         b_count = len(run.images)
@@ -255,16 +256,30 @@ def _tail_convs(model: nn.Module, family: str) -> list[nn.Module]:
 AUTO_TAIL = {"retinanet": "exact", "fcos": "candidates", "ssd": "candidates"}
 
 
+# passes.dropout_groups: auto, per family: channel groups where they make T passes cost about one
+# and found the model's errors as well as element-wise dropout on trained models; element-wise for
+# the R-CNNs, whose passes cost the same either way (benchmarks/bench_passes.py, bench_error_capture.py).
+AUTO_GROUPS = {"retinanet": 8, "fcos": 8, "ssd": 8}
+
+
+def dropout_groups(family: str, config: PassesConfig) -> int:
+    """The channel groups of ``passes.dropout_groups`` (``auto``: :data:`AUTO_GROUPS`, else 0)."""
+    if config.dropout_groups == "auto":
+        return AUTO_GROUPS.get(family, 0)
+    return int(config.dropout_groups)
+
+
 def _tail(model: nn.Module, family: str, sites: Sequence[str], config: PassesConfig) -> Tail | Certified | None:
     """The restricted tail when ``passes.tail`` asks for it and the heads allow it (RetinaNet with
     channel groups and ``auto``: :mod:`det_al.inference.certified`), else ``None``."""
+    groups = dropout_groups(family, config)
     if config.tail == "auto":  # channel groups: the exact tail costs about one convolution
-        mode = "exact" if config.dropout_groups > 0 else AUTO_TAIL.get(family, "exact")
+        mode = "exact" if groups > 0 else AUTO_TAIL.get(family, "exact")
     else:
         mode = config.tail
-    if config.tail == "auto" and config.dropout_groups > 0 and family in ("retinanet", "ssd"):
+    if config.tail == "auto" and groups > 0 and family in ("retinanet", "ssd"):
         if all(s in TAIL_SITES[family] for s in sites) and all(restrictable(c) for c in _tail_convs(model, family)):
-            return Certified(config.dropout_groups, max(1.0 / (1.0 - r) for r in config.rates()))
+            return Certified(groups, max(1.0 / (1.0 - r) for r in config.rates()))
     if mode != "candidates" or family not in TAIL_SITES:
         return None
     if not all(s in TAIL_SITES[family] for s in sites) or not all(restrictable(c) for c in _tail_convs(model, family)):

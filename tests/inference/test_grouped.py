@@ -12,7 +12,7 @@ from det_al.errors import InputError
 from det_al.inference import grouped
 from det_al.inference.certified import Certified
 from det_al.inference.dropout import Chunk, drop_rows, group_keep, mc_dropout
-from det_al.inference.passes import _tail, pass_seed, resolve_sites, run_passes, torchvision_forward
+from det_al.inference.passes import _tail, dropout_groups, pass_seed, resolve_sites, run_passes, torchvision_forward
 from det_al.inference.restricted import drop_pixels
 from det_al.models.build import BUILDERS
 
@@ -118,14 +118,20 @@ def test_one_stage_fast_path_with_groups_equals_the_plain_path_and_torchvision(n
     torch.testing.assert_close(plain[0].passes[1].boxes, ref["boxes"], atol=1e-4, rtol=0)
     torch.testing.assert_close(plain[0].passes[1].scores, ref["scores"], atol=1e-5, rtol=0)
     # and differs from element-wise dropout with the same seeds
-    elementwise = run_passes(model, images[:1], PassesConfig(passes=3, dropout=(0.2, 0.3, 0.5)), seeds=[3])
+    elementwise = run_passes(model, images[:1], PassesConfig(passes=3, dropout=(0.2, 0.3, 0.5), dropout_groups=0),
+                             seeds=[3])
     assert not torch.allclose(elementwise[0].passes[1].scores[:5], fast[0].passes[1].scores[:5])
 
 
-def test_dropout_groups_must_not_be_negative():
-    with pytest.raises(InputError, match="passes.dropout_groups must be >= 0"):
-        config_from_dict({"passes": {"dropout_groups": -1}}, "cfg.yaml")
+def test_dropout_groups_are_auto_or_a_count():
+    for bad in (-1, "eight"):
+        with pytest.raises(InputError, match="passes.dropout_groups must be auto or an integer >= 0"):
+            config_from_dict({"passes": {"dropout_groups": bad}}, "cfg.yaml")
     assert config_from_dict({"passes": {"dropout_groups": 16}}, "cfg.yaml").passes.dropout_groups == 16
+    auto = PassesConfig()
+    assert auto.dropout_groups == "auto"
+    assert [dropout_groups(f, auto) for f in ("rcnn", "retinanet", "fcos", "ssd")] == [0, 8, 8, 8]
+    assert dropout_groups("ssd", PassesConfig(dropout_groups=0)) == 0
 
 
 def test_group_dropout_needs_a_channel_dimension():

@@ -127,10 +127,13 @@ def test_auto_tail_restricts_fcos_and_ssd_but_not_retinanet(family, restricted, 
         monkeypatch.setattr(one_stage, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
     im = torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(2))
     assert PassesConfig().tail == "auto"
-    run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2), seeds=[1])
+    # element-wise dropout (with the default channel groups every family's auto tail is exact)
+    run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2, dropout_groups=0), seeds=[1])
     assert bool(calls) == restricted
     calls.clear()
-    run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2, tail="exact"), seeds=[1])
+    run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2, dropout_groups=0, tail="exact"), seeds=[1])
+    assert not calls
+    run_passes(model_for(family), [im], PassesConfig(passes=2, dropout=0.2), seeds=[1])
     assert not calls
 
 

@@ -13,7 +13,7 @@ import torch
 
 from det_al.config import PassesConfig
 from det_al.inference.detections import Detections
-from det_al.inference.passes import pass_seed, resolve_sites, run_passes, torchvision_forward
+from det_al.inference.passes import dropout_groups, pass_seed, resolve_sites, run_passes, torchvision_forward
 
 
 def assert_same(a: Detections, b: Detections, atol: float = 1e-4) -> None:
@@ -53,9 +53,10 @@ def test_dropout_pass_equals_torchvision_under_the_same_hooks(image, model_for, 
     """Pass 0 of image seed 7 == model(image) with the same hook and generator."""
     model = model_for(family)
     config = PassesConfig(passes=1, dropout=0.3, masks="exact", tail="exact")  # exact: what the whole model gives
-    _, sites = resolve_sites(model, config)
+    kind, sites = resolve_sites(model, config)
     generator = torch.Generator().manual_seed(pass_seed(7, 0, 0))
-    ref = torchvision_forward(model, [image()], sites, 0.3, generator)[0]
+    # the family's default dropout: channel groups for the one-stage heads, element-wise for R-CNN
+    ref = torchvision_forward(model, [image()], sites, 0.3, generator, dropout_groups(kind, config))[0]
     for fast in (False, True):
         det = run_passes(model, [image()], config, seeds=[7], fast=fast)[0].passes[0]
         assert_equals_torchvision(det, ref)
