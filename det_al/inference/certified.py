@@ -7,9 +7,9 @@ partial outputs ``Y_g`` once (and its own logits as their sum), keeps the (ancho
 entries whose bound reaches the score threshold (a few percent of RetinaNet's ~4.5 M at 512 px)
 with their partial outputs, and each pass then combines N values per kept entry instead of
 running the convolution: the pass's detections are torchvision's post-processing of all its
-logits, since every entry left out is below the threshold in every pass. Box deltas come from the
-regression head's partial outputs; each detection's class-probability vector, and those of the
-dense candidates, from the convolution at its anchor with the pass's group factors.
+logits, since every entry left out is below the threshold in every pass. Box deltas, each
+detection's class-probability vector and those of the dense candidates come from partial outputs
+at their anchors, computed from the towers' 3x3 patches there.
 
 SSD (:func:`ssd_prepare`, :func:`ssd_passes`) scores a softmax, so the unit is the anchor:
 each logit lies between ``b + s * sum_g min(Y_g, 0)`` and ``b + s * sum_g max(Y_g, 0)``, which
@@ -241,10 +241,10 @@ def passes(model: nn.Module, prefix: Prefix, mode: Certified, sites: Sequence[st
                 rows = (kind[:, None] * 4 + torch.arange(4, device=device)) * lv.positions + position[:, None]
                 deltas_at.append((union, lv.reg_det.flatten()[rows][None].expand(p_count, -1, -1)))
             else:  # all A * 4 outputs at each position the union reads: one product, no per-anchor loop
-                spots, where = torch.unique(union // a_count, return_inverse=True)
+                spots, column = torch.unique(union // a_count, return_inverse=True)
                 weight, bounds = _weight_columns(reg_conv, mode.groups)
                 part = _partials(weight, bounds, _patches(lv.x_reg, spots)).view(mode.groups, a_count, 4, -1)
-                part = part[:, union % a_count, :, where]  # [u, N, 4]
+                part = part[:, union % a_count, :, column]  # [u, N, 4]
                 deltas_at.append((union, reg_bias[union % a_count] + _combine(part.transpose(0, 1), reg_f[level])))
         anchors = prefix.references[i].split([a_count * lv.positions for lv in levels])
         found = []
