@@ -33,8 +33,8 @@ from torchvision.ops import boxes as box_ops
 
 from det_al.inference import one_stage
 from det_al.inference.candidates import DenseAccumulator
-from det_al.inference.dropout import Chunk, group_of_channel
-from det_al.inference.grouped import group_factors
+from det_al.inference.dropout import Chunk
+from det_al.inference.grouped import group_factors, partials, weight_columns
 from det_al.inference.postprocess import Raw, logit_of, sorted_positions, ssd_detections
 from det_al.inference.prefix import Prefix
 from det_al.inference.restricted import neighbourhoods
@@ -85,28 +85,6 @@ class Level:
         return int(self.x_cls.shape[-2]) * int(self.x_cls.shape[-1])
 
 
-def _weight_columns(conv: nn.Conv2d, groups: int, rows: slice | None = None) -> tuple[Tensor, list[int]]:
-    """``conv``'s weight as ``[O, C * 9]`` (im2col order) and the column bounds of each group."""
-    weight = conv.weight if rows is None else conv.weight[rows]
-    channels = int(conv.weight.shape[1])
-    kk = conv.kernel_size[0] * conv.kernel_size[1]
-    index = group_of_channel(channels, groups, weight.device)
-    bounds = torch.searchsorted(index, torch.arange(groups + 1, device=weight.device)) * kk
-    return weight.reshape(weight.shape[0], channels * kk), bounds.tolist()
-
-
-def _partials(weight: Tensor, bounds: list[int], cols: Tensor) -> Tensor:
-    """``[N, O, n]``: ``weight`` ``[O, C * 9]`` times ``cols`` ``[C * 9, n]`` per column group."""
-    out = cols.new_empty((len(bounds) - 1, weight.shape[0], cols.shape[1]))
-    for g in range(len(bounds) - 1):
-        lo, hi = bounds[g], bounds[g + 1]
-        if hi > lo:
-            torch.matmul(weight[:, lo:hi].to(cols.dtype), cols[lo:hi], out=out[g])
-        else:
-            out[g].zero_()
-    return out
-
-
 def _patches(x: Tensor, positions: Tensor) -> Tensor:
     """``[C * 9, n]``: the 3x3 patches of ``x`` ``[C, H, W]`` (zero padding) at flat ``positions``,
     in im2col order (what ``unfold`` gives at those columns)."""
@@ -124,7 +102,7 @@ def prepare(model: nn.Module, mode: Certified, x_cls: Tensor, x_reg: Tensor, sit
     cls_conv = model.head.classification_head.cls_logits
     height, width = int(x_cls.shape[-2]), int(x_cls.shape[-1])
     cols = torch.nn.functional.unfold(x_cls[None], 3, padding=1)[0]  # [C * 9, L]
-    weight, bounds = _weight_columns(cls_conv, mode.groups)
+    weight, bounds = weight_columns(cls_conv, mode.groups)
     out_channels, positions = int(weight.shape[0]), int(cols.shape[1])
     bias = cls_conv.bias.to(cols.dtype)
     threshold = logit_of(model.score_thresh) - MARGIN
@@ -179,8 +157,8 @@ def _anchor_partials(conv: nn.Conv2d, groups: int, x: Tensor, anchors: Tensor, a
     positions, kinds = anchors // a_count, anchors % a_count
     for a in torch.unique(kinds).tolist():
         rows = torch.where(kinds == a)[0]
-        weight, bounds = _weight_columns(conv, groups, slice(a * width, (a + 1) * width))
-        out[:, rows] = _partials(weight, bounds, _patches(x, positions[rows])).transpose(1, 2)
+        weight, bounds = weight_columns(conv, groups, slice(a * width, (a + 1) * width))
+        out[:, rows] = partials(weight, bounds, _patches(x, positions[rows])).transpose(1, 2)
     return out
 
 
@@ -234,6 +212,7 @@ def passes(model: nn.Module, prefix: Prefix, mode: Certified, sites: Sequence[st
             top.append(row)
         # box deltas at the union of the top-k anchors, per level
         deltas_at = []
+        reg_weight, reg_bounds = weight_columns(reg_conv, mode.groups)
         for level, lv in enumerate(levels):
             union = torch.unique(torch.cat([row[level][0] for row in top]))
             if reg_f[level] is None:
@@ -242,8 +221,7 @@ def passes(model: nn.Module, prefix: Prefix, mode: Certified, sites: Sequence[st
                 deltas_at.append((union, lv.reg_det.flatten()[rows][None].expand(p_count, -1, -1)))
             else:  # all A * 4 outputs at each position the union reads: one product, no per-anchor loop
                 spots, column = torch.unique(union // a_count, return_inverse=True)
-                weight, bounds = _weight_columns(reg_conv, mode.groups)
-                part = _partials(weight, bounds, _patches(lv.x_reg, spots)).view(mode.groups, a_count, 4, -1)
+                part = partials(reg_weight, reg_bounds, _patches(lv.x_reg, spots)).view(mode.groups, a_count, 4, -1)
                 part = part[:, union % a_count, :, column]  # [u, N, 4]
                 deltas_at.append((union, reg_bias[union % a_count] + _combine(part.transpose(0, 1), reg_f[level])))
         anchors = prefix.references[i].split([a_count * lv.positions for lv in levels])
@@ -263,13 +241,13 @@ def passes(model: nn.Module, prefix: Prefix, mode: Certified, sites: Sequence[st
             found.append((boxes_all[keep], scores_all[keep], labels_all[keep], torch.cat(where)[keep]))
         # the class-probability vectors: every pass's detections' anchors' partial outputs at once
         union = torch.cat([w for *_, w in found])
-        partials = []
+        class_parts = []
         for level, lv in enumerate(levels):
             kept = torch.unique(union[union[:, 0] == level, 1])  # sorted
-            partials.append((kept, _anchor_partials(head.cls_logits, mode.groups, lv.x_cls, kept, a_count)))
+            class_parts.append((kept, _anchor_partials(head.cls_logits, mode.groups, lv.x_cls, kept, a_count)))
         for p, (boxes, scores, labels, where) in enumerate(found):
             probs = torch.empty((int(where.shape[0]), num_classes), device=device)
-            for level, (kept, part) in enumerate(partials):
+            for level, (kept, part) in enumerate(class_parts):
                 rows = torch.where(where[:, 0] == level)[0]
                 if rows.numel():
                     at = torch.searchsorted(kept, where[rows, 1])
@@ -298,7 +276,7 @@ def ssd_prepare(model: nn.Module, mode: Certified, features: Sequence[Tensor],
     num_classes = cls_head.num_columns
     dropped = SSD_SITE in sites
     outputs: dict[str, list[Tensor]] = {"cls_logits": [], "bbox_regression": []}
-    can_detect, partials = [], [[] for _ in range(int(features[0].shape[0]))]
+    can_detect, kept_parts = [], [[] for _ in range(int(features[0].shape[0]))]
     for level, f in enumerate(features):
         per_key: dict[str, list[Tensor]] = {"cls_logits": [], "bbox_regression": []}
         masks = []
@@ -307,8 +285,8 @@ def ssd_prepare(model: nn.Module, mode: Certified, features: Sequence[Tensor],
             pair = []
             for key, scoring, width in (("cls_logits", cls_head, num_classes), ("bbox_regression", reg_head, 4)):
                 conv = scoring.module_list[level]
-                weight, bounds = _weight_columns(conv, mode.groups)
-                part = _partials(weight, bounds, cols)  # [N, A * W, L]
+                weight, bounds = weight_columns(conv, mode.groups)
+                part = partials(weight, bounds, cols)  # [N, A * W, L]
                 pair.append(part)
                 det = part.sum(0) + conv.bias.to(part.dtype)[:, None]
                 a_count = conv.out_channels // width
@@ -316,11 +294,11 @@ def ssd_prepare(model: nn.Module, mode: Certified, features: Sequence[Tensor],
                 per_key[key].append(det.view(a_count, width, -1).permute(2, 0, 1).reshape(-1, width))
             masks.append(_ssd_can_detect(pair[0], cls_head.module_list[level].bias, num_classes,
                                          mode.scale if dropped else 0.0, model.score_thresh))
-            partials[i].append((pair[0], pair[1]))
+            kept_parts[i].append((pair[0], pair[1]))
         for key, value in per_key.items():
             outputs[key].append(torch.stack(value))
         can_detect.append(torch.stack(masks))
-    return ({key: torch.cat(value, 1) for key, value in outputs.items()}, torch.cat(can_detect, 1), partials)
+    return ({key: torch.cat(value, 1) for key, value in outputs.items()}, torch.cat(can_detect, 1), kept_parts)
 
 
 def _ssd_can_detect(part: Tensor, bias: Tensor, num_classes: int, scale: float, score_thresh: float) -> Tensor:
@@ -347,12 +325,12 @@ def _ssd_can_detect(part: Tensor, bias: Tensor, num_classes: int, scale: float, 
     return can.t().reshape(-1)
 
 
-def ssd_keep(model: nn.Module, partials: list[list[tuple[Tensor, Tensor]]],
+def ssd_keep(model: nn.Module, parts: list[list[tuple[Tensor, Tensor]]],
              anchors: list[list[Tensor]]) -> list[list[tuple[Tensor, Tensor]]]:
     """``[B][level]`` the partial outputs ``([N, n, K], [N, n, 4])`` at each level's chosen ``anchors``."""
     num_classes = model.head.classification_head.num_columns
     kept = []
-    for image_partials, image_anchors in zip(partials, anchors):
+    for image_partials, image_anchors in zip(parts, anchors):
         row = []
         for (cls_part, reg_part), chosen in zip(image_partials, image_anchors):
             groups, positions = int(cls_part.shape[0]), int(cls_part.shape[-1])

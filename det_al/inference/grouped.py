@@ -42,33 +42,42 @@ def group_factors(chunks: Sequence[Chunk], groups: int, device: torch.device | s
     return torch.stack([group_keep(c.generator, c.rate, groups, device) for c in chunks])
 
 
+def weight_columns(conv: nn.Conv2d, groups: int, rows: slice | None = None) -> tuple[Tensor, list[int]]:
+    """``conv``'s weight (output channels ``rows``, default all) as ``[O, C * kh * kw]``, in
+    im2col order, and the column bounds of each channel group (``N + 1`` values)."""
+    weight = conv.weight if rows is None else conv.weight[rows]
+    channels = int(conv.weight.shape[1])
+    kk = conv.kernel_size[0] * conv.kernel_size[1]
+    index = group_of_channel(channels, groups, weight.device)
+    bounds = torch.searchsorted(index, torch.arange(groups + 1, device=weight.device)) * kk
+    return weight.reshape(weight.shape[0], channels * kk), bounds.tolist()
+
+
+def partials(weight: Tensor, bounds: list[int], cols: Tensor, out: Tensor | None = None) -> Tensor:
+    """``[N, O, n]``: ``weight`` ``[O, C * kh * kw]`` times ``cols`` ``[C * kh * kw, n]`` over each
+    group's columns alone (:func:`weight_columns`), into ``out`` when given. A group with no
+    channel (more groups than channels) gives 0."""
+    if out is None:
+        out = cols.new_empty((len(bounds) - 1, weight.shape[0], cols.shape[1]))
+    for g in range(len(bounds) - 1):
+        lo, hi = bounds[g], bounds[g + 1]
+        if hi > lo:
+            torch.matmul(weight[:, lo:hi].to(cols.dtype), cols[lo:hi], out=out[g])
+        else:
+            out[g].zero_()
+    return out
+
+
 def partial_outputs(conv: nn.Conv2d, x: Tensor, groups: int) -> Tensor:
     """``[N, O, L]``: ``conv`` of ``x`` ``[C, H, W]`` over each group's input channels alone,
     without bias; ``L`` output positions (``H' * W'``). Their sum is ``conv(x) - bias``."""
-    cols = _columns(conv, x)
-    out = cols.new_empty((groups, conv.out_channels, cols.shape[1]))
-    _partial_into(out, conv, cols, groups, 0, conv.out_channels, int(x.shape[0]))
-    return out
+    weight, bounds = weight_columns(conv, groups)
+    return partials(weight, bounds, _columns(conv, x))
 
 
 def _columns(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``[C * kh * kw, L]``: the input patches of each output position (im2col)."""
     return torch.nn.functional.unfold(x[None], conv.kernel_size, conv.dilation, conv.padding, conv.stride)[0]
-
-
-def _partial_into(out: Tensor, conv: nn.Conv2d, cols: Tensor, groups: int, start: int, stop: int,
-                  channels: int) -> None:
-    """Output channels ``start:stop`` of :func:`partial_outputs` into ``out[:, :stop - start]``."""
-    kk = conv.kernel_size[0] * conv.kernel_size[1]
-    weight = conv.weight[start:stop].reshape(stop - start, channels * kk).to(cols.dtype)
-    index = group_of_channel(channels, groups, cols.device)
-    bounds = torch.searchsorted(index, torch.arange(groups + 1, device=cols.device)).tolist()
-    for g in range(groups):
-        lo, hi = bounds[g] * kk, bounds[g + 1] * kk
-        if hi > lo:
-            torch.matmul(weight[:, lo:hi], cols[lo:hi], out=out[g, : stop - start])
-        else:  # a group with no channel (more groups than channels)
-            out[g, : stop - start].zero_()
 
 
 def output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
@@ -98,13 +107,13 @@ def conv_passes(conv: nn.Conv2d, x: Tensor, factors: Tensor) -> Tensor:
     # [N, O, L] tensor (RetinaNet at 512 px, N = 16: 286 MB of fresh pages per call)
     block = max(1, min(conv.out_channels, BLOCK_VALUES // max(1, groups * height * width)))
     buffer = x.new_empty((groups, block, height * width))
+    weight, bounds = weight_columns(conv, groups)
     for i in range(b_count):
         cols = _columns(conv, x[i])
         f = factors[i::b_count].to(x.dtype)  # [P, N]
         for start in range(0, conv.out_channels, block):
             stop = min(start + block, conv.out_channels)
-            _partial_into(buffer, conv, cols, groups, start, stop, int(x.shape[1]))
-            part = buffer[:, : stop - start]
+            part = partials(weight[start:stop], bounds, cols, buffer[:, : stop - start])
             y = torch.matmul(f, part.reshape(groups, -1)).view(p_count, stop - start, -1)
             if bias is not None:
                 y += bias[start:stop]
